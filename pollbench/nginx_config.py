@@ -1,0 +1,263 @@
+"""nginx settings: typed, range-checked knobs, named profiles, and the rendered config.
+
+Every value that reaches ``nginx.conf`` passes through a :class:`Knob` first, so
+only integers in range, booleans and names from a fixed list are ever written:
+a value such as ``"1; include /etc/passwd"`` is refused, never pasted.
+
+    >>> settings = load_profile("keepalive")
+    >>> text = render(settings, RenderPaths.for_prefix("/tmp/run"), listen_port=8080,
+    ...               backend_ports=[8000, 8001, 8002, 8003])
+    >>> "keepalive 32;" in text and 'proxy_set_header Connection "";' in text
+    True
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from pollbench.errors import UserError
+
+NGINX_DIR = Path(__file__).resolve().parent.parent / "nginx"
+PROFILES_DIR = NGINX_DIR / "profiles"
+TEMPLATE = NGINX_DIR / "nginx.conf.j2"
+STATIC_ROOT = Path(__file__).resolve().parent.parent / "target_app"
+
+PROXY_NEXT_UPSTREAM_CHOICES = ("error", "timeout", "invalid_header", "http_500", "http_502",
+                               "http_503", "http_504", "http_403", "http_404", "http_429",
+                               "non_idempotent", "off")
+BALANCE_CHOICES = ("key-hash", "round-robin", "least-conn", "ip-hash", "random")
+EVENT_METHODS = ("epoll", "poll", "select")
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    kind: str  # "int", "bool", "choice", "choices" (a list drawn from choices), "int-or-auto"
+    doc: str
+    lo: int | None = None
+    hi: int | None = None
+    choices: tuple[str, ...] = ()
+    nullable: bool = True  # None = directive not written; nginx's own default applies
+
+    def check(self, value: Any) -> Any:
+        """Return the value normalised, or raise UserError naming the knob and what is allowed."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise UserError(f"nginx knob {self.name}: a value is required ({self.allowed()})")
+        if self.kind in ("int", "int-or-auto"):
+            if self.kind == "int-or-auto" and value == "auto":
+                return "auto"
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; "
+                                f"{self.allowed()}")
+            if not self.lo <= value <= self.hi:
+                raise UserError(f"nginx knob {self.name}: {value} is out of range; {self.allowed()}")
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; {self.allowed()}")
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; {self.allowed()}")
+            return value
+        if self.kind == "choices":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not value or any(v not in self.choices for v in value):
+                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; {self.allowed()}")
+            if "off" in value and len(value) > 1:
+                raise UserError(f"nginx knob {self.name}: 'off' cannot be combined with others")
+            return list(dict.fromkeys(value))
+        raise AssertionError(self.kind)
+
+    def allowed(self) -> str:
+        if self.kind == "int":
+            return f"allowed: a whole number from {self.lo} to {self.hi}"
+        if self.kind == "int-or-auto":
+            return f"allowed: \"auto\" or a whole number from {self.lo} to {self.hi}"
+        if self.kind == "bool":
+            return "allowed: true or false"
+        if self.kind == "choice":
+            return "allowed: " + ", ".join(self.choices)
+        return "allowed: a list drawn from " + ", ".join(self.choices)
+
+
+KNOBS: dict[str, Knob] = {k.name: k for k in [
+    Knob("backends", "int", "number of Tornado backend processes", 1, 64, nullable=False),
+    Knob("worker_processes", "int-or-auto", "nginx worker processes", 1, 64, nullable=False),
+    Knob("worker_connections", "int", "connections per worker; a proxied poll costs 2", 16, 65535,
+         nullable=False),
+    Knob("worker_rlimit_nofile", "int", "fd limit per worker (cannot pass the hard limit)", 64,
+         1048576),
+    Knob("use", "choice", "event method; poll/select need an nginx built with them",
+         choices=EVENT_METHODS),
+    Knob("multi_accept", "bool", "accept all pending connections at once"),
+    Knob("accept_mutex", "bool", "workers take turns accepting"),
+    Knob("epoll_events", "int", "events fetched per epoll_wait", 1, 65536),
+    Knob("listen_backlog", "int", "listen() backlog (net.core.somaxconn caps it)", 1, 65535),
+    Knob("reuseport", "bool", "a listening socket per worker (SO_REUSEPORT)"),
+    Knob("keepalive_timeout", "int", "client keep-alive idle timeout, s (0 disables)", 0, 3600),
+    Knob("keepalive_requests", "int", "requests per client connection", 1, 10_000_000),
+    Knob("upstream_keepalive", "int", "idle upstream connections cached per worker (0 = off)", 0,
+         100000),
+    Knob("upstream_keepalive_requests", "int", "requests per upstream connection", 1, 10_000_000),
+    Knob("upstream_keepalive_timeout", "int", "idle upstream connection timeout, s", 1, 3600),
+    Knob("proxy_buffering", "bool", "buffer upstream responses"),
+    Knob("proxy_read_timeout", "int", "longest wait for the backend, s (> the app's max hold)",
+         1, 3600, nullable=False),
+    Knob("proxy_next_upstream", "choices", "when to try the next backend",
+         choices=PROXY_NEXT_UPSTREAM_CHOICES),
+    Knob("max_fails", "int", "failures before a backend is marked down (0 = never)", 0, 1000),
+    Knob("fail_timeout", "int", "how long a backend stays down, s", 1, 3600),
+    Knob("balance", "choice", "how requests are spread over backends", choices=BALANCE_CHOICES,
+         nullable=False),
+    Knob("gzip", "bool", "gzip responses (seed: on)", nullable=False),
+]}
+
+# The seed configuration's values; every knob the seed does not set is None (nginx default).
+SEED = {
+    "backends": 4, "worker_processes": 1, "worker_connections": 1024, "use": "epoll",
+    "keepalive_timeout": 65, "proxy_read_timeout": 200, "proxy_next_upstream": ["error"],
+    "gzip": True, "balance": "key-hash",
+}
+
+
+def _knob_defaults() -> dict[str, Any]:
+    return {name: SEED.get(name) for name in KNOBS}
+
+
+def validate(settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Check every knob and the rules between knobs; return a complete settings dict."""
+    prefix = f"{where}: " if where else ""
+    out = _knob_defaults()
+    for name, value in settings.items():
+        knob = KNOBS.get(name)
+        if knob is None:
+            raise UserError(f"{prefix}unknown nginx knob {name!r}; known knobs: "
+                            + ", ".join(sorted(KNOBS)))
+        try:
+            out[name] = knob.check(value)
+        except UserError as e:
+            raise UserError(prefix + str(e)) from None
+    problems = []
+    if not out["upstream_keepalive"]:
+        for dep in ("upstream_keepalive_requests", "upstream_keepalive_timeout"):
+            if out[dep] is not None:
+                problems.append(f"{dep} needs upstream_keepalive > 0")
+    if out["epoll_events"] is not None and out["use"] not in (None, "epoll"):
+        problems.append(f"epoll_events applies only with use = epoll (use is {out['use']})")
+    if out["use"] == "select" and out["worker_connections"] > 1024:
+        problems.append("use = select cannot watch more than 1024 descriptors (FD_SETSIZE): set "
+                        f"worker_connections to 1024 or less (it is {out['worker_connections']})")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = out["worker_rlimit_nofile"]
+    if nofile is not None and hard != resource.RLIM_INFINITY and nofile > hard:
+        problems.append(f"worker_rlimit_nofile {nofile} exceeds this machine's hard limit {hard}")
+    effective_nofile = nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if out["worker_connections"] > effective_nofile:
+        problems.append(f"worker_connections {out['worker_connections']} exceeds the open-file "
+                        f"limit {effective_nofile}: raise worker_rlimit_nofile (max {hard})")
+    if problems:
+        raise UserError(prefix + "; ".join(problems))
+    return out
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def read_profile_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"profile {path}: not valid TOML: {e}") from None
+    nginx = data.get("nginx", {})
+    if not isinstance(nginx, dict):
+        raise UserError(f"profile {path}: [nginx] must be a table of knobs")
+    base = data.get("extends")
+    merged = dict(load_profile_raw(base)) if base else {}
+    merged.update(nginx)
+    return merged
+
+
+def load_profile_raw(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path) or \
+                not (PROFILES_DIR / f"{name_or_path}.toml").is_file():
+            raise UserError(f"unknown profile {name_or_path!r}; choose one of "
+                            f"{', '.join(profile_names())} or give a path to a .toml file")
+        path = PROFILES_DIR / f"{name_or_path}.toml"
+    elif not path.is_file():
+        raise UserError(f"profile file {name_or_path} does not exist")
+    return read_profile_file(path)
+
+
+def load_profile(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    raw = load_profile_raw(name_or_path)
+    raw.update(overrides or {})
+    return validate(raw, where=f"profile {name_or_path}")
+
+
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
+
+
+def _safe_path(path: Path) -> str:
+    text = str(path)
+    if not _SAFE_PATH.match(text):
+        raise UserError(f"path {text!r} cannot go into nginx.conf: use a folder whose absolute "
+                        "path has only letters, digits and _ . / + -")
+    return text
+
+
+@dataclass(frozen=True)
+class RenderPaths:
+    prefix: str
+    static_root: str
+    mime_types: str
+
+    @classmethod
+    def for_prefix(cls, prefix: Path | str, static_root: Path = STATIC_ROOT) -> RenderPaths:
+        return cls(_safe_path(Path(prefix).resolve()), _safe_path(static_root.resolve()),
+                   _safe_path(NGINX_DIR / "mime.types"))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(value)
+    return str(value)
+
+
+def render(settings: Mapping[str, Any], paths: RenderPaths, listen_port: int,
+           backend_ports: list[int], run_as_root: bool | None = None) -> str:
+    """Render nginx.conf from validated settings (call :func:`validate` first)."""
+    import os
+
+    settings = validate(settings)  # idempotent; guarantees nothing unchecked is rendered
+    for port in [listen_port, *backend_ports]:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise UserError(f"port {port!r} must be a whole number from 1 to 65535")
+    if len(backend_ports) != settings["backends"]:
+        raise UserError(f"{len(backend_ports)} backend ports given for {settings['backends']} "
+                        "backends")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(NGINX_DIR)),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["nginx"] = _fmt
+    template = env.get_template(TEMPLATE.name)
+    if run_as_root is None:
+        run_as_root = os.geteuid() == 0
+    return template.render(s=settings, paths=paths, listen_port=listen_port,
+                           backend_ports=backend_ports, run_as_root=run_as_root)

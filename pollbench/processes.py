@@ -1,0 +1,110 @@
+"""Child processes that cannot outlive pollbench.
+
+Every child starts in its own session (a terminal's Ctrl-C reaches only
+pollbench, which then stops the children in order) and with PR_SET_PDEATHSIG,
+so even a ``kill -9`` of pollbench takes the children with it.  Output goes to
+a log file in the run folder, which is kept whatever happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    stop_signal: int = signal.SIGTERM
+    exit_code: int | None = field(default=None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 6.0) -> int | None:
+        """Ask politely (its stop signal to the whole process group), then SIGKILL."""
+        if self.alive():
+            _signal_group(self.popen.pid, self.stop_signal)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        # The group may still hold grandchildren (nginx workers, Locust workers).
+        _signal_group(self.popen.pid, signal.SIGKILL)
+        self.exit_code = self.popen.returncode
+        return self.exit_code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def spawn(name: str, cmd: list[str], log_path: Path, *, env: dict | None = None,
+          cwd: Path | None = None, stop_signal: int = signal.SIGTERM) -> Child:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log:
+        log.write(f"# pollbench started: {' '.join(cmd)}\n".encode())
+        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                 start_new_session=True, preexec_fn=_die_with_parent)
+    return Child(name, popen, log_path, stop_signal)
+
+
+class ChildGroup:
+    """Children stopped in reverse start order (load generator, then nginx, then backends)."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def add(self, child: Child) -> Child:
+        self.children.append(child)
+        return child
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children if not c.alive()]
+
+    def stop_all(self) -> dict[str, int | None]:
+        codes = {}
+        for child in reversed(self.children):
+            codes[child.name] = child.stop()
+        return codes
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,5 @@
+"""The reference Tornado long-poll service that pollbench measures (see README "HTTP API")."""
+
+from target_app.app import AppConfig, PollHTTPServer, make_app
+
+__all__ = ["AppConfig", "PollHTTPServer", "make_app"]

@@ -1,0 +1,5 @@
+import sys
+
+from target_app.server import main
+
+sys.exit(main())

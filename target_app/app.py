@@ -1,0 +1,487 @@
+"""The reference long-poll service: background tasks and cursor-based channels.
+
+Build it with :func:`make_app` and serve it with :class:`PollHTTPServer` (which
+counts connections so reuse on the nginx->backend hop is measurable)::
+
+    config = AppConfig(max_hold_s=30)
+    app = make_app(config)
+    server = PollHTTPServer(app, xheaders=True, stats=app.settings["stats"])
+    server.listen(8000, address="127.0.0.1")
+
+The HTTP API is documented in README.md ("HTTP API of the target").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+import os
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tornado.web
+from tornado import httputil
+from tornado.httpserver import HTTPServer
+
+from target_app.state import Channel, LimitExceeded, TaskStore
+
+STATIC_PATH = Path(__file__).parent / "static"
+_CHANNEL_NAME = r"[A-Za-z0-9_.\-]{1,64}"
+_NGINX_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class AppConfig:
+    """Every bound of one process.  Defaults suit a 20,000-fd process behind nginx."""
+
+    max_hold_s: float = 120.0
+    """Longest a poll is held; must stay below nginx's proxy_read_timeout (200 s in the seed)."""
+    default_hold_s: float = 30.0
+    """Hold used when a poll names no ``timeout``."""
+    max_waiters: int = 18000
+    """Long polls waiting at once in this process; more get 503."""
+    max_connections: int = 19000
+    """Open client connections; more are answered 503 and closed."""
+    max_channels: int = 10000
+    channel_buffer_len: int = 1000
+    """Messages kept per channel; a cursor behind them gets a ``dropped`` range."""
+    max_messages_per_poll: int = 1000
+    max_body_bytes: int = 65536
+    """Largest request body the handlers accept (413 above)."""
+    max_running_tasks: int = 100000
+    max_results: int = 100000
+    result_ttl_s: float = 300.0
+    max_task_duration_ms: int = 600000
+    max_payload_bytes: int = 1048576
+    delivery_delay_ms: float = 0.0
+    """Artificial delay before answering a channel poll that carries messages.
+    Used to inject a known regression (CI checks); 0 in every real benchmark."""
+    loop_name: str = "asyncio"
+    backend_index: int = 0
+
+
+@dataclass
+class Stats:
+    """Counters served at /stats.  Everything is O(1) to update on the hot path."""
+
+    started_at: float = field(default_factory=time.time)
+    connections_accepted: int = 0
+    connections_rejected: int = 0
+    connections_closed: int = 0
+    requests: int = 0
+    # closed connections by how many requests each carried: {requests: connections}
+    requests_per_closed_connection: dict[int, int] = field(default_factory=dict)
+    responses_by_status: dict[int, int] = field(default_factory=dict)
+    messages_published: int = 0
+    messages_delivered: int = 0
+    polls_answered_with_messages: int = 0
+    polls_timed_out: int = 0
+    tasks_submitted: int = 0
+    tasks_done: int = 0
+    gc_collections: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0, 2: 0})
+    gc_pause_max_ms: float = 0.0
+    gc_pause_total_ms: float = 0.0
+    # open connection -> requests so far (keyed by Tornado's per-connection object)
+    open_connections: dict[object, int] = field(default_factory=dict)
+
+
+class PollHTTPServer(HTTPServer):
+    """HTTPServer that counts connections and requests per connection, and caps connections."""
+
+    def initialize(self, *args, stats: Stats, max_connections: int, **kwargs) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.stats = stats
+        self.max_connections = max_connections
+
+    def handle_stream(self, stream, address) -> None:
+        if len(self.stats.open_connections) >= self.max_connections:
+            # Answer instead of letting the fd count grow past what the loop can watch.
+            self.stats.connections_rejected += 1
+            body = b'{"error": "too many open connections (limit %d)"}' % self.max_connections
+            stream.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            stream.close()
+            return
+        self.stats.connections_accepted += 1
+        self.stats.open_connections[stream] = 0
+        super().handle_stream(stream, address)
+
+    def start_request(self, server_conn, request_conn):
+        # Tornado asks for the next request's delegate before that request arrives, so
+        # count on headers_received, not here.
+        return _CountingDelegate(super().start_request(server_conn, request_conn),
+                                 self.stats, server_conn.stream)
+
+    def on_close(self, server_conn) -> None:
+        super().on_close(server_conn)
+        stats = self.stats
+        n = stats.open_connections.pop(server_conn.stream, 0)
+        stats.connections_closed += 1
+        stats.requests_per_closed_connection[n] = stats.requests_per_closed_connection.get(n, 0) + 1
+
+
+class _CountingDelegate(httputil.HTTPMessageDelegate):
+    __slots__ = ("_inner", "_stats", "_stream")
+
+    def __init__(self, inner, stats: Stats, stream):
+        self._inner, self._stats, self._stream = inner, stats, stream
+
+    def headers_received(self, start_line, headers):
+        stats = self._stats
+        stats.requests += 1
+        stats.open_connections[self._stream] = stats.open_connections.get(self._stream, 0) + 1
+        return self._inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        return self._inner.data_received(chunk)
+
+    def finish(self):
+        return self._inner.finish()
+
+    def on_connection_close(self):
+        return self._inner.on_connection_close()
+
+
+class Service:
+    """Everything one process knows: channels, tasks, waiters and counters."""
+
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self.stats = Stats()
+        self.channels: dict[str, Channel] = {}
+        self.tasks = TaskStore(config.max_running_tasks, config.max_results, config.result_ttl_s)
+        self.waiting = 0
+        self.shutting_down = False
+        self._shutdown_waiters: set[asyncio.Future] = set()
+
+    def channel(self, name: str, create: bool) -> Channel | None:
+        ch = self.channels.get(name)
+        if ch is None and create:
+            if len(self.channels) >= self.config.max_channels:
+                raise LimitExceeded(f"too many channels (limit {self.config.max_channels})")
+            ch = self.channels[name] = Channel(name, self.config.channel_buffer_len)
+        return ch
+
+    def wake_everyone(self) -> None:
+        """On shutdown: answer every held poll (they return 204 and the client polls again)."""
+        self.shutting_down = True
+        for ch in self.channels.values():
+            ch.waiters.wake_all()
+        for task in list(self.tasks.running.values()):
+            task.waiters.wake_all()
+
+    def snapshot(self) -> dict:
+        s = self.stats
+        closed = s.requests_per_closed_connection
+        open_counts = list(s.open_connections.values())
+        total_conns = s.connections_closed + len(open_counts)
+        total_reqs = sum(k * v for k, v in closed.items()) + sum(open_counts)
+        return {
+            "pid": os.getpid(),
+            "backend_index": self.config.backend_index,
+            "event_loop": describe_loop(),
+            "uptime_s": round(time.time() - s.started_at, 3),
+            "time": time.time(),
+            "connections": {
+                "accepted": s.connections_accepted,
+                "open": len(open_counts),
+                "closed": s.connections_closed,
+                "rejected": s.connections_rejected,
+            },
+            "requests": s.requests,
+            "requests_per_connection": {
+                "mean": round(total_reqs / total_conns, 4) if total_conns else None,
+                "closed_histogram": {str(k): v for k, v in sorted(closed.items())},
+                "open_max": max(open_counts, default=0),
+            },
+            "responses_by_status": {str(k): v for k, v in sorted(s.responses_by_status.items())},
+            "long_polls_waiting": self.waiting,
+            "channels": len(self.channels),
+            "messages_published": s.messages_published,
+            "messages_delivered": s.messages_delivered,
+            "polls_answered_with_messages": s.polls_answered_with_messages,
+            "polls_timed_out": s.polls_timed_out,
+            "tasks_submitted": s.tasks_submitted,
+            "tasks_done": s.tasks_done,
+            "tasks_running": len(self.tasks.running),
+            "gc": {
+                "collections": {str(k): v for k, v in s.gc_collections.items()},
+                "pause_max_ms": round(s.gc_pause_max_ms, 3),
+                "pause_total_ms": round(s.gc_pause_total_ms, 3),
+                "frozen_objects": gc.get_freeze_count(),
+            },
+            "config": asdict(self.config),
+        }
+
+
+def describe_loop() -> str:
+    loop = asyncio.get_event_loop()
+    selector = getattr(loop, "_selector", None)
+    if selector is not None:
+        return f"{type(loop).__module__}.{type(loop).__name__}/{type(selector).__name__}"
+    return f"{type(loop).__module__}.{type(loop).__name__}"
+
+
+class JsonError(tornado.web.HTTPError):
+    def __init__(self, status: int, message: str):
+        super().__init__(status, reason=None)
+        self.message = message
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    service: Service
+
+    def initialize(self, service: Service) -> None:
+        self.service = service
+        self._waiter = None
+        self.client_gone = False
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, JsonError):
+            message = exc.message
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        else:
+            message = self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message, "status": status_code}))
+
+    def on_finish(self) -> None:
+        counts = self.service.stats.responses_by_status
+        status = self.get_status()
+        counts[status] = counts.get(status, 0) + 1
+
+    def on_connection_close(self) -> None:
+        # The client went away: release the waiter now, not at the next publish.
+        self.client_gone = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(False)
+
+    def write_json(self, obj, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj, separators=(",", ":")))
+
+    def json_body(self) -> dict:
+        body = self.request.body
+        if len(body) > self.service.config.max_body_bytes:
+            raise JsonError(413, f"body of {len(body)} bytes is over the limit of "
+                                 f"{self.service.config.max_body_bytes}")
+        if not body.strip():
+            return {}
+        try:
+            value = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise JsonError(400, f"body is not valid JSON: {e}") from None
+        return value
+
+    def hold_timeout(self) -> float:
+        raw = self.get_query_argument("timeout", None)
+        if raw is None:
+            return self.service.config.default_hold_s
+        try:
+            value = float(raw)
+        except ValueError:
+            raise JsonError(400, f"timeout must be a number of seconds, not {raw!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise JsonError(400, f"timeout must be between 0 and {self.service.config.max_hold_s}")
+        # Never hold past nginx's proxy_read_timeout: that would be a 504 and a backend marked down.
+        return min(value, self.service.config.max_hold_s)
+
+    async def wait(self, waiters, timeout: float) -> bool:
+        """Hold until woken (True) or timed out / disconnected (False)."""
+        service = self.service
+        if service.waiting >= service.config.max_waiters:
+            raise JsonError(503, f"too many waiting polls (limit {service.config.max_waiters})")
+        if service.shutting_down:
+            return False
+        self._waiter = fut = waiters.add()
+        # A bare timer is cheaper than asyncio.wait_for (no extra task per held poll).
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+        service.waiting += 1
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            return False
+        finally:
+            service.waiting -= 1
+            timer.cancel()
+            waiters.discard(fut)
+            self._waiter = None
+
+
+class TasksHandler(BaseHandler):
+    def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise JsonError(400, "body must be a JSON object like {\"duration_ms\": 100}")
+        cfg = self.service.config
+        duration_ms = _bounded_int(body, "duration_ms", 0, cfg.max_task_duration_ms, 0)
+        payload_bytes = _bounded_int(body, "payload_bytes", 0, cfg.max_payload_bytes, 0)
+        # Behind nginx the task id is nginx's $request_id: nginx hashed on that same value to
+        # pick this backend, so GET /tasks/<id> hashes back here (see nginx/README section).
+        rid = self.request.headers.get("X-Request-Id", "")
+        task_id = rid if _NGINX_REQUEST_ID.match(rid) else secrets.token_hex(16)
+        try:
+            task = self.service.tasks.submit(task_id, duration_ms, payload_bytes)
+        except LimitExceeded as e:
+            raise JsonError(503, str(e)) from None
+        self.service.stats.tasks_submitted += 1
+        asyncio.get_running_loop().call_later(duration_ms / 1000.0, self._finish, task)
+        self.write_json({"id": task.id, "poll": f"/tasks/{task.id}"}, status=202)
+
+    def _finish(self, task) -> None:
+        self.service.tasks.finish(task)
+        self.service.stats.tasks_done += 1
+
+
+class TaskHandler(BaseHandler):
+    async def get(self, task_id: str) -> None:
+        timeout = self.hold_timeout()
+        task = self.service.tasks.get(task_id)
+        if task is None:
+            raise JsonError(404, f"unknown or expired task {task_id!r}")
+        if not task.done and timeout > 0:
+            await self.wait(task.waiters, timeout)
+        if self.client_gone:
+            return
+        if not task.done:
+            self.service.stats.polls_timed_out += 1
+            self.set_status(204)
+            self.finish()
+            return
+        self.write_json({
+            "id": task.id,
+            "result": {"payload": "x" * task.payload_bytes, "duration_ms": task.duration_ms},
+            "submitted_at": task.submitted_at,
+            "finished_at": task.finished_at,
+        })
+
+
+class ChannelHandler(BaseHandler):
+    def post(self, name: str) -> None:
+        body = self.request.body
+        self.json_body()  # validates size and syntax; the bytes are kept verbatim
+        data = body.strip() or b"null"
+        try:
+            ch = self.service.channel(name, create=True)
+        except LimitExceeded as e:
+            raise JsonError(503, str(e)) from None
+        msg = ch.publish(data)
+        stats = self.service.stats
+        stats.messages_published += 1
+        ch.waiters.wake_all()
+        self.write_json({"seq": msg.seq, "ts": msg.ts}, status=201)
+
+    async def get(self, name: str) -> None:
+        timeout = self.hold_timeout()
+        service = self.service
+        try:
+            ch = service.channel(name, create=True)
+        except LimitExceeded as e:
+            raise JsonError(503, str(e)) from None
+        raw_cursor = self.get_query_argument("cursor", None)
+        epoch = self.get_query_argument("epoch", None)
+        if raw_cursor is None or raw_cursor == "":
+            cursor = ch.last_seq  # "from now on"
+        else:
+            try:
+                cursor = int(raw_cursor)
+            except ValueError:
+                raise JsonError(400, f"cursor must be a whole number, not {raw_cursor!r}") from None
+            if cursor < 0:
+                raise JsonError(400, "cursor must be 0 or more")
+            if epoch is not None and epoch != ch.epoch:
+                # The client's cursor belongs to a previous life of this channel: everything
+                # it may have missed is reported through the epoch change; start from 0.
+                cursor = 0
+            elif cursor > ch.last_seq:
+                raise JsonError(400, f"cursor {cursor} is ahead of channel {name!r} (last seq "
+                                     f"{ch.last_seq}, epoch {ch.epoch}): the channel restarted; "
+                                     "poll without a cursor")
+        if cursor >= ch.last_seq and timeout > 0:
+            await self.wait(ch.waiters, timeout)
+        if self.client_gone:
+            return
+        if cursor >= ch.last_seq:
+            service.stats.polls_timed_out += 1
+            self.set_status(204)
+            # A 204 has no body: the cursor and epoch travel in headers so that a first poll
+            # "from now on" that times out still tells the client where "now" is.
+            self.set_header("X-Cursor", str(cursor))
+            self.set_header("X-Epoch", ch.epoch)
+            self.finish()
+            return
+        if service.config.delivery_delay_ms > 0:
+            await asyncio.sleep(service.config.delivery_delay_ms / 1000.0)
+        body, count = ch.render_after(cursor, service.config.max_messages_per_poll)
+        service.stats.messages_delivered += count
+        service.stats.polls_answered_with_messages += 1
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({"ok": not self.service.shutting_down,
+                         "backend_index": self.service.config.backend_index})
+
+
+class StatsHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(self.service.snapshot())
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        raise JsonError(404, f"no such resource: {self.request.path}")
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+def _bounded_int(body: dict, key: str, lo: int, hi: int, default: int) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise JsonError(400, f"{key} must be a whole number from {lo} to {hi}, not {value!r}")
+    return value
+
+
+def _no_request_log(handler) -> None:
+    # Per-request logging would cost more than the request at benchmark rates; server
+    # errors are still logged, and every status is counted in /stats.
+    if handler.get_status() >= 500:
+        tornado.web.app_log.warning("%d %s", handler.get_status(), handler._request_summary())
+
+
+def make_app(config: AppConfig | None = None) -> tornado.web.Application:
+    config = config or AppConfig()
+    service = Service(config)
+    args = {"service": service}
+    app = tornado.web.Application(
+        [
+            (r"/tasks", TasksHandler, args),
+            (r"/tasks/([0-9a-f]{1,64})", TaskHandler, args),
+            (rf"/channels/({_CHANNEL_NAME})", ChannelHandler, args),
+            (r"/healthz", HealthHandler, args),
+            (r"/stats", StatsHandler, args),
+            (r"/(favicon\.ico|robots\.txt)", tornado.web.StaticFileHandler, {"path": STATIC_PATH}),
+        ],
+        static_path=str(STATIC_PATH),
+        default_handler_class=NotFoundHandler,
+        default_handler_args=args,
+        log_function=_no_request_log,
+        debug=False,
+        compress_response=False,  # nginx gzips (gzip_proxied any), as in the seed
+    )
+    app.settings["service"] = service
+    app.settings["stats"] = service.stats
+    return app
