@@ -1,0 +1,5 @@
+import sys
+
+from pollbench.cli import main
+
+sys.exit(main())

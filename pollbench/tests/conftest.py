@@ -1,0 +1,67 @@
+"""Fixtures that start real processes on free ports (so tests run beside a stack on 8000-8080)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pollbench.stack import find_free_ports
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pollbench_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pollbench", *args]
+
+
+def free_stack_ports(backends: int = 4) -> tuple[int, int]:
+    base = find_free_ports(backends + 1)
+    return base + backends, base  # nginx port, first backend port
+
+
+class UpProcess:
+    def __init__(self, proc: subprocess.Popen, out: Path, port: int, backend_port: int,
+                 backends: int):
+        self.proc, self.out, self.port = proc, out, port
+        self.backend_urls = [f"http://127.0.0.1:{backend_port + i}" for i in range(backends)]
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def stack_up(tmp_path):
+    """``pollbench up`` as a user runs it, on free ports; yields once the stack answers."""
+    started: list[UpProcess] = []
+
+    def start(*extra: str, backends: int = 4) -> UpProcess:
+        port, backend_port = free_stack_ports(backends)
+        out = tmp_path / f"up-{len(started)}"
+        proc = subprocess.Popen(
+            pollbench_cmd("up", "--port", str(port), "--backend-port", str(backend_port),
+                          "--out", str(out), *extra),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        lines = []
+        deadline = time.monotonic() + 30
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
+                break
+        if proc.poll() is not None or "Ctrl-C" not in "".join(lines):
+            proc.kill()
+            raise AssertionError("pollbench up did not start:\n" + "".join(lines))
+        up = UpProcess(proc, out, port, backend_port, backends)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        if up.proc.poll() is None:
+            up.proc.send_signal(signal.SIGTERM)
+            try:
+                up.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                up.proc.kill()

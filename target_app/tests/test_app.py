@@ -1,0 +1,262 @@
+"""The target's HTTP semantics, in-process (tornado.testing)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+from tornado.httpclient import HTTPClientError
+from tornado.testing import AsyncHTTPTestCase, gen_test
+
+from target_app.app import AppConfig, PollHTTPServer, make_app
+from target_app.server import ConfigError, check_config
+
+
+class TargetCase(AsyncHTTPTestCase):
+    config = AppConfig(max_hold_s=5, default_hold_s=2, channel_buffer_len=5, max_waiters=3,
+                       max_channels=4, max_body_bytes=1000, max_payload_bytes=5000,
+                       max_results=3, result_ttl_s=60)
+
+    def get_app(self):
+        self.app = make_app(self.config)
+        self.service = self.app.settings["service"]
+        return self.app
+
+    def get_http_server(self):
+        return PollHTTPServer(self._app, stats=self.service.stats, max_connections=50,
+                              **self.get_httpserver_options())
+
+    async def call(self, method: str, path: str, body=None, **kw):
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        if method == "POST" and body is None:
+            body = b""
+        try:
+            resp = await self.http_client.fetch(self.get_url(path), method=method, body=body,
+                                                request_timeout=20, **kw)
+        except HTTPClientError as e:
+            resp = e.response
+        data = json.loads(resp.body) if resp.body else None
+        return resp.code, data, resp
+
+    def stats(self) -> dict:
+        return self.service.snapshot()
+
+
+class TestTasks(TargetCase):
+    @gen_test(timeout=10)
+    async def test_task_lifecycle_202_then_result_with_server_timestamps(self):
+        code, data, _ = await self.call("POST", "/tasks", {"duration_ms": 200, "payload_bytes": 10})
+        assert code == 202 and data["poll"] == f"/tasks/{data['id']}"
+        t0 = time.time()
+        code, result, _ = await self.call("GET", f"{data['poll']}?timeout=3")
+        assert code == 200
+        assert result["id"] == data["id"] and result["result"]["payload"] == "x" * 10
+        assert 0.15 <= result["finished_at"] - result["submitted_at"] < 1.0
+        assert time.time() - t0 < 1.0  # answered when the task finished, not at the timeout
+
+    @gen_test(timeout=10)
+    async def test_poll_times_out_with_204_then_result_on_repoll(self):
+        _, data, _ = await self.call("POST", "/tasks", {"duration_ms": 700})
+        t0 = time.monotonic()
+        code, _, _ = await self.call("GET", f"{data['poll']}?timeout=0.2")
+        assert code == 204 and 0.15 < time.monotonic() - t0 < 0.6
+        code, _, _ = await self.call("GET", f"{data['poll']}?timeout=3")
+        assert code == 200
+
+    @gen_test(timeout=10)
+    async def test_unknown_and_expired_ids_are_404(self):
+        code, data, _ = await self.call("GET", "/tasks/abcdef?timeout=0")
+        assert code == 404 and "unknown" in data["error"]
+        ids = []
+        for _ in range(4):  # max_results = 3: the oldest result is evicted
+            _, d, _ = await self.call("POST", "/tasks", {"duration_ms": 0})
+            ids.append(d["id"])
+            await asyncio.sleep(0.01)
+        assert (await self.call("GET", f"/tasks/{ids[0]}?timeout=0"))[0] == 404
+        assert (await self.call("GET", f"/tasks/{ids[-1]}?timeout=0"))[0] == 200
+
+    @gen_test(timeout=10)
+    async def test_nginx_request_id_becomes_the_task_id(self):
+        rid = "0123456789abcdef0123456789abcdef"
+        _, data, _ = await self.call("POST", "/tasks", {}, headers={"X-Request-Id": rid})
+        assert data["id"] == rid
+        # a forged, non-hex id is not adopted
+        _, data, _ = await self.call("POST", "/tasks", {}, headers={"X-Request-Id": "../etc"})
+        assert data["id"] != "../etc" and len(data["id"]) == 32
+
+
+class TestChannels(TargetCase):
+    @gen_test(timeout=10)
+    async def test_cursor_returns_everything_after_it_in_order(self):
+        for i in range(3):
+            code, pub, _ = await self.call("POST", "/channels/c1", {"n": i})
+            assert code == 201 and pub["seq"] == i + 1 and pub["ts"] > 0
+        code, data, _ = await self.call("GET", "/channels/c1?cursor=1")
+        assert code == 200
+        assert [m["seq"] for m in data["messages"]] == [2, 3]
+        assert [m["data"] for m in data["messages"]] == [{"n": 1}, {"n": 2}]
+        assert data["cursor"] == 3 and data["dropped"] is None and data["epoch"]
+
+    @gen_test(timeout=10)
+    async def test_held_poll_is_answered_by_a_publish(self):
+        await self.call("POST", "/channels/c2", {"n": 0})
+        poll = asyncio.ensure_future(self.call("GET", "/channels/c2?cursor=1&timeout=4"))
+        await asyncio.sleep(0.2)
+        assert not poll.done() and self.stats()["long_polls_waiting"] == 1
+        t0 = time.monotonic()
+        await self.call("POST", "/channels/c2", {"n": 1})
+        code, data, _ = await poll
+        assert code == 200 and [m["seq"] for m in data["messages"]] == [2]
+        assert time.monotonic() - t0 < 0.5
+
+    @gen_test(timeout=10)
+    async def test_no_cursor_means_from_now_on_and_204_carries_cursor(self):
+        await self.call("POST", "/channels/c3", {"old": True})
+        code, _, resp = await self.call("GET", "/channels/c3?timeout=0.1")
+        assert code == 204
+        assert resp.headers["X-Cursor"] == "1" and resp.headers["X-Epoch"]
+
+    @gen_test(timeout=10)
+    async def test_overflow_names_the_dropped_range_never_silent(self):
+        for i in range(8):  # buffer holds 5: seqs 1-3 fall out
+            await self.call("POST", "/channels/c4", {"n": i})
+        code, data, _ = await self.call("GET", "/channels/c4?cursor=1")
+        assert data["dropped"] == [2, 3]
+        assert [m["seq"] for m in data["messages"]] == [4, 5, 6, 7, 8]
+
+    @gen_test(timeout=10)
+    async def test_epoch_differs_per_channel_lifetime_and_old_epoch_restarts_cursor(self):
+        await self.call("POST", "/channels/e1", 1)
+        _, data, _ = await self.call("GET", "/channels/e1?cursor=0")
+        epoch = data["epoch"]
+        self.service.channels.clear()  # what a process restart does to state
+        await self.call("POST", "/channels/e1", 2)
+        _, data, _ = await self.call("GET", f"/channels/e1?cursor=5&epoch={epoch}")
+        assert data["epoch"] != epoch
+        assert [m["data"] for m in data["messages"]] == [2]
+        code, err, _ = await self.call("GET", "/channels/e1?cursor=5")
+        assert code == 400 and "ahead" in err["error"]
+
+    @gen_test(timeout=10)
+    async def test_disconnected_waiter_is_released_at_once(self):
+        port = self.get_http_port()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /channels/d1?timeout=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if self.stats()["long_polls_waiting"] == 1:
+                break
+        assert self.stats()["long_polls_waiting"] == 1
+        sock.close()
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if self.stats()["long_polls_waiting"] == 0:
+                break
+        assert self.stats()["long_polls_waiting"] == 0
+        assert len(self.service.channels["d1"].waiters) == 0
+
+    @gen_test(timeout=10)
+    async def test_hold_is_capped_at_max_hold(self):
+        self.service.config.max_hold_s = 0.3
+        try:
+            t0 = time.monotonic()
+            code, _, _ = await self.call("GET", "/channels/cap?timeout=100")
+            assert code == 204 and time.monotonic() - t0 < 1.0
+        finally:
+            self.service.config.max_hold_s = 5
+
+
+class TestLimitsAndBadInput(TargetCase):
+    @gen_test(timeout=10)
+    async def test_every_bad_input_gets_a_json_4xx_and_service_keeps_serving(self):
+        cases = [
+            ("POST", "/tasks", b"{not json", 400, "not valid JSON"),
+            ("POST", "/tasks", b"[1,2]", 400, "JSON object"),
+            ("POST", "/tasks", {"duration_ms": -1}, 400, "duration_ms"),
+            ("POST", "/tasks", {"duration_ms": 10**12}, 400, "duration_ms"),
+            ("POST", "/tasks", {"duration_ms": "5"}, 400, "duration_ms"),
+            ("POST", "/tasks", {"payload_bytes": 10**9}, 400, "payload_bytes"),
+            ("POST", "/tasks", b"x" * 2000, 413, "over the limit"),
+            ("POST", "/channels/ok", b"{bad", 400, "not valid JSON"),
+            ("POST", "/channels/ok", b"[" * 1500, 413, "over the limit"),
+            ("GET", "/channels/ok?cursor=abc", None, 400, "cursor"),
+            ("GET", "/channels/ok?cursor=-3", None, 400, "cursor"),
+            ("GET", "/channels/ok?timeout=-1", None, 400, "timeout"),
+            ("GET", "/channels/ok?timeout=nan", None, 400, "timeout"),
+            ("GET", "/channels/ok?timeout=soon", None, 400, "timeout"),
+            ("GET", "/channels/bad%20name", None, 404, "no such resource"),
+            ("GET", "/tasks/zz", None, 404, "no such resource"),
+            ("DELETE", "/tasks", None, 405, ""),
+        ]
+        for method, path, body, status, words in cases:
+            code, data, resp = await self.call(method, path, body)
+            assert code == status, (method, path, code)
+            assert resp.headers["Content-Type"].startswith("application/json"), path
+            assert words in data["error"], (path, data)
+        assert (await self.call("GET", "/healthz"))[0] == 200
+
+    @gen_test(timeout=10)
+    async def test_waiter_limit_gives_503(self):
+        polls = [asyncio.ensure_future(self.call("GET", "/channels/w?timeout=2&cursor=0"))
+                 for _ in range(3)]
+        await asyncio.sleep(0.3)
+        code, data, _ = await self.call("GET", "/channels/w?timeout=2&cursor=0")
+        assert code == 503 and "waiting polls" in data["error"]
+        await self.call("POST", "/channels/w", 1)
+        assert [(await p)[0] for p in polls] == [200, 200, 200]
+
+    @gen_test(timeout=10)
+    async def test_channel_limit_gives_503(self):
+        for i in range(4):
+            assert (await self.call("POST", f"/channels/ch{i}", 1))[0] == 201
+        code, data, _ = await self.call("POST", "/channels/one-too-many", 1)
+        assert code == 503 and "too many channels" in data["error"]
+
+
+class TestStats(TargetCase):
+    @gen_test(timeout=10)
+    async def test_stats_counts_requests_per_connection(self):
+        # Tornado's simple client opens a connection per request: reuse is exactly 1.
+        for _ in range(3):
+            await self.call("GET", "/healthz")
+        await asyncio.sleep(0.1)
+        # now two requests on one raw keep-alive connection
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.get_http_port())
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            await reader.readuntil(b'"backend_index":0}')
+        writer.close()
+        await asyncio.sleep(0.1)
+        _, stats, _ = await self.call("GET", "/stats")
+        hist = stats["requests_per_connection"]["closed_histogram"]
+        assert hist.get("1") == 3 and hist.get("2") == 1
+        assert stats["connections"]["accepted"] == 5
+        assert stats["event_loop"].endswith("EpollSelector")
+        assert stats["responses_by_status"]["200"] == 5
+
+
+def test_select_loop_refuses_limits_it_cannot_watch():
+    cfg = AppConfig(loop_name="asyncio-select", max_connections=5000, max_waiters=100)
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        assert "FD_SETSIZE" in str(e) and "--max-connections" in str(e)
+    else:
+        raise AssertionError("select with 5000 connections was accepted")
+    check_config(AppConfig(loop_name="asyncio-select", max_connections=900, max_waiters=800))
+
+
+def test_channel_read_after_handles_limit_and_dropped():
+    from target_app.state import Channel
+
+    ch = Channel("x", buffer_len=4, now=lambda: 1.0)
+    for i in range(6):
+        ch.publish(str(i).encode())
+    res = ch.read_after(0, limit=2)
+    assert res.dropped == (1, 2) and [m.seq for m in res.messages] == [3, 4] and res.cursor == 4
+    body, count = ch.render_after(5, 10)
+    assert count == 1 and json.loads(body)["messages"][0]["data"] == 5
