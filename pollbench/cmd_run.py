@@ -1,2 +1,243 @@
-def add_parser(sub):
-    pass
+"""``pollbench run``: start the stack, run Locust headless, stop everything, keep a complete record.
+
+The run folder (never an existing one) holds: ``run.json`` (parameters, versions,
+host, CPU per component, warnings, exit status), the rendered nginx config and
+every process's log, Locust's CSVs / HTML / JSON, the lossless latency data
+(``metrics/``), and samples of CPU/memory, stub_status and backend /stats
+(``samples/``).  Ctrl-C or a failure still writes run.json, marked incomplete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pollbench.errors import RunFailed, UserError
+from pollbench.loadgen import SCENARIOS, SHAPES, LoadSpec, parse_duration
+from pollbench.processes import spawn
+from pollbench.rundir import new_run_dir, write_json_atomic
+from pollbench.runinfo import (
+    SCHEMA_VERSION,
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_INCOMPLETE,
+    STATUS_RUNNING,
+    host_info,
+    software_versions,
+)
+from pollbench.sampler import Sampler
+from pollbench.stack import Stack, StackSpec
+from pollbench.stack_args import add_stack_arguments, spec_from_args
+
+# Locust needs a moment past -t to stop users and write its reports.
+LOCUST_GRACE_S = 60
+
+
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("load")
+    g.add_argument("--scenario", default="channels", choices=sorted(SCENARIOS),
+                   help="channels (subscribers + a publisher), tasks (task pollers), or mixed")
+    g.add_argument("--mix", default=None,
+                   help="weights instead of --scenario, e.g. subscriber:9,tasks:1")
+    g.add_argument("--users", type=int, default=200, help="simulated clients (default 200)")
+    g.add_argument("--spawn-rate", type=float, default=None,
+                   help="users started per second (default: all within 5 s)")
+    g.add_argument("--duration", default="60s", help="run time: 60, 60s, 2m, 1h30m (default 60s)")
+    g.add_argument("--shape", default="constant", choices=SHAPES, help="load shape over the run")
+    g.add_argument("--workers", type=int, default=0,
+                   help="Locust worker processes (0: one local process)")
+    g.add_argument("--connection", default="keepalive",
+                   help="client connections: keepalive, close (new one per request), every:K")
+    g.add_argument("--channels", type=int, default=10, help="channels to spread subscribers over")
+    g.add_argument("--publish-rate", type=float, default=20.0,
+                   help="messages/s over all channels, on a fixed schedule (default 20)")
+    g.add_argument("--poll-timeout", type=float, default=20.0,
+                   help="seconds the server may hold each poll (default 20)")
+    g.add_argument("--task-duration-ms", type=int, default=500, help="each task's duration")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run one benchmark end to end and record it in results/",
+                       description=__doc__)
+    add_stack_arguments(p)
+    add_load_arguments(p)
+    p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
+    p.set_defaults(func=lambda a: run(spec_from_args(a), load_from_args(a), out=a.out))
+
+
+def load_from_args(args: argparse.Namespace) -> LoadSpec:
+    return LoadSpec(scenario=args.scenario, mix=args.mix, users=args.users,
+                    spawn_rate=args.spawn_rate, duration_s=parse_duration(args.duration),
+                    shape=args.shape, workers=args.workers, connection=args.connection,
+                    channels=args.channels, publish_rate=args.publish_rate,
+                    poll_timeout_s=args.poll_timeout, task_duration_ms=args.task_duration_ms)
+
+
+class Progress:
+    """One line per interval: elapsed / total, users, req/s, deliveries/s, errors."""
+
+    def __init__(self, path: Path, total_s: float, stream=sys.stdout, every_s: float = 5.0):
+        self.path, self.total_s, self.stream, self.every_s = path, total_s, stream, every_s
+        self._next = time.monotonic() + every_s
+        self.last: dict = {}
+
+    def poll(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next += self.every_s
+        try:
+            self.last = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        p = self.last
+        print(f"[{p['elapsed_s']:6.0f}s/{self.total_s:.0f}s] users {p['users']:>6}  "
+              f"req/s {p['requests_per_s']:>8.1f}  deliveries/s {p['deliveries_per_s']:>8.1f}  "
+              f"failures {p['failures']}  lost {p['lost']}  duplicates {p['duplicates']}",
+              file=self.stream, flush=True)
+
+
+def base_record(kind: str, spec: StackSpec, load: LoadSpec, settings: dict) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": kind, "status": STATUS_RUNNING,
+        "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
+        "parameters": {
+            "scenario": load.mix and f"mix:{load.mix}" or load.scenario,
+            "user_classes": load.user_classes(), "users": load.users,
+            "spawn_rate": load.effective_spawn_rate(), "duration_s": load.duration_s,
+            "shape": load.shape, "workers": load.workers, "connection": load.connection,
+            "channels": load.channels, "publish_rate": load.publish_rate,
+            "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
+        },
+        "stack": {"profile": spec.profile, "nginx": settings, "backends": settings["backends"],
+                  "loop": spec.loop, "port": spec.port, "backend_ports": spec.backend_ports(),
+                  "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms},
+        "software": software_versions(spec.nginx_binary),
+        "host": host_info(),
+        "warnings": [],
+        "files": {},
+        "exit": {"code": None, "reason": "running"},
+    }
+
+
+FILES = {
+    "nginx_conf": "nginx/nginx.conf", "nginx_access_log": "nginx/logs/access.jsonl",
+    "nginx_error_log": "nginx/logs/error.log", "locust_log": "logs/locust.log",
+    "locust_stats": "locust/locust_stats.csv", "locust_history": "locust/locust_stats_history.csv",
+    "locust_failures": "locust/locust_failures.csv", "locust_html": "locust/report.html",
+    "locust_json": "locust/stats.json", "latency_hdr": "metrics/latency.hdr.jsonl",
+    "counters": "metrics/counters.jsonl", "processes": "samples/processes.csv",
+    "stub_status": "samples/stub_status.csv", "backend_stats": "samples/backend_stats.jsonl",
+}
+
+
+def cpu_summary(sampler: Sampler, load: LoadSpec) -> tuple[dict, list[str]]:
+    warnings = []
+    saturated = sampler.saturated("loadgen")
+    if saturated:
+        warnings.append(
+            f"load generator CPU-saturated ({', '.join(saturated)} at >= 90% of a core in >= 20% "
+            "of samples): its latencies and rates are not to be trusted; add --workers or "
+            "lower --users")
+    summary = {
+        "cpu_seconds": {k: round(v, 2) for k, v in sampler.cpu_seconds.items()},
+        "saturated_share": {k: round(s / n, 3) for k, (n, s) in sampler.saturation.items() if n},
+        "loadgen_saturated": bool(saturated),
+    }
+    return summary, warnings
+
+
+def run(spec: StackSpec, load: LoadSpec, out: Path | None = None) -> int:
+    settings = spec.validate()
+    load.validate(spec.max_hold_s)
+    label = f"{load.mix and 'mix' or load.scenario}-{spec.profile}-{load.users}u"
+    run_dir = new_run_dir(label, out)
+    record = base_record("run", spec, load, settings)
+    write_json_atomic(run_dir / "run.json", record)
+    print(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}", flush=True)
+
+    sampler: Sampler | None = None
+    status, reason, code = STATUS_FAILED, "failed", 3
+    stack = Stack(spec, run_dir)
+    locust = None
+    try:
+        stack.start()
+        (run_dir / "locust").mkdir()
+        cmd = load.headless_cmd(stack.url, run_dir / "metrics", run_dir / "locust" / "locust",
+                                run_dir / "locust" / "report.html",
+                                run_dir / "locust" / "stats")  # Locust adds .json
+        record["locust_command"] = cmd
+        locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
+                                       stop_signal=signal.SIGTERM))
+        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls)
+        sampler.start()
+        progress = Progress(run_dir / "metrics" / "progress.json", load.duration_s)
+        deadline = time.monotonic() + load.duration_s + LOCUST_GRACE_S
+        while locust.alive():
+            if time.monotonic() > deadline:
+                raise RunFailed(f"Locust did not finish within {LOCUST_GRACE_S} s of the run "
+                                f"time; see {locust.log_path}")
+            stack.check_alive()
+            progress.poll()
+            time.sleep(0.2)
+        rc = locust.popen.returncode
+        if rc not in (0, 1):
+            raise RunFailed(f"Locust exited with code {rc}; last lines of {locust.log_path}:\n"
+                            f"{locust.log_tail()}")
+        status, reason, code = STATUS_COMPLETE, "complete", 0
+    except KeyboardInterrupt:
+        status, reason, code = STATUS_INCOMPLETE, "interrupted (Ctrl-C or SIGTERM)", 130
+        raise
+    except RunFailed as e:
+        reason = f"failed: {str(e).splitlines()[0]}"
+        raise
+    except UserError as e:
+        reason = f"failed: {e}"
+        raise
+    finally:
+        # Ctrl-C again while stopping must not leave processes: ignore it until all are down.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stack.stop()
+            if sampler is not None:
+                sampler.stop()
+            finish_record(record, run_dir, status, reason, code, sampler, load, stack)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return code
+
+
+def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: int,
+                  sampler: Sampler | None, load: LoadSpec, stack: Stack) -> None:
+    record["ended_at"] = time.time()
+    record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
+    record["status"] = status
+    record["complete"] = status == STATUS_COMPLETE
+    record["exit"] = {"code": code, "reason": reason, "processes": stack.exit_codes}
+    record["files"] = {k: v for k, v in FILES.items() if (run_dir / v).exists()}
+    missing = sorted(set(FILES) - set(record["files"]))
+    if missing and status == STATUS_COMPLETE:
+        record["warnings"].append(f"files missing from a complete run: {', '.join(missing)}")
+    if sampler is not None:
+        record["cpu"], warnings = cpu_summary(sampler, load)
+        record["warnings"] += warnings
+    try:
+        record["loadgen"] = json.loads((run_dir / "metrics" / "progress.json").read_text())
+    except (OSError, ValueError):
+        record["loadgen"] = {}
+    lg = record["loadgen"]
+    if lg.get("lost") or lg.get("duplicates"):
+        record["warnings"].append(f"{lg.get('lost', 0)} messages lost and "
+                                  f"{lg.get('duplicates', 0)} duplicated")
+    write_json_atomic(run_dir / "run.json", record)
+    for w in record["warnings"]:
+        print(f"WARNING: {w}", file=sys.stderr, flush=True)
+    if lg:
+        print(f"requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
+              f"{lg.get('delivered')}  lost {lg.get('lost')}  duplicates {lg.get('duplicates')}",
+              flush=True)
+    print(f"status: {status}" + ("" if status == STATUS_COMPLETE else f" ({reason})"), flush=True)
+    print(run_dir, flush=True)

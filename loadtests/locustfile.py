@@ -1,0 +1,46 @@
+"""pollbench's locustfile: ``locust -f loadtests/locustfile.py -H http://127.0.0.1:8080``.
+
+Scenarios are user classes (pick them in the web UI's class picker, or name them
+on the command line): ``ChannelSubscriber`` + ``Publisher`` (channels),
+``TaskPoller`` (tasks).  Options prefixed ``--pb-`` tune them and show in the UI.
+"""
+
+from __future__ import annotations
+
+from locust import events
+
+from loadtests.metrics import MetricsPlumbing
+from loadtests.options import parse_connection_mode, parse_weights
+from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
+
+__all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
+
+
+@events.init_command_line_parser.add_listener
+def add_options(parser) -> None:
+    g = parser  # (argument groups do not take include_in_web_ui)
+    g.add_argument("--pb-out", default="", include_in_web_ui=False,
+                   help="folder for lossless latency data and progress (pollbench sets it)")
+    g.add_argument("--pb-channels", type=int, default=10, help="channels subscribers spread over")
+    g.add_argument("--pb-publish-rate", type=float, default=20.0,
+                   help="messages per second, all channels together (fixed schedule)")
+    g.add_argument("--pb-message-bytes", type=int, default=64, help="size of a published body")
+    g.add_argument("--pb-poll-timeout", type=float, default=20.0,
+                   help="seconds the server may hold each poll")
+    g.add_argument("--pb-task-duration-ms", type=int, default=500, help="each task's duration")
+    g.add_argument("--pb-task-payload-bytes", type=int, default=64, help="each result's size")
+    g.add_argument("--pb-connection", default="keepalive",
+                   help="keepalive, close (new connection per request) or every:K")
+    g.add_argument("--pb-mix", default="", include_in_web_ui=False,
+                   help="user class weights, e.g. ChannelSubscriber:9,TaskPoller:1")
+
+
+@events.init.add_listener
+def on_init(environment, **_kw) -> None:
+    opts = environment.parsed_options
+    if opts is not None:
+        parse_connection_mode(opts.pb_connection)  # fail at start, not in every user
+        classes = {c.__name__: c for c in (ChannelSubscriber, TaskPoller)}
+        for name, weight in parse_weights(opts.pb_mix).items():
+            classes[name].weight = weight
+    environment.pollbench = MetricsPlumbing(environment, opts.pb_out if opts else None)

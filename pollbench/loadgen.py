@@ -1,0 +1,142 @@
+"""The Locust command line for a run or the web UI (Locust runs as a subprocess: it monkey-patches)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtests.options import parse_connection_mode
+from pollbench.errors import UserError
+
+LOADTESTS = Path(__file__).resolve().parent.parent / "loadtests"
+LOCUSTFILE = LOADTESTS / "locustfile.py"
+SHAPESFILE = LOADTESTS / "shapes.py"
+
+SCENARIOS = {
+    "channels": ["ChannelSubscriber", "Publisher"],
+    "tasks": ["TaskPoller"],
+    "mixed": ["ChannelSubscriber", "Publisher", "TaskPoller"],
+}
+MIX_ALIASES = {"subscriber": "ChannelSubscriber", "tasks": "TaskPoller", "poller": "TaskPoller"}
+SHAPES = ("constant", "ramp", "steps", "spike", "soak")  # loadtests/shapes.py STAGES
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """'60', '60s', '2m', '1h30m', '1m30s' -> seconds."""
+    m = _DURATION.match(str(text).strip())
+    if not m or not any(m.groups()):
+        raise UserError(f"duration {text!r} does not parse: use seconds (60, 60s) or 2m, 1h30m")
+    h, mins, s = m.groups()
+    seconds = int(h or 0) * 3600 + int(mins or 0) * 60 + float(s or 0)
+    if seconds <= 0:
+        raise UserError(f"duration {text!r} must be more than 0 seconds")
+    return seconds
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """'subscriber:9,tasks:1' -> {'ChannelSubscriber': 9, 'TaskPoller': 1} (Publisher added)."""
+    weights: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition(":")
+        cls = MIX_ALIASES.get(name, name)
+        if cls not in ("ChannelSubscriber", "TaskPoller") or not weight.isdigit() or \
+                int(weight) < 1:
+            raise UserError(f"--mix {text!r}: use NAME:WEIGHT pairs with NAME subscriber or tasks "
+                            "and WEIGHT a whole number >= 1, e.g. subscriber:9,tasks:1")
+        weights[cls] = int(weight)
+    return weights
+
+
+@dataclass
+class LoadSpec:
+    scenario: str = "channels"
+    mix: str | None = None
+    users: int = 200
+    spawn_rate: float | None = None
+    duration_s: float = 60.0
+    shape: str = "constant"
+    workers: int = 0
+    connection: str = "keepalive"
+    channels: int = 10
+    publish_rate: float = 20.0
+    message_bytes: int = 64
+    poll_timeout_s: float = 20.0
+    task_duration_ms: int = 500
+    task_payload_bytes: int = 64
+
+    def effective_spawn_rate(self) -> float:
+        return self.spawn_rate if self.spawn_rate is not None else max(self.users / 5.0, 1.0)
+
+    def user_classes(self) -> list[str]:
+        if self.mix:
+            classes = list(parse_mix(self.mix))
+            return classes + ["Publisher"] if "ChannelSubscriber" in classes else classes
+        return SCENARIOS[self.scenario]
+
+    def validate(self, max_hold_s: float) -> None:
+        if self.scenario not in SCENARIOS:
+            raise UserError(f"unknown scenario {self.scenario!r}; choose one of "
+                            f"{', '.join(SCENARIOS)}")
+        if self.mix:
+            parse_mix(self.mix)
+        if self.users < 1:
+            raise UserError(f"--users must be 1 or more (it is {self.users})")
+        if self.spawn_rate is not None and self.spawn_rate <= 0:
+            raise UserError(f"--spawn-rate must be more than 0 (it is {self.spawn_rate:g})")
+        if self.shape not in SHAPES:
+            raise UserError(f"unknown shape {self.shape!r}; choose one of {', '.join(SHAPES)}")
+        if self.workers < 0 or self.workers > 64:
+            raise UserError(f"--workers must be from 0 to 64 (it is {self.workers})")
+        try:
+            parse_connection_mode(self.connection)
+        except ValueError as e:
+            raise UserError(f"--connection: {e}") from None
+        if self.channels < 1:
+            raise UserError(f"--channels must be 1 or more (it is {self.channels})")
+        if self.publish_rate < 0:
+            raise UserError("--publish-rate must be 0 or more")
+        if not 0 <= self.poll_timeout_s <= max_hold_s:
+            raise UserError(f"--poll-timeout must be from 0 to the backends' --max-hold "
+                            f"({max_hold_s:g} s)")
+        if not 0 <= self.task_duration_ms <= 600000:
+            raise UserError("--task-duration-ms must be from 0 to 600000")
+        if "Publisher" in self.user_classes() and self.users < 2:
+            raise UserError("--users must be at least 2 for the channels scenario "
+                            "(one user is the publisher)")
+
+    def locust_options(self) -> list[str]:
+        """The pollbench options the locustfile defines (``--pb-*``)."""
+        opts = ["--pb-channels", str(self.channels), "--pb-publish-rate", f"{self.publish_rate:g}",
+                "--pb-message-bytes", str(self.message_bytes),
+                "--pb-poll-timeout", f"{self.poll_timeout_s:g}",
+                "--pb-task-duration-ms", str(self.task_duration_ms),
+                "--pb-task-payload-bytes", str(self.task_payload_bytes),
+                "--pb-connection", self.connection]
+        if self.mix:
+            opts += ["--pb-mix", ",".join(f"{k}:{v}" for k, v in parse_mix(self.mix).items())]
+        return opts
+
+    def headless_cmd(self, host: str, out: Path, csv_prefix: Path, html: Path,
+                     json_file: Path) -> list[str]:
+        files = str(LOCUSTFILE)
+        cmd = [sys.executable, "-m", "locust"]
+        if self.shape != "constant":
+            files += f",{SHAPESFILE}"
+            shape = ["--pb-shape", self.shape, "--pb-shape-users", str(self.users),
+                     "--pb-shape-seconds", f"{self.duration_s:g}",
+                     "--pb-shape-spawn-rate", f"{self.effective_spawn_rate():g}"]
+            load = ["-t", f"{int(self.duration_s + 0.999)}s"]
+        else:
+            shape = []
+            load = ["-u", str(self.users), "-r", f"{self.effective_spawn_rate():g}",
+                    "-t", f"{int(self.duration_s + 0.999)}s"]
+        cmd += ["-f", files, "--headless", "-H", host, *load, *shape,
+                "--csv", str(csv_prefix), "--csv-full-history", "--html", str(html),
+                "--json-file", str(json_file), "--only-summary", "--exit-code-on-error", "0",
+                "--pb-out", str(out), *self.locust_options()]
+        if self.workers:
+            cmd += ["--processes", str(self.workers)]
+        return cmd + self.user_classes()

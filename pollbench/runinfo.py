@@ -1,0 +1,90 @@
+"""run.json: what a run was (parameters, versions, host) and how it ended.
+
+The format carries one integer version, checked by every reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import jsonschema
+import psutil
+
+from pollbench.errors import UserError
+
+# History of run.json's schema_version:
+#   1 (pollbench 0.1): first version.
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "run.schema.json"
+
+STATUS_RUNNING, STATUS_COMPLETE, STATUS_INCOMPLETE, STATUS_FAILED = (
+    "running", "complete", "incomplete", "failed")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def software_versions(nginx_binary: str) -> dict:
+    try:
+        nginx_v = subprocess.run([nginx_binary, "-V"], capture_output=True, text=True,
+                                 timeout=10).stderr.strip()
+    except OSError as e:
+        nginx_v = f"unavailable: {e}"
+    return {
+        "pollbench": _version("pollbench"), "python": sys.version.split()[0],
+        "tornado": _version("tornado"), "locust": _version("locust"),
+        "uvloop": _version("uvloop"), "hdrhistogram": _version("hdrhistogram"),
+        "nginx": nginx_v.splitlines()[0] if nginx_v else None, "nginx_V": nginx_v,
+    }
+
+
+def host_info() -> dict:
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import resource
+
+    return {
+        "hostname": platform.node(), "kernel": platform.release(), "os": platform.platform(),
+        "cpu_model": model, "cpu_count": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "open_files_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+    }
+
+
+def validate_run_json(data: dict) -> None:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validate(data, schema)
+
+
+def read_run_json(run_dir: Path) -> dict:
+    """run.json of a run folder, checked: clear errors for missing, corrupt or unknown versions."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a pollbench run folder (no run.json)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if not isinstance(version, int):
+        raise UserError(f"{path} has no integer schema_version; it was not written by pollbench")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{path} has schema_version {version}, newer than this pollbench "
+                        f"understands ({SCHEMA_VERSION}): upgrade pollbench")
+    return data
