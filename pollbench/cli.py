@@ -20,10 +20,17 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments: one line naming the problem and where help is, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pollbench import cmd_run, cmd_ui, cmd_up
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="pollbench", description="Benchmark long-polling services behind nginx.")
     parser.add_argument("--version", action="version", version=f"pollbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -172,6 +172,7 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None) -> int:
         record["locust_command"] = cmd
         locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
                                        stop_signal=signal.SIGTERM))
+        record["pids"] = stack.pids()
         sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls)
         sampler.start()
         progress = Progress(run_dir / "metrics" / "progress.json", load.duration_s)
@@ -210,6 +211,23 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None) -> int:
     return code
 
 
+def latency_lines(hdr_log: Path) -> list[str]:
+    """Headline latencies from the lossless log (not Locust's rounded percentiles)."""
+    from analysis.hdr import merged, read_hdr_log, summary_ms
+
+    try:
+        log = read_hdr_log(hdr_log)
+    except ValueError:
+        return [f"(latency log {hdr_log} is unreadable)"]
+    lines = []
+    for metric, label in (("DELIVERY", "delivery latency"), ("TASK", "task turnaround")):
+        s = summary_ms(merged(log, metric))
+        if s["count"]:
+            lines.append(f"{label:17} n={s['count']}  p50 {s['p50']:.2f} ms  p99 {s['p99']:.2f} ms"
+                         f"  max {s['max']:.2f} ms")
+    return lines
+
+
 def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: int,
                   sampler: Sampler | None, load: LoadSpec, stack: Stack) -> None:
     record["ended_at"] = time.time()
@@ -239,5 +257,7 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
         print(f"requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
               f"{lg.get('delivered')}  lost {lg.get('lost')}  duplicates {lg.get('duplicates')}",
               flush=True)
+    for line in latency_lines(run_dir / FILES["latency_hdr"]):
+        print(line, flush=True)
     print(f"status: {status}" + ("" if status == STATUS_COMPLETE else f" ({reason})"), flush=True)
     print(run_dir, flush=True)

@@ -1,0 +1,147 @@
+"""``pollbench run`` for real: short runs of each scenario, connection reuse, interrupts, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+from analysis.hdr import merged, read_hdr_log
+from pollbench.cmd_run import FILES
+from pollbench.runinfo import validate_run_json
+from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+
+POLL_TIMEOUT_S = 2.0
+
+
+def run_pollbench(out, *args, timeout=120):
+    port, backend_port = free_stack_ports()
+    proc = subprocess.run(
+        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
+                      "--out", str(out), "--poll-timeout", str(POLL_TIMEOUT_S), *args),
+        capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    return proc
+
+
+def access_log(run_dir) -> pd.DataFrame:
+    df = pd.read_json(run_dir / FILES["nginx_access_log"], lines=True, dtype=False)
+    df["connection_requests"] = df["connection_requests"].astype(int)
+    return df
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short real run per scenario (shared by the tests that read them)."""
+    base = tmp_path_factory.mktemp("runs")
+    out = {}
+    for scenario in ("channels", "tasks", "mixed"):
+        proc = run_pollbench(base / scenario, "--scenario", scenario, "--users", "30",
+                             "--duration", "8s", "--publish-rate", "40", "--channels", "4",
+                             "--task-duration-ms", "200")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out[scenario] = (base / scenario, proc)
+    return out
+
+
+@pytest.mark.parametrize("scenario", ["channels", "tasks", "mixed"])
+def test_short_run_leaves_every_file_and_a_valid_run_json(runs, scenario):
+    run_dir, proc = runs[scenario]
+    record = json.loads((run_dir / "run.json").read_text())
+    validate_run_json(record)
+    assert record["status"] == "complete" and record["complete"] is True
+    for key, rel in FILES.items():
+        assert (run_dir / rel).is_file(), f"{key}: {rel} missing"
+    assert record["software"]["nginx"].startswith("nginx version")
+    assert set(record["cpu"]["cpu_seconds"]) >= {"loadgen", "nginx", "backend-0", "backend-3"}
+    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
+    for log in ("backend-0.log", "nginx.log", "locust.log"):
+        assert (run_dir / "logs" / log).exists()
+
+
+@pytest.mark.parametrize("scenario", ["channels", "mixed"])
+def test_deliveries_counted_none_lost_or_duplicated_latency_sane(runs, scenario):
+    run_dir, _ = runs[scenario]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["loadgen"]["delivered"] > 100
+    assert record["loadgen"]["lost"] == 0 and record["loadgen"]["duplicates"] == 0
+    hist = merged(read_hdr_log(run_dir / FILES["latency_hdr"]), "DELIVERY")
+    assert hist.get_total_count() == record["loadgen"]["delivered"]
+    assert hist.get_min_value() > 0
+    assert hist.get_max_value() / 1000 < POLL_TIMEOUT_S * 1000
+
+
+@pytest.mark.parametrize("scenario", ["tasks", "mixed"])
+def test_task_turnaround_is_recorded_and_at_least_the_task_duration(runs, scenario):
+    run_dir, _ = runs[scenario]
+    hist = merged(read_hdr_log(run_dir / FILES["latency_hdr"]), "TASK")
+    assert hist.get_total_count() > 10
+    assert hist.get_min_value() / 1000 >= 200
+
+
+def test_keepalive_reuses_client_connections(runs):
+    df = access_log(runs["channels"][0])
+    assert df["connection_requests"].max() >= 10
+    assert df.groupby("connection")["connection_requests"].max().mean() > 5
+
+
+def test_connection_close_makes_exactly_one_request_per_connection(tmp_path):
+    proc = run_pollbench(tmp_path / "close", "--scenario", "mixed", "--users", "12",
+                         "--duration", "6s", "--connection", "close")
+    assert proc.returncode == 0, proc.stderr
+    df = access_log(tmp_path / "close")
+    assert len(df) > 50
+    assert (df["connection_requests"] == 1).all()
+
+
+def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
+    port, backend_port = free_stack_ports()
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
+                      "--out", str(out), "--users", "20", "--duration", "60s"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:  # wait until Locust is producing progress
+        if (out / "metrics" / "progress.json").exists():
+            break
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "incomplete" and record["complete"] is False
+    validate_run_json(record)
+    assert record["pids"] and not [p for p in record["pids"].values() if psutil.pid_exists(p)]
+    assert (out / "logs" / "locust.log").exists() and (out / "logs" / "backend-0.log").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--scenario", "nope"], "invalid choice: 'nope'"),
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--users", "0"], "--users must be 1 or more"),
+    (["--users", "-5"], "--users must be 1 or more"),
+    (["--duration", "soon"], "duration 'soon' does not parse"),
+    (["--duration", "0s"], "must be more than 0"),
+    (["--connection", "sometimes"], "--connection"),
+    (["--mix", "subscriber:x"], "--mix"),
+])
+def test_bad_arguments_fail_at_once_and_start_nothing(tmp_path, args, words):
+    t0 = time.monotonic()
+    proc = run_pollbench(tmp_path / "x", *args, timeout=30)
+    assert proc.returncode == 2
+    assert words in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 3  # a clear message, not a traceback
+    assert not (tmp_path / "x").exists()
+    assert time.monotonic() - t0 < 10
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "taken").mkdir()
+    proc = run_pollbench(tmp_path / "taken", "--duration", "5s")
+    assert proc.returncode == 2 and "never overwrites" in proc.stderr
