@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # Set up a machine for pollbench: nginx (Debian's nginx-light) when it is missing, and a
 # virtualenv in .venv with the pinned dependencies from pyproject.toml.  Safe to rerun.
+#   --test   also install what the test suite needs (Debian's chromium for the web UI test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+want_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    *) echo "bootstrap: unknown option $arg (only --test)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "bootstrap: nginx is missing; run as root or install it: apt-get install -y nginx-light" >&2
+    echo "bootstrap: missing ${missing[*]}; run as root or: apt-get install -y ${missing[*]}" >&2
     exit 2
   fi
-  echo "bootstrap: installing nginx-light"
+  echo "bootstrap: installing ${missing[*]} (apt)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 export PATH="$PATH:/usr/sbin"
 
