@@ -6,7 +6,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 
 import psutil
 import pytest

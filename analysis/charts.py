@@ -1,0 +1,365 @@
+"""Charts of one run (matplotlib, Agg).  Each function returns a Figure, or None when its data is missing.
+
+Every chart has a title, axis labels with units and the run's configuration as
+a subtitle; latencies use log axes because they span orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from analysis.figures import (  # noqa: E402
+    Figures,
+    backend_reuse,
+    client_reuse,
+    interval_rate,
+    spectrum,
+)
+
+PCT_STYLE = {"p50": ("#1f77b4", "-"), "p95": ("#ff7f0e", "-"), "p99": ("#d62728", "-"),
+             "max": ("#7f7f7f", ":")}
+FAMILY_TITLES = {"deliveries": "Delivery latency (publish -> receipt)",
+                 "requests": "Plain request latency (non-poll)",
+                 "tasks": "Task turnaround (submit -> result)"}
+SATURATION = 90.0
+
+
+def _figure(fig: Figures, title: str, nrows: int = 1, ncols: int = 1, height: float = 4.2,
+            sharex: bool = False):
+    f, axes = plt.subplots(nrows, ncols, figsize=(11, height * nrows), sharex=sharex,
+                           squeeze=False)
+    total_h = height * nrows
+    f.suptitle(title, fontsize=13, fontweight="bold", y=1 - 0.08 / total_h)
+    f.text(0.5, 1 - 0.40 / total_h, fig.label, ha="center", va="top", fontsize=9, color="#444")
+    f._pollbench_top = 1 - 0.70 / total_h
+    return f, axes.ravel()
+
+
+def _finish(f):
+    f.tight_layout(rect=(0, 0, 1, f._pollbench_top))
+    return f
+
+
+def _plain_ticks(axis) -> None:
+    """Log axes labelled 0.5, 2, 500 rather than 5x10^-1, 2x10^0, 5.12x10^2."""
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _warmup(ax, fig: Figures) -> None:
+    if fig.warmup_s > 0:
+        ax.axvspan(0, fig.warmup_s, color="#cccccc", alpha=0.35, lw=0)
+
+
+def throughput(fig: Figures):
+    run = fig.run
+    hist = run.history
+    http = run.hdr[run.hdr["metric"].str.startswith("HTTP ")] if not run.hdr.empty else run.hdr
+    reqs = interval_rate(http["t0"], http["t1"], http["count"], run.start, fig.bin_s)
+    delivered = run.counters[run.counters["counter"] == "delivered"] if not \
+        run.counters.empty else run.counters
+    deliveries = interval_rate(delivered["t0"], delivered["t1"], delivered["value"], run.start,
+                               fig.bin_s)
+    if reqs.empty and deliveries.empty:
+        return None
+    f, (ax,) = _figure(fig, "Users and throughput over time")
+    _warmup(ax, fig)
+    if not reqs.empty:
+        ax.plot(reqs.index, reqs.values, label="requests/s", color="#1f77b4")
+    if not deliveries.empty:
+        ax.plot(deliveries.index, deliveries.values, label="deliveries/s", color="#2ca02c")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("per second")
+    ax.set_ylim(bottom=0)
+    if not hist.empty and "Name" in hist:
+        agg = hist[hist["Name"] == "Aggregated"]
+        if not agg.empty:
+            ax2 = ax.twinx()
+            ax2.step(agg["Timestamp"] - run.start, agg["User Count"], where="post",
+                     color="#9467bd", label="users", alpha=0.8)
+            ax2.set_ylabel("users")
+            ax2.set_ylim(bottom=0)
+            h2, l2 = ax2.get_legend_handles_labels()
+            h1, l1 = ax.get_legend_handles_labels()
+            ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=9)
+    else:
+        ax.legend(loc="upper left", fontsize=9)
+    return _finish(f)
+
+
+def latency_over_time(fig: Figures):
+    names = [k for k in ("deliveries", "requests", "tasks") if not fig.families[k].series.empty]
+    timeouts = fig.families["poll_timeouts"].series
+    if not names:
+        return None
+    f, axes = _figure(fig, "Latency percentiles over time (lossless, HdrHistogram)",
+                      nrows=len(names) + 1, height=3.0, sharex=True)
+    for ax, name in zip(axes, names, strict=False):
+        s = fig.families[name].series
+        _warmup(ax, fig)
+        for q, (color, style) in PCT_STYLE.items():
+            ax.plot(s["t"], s[q], color=color, linestyle=style, label=q)
+        ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
+        lo, hi = s["p50"].min(), s["max"].max()
+        if hi / max(lo, 1e-9) < 10:  # a narrow range gets few major ticks: label minors too
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(FAMILY_TITLES[name], fontsize=10, loc="left")
+        ax.legend(loc="upper right", fontsize=8, ncol=4)
+        ax.grid(True, which="major", alpha=0.3)
+    ax = axes[len(names)]
+    _warmup(ax, fig)
+    if not timeouts.empty:
+        ax.bar(timeouts["t"], timeouts["count"] / fig.bin_s, width=fig.bin_s * 0.9,
+               color="#bcbd22", align="edge")
+    else:
+        ax.text(0.5, 0.5, "no poll timed out", ha="center", va="center", transform=ax.transAxes,
+                color="#777")
+    ax.set_title("Long polls answered 204 (hold expired, no news): not latency, shown apart",
+                 fontsize=10, loc="left")
+    ax.set_ylabel("204 answers/s")
+    ax.set_xlabel("time since start (s)  [grey: warm-up, excluded from the summary]")
+    return _finish(f)
+
+
+def _spectrum_axis(ax) -> None:
+    ax.set_xscale("log")
+    ticks = [1, 10, 100, 1000, 10000, 100000]
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda x, _: {1: "0%", 10: "90%", 100: "99%", 1000: "99.9%", 10000: "99.99%",
+                      100000: "99.999%"}.get(int(round(x)), "")))
+    ax.set_xlim(1, 100000)
+    ax.set_xlabel("percentile")
+    ax.set_yscale("log")
+    _plain_ticks(ax.yaxis)
+    ax.set_ylabel("latency (ms)")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def spectrum_x(percentiles) -> np.ndarray:
+    p = np.asarray(percentiles, dtype=float)
+    return 1.0 / np.maximum(1 - p / 100.0, 1e-5)
+
+
+def percentile_spectrum(fig: Figures):
+    series = {k: spectrum(fig.families[k].total) for k in ("deliveries", "requests", "tasks")}
+    series = {k: v for k, v in series.items() if not v.empty}
+    if not series:
+        return None
+    f, (ax,) = _figure(fig, "Latency by percentile (HdrHistogram percentile spectrum)")
+    for name, df in series.items():
+        n = fig.families[name].total.get_total_count()
+        ax.plot(spectrum_x(df["percentile"]), df["latency_ms"], label=f"{FAMILY_TITLES[name]}, "
+                f"n={n:,}")
+    _spectrum_axis(ax)
+    ax.legend(fontsize=9, loc="lower right")
+    return _finish(f)
+
+
+def delivery_cdf(fig: Figures):
+    df = spectrum(fig.families["deliveries"].total)
+    if df.empty:
+        return None
+    f, (ax,) = _figure(fig, "Delivery latency: cumulative distribution")
+    ax.plot(df["latency_ms"], df["percentile"] / 100, drawstyle="steps-post", color="#2ca02c")
+    ax.set_xscale("log")
+    _plain_ticks(ax.xaxis)
+    ax.set_xlabel("delivery latency, publish -> receipt (ms)")
+    ax.set_ylabel("fraction of messages delivered within")
+    ax.set_ylim(0, 1.01)
+    ax.grid(True, which="both", alpha=0.3)
+    for q in (50, 99):
+        v = fig.families["deliveries"].total.get_value_at_percentile(q) / 1000
+        ax.axvline(v, color="#999", linestyle="--", lw=1)
+        ax.annotate(f"p{q} {v:.2f} ms", (v, 0.05 if q == 50 else 0.15), fontsize=8,
+                    xytext=(4, 0), textcoords="offset points")
+    return _finish(f)
+
+
+def _cdf_from_counts(dist: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """{requests on a connection: connections} -> (x, fraction of connections with <= x)."""
+    dist = dist.sort_index()
+    return dist.index.to_numpy(dtype=float), dist.cumsum().to_numpy() / dist.sum()
+
+
+def connection_reuse(fig: Figures):
+    run = fig.run
+    creuse, breuse = client_reuse(run.access), backend_reuse(run.backend_stats)
+    if not creuse and not breuse:
+        return None
+    f, axes = _figure(fig, "Connection reuse on both hops", ncols=3, height=4.4)
+    hops = (("client -> nginx", creuse, "#1f77b4"), ("nginx -> backend", breuse, "#d62728"))
+    ax = axes[0]
+    for hop, data, color in hops:
+        if data and not data["distribution"].empty:
+            x, y = _cdf_from_counts(data["distribution"])
+            ax.step(np.concatenate([[x[0]], x]), np.concatenate([[0], y]), where="post",
+                    color=color, label=hop)
+    ax.set_xscale("log")
+    _plain_ticks(ax.xaxis)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("requests on one connection")
+    ax.set_ylabel("fraction of connections (CDF)")
+    ax.set_title("requests per connection", fontsize=9, loc="left")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, alpha=0.3)
+    ax = axes[1]
+    labels = [h for h, d, _ in hops if d]
+    means = [d["mean"] for _, d, _ in hops if d]
+    bars = ax.bar(labels, means, color=[c for _, d, c in hops if d])
+    ax.bar_label(bars, labels=[f"{m:.2f}\n({d['connections']:,} conns)" for m, (_, d, _) in
+                               zip(means, [h for h in hops if h[1]], strict=True)], fontsize=8)
+    ax.set_ylim(0, max(means + [1]) * 1.3)
+    ax.set_ylabel("mean requests per connection")
+    ax.set_title("reuse ratio ($connection_requests; backend counters)", fontsize=9, loc="left")
+    ax = axes[2]
+    stub = run.stub_status
+    if not stub.empty and len(stub) > 1:
+        s = stub.sort_values("time")
+        rate = s["accepts"].diff() / s["time"].diff()
+        ax.plot(s["time"] - run.start, rate, label="client -> nginx", color="#1f77b4")
+    b = run.backend_stats
+    if not b.empty:
+        acc = b.pivot_table(index="time", columns="backend", values="connections_accepted")
+        total = acc.sum(axis=1).sort_index()
+        rate = total.diff() / pd.Series(total.index, index=total.index).diff()
+        ax.plot(total.index - run.start, rate.values, label="nginx -> backends", color="#d62728")
+    ax.set_title("new connections per second", fontsize=9, loc="left")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("connections/s")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return _finish(f)
+
+
+def upstream_timing(fig: Figures):
+    acc = fig.run.access
+    if acc.empty or acc["upstream_response_time"].isna().all():
+        return None
+    proxied = acc[acc["upstream_response_time"].notna()]
+    poll = proxied["method"].eq("GET") & proxied["uri"].str.match(r"^/(channels|tasks)/")
+    f, axes = _figure(fig, "Upstream timing from nginx's log (nginx -> backend)", ncols=2,
+                      height=4.4)
+    for ax, subset, title in ((axes[0], proxied[~poll], "publishes, submits, other requests"),
+                              (axes[1], proxied[poll], "long polls (response time = hold time)")):
+        ax.set_title(f"{title}: {len(subset):,} requests", fontsize=9, loc="left")
+        for col, color in (("upstream_connect_time", "#1f77b4"),
+                           ("upstream_header_time", "#ff7f0e"),
+                           ("upstream_response_time", "#d62728")):
+            v = np.sort(subset[col].dropna().to_numpy() * 1000)
+            if len(v):
+                # loopback times are often 0.000 s: plot them at the 1-ms log floor
+                ax.plot(np.maximum(v, 0.1), np.linspace(0, 1, len(v), endpoint=False),
+                        label=col.replace("upstream_", "").replace("_", " "), color=color,
+                        drawstyle="steps-post")
+        ax.set_xscale("log")
+        _plain_ticks(ax.xaxis)
+        ax.set_xlabel("time (ms; nginx logs whole ms, 0 drawn at 0.1)")
+        ax.set_ylabel("fraction of requests")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(True, alpha=0.3)
+    return _finish(f)
+
+
+def errors(fig: Figures):
+    run = fig.run
+    c = run.counters
+    errs = c[c["counter"].str.startswith("error:")] if not c.empty else c
+    lost = int(fig.summary["metrics"]["lost_messages"]["value"])
+    dup = int(fig.summary["metrics"]["duplicate_messages"]["value"])
+    f, axes = _figure(fig, "Errors by cause, lost and duplicate messages", ncols=2, height=4.2)
+    ax = axes[0]
+    if errs.empty:
+        ax.text(0.5, 0.5, "no failed requests", ha="center", va="center",
+                transform=ax.transAxes, fontsize=12, color="#2ca02c")
+    else:
+        t = ((errs["t0"] - run.start) // fig.bin_s) * fig.bin_s
+        table = errs.assign(t=t, cause=errs["counter"].str[len("error:"):].str[:60]) \
+            .pivot_table(index="t", columns="cause", values="value", aggfunc="sum", fill_value=0)
+        bottom = np.zeros(len(table))
+        for cause in table.columns:
+            ax.bar(table.index, table[cause] / fig.bin_s, bottom=bottom, width=fig.bin_s * 0.9,
+                   align="edge", label=cause)
+            bottom += table[cause].to_numpy() / fig.bin_s
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("failed requests/s")
+    ax.set_title("failed requests by cause", fontsize=9, loc="left")
+    ax = axes[1]
+    bars = ax.bar(["lost", "duplicate"], [lost, dup], color=["#d62728", "#ff7f0e"])
+    ax.bar_label(bars)
+    ax.set_ylabel("messages")
+    ax.set_title("message integrity (any non-zero is a bug or an overflow)", fontsize=9,
+                 loc="left")
+    ax.set_ylim(0, max(lost, dup, 1) * 1.25)
+    return _finish(f)
+
+
+def component_of(name: str) -> str:
+    """'nginx/1234' -> 'nginx', 'loadgen/99' -> 'loadgen' (children belong to their root)."""
+    return name.split("/", 1)[0]
+
+
+def resources(fig: Figures):
+    p = fig.run.processes
+    if p.empty:
+        return None
+    run = fig.run
+    p = p.assign(component=p["component"].map(component_of), t=p["time"] - run.start)
+    system = p[p["component"] == "system"]
+    comps = p[p["component"] != "system"]
+    cpu = comps.pivot_table(index="t", columns="component", values="cpu_percent", aggfunc="sum")
+    rss = comps.pivot_table(index="t", columns="component", values="rss_bytes",
+                            aggfunc="sum") / 2**20
+    f, axes = _figure(fig, "CPU and memory per component", nrows=2, height=3.6, sharex=True)
+    ax = axes[0]
+    for col in cpu.columns:
+        ax.plot(cpu.index, cpu[col], label=col, lw=1.6 if col in ("loadgen", "nginx") else 1.0)
+    if not system.empty:
+        cores = fig.run.info.get("host", {}).get("cpu_count") or 1
+        ax.plot(system["t"], system["cpu_percent"] * cores, color="black", linestyle=":",
+                label=f"whole machine ({cores} cores)")
+    ax.axhline(SATURATION, color="#d62728", linestyle="--", lw=1)
+    ax.text(0.995, SATURATION, "90% of a core: load generator saturated above",
+            transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
+            color="#d62728")
+    loadgen = comps[comps["component"] == "loadgen"].groupby("pid")
+    for _, g in loadgen:
+        hot = g[g["cpu_percent"] >= SATURATION]
+        for t in hot["t"]:
+            ax.axvspan(t - 0.5, t + 0.5, color="#d62728", alpha=0.15, lw=0)
+    sat = "SATURATED" if fig.summary["loadgen_saturated"] else "not saturated"
+    ax.set_title(f"CPU (100% = one core); load generator {sat}", fontsize=9, loc="left")
+    ax.set_ylabel("CPU (% of one core)")
+    ax.set_ylim(0, max(110, float(np.nanmax(cpu.to_numpy())) * 1.1 if cpu.size else 110))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax = axes[1]
+    for col in rss.columns:
+        ax.plot(rss.index, rss[col], label=col)
+    ax.set_ylabel("resident memory (MiB)")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("memory (RSS, process and its children)", fontsize=9, loc="left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _finish(f)
+
+
+CHARTS = {
+    "throughput": (throughput, "Users and throughput"),
+    "latency_over_time": (latency_over_time, "Latency percentiles over time"),
+    "percentile_spectrum": (percentile_spectrum, "Percentile spectrum"),
+    "delivery_cdf": (delivery_cdf, "Delivery latency CDF"),
+    "connection_reuse": (connection_reuse, "Connection reuse"),
+    "upstream_timing": (upstream_timing, "Upstream timing"),
+    "errors": (errors, "Errors, lost and duplicate messages"),
+    "resources": (resources, "CPU and memory per component"),
+}

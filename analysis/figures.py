@@ -1,0 +1,270 @@
+"""Headline figures and time series of one run, computed from the lossless data.
+
+Nothing here reads Locust's rounded percentiles: latencies come from the
+HdrHistogram interval log, counts from counters.jsonl, reuse from nginx's access
+log and the backends' /stats.  Every figure carries its unit.
+
+    run = load_run(path)
+    fig = compute(run)              # Figures: summary dict + DataFrames for the charts
+    fig.summary["metrics"]["delivery_latency_p99"]   # {"value": 4.1, "unit": "ms", ...}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from hdrh.histogram import HdrHistogram
+
+from analysis.hdr import new_histogram, summary_ms
+from analysis.load import RunData
+
+# History of summary.json's schema_version:
+#   1: first version.
+SUMMARY_SCHEMA_VERSION = 1
+MAX_TIME_BINS = 120
+WINDOW_S = 10.0  # windows whose percentiles feed significance tests across intervals
+POLL_PREFIXES = ("HTTP GET /channels/[name]", "HTTP GET /tasks/[id]")
+SPECTRUM_PERCENTILES = [100 * (1 - 10 ** (-k / 20)) for k in range(0, 101)]  # 0 .. 99.999
+
+
+def metric_groups(metrics) -> dict[str, list[str]]:
+    """Which HDR metrics make up each latency family."""
+    metrics = [str(m) for m in metrics]
+    http = [m for m in metrics if m.startswith("HTTP ")]
+    return {
+        "requests": [m for m in http if not m.startswith(POLL_PREFIXES)],
+        "poll_holds": [m for m in http if m.startswith(POLL_PREFIXES) and "(204" not in m],
+        "poll_timeouts": [m for m in http if "(204" in m],
+        "deliveries": [m for m in metrics if m == "DELIVERY"],
+        "tasks": [m for m in metrics if m == "TASK"],
+        "task_overhead": [m for m in metrics if m == "TASK_OVERHEAD"],
+        "repoll_gap": [m for m in metrics if m == "REPOLL_GAP"],
+        "publish_lag": [m for m in metrics if m == "PUBLISH_LAG"],
+        "loadgen_gc": [m for m in metrics if m == "GC_PAUSE"],
+    }
+
+
+@dataclass
+class Family:
+    """One latency family: whole-run histogram, per-bin percentiles, per-window percentiles."""
+    total: HdrHistogram
+    series: pd.DataFrame      # t (s from start), count, p50, p95, p99, max (ms)
+    windows: pd.DataFrame     # same columns per WINDOW_S window (for significance tests)
+
+
+@dataclass
+class Figures:
+    run: RunData
+    label: str
+    warmup_s: float
+    bin_s: float
+    families: dict[str, Family]
+    summary: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def _percentile_rows(hists: dict[int, HdrHistogram], width: float) -> pd.DataFrame:
+    rows = []
+    for b in sorted(hists):
+        h = hists[b]
+        n = h.get_total_count()
+        if not n:
+            continue
+        rows.append((b * width, n, h.get_value_at_percentile(50) / 1000,
+                     h.get_value_at_percentile(95) / 1000, h.get_value_at_percentile(99) / 1000,
+                     h.get_max_value() / 1000))
+    return pd.DataFrame(rows, columns=["t", "count", "p50", "p95", "p99", "max"])
+
+
+def family(log: pd.DataFrame, metrics: list[str], start: float, warmup_s: float,
+           bin_s: float) -> Family:
+    """Decode each interval once; fold it into its time bin, its window and (after warm-up) the total."""
+    rows = log[log["metric"].isin(metrics)]
+    bins: dict[int, HdrHistogram] = {}
+    windows: dict[int, HdrHistogram] = {}
+    total = new_histogram()
+    rel = (rows["t0"].to_numpy(dtype=float) - start)
+    for t, encoded in zip(rel, rows["hist"], strict=True):
+        interval = HdrHistogram.decode(encoded)
+        b = int(t // bin_s)
+        if b not in bins:
+            bins[b] = new_histogram()
+        bins[b].add(interval)
+        if t >= warmup_s:
+            total.add(interval)
+            w = int((t - warmup_s) // WINDOW_S)
+            if w not in windows:
+                windows[w] = new_histogram()
+            windows[w].add(interval)
+    return Family(total, _percentile_rows(bins, bin_s), _percentile_rows(windows, WINDOW_S))
+
+
+def spectrum(hist: HdrHistogram) -> pd.DataFrame:
+    """Latency at percentiles 0 .. 99.999 (the HdrHistogram percentile-spectrum plot)."""
+    if not hist.get_total_count():
+        return pd.DataFrame(columns=["percentile", "latency_ms"])
+    vals = [hist.get_value_at_percentile(p) / 1000 for p in SPECTRUM_PERCENTILES]
+    return pd.DataFrame({"percentile": SPECTRUM_PERCENTILES, "latency_ms": vals})
+
+
+def run_label(info: dict) -> str:
+    p, s = info["parameters"], info["stack"]
+    return (f"{p['scenario']}, profile {s['profile']}, {s['backends']} backends, loop {s['loop']}, "
+            f"{p['users']} users, {p['connection']}")
+
+
+def default_warmup(info: dict) -> float:
+    """The spawn time (users / spawn rate), at most a fifth of the run."""
+    p = info["parameters"]
+    spawn = p["users"] / p["spawn_rate"] if p.get("spawn_rate") else 0.0
+    return round(min(spawn, 0.2 * p["duration_s"]), 3)
+
+
+def counter_totals(run: RunData, warmup_s: float | None = None) -> dict[str, int]:
+    c = run.counters
+    if c.empty:
+        return {}
+    if warmup_s:
+        c = c[c["t0"] - run.start >= warmup_s]
+    return {str(k): int(v) for k, v in c.groupby("counter")["value"].sum().items()}
+
+
+def client_reuse(access: pd.DataFrame) -> dict:
+    """Requests per client->nginx connection, from $connection / $connection_requests."""
+    if access.empty:
+        return {}
+    per_conn = access.groupby("connection")["connection_requests"].max()
+    return {"connections": int(per_conn.size), "mean": float(per_conn.mean()),
+            "p50": float(per_conn.median()), "max": int(per_conn.max()),
+            "distribution": per_conn.value_counts().sort_index()}
+
+
+def backend_reuse(backend: pd.DataFrame) -> dict:
+    """Requests per nginx->backend connection, from the backends' own counters (last sample)."""
+    if backend.empty:
+        return {}
+    last = backend.sort_values("time").groupby("backend").tail(1)
+    hist: dict[int, int] = {}
+    for h in last["closed_histogram"]:
+        for k, v in h.items():
+            hist[int(k)] = hist.get(int(k), 0) + int(v)
+    conns = int(last["connections_accepted"].sum())
+    reqs = int(last["requests"].sum())
+    return {"connections": conns, "mean": reqs / conns if conns else math.nan,
+            "distribution": pd.Series(hist, dtype="int64").sort_index()}
+
+
+def _m(value, unit: str, better: str, description: str) -> dict:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        value = None
+    return {"value": value, "unit": unit, "better": better, "description": description}
+
+
+def compute(run: RunData, warmup_s: float | None = None) -> Figures:
+    info = run.info
+    warmup = default_warmup(info) if warmup_s is None else warmup_s
+    duration = max(run.end - run.start, 1e-9)
+    span = duration
+    if not run.hdr.empty:
+        span = max(float(run.hdr["t1"].max()) - run.start, 1.0)
+    bin_s = max(1.0, math.ceil(span / MAX_TIME_BINS))
+    groups = metric_groups(run.hdr["metric"].unique() if not run.hdr.empty else [])
+    families = {name: family(run.hdr, metrics, run.start, warmup, bin_s)
+                for name, metrics in groups.items()}
+    totals = counter_totals(run, warmup)
+    all_totals = counter_totals(run)
+    measured_s = max(duration - warmup, 1e-9)
+    if not run.hdr.empty:
+        measured_s = max(float(run.hdr["t1"].max()) - run.start - warmup, 1e-9)
+
+    requests = sum(f.total.get_total_count() for k, f in families.items()
+                   if k in ("requests", "poll_holds", "poll_timeouts"))
+    errors = {k[len("error:"):]: v for k, v in totals.items() if k.startswith("error:")}
+    n_errors = sum(errors.values())
+    creuse, breuse = client_reuse(run.access), backend_reuse(run.backend_stats)
+
+    fam = {k: summary_ms(f.total) for k, f in families.items()}
+    metrics = {}
+    for fam_name, prefix, what in (("deliveries", "delivery_latency", "publish -> receipt"),
+                                   ("requests", "request_latency", "plain (non-poll) requests"),
+                                   ("tasks", "task_turnaround", "task submit -> result"),
+                                   ("task_overhead", "task_overhead", "turnaround - duration"),
+                                   ("repoll_gap", "repoll_gap", "response -> next poll"),
+                                   ("publish_lag", "publish_lag", "publish lateness vs schedule")):
+        s = fam[fam_name]
+        if s["count"]:
+            for q in ("p50", "p95", "p99", "p99_9", "max", "mean"):
+                metrics[f"{prefix}_{q}"] = _m(s[q], "ms", "lower", f"{what}, {q}")
+            metrics[f"{prefix}_count"] = _m(s["count"], "count", "higher", f"{what}, samples")
+    metrics["throughput_requests"] = _m(requests / measured_s, "requests/s", "higher",
+                                        "HTTP requests completed per second")
+    metrics["throughput_deliveries"] = _m(totals.get("delivered", 0) / measured_s, "messages/s",
+                                          "higher", "messages delivered per second")
+    metrics["error_rate"] = _m(n_errors / (requests + n_errors) if requests + n_errors else 0.0,
+                               "fraction", "lower", "failed requests / all requests")
+    metrics["errors"] = _m(n_errors, "count", "lower", "failed requests")
+    lost = all_totals.get("lost_dropped", 0) + all_totals.get("lost_silent", 0)
+    metrics["lost_messages"] = _m(lost, "count", "lower", "messages a subscriber never got")
+    metrics["duplicate_messages"] = _m(all_totals.get("duplicate", 0), "count", "lower",
+                                       "messages delivered twice")
+    metrics["epoch_changes"] = _m(all_totals.get("epoch_changes", 0), "count", "lower",
+                                  "channel state lost (backend restart)")
+    if creuse:
+        metrics["requests_per_connection_client"] = _m(
+            creuse["mean"], "requests/connection", "higher", "client -> nginx reuse")
+    if breuse:
+        metrics["requests_per_connection_upstream"] = _m(
+            breuse["mean"], "requests/connection", "higher", "nginx -> backend reuse")
+    cpu = info.get("cpu", {})
+    for comp, secs in sorted(cpu.get("cpu_seconds", {}).items()):
+        metrics[f"cpu_seconds_{comp}"] = _m(secs, "cpu-s", "lower", f"CPU time of {comp}")
+
+    windows = {}
+    for fam_name, prefix in (("deliveries", "delivery_latency"), ("requests", "request_latency"),
+                             ("tasks", "task_turnaround")):
+        w = families[fam_name].windows
+        if not w.empty:
+            for q in ("p50", "p95", "p99"):
+                windows[f"{prefix}_{q}"] = [round(float(x), 4) for x in w[q]]
+
+    summary = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "run": str(run.path), "label": run_label(info),
+        "status": info.get("status"), "complete": run.complete,
+        "config": {"parameters": info["parameters"],
+                   "stack": {k: v for k, v in info["stack"].items() if k != "backend_ports"}},
+        "warmup_s": warmup, "measured_s": round(measured_s, 3),
+        "loadgen_saturated": bool(cpu.get("loadgen_saturated", False)),
+        "warnings": list(info.get("warnings", [])),
+        "metrics": metrics,
+        "errors_by_cause": errors,
+        "windows": {"width_s": WINDOW_S, "series": windows},
+        "notes": list(run.notes),
+    }
+    return Figures(run, run_label(info), warmup, bin_s, families, summary, list(run.notes))
+
+
+def interval_rate(t0, t1, counts, start: float, bin_s: float) -> pd.Series:
+    """Events per second in each time bin, each interval's count spread over the bins it
+    overlaps (intervals of ~1 s jitter across 1-s bins; counting by start would double up)."""
+    a = np.asarray(t0, dtype=float) - start
+    b = np.maximum(np.asarray(t1, dtype=float) - start, a + 1e-6)
+    c = np.asarray(counts, dtype=float)
+    if a.size == 0:
+        return pd.Series(dtype=float)
+    first = np.floor(a / bin_s).astype(int)
+    nbins = int(np.ceil(b.max() / bin_s)) + 1
+    offset = min(first.min(), 0)
+    totals = np.zeros(nbins - offset)
+    span = int(np.ceil((b - a).max() / bin_s)) + 1
+    for k in range(span):
+        i = first + k
+        overlap = np.minimum(b, (i + 1) * bin_s) - np.maximum(a, i * bin_s)
+        share = np.where(overlap > 0, overlap / (b - a), 0.0)
+        np.add.at(totals, i - offset, c * share)
+    index = (np.arange(totals.size) + offset) * bin_s
+    last = int(np.ceil(b.max() / bin_s)) - offset
+    return pd.Series(totals[:last] / bin_s, index=index[:last])

@@ -1,0 +1,172 @@
+"""A run folder -> DataFrames, with clear errors for damaged, partial or unknown inputs.
+
+    run = load_run(Path("results/20261126-151456-channels-seed-200u"))
+    run.hdr          # interval histograms (analysis.hdr)
+    run.access       # nginx JSON access log, typed
+    run.notes        # what was missing and which charts it costs
+
+Only ``run.json`` is required.  Every other file is optional: a missing one
+leaves an empty DataFrame and a note, and drops only the charts that need it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.hdr import read_counters, read_hdr_log
+
+# History of run.json's schema_version (kept in step with pollbench.runinfo):
+#   1: first version.
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+FILES = {
+    "hdr": "metrics/latency.hdr.jsonl", "counters": "metrics/counters.jsonl",
+    "history": "locust/locust_stats_history.csv", "access": "nginx/logs/access.jsonl",
+    "stub_status": "samples/stub_status.csv", "processes": "samples/processes.csv",
+    "backend_stats": "samples/backend_stats.jsonl",
+}
+
+
+class AnalysisError(Exception):
+    """An input that cannot be analysed; the message says what is wrong and what to do."""
+
+
+@dataclass
+class RunData:
+    path: Path
+    info: dict
+    hdr: pd.DataFrame
+    counters: pd.DataFrame
+    history: pd.DataFrame
+    access: pd.DataFrame
+    stub_status: pd.DataFrame
+    processes: pd.DataFrame
+    backend_stats: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def start(self) -> float:
+        """When load began: the first load-generator interval (the stack starts before it)."""
+        if not self.hdr.empty:
+            return float(self.hdr["t0"].min())
+        return float(self.info["started_at"])
+
+    @property
+    def end(self) -> float:
+        return float(self.info.get("ended_at") or self.start)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.info.get("complete"))
+
+
+def read_info(path: Path) -> dict:
+    run_json = path / "run.json"
+    if not path.is_dir():
+        raise AnalysisError(f"{path} is not a folder")
+    if not run_json.is_file():
+        raise AnalysisError(f"{path} is not a pollbench run folder: run.json is missing")
+    try:
+        info = json.loads(run_json.read_text())
+    except ValueError as e:
+        raise AnalysisError(f"{run_json} is corrupt ({e}); the run cannot be analysed") from None
+    if not isinstance(info, dict) or not isinstance(info.get("schema_version"), int):
+        raise AnalysisError(f"{run_json} has no integer schema_version: not a pollbench run")
+    version = info["schema_version"]
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        if version > max(SUPPORTED_SCHEMA_VERSIONS):
+            raise AnalysisError(f"{run_json} has schema_version {version}; this pollbench reads "
+                                f"up to {max(SUPPORTED_SCHEMA_VERSIONS)}: upgrade pollbench")
+        raise AnalysisError(f"{run_json} has schema_version {version}, which is no longer read; "
+                            "rerun the benchmark with this pollbench")
+    for key in ("started_at", "parameters", "stack"):
+        if key not in info:
+            raise AnalysisError(f"{run_json} lacks {key!r}; the run folder is damaged")
+    return info
+
+
+def _read_optional(path: Path, reader, what: str, notes: list[str], columns: list[str]):
+    if not path.exists():
+        notes.append(f"no {what} ({path.name} missing): its charts are left out")
+        return pd.DataFrame(columns=columns)
+    try:
+        return reader(path)
+    except (ValueError, KeyError, pd.errors.ParserError) as e:
+        notes.append(f"{what} ({path.name}) is unreadable ({str(e)[:80]}): its charts are left out")
+        return pd.DataFrame(columns=columns)
+
+
+def read_access_log(path: Path) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        return pd.DataFrame(columns=ACCESS_COLUMNS)
+    try:
+        df = pd.read_json(path, lines=True, engine="pyarrow")
+    except ImportError:  # pragma: no cover - pyarrow is a pinned dependency
+        df = pd.read_json(path, lines=True, dtype=False)
+    df["time"] = pd.to_numeric(df["msec"], errors="coerce")
+    for col in ("connection", "connection_requests", "status", "body_bytes_sent"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["request_time"] = pd.to_numeric(df["request_time"], errors="coerce")
+    # upstream_* are comma-separated on retries ("0.001, 0.002"), "-" or "" when none:
+    # the last attempt is the one that answered.
+    for col in ("upstream_connect_time", "upstream_header_time", "upstream_response_time",
+                "upstream_status"):
+        last = df[col].astype(str).str.rsplit(",", n=1).str[-1].str.strip()
+        df[col] = pd.to_numeric(last, errors="coerce")
+    return df
+
+
+ACCESS_COLUMNS = ["time", "connection", "connection_requests", "status", "uri", "method",
+                  "request_time", "upstream_addr", "upstream_status", "upstream_connect_time",
+                  "upstream_header_time", "upstream_response_time"]
+
+
+def read_backend_stats(path: Path) -> pd.DataFrame:
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        s = rec["stats"]
+        rows.append({
+            "time": rec["time"], "backend": rec["backend"],
+            "connections_accepted": s["connections"]["accepted"],
+            "connections_open": s["connections"]["open"],
+            "requests": s["requests"],
+            "requests_per_connection_mean": s["requests_per_connection"]["mean"],
+            "closed_histogram": s["requests_per_connection"]["closed_histogram"],
+            "long_polls_waiting": s["long_polls_waiting"],
+            "messages_delivered": s["messages_delivered"],
+            "gc_pause_max_ms": s["gc"]["pause_max_ms"],
+        })
+    return pd.DataFrame(rows)
+
+
+def load_run(path: Path | str) -> RunData:
+    path = Path(path)
+    info = read_info(path)
+    notes: list[str] = []
+    if not info.get("complete"):
+        notes.append(f"the run is {info.get('status', 'incomplete')} "
+                     f"({info.get('exit', {}).get('reason', 'no reason recorded')}): figures "
+                     "cover only what was recorded")
+    f = {k: path / v for k, v in FILES.items()}
+    hdr = _read_optional(f["hdr"], read_hdr_log, "lossless latency log", notes,
+                         ["t0", "t1", "metric", "source", "count", "hist"])
+    counters = _read_optional(f["counters"], read_counters, "counters", notes,
+                              ["t0", "t1", "source", "counter", "value"])
+    history = _read_optional(f["history"], pd.read_csv, "Locust history", notes,
+                             ["Timestamp", "User Count", "Name", "Requests/s"])
+    access = _read_optional(f["access"], read_access_log, "nginx access log", notes,
+                            ACCESS_COLUMNS)
+    stub = _read_optional(f["stub_status"], pd.read_csv, "stub_status samples", notes,
+                          ["time", "active", "accepts", "handled", "requests"])
+    procs = _read_optional(f["processes"], pd.read_csv, "process samples", notes,
+                           ["time", "component", "pid", "cpu_percent", "rss_bytes", "num_fds"])
+    backend = _read_optional(f["backend_stats"], read_backend_stats, "backend /stats samples",
+                             notes, ["time", "backend", "connections_accepted", "requests"])
+    return RunData(path, info, hdr, counters, history, access, stub, procs, backend, notes)

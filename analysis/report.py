@@ -1,0 +1,150 @@
+"""Write a run's report: ``report.html`` (self-contained, images embedded), ``summary.md``,
+``summary.json`` and the chart PNGs in ``charts/``.
+
+    paths = write_run_report(Path("results/<run>"), out=None)   # out defaults to the run folder
+
+Functions that format return text; only the writers touch the disk, atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jinja2
+import matplotlib.pyplot as plt
+
+from analysis import charts
+from analysis.figures import Figures, compute
+from analysis.load import load_run
+
+HEADLINE = [
+    ("delivery_latency_p50", "Delivery latency p50"), ("delivery_latency_p95", "Delivery p95"),
+    ("delivery_latency_p99", "Delivery p99"), ("delivery_latency_max", "Delivery max"),
+    ("request_latency_p50", "Request latency p50"), ("request_latency_p95", "Request p95"),
+    ("request_latency_p99", "Request p99"), ("task_turnaround_p50", "Task turnaround p50"),
+    ("task_turnaround_p99", "Task turnaround p99"), ("task_overhead_p99", "Task overhead p99"),
+    ("repoll_gap_p99", "Re-poll gap p99"), ("publish_lag_p99", "Publish lateness p99"),
+    ("throughput_requests", "Requests"), ("throughput_deliveries", "Deliveries"),
+    ("error_rate", "Error rate"), ("lost_messages", "Lost messages"),
+    ("duplicate_messages", "Duplicate messages"),
+    ("requests_per_connection_client", "Requests/connection, client -> nginx"),
+    ("requests_per_connection_upstream", "Requests/connection, nginx -> backend"),
+]
+
+
+def fmt_value(m: dict) -> str:
+    v = m["value"]
+    if v is None:
+        return "n/a"
+    if m["unit"] == "fraction":
+        return f"{v * 100:.3g} %"
+    if isinstance(v, int):
+        return f"{v:,} {m['unit'] if m['unit'] != 'count' else ''}".strip()
+    return f"{v:,.3g} {m['unit']}" if abs(v) < 1000 else f"{v:,.0f} {m['unit']}"
+
+
+def headline_rows(summary: dict) -> list[tuple[str, str]]:
+    metrics = summary["metrics"]
+    return [(label, fmt_value(metrics[key])) for key, label in HEADLINE if key in metrics]
+
+
+def summary_markdown(fig: Figures) -> str:
+    s = fig.summary
+    lines = [f"# pollbench run: {s['label']}", "",
+             f"- run folder: `{s['run']}`",
+             f"- status: **{s['status']}**; measured {s['measured_s']:g} s after a "
+             f"{s['warmup_s']:g} s warm-up",
+             f"- load generator: {'**CPU-saturated: figures not to be trusted**' if s['loadgen_saturated'] else 'not saturated'}",
+             "", "| figure | value |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in headline_rows(s)]
+    if s["errors_by_cause"]:
+        lines += ["", "| failed requests, by cause | count |", "|---|---|"]
+        lines += [f"| {k} | {v:,} |" for k, v in sorted(s["errors_by_cause"].items())]
+    for title, items in (("Warnings", s["warnings"]), ("Notes", s["notes"])):
+        if items:
+            lines += ["", f"## {title}", ""] + [f"- {x}" for x in items]
+    lines += ["", "All latencies are computed from the lossless HdrHistogram log "
+              "(metrics/latency.hdr.jsonl), not from Locust's rounded percentiles.", ""]
+    return "\n".join(lines)
+
+
+HTML = jinja2.Template("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>pollbench report: {{ s.label }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; }
+td.v { text-align: right; font-variant-numeric: tabular-nums; }
+.warn { background: #fff3cd; border-left: 4px solid #d39e00; padding: 0.5em 1em; }
+.bad { background: #f8d7da; border-left: 4px solid #c82333; padding: 0.5em 1em; }
+.note { color: #555; } img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1.5em; }
+code { background: #f4f4f4; padding: 1px 4px; }
+</style></head><body>
+<h1>pollbench run report</h1>
+<p><b>{{ s.label }}</b><br>run folder <code>{{ s.run }}</code>; status <b>{{ s.status }}</b>;
+measured {{ s.measured_s }} s after a {{ s.warmup_s }} s warm-up (shaded grey in the charts).</p>
+{% if s.loadgen_saturated %}<p class="bad">The load generator was CPU-saturated: its latencies and rates are not to be trusted.</p>{% endif %}
+{% for w in s.warnings %}<p class="warn">{{ w }}</p>{% endfor %}
+<h2>Headline figures</h2>
+<table><tr><th>figure</th><th>value</th></tr>
+{% for label, value in rows %}<tr><td>{{ label }}</td><td class="v">{{ value }}</td></tr>{% endfor %}
+</table>
+{% if s.errors_by_cause %}<h3>Failed requests by cause</h3><table>
+{% for k, v in s.errors_by_cause.items() %}<tr><td>{{ k }}</td><td class="v">{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+{% for title, img in images %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ img }}">
+{% endfor %}
+{% if notes %}<h2>Notes</h2><ul>{% for n in notes %}<li class="note">{{ n }}</li>{% endfor %}</ul>{% endif %}
+<p class="note">Latencies come from the lossless HdrHistogram log, not from Locust's rounded percentiles.
+Configuration: <code>{{ config }}</code></p>
+</body></html>
+""", autoescape=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def render_charts(fig: Figures, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """Save every chart the data allows; return (title, base64 PNG) pairs and notes."""
+    (out / "charts").mkdir(parents=True, exist_ok=True)
+    images, notes = [], []
+    for name, (func, title) in charts.CHARTS.items():
+        figure = func(fig)
+        if figure is None:
+            notes.append(f"chart '{title}' left out: the data it needs is missing")
+            continue
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=100)
+        plt.close(figure)
+        png = buf.getvalue()
+        write_atomic(out / "charts" / f"{name}.png", png)
+        images.append((title, base64.b64encode(png).decode()))
+    return images, notes
+
+
+def write_run_report(run_dir: Path, out: Path | None = None,
+                     warmup_s: float | None = None) -> dict[str, Path]:
+    run = load_run(run_dir)
+    fig = compute(run, warmup_s)
+    out = Path(out) if out else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images, chart_notes = render_charts(fig, out)
+    fig.summary["notes"] += chart_notes
+    page = HTML.render(s=fig.summary, rows=headline_rows(fig.summary), images=images,
+                       notes=fig.summary["notes"],
+                       config=html.escape(json.dumps(fig.summary["config"]))[:4000])
+    paths = {"html": out / "report.html", "markdown": out / "summary.md",
+             "json": out / "summary.json"}
+    write_atomic(paths["json"], (json.dumps(fig.summary, indent=2) + "\n").encode())
+    write_atomic(paths["markdown"], summary_markdown(fig).encode())
+    write_atomic(paths["html"], page.encode())
+    return paths
