@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-from analysis.hdr import new_histogram, summary_ms
+from analysis.hdr import new_histogram, percentiles_us, summary_ms
 from analysis.load import RunData
 
 # History of summary.json's schema_version:
@@ -27,6 +27,7 @@ SUMMARY_SCHEMA_VERSION = 1
 MAX_TIME_BINS = 120
 WINDOW_S = 10.0  # windows whose percentiles feed significance tests across intervals
 POLL_PREFIXES = ("HTTP GET /channels/[name]", "HTTP GET /tasks/[id]")
+CHARTED_OVER_TIME = {"deliveries", "requests", "tasks", "poll_timeouts"}
 SPECTRUM_PERCENTILES = [100 * (1 - 10 ** (-k / 20)) for k in range(0, 101)]  # 0 .. 99.999
 
 
@@ -73,21 +74,26 @@ def _percentile_rows(hists: dict[int, HdrHistogram], width: float) -> pd.DataFra
         n = h.get_total_count()
         if not n:
             continue
-        rows.append((b * width, n, h.get_value_at_percentile(50) / 1000,
-                     h.get_value_at_percentile(95) / 1000, h.get_value_at_percentile(99) / 1000,
-                     h.get_max_value() / 1000))
+        p50, p95, p99 = percentiles_us(h, [50, 95, 99]) / 1000
+        rows.append((b * width, n, p50, p95, p99, h.get_max_value() / 1000))
     return pd.DataFrame(rows, columns=["t", "count", "p50", "p95", "p99", "max"])
 
 
 def family(log: pd.DataFrame, metrics: list[str], start: float, warmup_s: float,
-           bin_s: float) -> Family:
-    """Decode each interval once; fold it into its time bin, its window and (after warm-up) the total."""
+           bin_s: float, series: bool = True) -> Family:
+    """Decode each interval once; fold it into its time bin, its window and (after warm-up) the
+    total.  ``series=False``: the total only (families that are not charted over time)."""
     rows = log[log["metric"].isin(metrics)]
     bins: dict[int, HdrHistogram] = {}
     windows: dict[int, HdrHistogram] = {}
     total = new_histogram()
-    rel = (rows["t0"].to_numpy(dtype=float) - start)
+    # an interval counts as after the warm-up when most of it is
+    rel = (rows["t0"].to_numpy(dtype=float) + rows["t1"].to_numpy(dtype=float)) / 2 - start
     for t, encoded in zip(rel, rows["hist"], strict=True):
+        if not series:
+            if t >= warmup_s:
+                total.decode_and_add(encoded)
+            continue
         interval = HdrHistogram.decode(encoded)
         b = int(t // bin_s)
         if b not in bins:
@@ -106,7 +112,7 @@ def spectrum(hist: HdrHistogram) -> pd.DataFrame:
     """Latency at percentiles 0 .. 99.999 (the HdrHistogram percentile-spectrum plot)."""
     if not hist.get_total_count():
         return pd.DataFrame(columns=["percentile", "latency_ms"])
-    vals = [hist.get_value_at_percentile(p) / 1000 for p in SPECTRUM_PERCENTILES]
+    vals = percentiles_us(hist, SPECTRUM_PERCENTILES) / 1000
     return pd.DataFrame({"percentile": SPECTRUM_PERCENTILES, "latency_ms": vals})
 
 
@@ -128,7 +134,7 @@ def counter_totals(run: RunData, warmup_s: float | None = None) -> dict[str, int
     if c.empty:
         return {}
     if warmup_s:
-        c = c[c["t0"] - run.start >= warmup_s]
+        c = c[(c["t0"] + c["t1"]) / 2 - run.start >= warmup_s]
     return {str(k): int(v) for k, v in c.groupby("counter")["value"].sum().items()}
 
 
@@ -172,7 +178,8 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         span = max(float(run.hdr["t1"].max()) - run.start, 1.0)
     bin_s = max(1.0, math.ceil(span / MAX_TIME_BINS))
     groups = metric_groups(run.hdr["metric"].unique() if not run.hdr.empty else [])
-    families = {name: family(run.hdr, metrics, run.start, warmup, bin_s)
+    families = {name: family(run.hdr, metrics, run.start, warmup, bin_s,
+                             series=name in CHARTED_OVER_TIME)
                 for name, metrics in groups.items()}
     totals = counter_totals(run, warmup)
     all_totals = counter_totals(run)

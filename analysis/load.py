@@ -100,23 +100,46 @@ def _read_optional(path: Path, reader, what: str, notes: list[str], columns: lis
         return pd.DataFrame(columns=columns)
 
 
+NUMERIC_ACCESS_FIELDS = ("msec", "connection", "connection_requests", "status",
+                         "body_bytes_sent", "request_time", "upstream_connect_time",
+                         "upstream_header_time", "upstream_response_time", "upstream_status")
+_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
+
+
+def _arrow_numbers(col):
+    """A JSON string column ("0.002", "-", "", "0.001, 0.002") -> float64 pandas Series.
+
+    Casting runs in Arrow (C++); only the rare retried requests, whose upstream_* values
+    are comma-separated, are split, keeping the last attempt (the one that answered)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_string(col.type):
+        return col.cast(pa.float64()).to_pandas()
+    clean = pc.if_else(pc.match_substring_regex(col, _NUMBER), col, pa.scalar(None, pa.string()))
+    out = pc.cast(clean, pa.float64()).to_pandas()
+    retried = pc.match_substring(col, ",").to_pandas().fillna(False).to_numpy(dtype=bool)
+    if retried.any():
+        raw = col.to_pandas()[retried]
+        out[retried] = pd.to_numeric(raw.str.rsplit(",", n=1).str[-1].str.strip(),
+                                     errors="coerce")
+    return out
+
+
 def read_access_log(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.json as pj
+
     if path.stat().st_size == 0:
         return pd.DataFrame(columns=ACCESS_COLUMNS)
     try:
-        df = pd.read_json(path, lines=True, engine="pyarrow")
-    except ImportError:  # pragma: no cover - pyarrow is a pinned dependency
-        df = pd.read_json(path, lines=True, dtype=False)
-    df["time"] = pd.to_numeric(df["msec"], errors="coerce")
-    for col in ("connection", "connection_requests", "status", "body_bytes_sent"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    df["request_time"] = pd.to_numeric(df["request_time"], errors="coerce")
-    # upstream_* are comma-separated on retries ("0.001, 0.002"), "-" or "" when none:
-    # the last attempt is the one that answered.
-    for col in ("upstream_connect_time", "upstream_header_time", "upstream_response_time",
-                "upstream_status"):
-        last = df[col].astype(str).str.rsplit(",", n=1).str[-1].str.strip()
-        df[col] = pd.to_numeric(last, errors="coerce")
+        table = pj.read_json(path)
+    except pa.ArrowInvalid as e:
+        raise ValueError(str(e)) from None
+    df = pd.DataFrame({name: (_arrow_numbers(table.column(name))
+                              if name in NUMERIC_ACCESS_FIELDS else table.column(name).to_pandas())
+                       for name in table.column_names})
+    df["time"] = df["msec"]
     return df
 
 

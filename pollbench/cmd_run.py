@@ -66,7 +66,10 @@ def add_parser(sub) -> None:
     add_stack_arguments(p)
     add_load_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
-    p.set_defaults(func=lambda a: run(spec_from_args(a), load_from_args(a), out=a.out))
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the HTML report at the end (pollbench report RUN makes it later)")
+    p.set_defaults(func=lambda a: run(spec_from_args(a), load_from_args(a), out=a.out,
+                                      report=a.report))
 
 
 def load_from_args(args: argparse.Namespace) -> LoadSpec:
@@ -150,7 +153,7 @@ def cpu_summary(sampler: Sampler, load: LoadSpec) -> tuple[dict, list[str]]:
     return summary, warnings
 
 
-def run(spec: StackSpec, load: LoadSpec, out: Path | None = None) -> int:
+def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True) -> int:
     settings = spec.validate()
     load.validate(spec.max_hold_s)
     label = f"{load.mix and 'mix' or load.scenario}-{spec.profile}-{load.users}u"
@@ -205,7 +208,8 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None) -> int:
             stack.stop()
             if sampler is not None:
                 sampler.stop()
-            finish_record(record, run_dir, status, reason, code, sampler, load, stack)
+            finish_record(record, run_dir, status, reason, code, sampler, load, stack,
+                          report and status == STATUS_COMPLETE)
         finally:
             signal.signal(signal.SIGINT, previous)
     return code
@@ -229,7 +233,8 @@ def latency_lines(hdr_log: Path) -> list[str]:
 
 
 def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: int,
-                  sampler: Sampler | None, load: LoadSpec, stack: Stack) -> None:
+                  sampler: Sampler | None, load: LoadSpec, stack: Stack,
+                  make_report: bool = False) -> None:
     record["ended_at"] = time.time()
     record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
     record["status"] = status
@@ -259,5 +264,14 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
               flush=True)
     for line in latency_lines(run_dir / FILES["latency_hdr"]):
         print(line, flush=True)
+    if make_report:
+        from pollbench.cmd_report import report
+
+        try:
+            report([run_dir], quiet=True)
+            print(f"report: {run_dir / 'report' / 'report.html'}", flush=True)
+        except Exception as e:  # the run's record matters more than its report
+            print(f"WARNING: the report could not be written ({e}); "
+                  f"try: pollbench report {run_dir}", file=sys.stderr, flush=True)
     print(f"status: {status}" + ("" if status == STATUS_COMPLETE else f" ({reason})"), flush=True)
     print(run_dir, flush=True)

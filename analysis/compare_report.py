@@ -1,0 +1,286 @@
+"""Side-by-side report of several runs (a sweep, or runs picked by hand).
+
+Runs with the same configuration are repetitions of one cell: their figures are
+averaged with a 95 % confidence interval (Student's t over repetitions).  Cells
+are labelled by the settings that differ between them, never by run id.
+
+    write_comparison([run_a, run_b, run_c], out)
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from analysis.charts import _plain_ticks, _spectrum_axis, spectrum_x  # noqa: E402
+from analysis.figures import Figures, compute, spectrum  # noqa: E402
+from analysis.hdr import new_histogram  # noqa: E402
+from analysis.load import AnalysisError, load_run  # noqa: E402
+from analysis.report import write_atomic  # noqa: E402
+
+# Settings that never describe a configuration (they differ between any two runs).
+IGNORED_KEYS = {"stack.port", "stack.backend_ports", "parameters.user_classes"}
+COMPARED = [
+    ("delivery_latency_p50", "delivery p50"), ("delivery_latency_p95", "delivery p95"),
+    ("delivery_latency_p99", "delivery p99"), ("request_latency_p50", "request p50"),
+    ("request_latency_p95", "request p95"), ("request_latency_p99", "request p99"),
+    ("task_turnaround_p99", "task turnaround p99"), ("throughput_requests", "requests/s"),
+    ("throughput_deliveries", "deliveries/s"), ("error_rate", "error rate"),
+    ("requests_per_connection_client", "requests/conn client->nginx"),
+    ("requests_per_connection_upstream", "requests/conn nginx->backend"),
+]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def config_of(fig: Figures) -> dict:
+    flat = flatten(fig.summary["config"])
+    return {k: v for k, v in flat.items() if k not in IGNORED_KEYS}
+
+
+def short_key(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def differing_keys(configs: list[dict]) -> list[str]:
+    keys = sorted(set().union(*configs))
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+@dataclass
+class Cell:
+    label: str
+    config: dict
+    figures: list[Figures]
+
+    def values(self, metric: str) -> list[float]:
+        out = []
+        for f in self.figures:
+            m = f.summary["metrics"].get(metric)
+            if m and m["value"] is not None:
+                out.append(float(m["value"]))
+        return out
+
+    def mean_ci(self, metric: str) -> tuple[float | None, float | None]:
+        v = self.values(metric)
+        if not v:
+            return None, None
+        mean = float(np.mean(v))
+        if len(v) < 2:
+            return mean, None
+        half = stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v))
+        return mean, float(half)
+
+    def merged(self, family: str):
+        h = new_histogram()
+        for f in self.figures:
+            h.add(f.families[family].total)
+        return h
+
+
+def group_cells(figs: list[Figures]) -> list[Cell]:
+    configs = [config_of(f) for f in figs]
+    diff = differing_keys(configs)
+    cells: dict[str, Cell] = {}
+    for f, cfg in zip(figs, configs, strict=True):
+        label = ", ".join(f"{short_key(k)}={cfg.get(k)}" for k in diff) or "same configuration"
+        if label not in cells:
+            cells[label] = Cell(label, {k: cfg.get(k) for k in diff}, [])
+        cells[label].figures.append(f)
+    return list(cells.values())
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _bars(ax, cells: list[Cell], metrics: list[tuple[str, str]], ylabel: str, log=False):
+    n = len(metrics)
+    width = 0.8 / n
+    x = np.arange(len(cells))
+    for i, (metric, name) in enumerate(metrics):
+        means, errs = zip(*(c.mean_ci(metric) for c in cells), strict=True)
+        heights = [m if m is not None else 0 for m in means]
+        yerr = [e if e is not None else 0 for e in errs]
+        bars = ax.bar(x + (i - (n - 1) / 2) * width, heights, width, yerr=yerr, capsize=3,
+                      label=name)
+        ax.bar_label(bars, labels=[f"{m:.3g}" if m is not None else "n/a" for m in means],
+                     fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(tick_labels(cells), fontsize=8)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
+    else:
+        top = max([c.mean_ci(m)[0] or 0 for c in cells for m, _ in metrics] + [0])
+        ax.set_ylim(0, top * 1.25 if top > 0 else 1)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def tick_labels(cells: list[Cell]) -> list[str]:
+    """The labels themselves when short; otherwise letters, keyed in the figure's footer."""
+    if all(len(c.label) <= 40 for c in cells):
+        return [_wrap(c.label) for c in cells]
+    return [chr(ord("A") + i) for i in range(len(cells))]
+
+
+def add_key(fig, cells: list[Cell]) -> None:
+    if all(len(c.label) <= 40 for c in cells):
+        return
+    key = "\n".join(f"{chr(ord('A') + i)}: {c.label}" for i, c in enumerate(cells))
+    fig.text(0.01, 0.005, key, fontsize=8, va="bottom", ha="left", family="monospace")
+    fig.subplots_adjust(bottom=0.08 + 0.03 * len(cells))
+
+
+def _wrap(label: str, width: int = 28) -> str:
+    parts, line = [], ""
+    for word in label.split(", "):
+        if line and len(line) + len(word) > width:
+            parts.append(line)
+            line = word
+        else:
+            line = f"{line}, {word}" if line else word
+    parts.append(line)
+    return "\n".join(parts)
+
+
+def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
+    images = []
+    reps = max(len(c.figures) for c in cells)
+    note = (f"bars: mean of up to {reps} repetitions, whiskers: 95% confidence interval"
+            if reps > 1 else "one run per configuration: no confidence interval")
+    for family, metrics in (("deliveries", COMPARED[0:3]), ("requests", COMPARED[3:6])):
+        if not any(c.values(metrics[0][0]) for c in cells):
+            continue
+        f, ax = plt.subplots(figsize=(11, 4.8))
+        _bars(ax, cells, metrics, "latency (ms)")
+        what = "Delivery latency (publish -> receipt)" if family == "deliveries" else \
+            "Plain request latency"
+        f.suptitle(f"{what} by configuration", fontweight="bold")
+        ax.set_title(note, fontsize=9, color="#444")
+        f.tight_layout()
+        add_key(f, cells)
+        images.append((f"{what} by configuration", _png(f)))
+    f, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (metric, name), ylabel in zip(
+            axes.ravel(), [COMPARED[7], COMPARED[8], COMPARED[9], COMPARED[10]],
+            ["requests/s", "messages/s", "failed / all requests", "requests per connection"],
+            strict=True):
+        if metric == "requests_per_connection_client":
+            _bars(ax, cells, [COMPARED[10], COMPARED[11]], ylabel)
+            ax.set_title("connection reuse, both hops", fontsize=9)
+        else:
+            _bars(ax, cells, [(metric, name)], ylabel)
+            ax.set_title(name, fontsize=9)
+    f.suptitle("Throughput, errors and connection reuse by configuration", fontweight="bold")
+    f.tight_layout()
+    add_key(f, cells)
+    images.append(("Throughput, errors and connection reuse", _png(f)))
+    f, ax = plt.subplots(figsize=(11, 5))
+    drawn = False
+    for c in cells:
+        df = spectrum(c.merged("deliveries"))
+        if not df.empty:
+            ax.plot(spectrum_x(df["percentile"]), df["latency_ms"], label=_wrap(c.label, 80))
+            drawn = True
+    if drawn:
+        _spectrum_axis(ax)
+        ax.legend(fontsize=8, loc="upper left")
+        f.suptitle("Delivery latency by percentile, configurations overlaid "
+                   "(repetitions merged)", fontweight="bold")
+        f.tight_layout()
+        images.append(("Delivery latency percentile spectra", _png(f)))
+    else:
+        plt.close(f)
+    return images
+
+
+def comparison_table(cells: list[Cell]) -> pd.DataFrame:
+    rows = []
+    for c in cells:
+        row = {"configuration": c.label, "runs": len(c.figures)}
+        for metric, name in COMPARED:
+            mean, half = c.mean_ci(metric)
+            row[name] = ("n/a" if mean is None else
+                         f"{mean:.4g}" + (f" ± {half:.2g}" if half is not None else ""))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>pollbench comparison</title><style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; }}
+img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1.5em; }} .warn {{ background: #fff3cd; padding: .5em 1em; }}
+</style></head><body><h1>pollbench comparison of {n} runs</h1>
+<p>Configurations are labelled by the settings that differ between them. Figures are the mean
+over repetitions ± the half-width of a 95% confidence interval (Student's t) where a
+configuration was repeated. All latencies come from the lossless HdrHistogram logs.</p>
+{warnings}{table}{images}</body></html>"""
+
+
+def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = None) -> dict:
+    if len(run_dirs) < 2:
+        raise AnalysisError("a comparison needs at least two runs")
+    figs = [compute(load_run(p), warmup_s) for p in run_dirs]
+    cells = group_cells(figs)
+    out.mkdir(parents=True, exist_ok=True)
+    images = comparison_charts(cells)
+    table = comparison_table(cells)
+    warnings = [f"{f.summary['run']}: {w}" for f in figs for w in f.summary["warnings"]]
+    warnings += [f"{f.summary['run']}: the load generator was CPU-saturated; its figures are "
+                 "void" for f in figs if f.summary["loadgen_saturated"]]
+    html = PAGE.format(
+        n=len(figs), table=table.to_html(index=False, escape=True),
+        warnings="".join(f'<p class="warn">{w}</p>' for w in warnings),
+        images="".join(f'<h2>{t}</h2><img alt="{t}" src="data:image/png;base64,{i}">'
+                       for t, i in images))
+    summary = {"schema_version": 1, "kind": "comparison",
+               "runs": [str(p) for p in run_dirs],
+               "cells": [{"label": c.label, "config": c.config,
+                          "runs": [f.summary["run"] for f in c.figures],
+                          "metrics": {m: dict(zip(("mean", "ci95_half_width"), c.mean_ci(m),
+                                                  strict=True)) for m, _ in COMPARED}}
+                         for c in cells],
+               "warnings": warnings}
+    paths = {"html": out / "report.html", "markdown": out / "summary.md",
+             "json": out / "summary.json"}
+    write_atomic(paths["html"], html.encode())
+    write_atomic(paths["markdown"], ("# pollbench comparison\n\n" + markdown_table(table)
+                                     + "\n").encode())
+    write_atomic(paths["json"], (json.dumps(summary, indent=2) + "\n").encode())
+    return paths
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "/") for v in row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Analysis on synthetic run folders whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from analysis.compare_report import write_comparison
+from analysis.figures import compute
+from analysis.load import AnalysisError, load_run
+from analysis.report import write_run_report
+from analysis.synthetic import make_run, run_json
+
+DELIVERY = np.arange(1, 10001) / 10.0  # 0.1 .. 1000.0 ms, uniform: p50 = 500, p99 = 990
+
+
+def metric(fig, name):
+    return fig.summary["metrics"][name]["value"]
+
+
+@pytest.fixture
+def known_run(tmp_path):
+    return make_run(tmp_path / "run", delivery_ms=DELIVERY, request_ms=np.full(500, 4.0),
+                    task_ms=np.linspace(500, 600, 101), duration_s=10,
+                    counters={"delivered": 10000, "error:GET /channels/[name]: HTTP 503": 7,
+                              "error:POST /tasks: timeout": 3, "lost_dropped": 2,
+                              "duplicate": 1},
+                    access_connections={1: 10, 2: 10, 3: 1, 4: 3},
+                    backend_histogram={1: 6, 4: 2})
+
+
+def test_percentiles_rates_reuse_and_errors_equal_the_known_values(known_run):
+    fig = compute(load_run(known_run), warmup_s=0)
+    # HdrHistogram with 3 significant digits: within 0.1 %
+    assert metric(fig, "delivery_latency_p50") == pytest.approx(500.0, rel=1e-3)
+    assert metric(fig, "delivery_latency_p99") == pytest.approx(990.0, rel=1e-3)
+    assert metric(fig, "delivery_latency_max") == pytest.approx(1000.0, rel=1e-3)
+    assert metric(fig, "delivery_latency_count") == 10000
+    assert metric(fig, "request_latency_p99") == pytest.approx(4.0, rel=1e-3)
+    assert metric(fig, "task_turnaround_p50") == pytest.approx(550.0, rel=1e-3)
+    assert metric(fig, "throughput_deliveries") == pytest.approx(1000.0, rel=1e-3)
+    assert metric(fig, "throughput_requests") == pytest.approx(50.0, rel=1e-3)
+    assert metric(fig, "errors") == 10
+    assert metric(fig, "error_rate") == pytest.approx(10 / 510)
+    assert fig.summary["errors_by_cause"] == {"GET /channels/[name]: HTTP 503": 7,
+                                              "POST /tasks: timeout": 3}
+    assert metric(fig, "lost_messages") == 2 and metric(fig, "duplicate_messages") == 1
+    assert metric(fig, "requests_per_connection_client") == pytest.approx(24 / 4)
+    assert metric(fig, "requests_per_connection_upstream") == pytest.approx(14 / 8)
+
+
+def test_warmup_excludes_the_first_seconds(known_run):
+    fig = compute(load_run(known_run), warmup_s=5)
+    # only the second half of the values (500.1 .. 1000 ms) remains
+    assert metric(fig, "delivery_latency_count") == 5000
+    assert metric(fig, "delivery_latency_p50") == pytest.approx(750.0, rel=2e-3)
+
+
+def test_every_chart_is_produced_and_the_html_is_self_contained(known_run, tmp_path):
+    paths = write_run_report(known_run, tmp_path / "report")
+    charts = sorted(p.name for p in (tmp_path / "report" / "charts").glob("*.png"))
+    assert charts == sorted(f"{n}.png" for n in (
+        "throughput", "latency_over_time", "percentile_spectrum", "delivery_cdf",
+        "connection_reuse", "upstream_timing", "errors", "resources"))
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == 8
+    # nothing to fetch: no external scripts, stylesheets, images or links
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)
+    summary = json.loads(paths["json"].read_text())
+    assert summary["metrics"]["delivery_latency_p99"]["unit"] == "ms"
+    assert "| Delivery p99 |" in paths["markdown"].read_text()
+
+
+def test_missing_optional_file_drops_only_its_charts(known_run, tmp_path):
+    (known_run / "nginx" / "logs" / "access.jsonl").unlink()
+    paths = write_run_report(known_run, tmp_path / "report")
+    charts = {p.stem for p in (tmp_path / "report" / "charts").glob("*.png")}
+    assert "upstream_timing" not in charts and "latency_over_time" in charts
+    summary = json.loads(paths["json"].read_text())
+    assert any("access.jsonl missing" in n for n in summary["notes"])
+    assert "access.jsonl missing" in paths["html"].read_text()
+
+
+def test_comparison_is_labelled_by_the_parameter_that_differs(tmp_path):
+    a = make_run(tmp_path / "a", delivery_ms=DELIVERY, stack={"profile": "seed"})
+    b = make_run(tmp_path / "b", delivery_ms=DELIVERY * 2, stack={"profile": "keepalive"})
+    paths = write_comparison([a, b], tmp_path / "cmp")
+    summary = json.loads(paths["json"].read_text())
+    assert [c["label"] for c in summary["cells"]] == ["profile=seed", "profile=keepalive"]
+    p99 = [c["metrics"]["delivery_latency_p99"]["mean"] for c in summary["cells"]]
+    assert p99[1] == pytest.approx(2 * p99[0], rel=2e-3)
+    assert "profile=keepalive" in paths["markdown"].read_text()
+
+
+def test_repetitions_are_grouped_with_a_confidence_interval(tmp_path):
+    runs = [make_run(tmp_path / f"r{i}", delivery_ms=DELIVERY * (1 + i / 100),
+                     parameters={"users": 100 if i < 3 else 200}) for i in range(5)]
+    summary = json.loads(write_comparison(runs, tmp_path / "cmp")["json"].read_text())
+    cells = {c["label"]: c for c in summary["cells"]}
+    assert set(cells) == {"users=100", "users=200"}
+    assert len(cells["users=100"]["runs"]) == 3
+    assert cells["users=100"]["metrics"]["delivery_latency_p50"]["ci95_half_width"] > 0
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda p: (p / "run.json").unlink(), "run.json is missing"),
+    (lambda p: (p / "run.json").write_text("{not json"), "is corrupt"),
+    (lambda p: (p / "run.json").write_text(json.dumps(run_json() | {"schema_version": 99})),
+     "upgrade pollbench"),
+    (lambda p: (p / "run.json").write_text(json.dumps(run_json() | {"schema_version": 0})),
+     "no longer read"),
+    (lambda p: (p / "run.json").write_text(json.dumps({"schema_version": 1})), "damaged"),
+])
+def test_corrupt_and_wrong_version_inputs_are_refused_clearly(known_run, damage, words):
+    damage(known_run)
+    with pytest.raises(AnalysisError, match=words):
+        load_run(known_run)
+
+
+def test_incomplete_run_is_read_and_says_so(tmp_path):
+    info = run_json(status="incomplete", complete=False,
+                    exit={"code": 130, "reason": "interrupted (Ctrl-C or SIGTERM)"})
+    run = make_run(tmp_path / "r", delivery_ms=DELIVERY, info=info)
+    fig = compute(load_run(run))
+    assert fig.summary["status"] == "incomplete"
+    assert any("interrupted" in n for n in fig.summary["notes"])
+
+
+def test_corrupt_latency_log_becomes_a_note_not_a_crash(known_run):
+    (known_run / "metrics" / "latency.hdr.jsonl").write_text("garbage\n")
+    run = load_run(known_run)
+    assert any("unreadable" in n for n in run.notes)
+
+
+def test_vectorised_percentiles_match_hdrhistogram_exactly():
+    from analysis.hdr import new_histogram, percentiles_us
+
+    rng = np.random.default_rng(7)
+    h = new_histogram()
+    for v in rng.lognormal(7, 2, 5000).astype(int) + 1:
+        h.record_value(int(v))
+    ps = [0, 0.1, 25, 50, 90, 99, 99.9, 99.99, 100]
+    assert list(percentiles_us(h, ps)) == [h.get_value_at_percentile(p) for p in ps]
+
+
+def test_access_log_retries_keep_the_last_attempt(tmp_path):
+    from analysis.load import read_access_log
+
+    line = ('{"msec":"1.5","connection":"3","connection_requests":"2","method":"GET",'
+            '"uri":"/x","status":"200","body_bytes_sent":"1","request_time":"0.010",'
+            '"upstream_addr":"a, b","upstream_status":"%s","upstream_connect_time":"%s",'
+            '"upstream_header_time":"-","upstream_response_time":"%s","request_id":"r"}')
+    path = tmp_path / "access.jsonl"
+    path.write_text("\n".join([line % ("502, 200", "0.001, 0.002", "0.004, 0.006"),
+                               line % ("200", "0.000", "0.003"),
+                               line % ("", "", "")]) + "\n")
+    df = read_access_log(path)
+    assert df["upstream_status"].tolist()[:2] == [200, 200]
+    assert df["upstream_connect_time"].tolist()[:2] == [0.002, 0.0]
+    assert df["upstream_response_time"].tolist()[:2] == [0.006, 0.003]
+    assert df["upstream_header_time"].isna().all() and np.isnan(df["upstream_status"][2])

@@ -1,0 +1,71 @@
+"""``pollbench report RUN [RUN ...]``: charts and a self-contained report, for one run or a comparison.
+
+One run: ``RUN/report/`` gets report.html (images embedded, opens from disk),
+summary.md, summary.json and charts/*.png.  Several runs (or a folder holding
+run folders, such as a sweep): a comparison report in ``results/compare-<time>/``.
+Reports are never written over an existing one: choose ``--out`` or remove it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pollbench.errors import UserError
+from pollbench.rundir import new_run_dir
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="charts and an HTML report of one run, or a comparison",
+                       description=__doc__)
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                   help="run folder(s), or a folder of run folders")
+    p.add_argument("--out", type=Path, default=None, help="report folder (must not exist)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds excluded at the start (default: the users' spawn time)")
+    p.set_defaults(func=lambda a: report(a.runs, a.out, a.warmup))
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Run folders as given, and the run folders inside a folder that is not one itself."""
+    runs = []
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p} does not exist")
+        if (p / "run.json").is_file():
+            runs.append(p)
+            continue
+        inner = sorted(q.parent for q in p.glob("*/run.json"))
+        if not inner:
+            raise UserError(f"{p} is not a run folder (no run.json) and holds none")
+        runs.extend(inner)
+    return runs
+
+
+def report(paths: list[Path], out: Path | None = None, warmup: float | None = None,
+           quiet: bool = False) -> int:
+    from analysis.load import AnalysisError
+
+    runs = expand(paths)
+    if warmup is not None and warmup < 0:
+        raise UserError("--warmup must be 0 or more seconds")
+    try:
+        if len(runs) == 1:
+            from analysis.report import write_run_report
+
+            target = out or runs[0] / "report"
+            if target.exists():
+                raise UserError(f"{target} already exists; pollbench does not overwrite a "
+                                "report: pass --out or remove it")
+            target.mkdir(parents=True)
+            paths_written = write_run_report(runs[0], target, warmup)
+        else:
+            from analysis.compare_report import write_comparison
+
+            target = new_run_dir("compare", out)
+            paths_written = write_comparison(runs, target, warmup)
+    except AnalysisError as e:
+        raise UserError(str(e)) from None
+    if not quiet:
+        for kind, path in paths_written.items():
+            print(f"{kind:9} {path}")
+    return 0
