@@ -338,8 +338,8 @@ def resources(fig: Figures):
     ax = axes[0]
     for col in cpu.columns:
         ax.plot(cpu.index, cpu[col], label=col, lw=1.6 if col in ("loadgen", "nginx") else 1.0)
+    cores = fig.run.info.get("host", {}).get("cpu_count") or 1
     if not system.empty:
-        cores = fig.run.info.get("host", {}).get("cpu_count") or 1
         ax.plot(system["t"], system["cpu_percent"] * cores, color="black", linestyle=":",
                 label=f"whole machine ({cores} cores)")
     ax.axhline(SATURATION, color="#d62728", linestyle="--", lw=1)
@@ -354,7 +354,10 @@ def resources(fig: Figures):
     sat = "SATURATED" if fig.summary["loadgen_saturated"] else "not saturated"
     ax.set_title(f"CPU (100% = one core); load generator {sat}", fontsize=9, loc="left")
     ax.set_ylabel("CPU (% of one core)")
-    ax.set_ylim(0, max(110, float(np.nanmax(cpu.to_numpy())) * 1.1 if cpu.size else 110))
+    peaks = [float(np.nanmax(cpu.to_numpy())) if cpu.size else 0.0]
+    if not system.empty:
+        peaks.append(float(system["cpu_percent"].max()) * cores)
+    ax.set_ylim(0, max(110.0, *peaks) * 1.08)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax = axes[1]
     for col in rss.columns:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from locust import events
 
+from loadtests import compat
 from loadtests.metrics import MetricsPlumbing
 from loadtests.options import parse_connection_mode, parse_weights
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
+
+compat.apply()  # keep-alive above fd 1024 (see loadtests/compat.py)
 
 
 @events.init_command_line_parser.add_listener

@@ -1,0 +1,138 @@
+"""Benchmark: how many concurrent long-poll subscribers hold through nginx on this machine.
+
+    python benchmarks/scale_subscribers.py --users 5000 10000 [--seconds 60] [--workers 0]
+
+For each count: ``pollbench run --scenario channels --profile longpoll`` holds
+that many subscribers for ``--seconds`` after they are all spawned, publishing
+on a fixed schedule.  Prints, per count: failures, lost and duplicate messages,
+delivery latency p50/p99 (lossless), CPU per component, peak fds and
+connections, and what ran out first when a count did not hold.  Load goes to
+127.0.0.1 only and every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FD_LIMIT = 20000
+
+
+def peak(rows, component_prefix: str, column: str) -> float:
+    vals = [float(r[column]) for r in rows if r["component"].startswith(component_prefix)]
+    return max(vals, default=0.0)
+
+
+def diagnose(run: Path, record: dict, summary: dict, proc_rows) -> list[str]:
+    """What ran out first: the evidence each limit leaves behind."""
+    found = []
+    if record.get("cpu", {}).get("loadgen_saturated"):
+        found.append("load generator CPU (>= 90% of a core)")
+    error_log = (run / "nginx" / "logs" / "error.log").read_text(errors="replace")
+    if "worker_connections are not enough" in error_log:
+        found.append("nginx worker_connections")
+    if "Too many open files" in error_log:
+        found.append("nginx open files (worker_rlimit_nofile)")
+    if re.search(r"connect\(\) failed \(111", error_log):
+        found.append("backend refused connections (listen backlog or process down)")
+    for log in (run / "logs").glob("backend-*.log"):
+        text = log.read_text(errors="replace")
+        if "Too many open files" in text:
+            found.append(f"{log.stem} open files")
+    if peak(proc_rows, "loadgen", "num_fds") > 0.95 * FD_LIMIT:
+        found.append("load generator open files (20,000 per process)")
+    system = [float(r["cpu_percent"]) for r in proc_rows if r["component"] == "system"]
+    if system and sorted(system)[len(system) // 2] > 95:
+        found.append("machine CPU (both cores busy)")
+    causes = summary.get("errors_by_cause", {})
+    if any("503" in c for c in causes):
+        found.append("backend limits (503: waiters or connections)")
+    if any("timeout" in c.lower() for c in causes):
+        found.append("client timeouts")
+    return found
+
+
+def run_count(users: int, args, out_root: Path) -> dict:
+    out = out_root / f"scale-{users}"
+    spawn_rate = max(users / args.spawn_seconds, 1)
+    cmd = [sys.executable, "-m", "pollbench", "run", "--scenario", "channels", "--profile",
+           args.profile, "--users", str(users), "--spawn-rate", f"{spawn_rate:g}",
+           "--duration", f"{args.seconds + args.spawn_seconds:g}s", "--channels",
+           str(args.channels), "--publish-rate", f"{args.publish_rate:g}", "--poll-timeout",
+           "30", "--workers", str(args.workers), "--port", str(args.port), "--backend-port",
+           str(args.backend_port), "--out", str(out), "--no-report"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode not in (0,):
+        return {"users": users, "held": False, "why": [f"pollbench run exited {proc.returncode}: "
+                                                        f"{proc.stderr.strip()[-300:]}"]}
+    subprocess.run([sys.executable, "-m", "pollbench", "report", str(out), "--warmup",
+                    f"{args.spawn_seconds:g}"], capture_output=True, cwd=REPO, check=True)
+    record = json.loads((out / "run.json").read_text())
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    with open(out / "samples" / "processes.csv") as f:
+        proc_rows = list(csv.DictReader(f))
+    m = {k: v["value"] for k, v in summary["metrics"].items()}
+    with open(out / "samples" / "stub_status.csv") as f:
+        active = max((int(r["active"]) for r in csv.DictReader(f)), default=0)
+    lg = record["loadgen"]
+    held = (m["errors"] == 0 and m["lost_messages"] == 0 and m["duplicate_messages"] == 0
+            and not record["cpu"]["loadgen_saturated"] and lg.get("users", 0) == 0)
+    return {
+        "users": users, "held": held, "run": str(out),
+        "failures": m["errors"], "lost": m["lost_messages"], "duplicates": m["duplicate_messages"],
+        "delivered": lg.get("delivered"),
+        "delivery_p50_ms": m.get("delivery_latency_p50"),
+        "delivery_p99_ms": m.get("delivery_latency_p99"),
+        "delivery_max_ms": m.get("delivery_latency_max"),
+        "cpu_s": record["cpu"]["cpu_seconds"],
+        "loadgen_saturated": record["cpu"]["loadgen_saturated"],
+        "peak_fds": {c: peak(proc_rows, c, "num_fds") for c in ("loadgen", "nginx", "backend")},
+        "peak_rss_mib": {c: round(peak(proc_rows, c, "rss_bytes") / 2**20)
+                         for c in ("loadgen", "nginx", "backend")},
+        "nginx_active_max": active,
+        "why": diagnose(out, record, summary, proc_rows),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, nargs="+", default=[5000])
+    ap.add_argument("--seconds", type=float, default=60, help="hold time after spawning")
+    ap.add_argument("--spawn-seconds", type=float, default=15)
+    ap.add_argument("--channels", type=int, default=10)
+    ap.add_argument("--publish-rate", type=float, default=2.0, help="messages/s, all channels")
+    ap.add_argument("--profile", default="longpoll")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--backend-port", type=int, default=8000)
+    ap.add_argument("--keep", type=Path, default=None, help="keep run folders here")
+    args = ap.parse_args()
+    out_root = args.keep or Path(tempfile.mkdtemp(prefix="pollbench-scale-"))
+    out_root.mkdir(parents=True, exist_ok=True)
+    best = 0
+    for users in args.users:
+        r = run_count(users, args, out_root)
+        print(json.dumps(r, indent=1), flush=True)
+        verdict = "HELD" if r["held"] else "DID NOT HOLD"
+        print(f"== {users} subscribers, {args.seconds:g} s through nginx ({args.profile}): "
+              f"{verdict}; failures {r.get('failures')}, lost {r.get('lost')}, duplicates "
+              f"{r.get('duplicates')}, delivery p50 {r.get('delivery_p50_ms')} ms, p99 "
+              f"{r.get('delivery_p99_ms')} ms; limits hit: {', '.join(r['why']) or 'none seen'}",
+              flush=True)
+        if r["held"]:
+            best = max(best, users)
+        else:
+            break
+    print(f"highest count that held: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
