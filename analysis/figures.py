@@ -263,10 +263,9 @@ def interval_rate(t0, t1, counts, start: float, bin_s: float) -> pd.Series:
     if a.size == 0:
         return pd.Series(dtype=float)
     first = np.floor(a / bin_s).astype(int)
-    nbins = int(np.ceil(b.max() / bin_s)) + 1
-    offset = min(first.min(), 0)
-    totals = np.zeros(nbins - offset)
     span = int(np.ceil((b - a).max() / bin_s)) + 1
+    offset = min(int(first.min()), 0)
+    totals = np.zeros(int(first.max()) + span + 1 - offset)
     for k in range(span):
         i = first + k
         overlap = np.minimum(b, (i + 1) * bin_s) - np.maximum(a, i * bin_s)

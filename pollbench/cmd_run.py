@@ -145,7 +145,13 @@ def cpu_summary(sampler: Sampler, load: LoadSpec) -> tuple[dict, list[str]]:
             f"load generator CPU-saturated ({', '.join(saturated)} at >= 90% of a core in >= 20% "
             "of samples): its latencies and rates are not to be trusted; add --workers or "
             "lower --users")
+    machine = sampler.saturated("system")
+    if machine:
+        warnings.append(
+            "the machine's CPU was saturated (all cores >= 95% busy in >= 20% of samples): the "
+            "load generator, nginx and the backends share it, so latencies include CPU queueing")
     summary = {
+        "machine_saturated": bool(machine),
         "cpu_seconds": {k: round(v, 2) for k, v in sampler.cpu_seconds.items()},
         "saturated_share": {k: round(s / n, 3) for k, (n, s) in sampler.saturation.items() if n},
         "loadgen_saturated": bool(saturated),

@@ -26,6 +26,7 @@ from pollbench.stack import get_json, http_get
 
 SATURATION_CPU_PERCENT = 90.0  # of one core; Locust itself warns at 90 %
 SATURATION_SHARE = 0.2  # flagged when at least this share of samples is saturated
+MACHINE_SATURATION_PERCENT = 95.0  # of all cores together
 
 _STUB = re.compile(rb"Active connections:\s*(\d+)\s*server accepts handled requests\s*(\d+)\s+(\d+)"
                    rb"\s+(\d+)\s*Reading:\s*(\d+)\s*Writing:\s*(\d+)\s*Waiting:\s*(\d+)")
@@ -84,7 +85,11 @@ class Sampler(threading.Thread):
 
     def sample(self, pw, sw, bf) -> None:
         now = round(time.time(), 3)
-        pw.writerow([now, "system", 0, psutil.cpu_percent(None), psutil.virtual_memory().used, 0])
+        system_cpu = psutil.cpu_percent(None)
+        pw.writerow([now, "system", 0, system_cpu, psutil.virtual_memory().used, 0])
+        sat = self.saturation.setdefault("system", [0, 0])
+        sat[0] += 1
+        sat[1] += system_cpu >= MACHINE_SATURATION_PERCENT
         for component, root in self.components().items():
             try:
                 pids = [root] + [c.pid for c in psutil.Process(root).children(recursive=True)]

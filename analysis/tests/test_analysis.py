@@ -162,3 +162,16 @@ def test_access_log_retries_keep_the_last_attempt(tmp_path):
     assert df["upstream_connect_time"].tolist()[:2] == [0.002, 0.0]
     assert df["upstream_response_time"].tolist()[:2] == [0.006, 0.003]
     assert df["upstream_header_time"].isna().all() and np.isnan(df["upstream_status"][2])
+
+
+def test_interval_rates_spread_counts_over_the_bins_they_overlap():
+    from analysis.figures import interval_rate
+
+    # 10 events in [0.5, 1.5), 9 in [1.5, 2.4), 11 in [2.4, 3.5): bins of 1 s
+    rate = interval_rate([0.5, 1.5, 2.4], [1.5, 2.4, 3.5], [10, 9, 11], 0, 1.0)
+    assert rate.round(6).tolist() == [5.0, 10.0, 10.0, 5.0]
+    assert rate.sum() == pytest.approx(30)
+    # an interval ending exactly on the last bin edge, and jittered 1-s intervals
+    t0 = np.arange(80) + 0.999
+    rate = interval_rate(t0, t0 + 1.0, np.full(80, 100), 0, 1.0)
+    assert rate.sum() == pytest.approx(8000) and rate.iloc[5] == pytest.approx(100)
