@@ -1,0 +1,43 @@
+"""``pollbench report`` as a user runs it: one run, a folder of runs, and refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+
+from analysis.synthetic import make_run
+from pollbench.tests.conftest import REPO, pollbench_cmd
+
+
+def report(*args):
+    return subprocess.run(pollbench_cmd("report", *map(str, args)), capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def test_one_run_then_refuses_to_overwrite(tmp_path):
+    run = make_run(tmp_path / "run", delivery_ms=np.arange(1, 1001) / 10)
+    first = report(run)
+    assert first.returncode == 0, first.stderr
+    assert (run / "report" / "report.html").is_file()
+    assert "report.html" in first.stdout
+    second = report(run)
+    assert second.returncode == 2 and "does not overwrite" in second.stderr
+
+
+def test_folder_of_runs_gives_a_comparison(tmp_path):
+    for users in (50, 100):
+        make_run(tmp_path / "sweep" / f"u{users}", delivery_ms=np.arange(1, 1001) / users,
+                 parameters={"users": users})
+    proc = report(tmp_path / "sweep", "--out", tmp_path / "cmp")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert [c["label"] for c in summary["cells"]] == ["users=50", "users=100"]
+
+
+def test_not_a_run_folder_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = report(tmp_path / "empty")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no run.json" in proc.stderr
