@@ -108,7 +108,16 @@ def group_cells(figs: list[Figures]) -> list[Cell]:
         if label not in cells:
             cells[label] = Cell(label, {k: cfg.get(k) for k in diff}, [])
         cells[label].figures.append(f)
-    return list(cells.values())
+    return sorted(cells.values(), key=lambda c: [_sort_key(c.config[k]) for k in diff])
+
+
+def _sort_key(value):
+    """Numbers in numeric order, then everything else by its text (None first)."""
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value, "")
+    return (2, 0, str(value))
 
 
 def _png(fig) -> str:
