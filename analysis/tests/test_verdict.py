@@ -1,0 +1,167 @@
+"""Regression verdicts on synthetic samples, the four output formats, exit codes, thresholds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.verdict import (
+    INSUFFICIENT,
+    OK,
+    REGRESSION,
+    Thresholds,
+    ThresholdsError,
+    compare,
+    exit_code,
+    judge,
+    read_thresholds,
+)
+from analysis.verdict_format import FORMATS
+
+REPO = Path(__file__).resolve().parents[2]
+RNG = np.random.default_rng(42)
+
+
+def noisy(center: float, n: int = 8, spread: float = 0.02) -> list[float]:
+    return list(center * (1 + RNG.normal(0, spread, n)))
+
+
+def test_clear_shift_is_flagged():
+    v = judge("delivery_latency_p99", noisy(100), noisy(130), "lower", 0.10, 0.05)
+    assert v.status == REGRESSION and v.p_value < 0.01 and v.change == pytest.approx(0.3, abs=0.05)
+
+
+def test_equal_distributions_are_not_flagged():
+    v = judge("delivery_latency_p99", noisy(100), noisy(100), "lower", 0.10, 0.05)
+    assert v.status == OK
+
+
+def test_significant_shift_under_the_threshold_is_not_flagged():
+    v = judge("delivery_latency_p99", noisy(100, 30, 0.005), noisy(105, 30, 0.005), "lower",
+              0.10, 0.05)
+    assert v.status == OK and "within" in v.explanation
+
+
+def test_big_but_noisy_change_is_within_noise():
+    base = [100, 200, 50, 300, 80, 150]
+    cand = [130, 260, 60, 380, 90, 210]
+    assert judge("m", base, cand, "lower", 0.10, 0.05).status == OK
+
+
+def test_too_few_samples_say_so():
+    v = judge("delivery_latency_p99", [100, 101, 99], [150, 151, 149], "lower", 0.10, 0.05)
+    assert v.status == INSUFFICIENT and "cannot show significance" in v.explanation
+
+
+def test_higher_is_better_metrics_regress_downwards():
+    assert judge("throughput_requests", noisy(1000), noisy(800), "higher", 0.1, 0.05).status \
+        == REGRESSION
+    assert judge("throughput_requests", noisy(1000), noisy(1200), "higher", 0.1, 0.05).status \
+        != REGRESSION
+
+
+def summary(p99: float, lost: int = 0, saturated: bool = False, windows=None) -> dict:
+    metrics = {"delivery_latency_p99": {"value": p99}, "lost_messages": {"value": lost},
+               "duplicate_messages": {"value": 0}, "error_rate": {"value": 0.0},
+               "throughput_requests": {"value": 1000.0}}
+    return {"schema_version": 1, "run": f"r{p99}", "loadgen_saturated": saturated,
+            "metrics": metrics, "windows": {"series": {"delivery_latency_p99": windows or []}}}
+
+
+def side(center: float, n: int = 5, **kw) -> list[dict]:
+    return [summary(v, **kw) for v in noisy(center, n)]
+
+
+CASES = {
+    "pass": (side(100), side(101), 0),
+    "regression": (side(100), side(140), 1),
+    "lost": (side(100), side(100, lost=3), 1),
+    "void": (side(100), side(140, saturated=True), 2),  # a saturated generator voids all
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exit_codes(case):
+    base, cand, code = CASES[case]
+    assert exit_code(compare(base, cand, Thresholds())) == code
+
+
+def test_windows_are_used_when_repetitions_are_too_few():
+    base = [summary(100, windows=noisy(100, 6))]
+    cand = [summary(140, windows=noisy(140, 6))]
+    verdicts = {v.metric: v for v in compare(base, cand, Thresholds())}
+    assert verdicts["delivery_latency_p99"].status == REGRESSION
+    assert verdicts["delivery_latency_p99"].method.startswith("10-s windows")
+    assert verdicts["throughput_requests"].status == OK  # 0 % change needs no test
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_format_explains_every_verdict(case, fmt):
+    base, cand, code = CASES[case]
+    verdicts = compare(base, cand, Thresholds())
+    out = FORMATS[fmt](verdicts, "base", "cand")
+    for v in verdicts:
+        assert v.metric in out
+    if fmt == "junit":
+        root = ET.fromstring(out.split("?>", 1)[1])
+        assert root.tag == "testsuite" and len(root.findall("testcase")) == len(verdicts)
+        flagged = sum(v.status in ("regression", "gate failed") for v in verdicts)
+        assert int(root.get("failures")) == flagged and (flagged > 0) == (case != "pass")
+        assert int(root.get("errors")) == (1 if case == "void" else 0)
+    elif fmt == "json":
+        assert json.loads(out)["exit_code"] == code
+    elif fmt == "text":
+        assert f"(exit {code})" in out.splitlines()[0]
+    else:
+        assert out.startswith("### ") and "| metric | verdict |" in out
+
+
+def test_thresholds_defaults_overrides_and_malformed(tmp_path):
+    assert read_thresholds(None).for_metric("delivery_latency_p99") == 0.10
+    good = tmp_path / "t.toml"
+    good.write_text("[defaults]\nthreshold = 0.05\nalpha = 0.01\n"
+                    "[metrics.delivery_latency_p99]\nthreshold = 0.25\n")
+    t = read_thresholds(good)
+    assert (t.for_metric("delivery_latency_p99"), t.for_metric("error_rate"), t.alpha) == \
+        (0.25, 0.05, 0.01)
+    for text, words in [("[defaults\n", "not valid TOML"),
+                        ("[metrics.p99]\nthreshold = 0.1\n", "unknown metric"),
+                        ("[defaults]\nthreshold = '10%'\n", "must be a number"),
+                        ("[defaults]\nthreshold = -1\n", "must be a number"),
+                        ("[metrics.error_rate]\nlimit = 1\n", "exactly one key"),
+                        ("[misc]\n", "unknown section")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ThresholdsError, match=words):
+            read_thresholds(bad)
+
+
+def test_cli_exit_codes_and_malformed_thresholds(tmp_path):
+    def write(name, summaries):
+        path = tmp_path / name
+        path.write_text(json.dumps({"schema_version": 1, "kind": "baseline", "runs": summaries}))
+        return path
+
+    base, cand = write("base.json", side(100)), write("cand.json", side(140))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pollbench", "compare", *map(str, args)],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+
+    assert run(base, base).returncode == 0
+    proc = run(base, cand, "--format", "junit")
+    assert proc.returncode == 1 and ET.fromstring(proc.stdout.split("?>", 1)[1]).tag == \
+        "testsuite"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[defaults]\nthreshold = 'x'\n")
+    proc = run(base, cand, "--thresholds", bad)
+    assert proc.returncode == 2 and "must be a number" in proc.stderr
+    proc = run(base, tmp_path / "missing")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr

@@ -1,0 +1,101 @@
+"""Verdicts as text, Markdown (a pull-request comment), JSON and JUnit XML.  Each returns a str."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from analysis.verdict import (
+    GATE_FAILED,
+    IMPROVEMENT,
+    INSUFFICIENT,
+    NOT_MEASURED,
+    REGRESSION,
+    VOID,
+    Verdict,
+    exit_code,
+)
+
+HEADLINE = {0: "PASS: no regression", 1: "REGRESSION", 2: "BROKEN: void or undecidable"}
+MARK = {REGRESSION: "REGRESSION", GATE_FAILED: "FAILED", VOID: "VOID", INSUFFICIENT: "UNDECIDED",
+        IMPROVEMENT: "better", NOT_MEASURED: "-", "ok": "ok"}
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _change(v: Verdict) -> str:
+    return "-" if v.change is None else f"{v.change:+.1%}"
+
+
+def _p(v: Verdict) -> str:
+    return "-" if v.p_value is None else f"{v.p_value:.3g}"
+
+
+def format_text(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
+    code = exit_code(verdicts)
+    lines = [f"pollbench compare: {HEADLINE[code]} (exit {code})",
+             f"baseline:  {baseline}", f"candidate: {candidate}", ""]
+    w = max(len(v.metric) for v in verdicts)
+    lines.append(f"{'metric':{w}}  {'verdict':10} {'baseline':>10} {'candidate':>10} "
+                 f"{'change':>8} {'p':>7}  n       why")
+    for v in verdicts:
+        lines.append(f"{v.metric:{w}}  {MARK[v.status]:10} {_num(v.baseline):>10} "
+                     f"{_num(v.candidate):>10} {_change(v):>8} {_p(v):>7}  "
+                     f"{v.n_baseline}/{v.n_candidate:<4} {v.explanation} [{v.method}]")
+    return "\n".join(lines) + "\n"
+
+
+def format_markdown(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
+    code = exit_code(verdicts)
+    icon = {0: ":white_check_mark:", 1: ":x:", 2: ":warning:"}[code]
+    lines = [f"### {icon} pollbench: {HEADLINE[code]}", "",
+             f"Baseline `{baseline}` vs candidate `{candidate}`. A metric regresses only when "
+             "its change exceeds its threshold **and** a Mann-Whitney U test finds it "
+             "significant.", "",
+             "| metric | verdict | baseline | candidate | change | p | why |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    flagged = [v for v in verdicts if v.status not in ("ok", NOT_MEASURED)]
+    rest = [v for v in verdicts if v.status in ("ok", NOT_MEASURED)]
+    for v in flagged + rest:
+        verdict = f"**{MARK[v.status]}**" if v in flagged else MARK[v.status]
+        lines.append(f"| {v.metric} | {verdict} | {_num(v.baseline)} | {_num(v.candidate)} | "
+                     f"{_change(v)} | {_p(v)} | {v.explanation.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_json(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
+    code = exit_code(verdicts)
+    return json.dumps({"schema_version": 1, "exit_code": code, "verdict": HEADLINE[code],
+                       "baseline": baseline, "candidate": candidate,
+                       "metrics": [v.as_dict() for v in verdicts]}, indent=2) + "\n"
+
+
+def format_junit(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
+    failures = sum(v.status in (REGRESSION, GATE_FAILED) for v in verdicts)
+    errors = sum(v.status in (VOID, INSUFFICIENT) for v in verdicts)
+    skipped = sum(v.status == NOT_MEASURED for v in verdicts)
+    suite = ET.Element("testsuite", name="pollbench.compare", tests=str(len(verdicts)),
+                       failures=str(failures), errors=str(errors), skipped=str(skipped))
+    ET.SubElement(ET.SubElement(suite, "properties"), "property", name="baseline", value=baseline)
+    suite.find("properties").append(ET.Element("property", name="candidate", value=candidate))
+    for v in verdicts:
+        case = ET.SubElement(suite, "testcase", classname="pollbench.compare", name=v.metric)
+        message = (f"baseline {_num(v.baseline)}, candidate {_num(v.candidate)}, change "
+                   f"{_change(v)}, p {_p(v)}: {v.explanation}")
+        if v.status in (REGRESSION, GATE_FAILED):
+            ET.SubElement(case, "failure", message=message, type=v.status).text = message
+        elif v.status in (VOID, INSUFFICIENT):
+            ET.SubElement(case, "error", message=message, type=v.status).text = message
+        elif v.status == NOT_MEASURED:
+            ET.SubElement(case, "skipped", message=message)
+        else:
+            ET.SubElement(case, "system-out").text = message
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+FORMATS = {"text": format_text, "markdown": format_markdown, "json": format_json,
+           "junit": format_junit}
