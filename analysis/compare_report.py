@@ -28,7 +28,7 @@ from analysis.charts import _plain_ticks, _spectrum_axis, spectrum_x  # noqa: E4
 from analysis.figures import Figures, compute, spectrum  # noqa: E402
 from analysis.hdr import new_histogram  # noqa: E402
 from analysis.load import AnalysisError, load_run  # noqa: E402
-from analysis.report import write_atomic  # noqa: E402
+from pollbench.rundir import write_atomic  # noqa: E402
 
 # Settings that never describe a configuration (they differ between any two runs).
 IGNORED_KEYS = {"stack.port", "stack.backend_ports", "parameters.user_classes"}

@@ -12,8 +12,6 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jinja2
@@ -22,6 +20,7 @@ import matplotlib.pyplot as plt
 from analysis import charts
 from analysis.figures import Figures, compute
 from analysis.load import load_run
+from pollbench.rundir import write_atomic
 
 HEADLINE = [
     ("delivery_latency_p50", "Delivery latency p50"), ("delivery_latency_p95", "Delivery p95"),
@@ -104,13 +103,6 @@ measured {{ s.measured_s }} s after a {{ s.warmup_s }} s warm-up (shaded grey in
 Configuration: <code>{{ config }}</code></p>
 </body></html>
 """, autoescape=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def render_charts(fig: Figures, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
