@@ -22,11 +22,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one_check(delay_ms: float, port: int, backend_port: int) -> tuple[int, float, str]:
+def one_check(delay_ms: float, port: int, backend_port: int,
+              baseline_ref: str | None) -> tuple[int, float, str]:
     t = time.perf_counter()
+    extra = ["--baseline-ref", baseline_ref] if baseline_ref else []
     proc = subprocess.run([sys.executable, "-m", "pollbench", "check", "--format", "json",
                            "--delivery-delay-ms", f"{delay_ms:g}", "--port", str(port),
-                           "--backend-port", str(backend_port)],
+                           "--backend-port", str(backend_port), *extra],
                           capture_output=True, text=True, cwd=REPO)
     elapsed = time.perf_counter() - t
     flagged = ""
@@ -44,6 +46,8 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=20, help="trials of each kind")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--backend-port", type=int, default=8000)
+    ap.add_argument("--baseline-ref", default=None,
+                    help="interleave with reruns of this revision instead of the baseline file")
     args = ap.parse_args()
     baseline = json.loads((REPO / "results" / "baselines" / "ci.json").read_text())
     p95 = statistics.median(r["metrics"]["delivery_latency_p95"]["value"]
@@ -53,7 +57,8 @@ def main() -> int:
     results = {"A/A": [], "injected": []}
     for i in range(args.trials):
         for kind, d in (("A/A", 0.0), ("injected", delay)):  # interleaved: drift hits both
-            code, elapsed, flagged = one_check(d, args.port, args.backend_port)
+            code, elapsed, flagged = one_check(d, args.port, args.backend_port,
+                                               args.baseline_ref)
             results[kind].append((code, elapsed))
             print(f"trial {i + 1:2d} {kind:8}: exit {code} in {elapsed:.0f} s  {flagged}",
                   flush=True)

@@ -49,9 +49,12 @@ def add_parser(sub) -> None:
     p.add_argument("--backend-port", type=int, default=8000)
     p.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="inject a fixed delay into every delivery (to prove the gate works)")
+    p.add_argument("--baseline-ref", default=None, metavar="GIT_REF",
+                   help="interleave: rerun this git revision as the baseline, alternating with "
+                        "this checkout, and compare with those runs (cancels machine drift)")
     p.set_defaults(func=lambda a: check(a.baseline, a.repeat, a.thresholds, a.format, a.output,
                                        a.update_baseline, a.force, a.port, a.backend_port,
-                                       a.delivery_delay_ms))
+                                       a.delivery_delay_ms, a.baseline_ref))
 
 
 def ci_config(delivery_delay_ms: float = 0.0) -> dict:
@@ -59,32 +62,98 @@ def ci_config(delivery_delay_ms: float = 0.0) -> dict:
             "delivery_delay_ms": delivery_delay_ms}
 
 
+def _summary(run_dir: Path) -> dict:
+    from analysis.figures import compute
+    from analysis.load import load_run
+
+    return compute(load_run(run_dir), CI_WARMUP_S).summary
+
+
+def run_candidate(out: Path, port: int, backend_port: int, delivery_delay_ms: float) -> dict:
+    from pollbench.cmd_run import run
+
+    spec = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port,
+                     delivery_delay_ms=delivery_delay_ms)
+    code = run(spec, LoadSpec(**CI_LOAD), out=out, report=False)
+    if code != 0:
+        raise RunFailed(f"{out.name} ended with code {code}")
+    return _summary(out)
+
+
 def run_repetitions(repeat: int, port: int, backend_port: int, delivery_delay_ms: float,
                     label: str) -> list[dict]:
     """Run the CI scenario ``repeat`` times; return each repetition's summary."""
-    from analysis.figures import compute
-    from analysis.load import load_run
-    from pollbench.cmd_run import run
-
     root = new_run_dir(label)
     summaries = []
     for i in range(repeat):
-        spec = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port,
-                         delivery_delay_ms=delivery_delay_ms)
-        load = LoadSpec(**CI_LOAD)
         print(f"== repetition {i + 1} of {repeat}", flush=True)
-        code = run(spec, load, out=root / f"rep-{i + 1}", report=False)
-        if code != 0:
-            raise RunFailed(f"repetition {i + 1} ended with code {code}")
-        summaries.append(compute(load_run(root / f"rep-{i + 1}"), CI_WARMUP_S).summary)
+        summaries.append(run_candidate(root / f"rep-{i + 1}", port, backend_port,
+                                       delivery_delay_ms))
     return summaries
+
+
+def ci_run_arguments(port: int, backend_port: int) -> list[str]:
+    load = CI_LOAD
+    return ["--profile", CI_PROFILE, "--scenario", load["scenario"], "--users",
+            str(load["users"]), "--spawn-rate", f"{load['spawn_rate']:g}", "--duration",
+            f"{load['duration_s']:g}s", "--channels", str(load["channels"]), "--publish-rate",
+            f"{load['publish_rate']:g}", "--poll-timeout", f"{load['poll_timeout_s']:g}",
+            "--port", str(port), "--backend-port", str(backend_port), "--no-report"]
+
+
+def export_revision(ref: str) -> Path:
+    """The tree of ``ref`` in a temporary folder (git archive: the checkout is not touched)."""
+    import subprocess
+    import tempfile
+
+    repo = RESULTS_DIR.parent
+    rev = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=repo,
+                         capture_output=True, text=True)
+    if rev.returncode != 0:
+        raise UserError(f"--baseline-ref {ref!r} is not a commit of {repo}")
+    dest = Path(tempfile.mkdtemp(prefix="pollbench-baseline-"))
+    archive = subprocess.Popen(["git", "archive", rev.stdout.strip()], cwd=repo,
+                               stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise UserError(f"git archive {ref} failed")
+    return dest
+
+
+def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
+                    delivery_delay_ms: float) -> tuple[list[dict], list[dict]]:
+    """Alternate the baseline revision and this checkout, so drift hits both sides alike."""
+    import os
+    import shutil
+    import subprocess
+
+    tree = export_revision(ref)
+    root = new_run_dir("check-interleaved")
+    base, cand = [], []
+    try:
+        for i in range(repeat):
+            out = root / f"baseline-{i + 1}"
+            print(f"== baseline ({ref}) {i + 1} of {repeat}", flush=True)
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            proc = subprocess.run([sys.executable, "-m", "pollbench", "run",
+                                   *ci_run_arguments(port, backend_port), "--out", str(out)],
+                                  cwd=tree, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RunFailed(f"the baseline revision {ref} failed its run (exit "
+                                f"{proc.returncode}): {proc.stderr.strip()[-300:]}")
+            base.append(_summary(out))
+            print(f"== candidate {i + 1} of {repeat}", flush=True)
+            cand.append(run_candidate(root / f"candidate-{i + 1}", port, backend_port,
+                                      delivery_delay_ms))
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    return base, cand
 
 
 def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output: Path | None,
           update: bool, force: bool, port: int, backend_port: int,
-          delivery_delay_ms: float) -> int:
-    from analysis.verdict import ThresholdsError, compare, exit_code, read_thresholds
-    from analysis.verdict_format import FORMATS
+          delivery_delay_ms: float, baseline_ref: str | None = None) -> int:
+    from analysis.verdict import ThresholdsError, read_thresholds
 
     if repeat < 1 or repeat > 50:
         raise UserError(f"--repeat must be from 1 to 50 (it is {repeat})")
@@ -108,6 +177,15 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
                                      "runs": summaries})
         print(f"baseline written: {baseline} ({repeat} repetitions)")
         return 0
+    if baseline_ref is not None:
+        if update:
+            raise UserError("--baseline-ref reruns a revision as the baseline; it does not "
+                            "go with --update-baseline")
+        base_runs, candidate = run_interleaved(baseline_ref, repeat, port, backend_port,
+                                               delivery_delay_ms)
+        return _verdict(base_runs, candidate, limits, fmt, output,
+                        f"revision {baseline_ref} ({repeat} interleaved repetitions)",
+                        f"this checkout ({repeat} interleaved repetitions)")
     if not baseline.is_file():
         raise UserError(f"no baseline at {baseline}: record one with pollbench check "
                         "--update-baseline")
@@ -123,8 +201,17 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
         raise UserError(f"{baseline} was recorded with another CI scenario ({had}); record a "
                         "new one with pollbench check --update-baseline --force")
     candidate = run_repetitions(repeat, port, backend_port, delivery_delay_ms, "check")
-    verdicts = compare(recorded["runs"], candidate, limits)
-    text = FORMATS[fmt](verdicts, str(baseline), f"this checkout ({repeat} repetitions)")
+    return _verdict(recorded["runs"], candidate, limits, fmt, output, str(baseline),
+                    f"this checkout ({repeat} repetitions)")
+
+
+def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
+             output: Path | None, base_name: str, cand_name: str) -> int:
+    from analysis.verdict import compare, exit_code
+    from analysis.verdict_format import FORMATS
+
+    verdicts = compare(base_runs, candidate, limits)
+    text = FORMATS[fmt](verdicts, base_name, cand_name)
     if output:
         from pollbench.rundir import write_atomic
 

@@ -54,3 +54,21 @@ def test_committed_baseline_matches_the_ci_scenario():
     assert {k: v for k, v in recorded["config"].items() if k != "delivery_delay_ms"} == \
         {k: v for k, v in ci_config().items() if k != "delivery_delay_ms"}
     assert not any(r["loadgen_saturated"] for r in recorded["runs"])
+
+
+def test_unknown_baseline_ref_is_refused_before_running(tmp_path):
+    proc = check("--baseline-ref", "no-such-ref-xyz")
+    assert proc.returncode == 2 and "is not a commit" in proc.stderr
+
+
+def test_baseline_revision_is_exported_without_touching_the_checkout():
+    from pollbench.cmd_check import export_revision
+
+    tree = export_revision("HEAD")
+    try:
+        assert (tree / "pollbench" / "cli.py").is_file() and (tree / "target_app").is_dir()
+        assert not (tree / ".git").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(tree)

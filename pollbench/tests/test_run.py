@@ -145,3 +145,27 @@ def test_existing_run_folder_is_never_overwritten(tmp_path):
     (tmp_path / "taken").mkdir()
     proc = run_pollbench(tmp_path / "taken", "--duration", "5s")
     assert proc.returncode == 2 and "never overwrites" in proc.stderr
+
+
+def test_workers_add_up_across_processes_and_a_shape_drives_the_users(tmp_path):
+    out = tmp_path / "workers"
+    proc = run_pollbench(out, "--scenario", "channels", "--users", "40", "--duration", "10s",
+                         "--workers", "2", "--shape", "steps", "--publish-rate", "40",
+                         "--channels", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["loadgen"]["delivered"] > 50
+    assert record["loadgen"]["lost"] == 0 and record["loadgen"]["duplicates"] == 0
+    log = read_hdr_log(out / FILES["latency_hdr"])
+    sources = set(log[log["metric"] == "DELIVERY"]["source"])
+    assert len(sources) >= 1 and all(s.startswith("worker-") for s in sources)
+    # lossless deliveries from the workers equal the count Locust summed in its own stats
+    stats = pd.read_csv(out / FILES["locust_stats"])
+    locust_deliveries = int(stats[(stats["Type"] == "DELIVERY") &
+                                  (stats["Name"] == "publish -> receive")]["Request Count"].sum())
+    assert merged(log, "DELIVERY").get_total_count() == record["loadgen"]["delivered"]
+    assert abs(locust_deliveries - record["loadgen"]["delivered"]) <= 0.02 * locust_deliveries
+    # the "steps" shape: a quarter of the users first, all of them at the end
+    hist = pd.read_csv(out / FILES["locust_history"])
+    users = hist[hist["Name"] == "Aggregated"]["User Count"]
+    assert users.iloc[2] <= 12 and users.max() == 40

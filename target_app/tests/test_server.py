@@ -1,0 +1,69 @@
+"""The target as a process: each event loop starts and says so; SIGTERM answers held polls."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from pollbench.stack import find_free_ports
+
+
+def start(*args: str) -> tuple[subprocess.Popen, str]:
+    port = find_free_ports(1)
+    proc = subprocess.Popen([sys.executable, "-m", "target_app", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("ready "):
+            return proc, f"http://127.0.0.1:{port}"
+    raise AssertionError(f"target did not start: exit {proc.wait()}")
+
+
+@pytest.mark.parametrize("loop,selector", [("asyncio", "EpollSelector"),
+                                           ("asyncio-poll", "PollSelector"),
+                                           ("asyncio-select", "SelectSelector"),
+                                           ("uvloop", "uvloop.Loop")])
+def test_each_event_loop_serves_and_reports_itself(loop, selector):
+    extra = ["--max-connections", "900", "--max-waiters", "800"] if loop == "asyncio-select" \
+        else []
+    proc, url = start("--loop", loop, *extra)
+    try:
+        stats = json.load(urllib.request.urlopen(f"{url}/stats", timeout=5))
+        assert selector in stats["event_loop"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_select_loop_with_too_many_connections_is_refused_at_start():
+    proc = subprocess.run([sys.executable, "-m", "target_app", "--loop", "asyncio-select",
+                           "--port", str(find_free_ports(1))], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2 and "FD_SETSIZE" in proc.stderr
+
+
+def test_sigterm_answers_held_polls_and_exits_within_seconds():
+    proc, url = start()
+    result = {}
+
+    def poll():
+        t = time.monotonic()
+        resp = urllib.request.urlopen(f"{url}/channels/x?timeout=60", timeout=30)
+        result["status"], result["held"] = resp.status, time.monotonic() - t
+
+    import threading
+
+    th = threading.Thread(target=poll)
+    th.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    th.join(10)
+    assert time.monotonic() - t0 < 5
+    assert result["status"] == 204 and result["held"] < 5
