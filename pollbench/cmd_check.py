@@ -132,7 +132,8 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
     base, cand = [], []
     try:
         for i in range(repeat):
-            out = root / f"baseline-{i + 1}"
+            out = root / "baseline" / f"rep-{i + 1}"
+            out.parent.mkdir(exist_ok=True)
             print(f"== baseline ({ref}) {i + 1} of {repeat}", flush=True)
             env = dict(os.environ, PYTHONPATH=str(tree))
             proc = subprocess.run([sys.executable, "-m", "pollbench", "run",
@@ -143,7 +144,8 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
                                 f"{proc.returncode}): {proc.stderr.strip()[-300:]}")
             base.append(_summary(out))
             print(f"== candidate {i + 1} of {repeat}", flush=True)
-            cand.append(run_candidate(root / f"candidate-{i + 1}", port, backend_port,
+            (root / "candidate").mkdir(exist_ok=True)
+            cand.append(run_candidate(root / "candidate" / f"rep-{i + 1}", port, backend_port,
                                       delivery_delay_ms))
     finally:
         shutil.rmtree(tree, ignore_errors=True)
