@@ -1,6 +1,6 @@
 """run.json: what a run was (parameters, versions, host) and how it ended.
 
-The format carries one integer version, checked by every reader.
+The format carries one integer version; readers (analysis.load.read_info) check it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import jsonschema
 import psutil
 
-from pollbench.errors import UserError
 
 # History of run.json's schema_version:
 #   1 (pollbench 0.1): first version.
@@ -70,21 +69,3 @@ def host_info() -> dict:
 def validate_run_json(data: dict) -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.validate(data, schema)
-
-
-def read_run_json(run_dir: Path) -> dict:
-    """run.json of a run folder, checked: clear errors for missing, corrupt or unknown versions."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a pollbench run folder (no run.json)")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if not isinstance(version, int):
-        raise UserError(f"{path} has no integer schema_version; it was not written by pollbench")
-    if version > SCHEMA_VERSION:
-        raise UserError(f"{path} has schema_version {version}, newer than this pollbench "
-                        f"understands ({SCHEMA_VERSION}): upgrade pollbench")
-    return data

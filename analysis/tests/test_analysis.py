@@ -175,3 +175,10 @@ def test_interval_rates_spread_counts_over_the_bins_they_overlap():
     t0 = np.arange(80) + 0.999
     rate = interval_rate(t0, t0 + 1.0, np.full(80, 100), 0, 1.0)
     assert rate.sum() == pytest.approx(8000) and rate.iloc[5] == pytest.approx(100)
+
+
+def test_the_analysis_reads_the_run_json_version_pollbench_writes():
+    from analysis.load import SUPPORTED_SCHEMA_VERSIONS
+    from pollbench.runinfo import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION in SUPPORTED_SCHEMA_VERSIONS
