@@ -16,7 +16,6 @@ from pathlib import Path
 import jsonschema
 import psutil
 
-
 # History of run.json's schema_version:
 #   1 (pollbench 0.1): first version.
 SCHEMA_VERSION = 1
