@@ -207,7 +207,8 @@ class Stack:
         self.test_config(conf)
         cfg = self.spec.app_config()
         for i, port in enumerate(self.spec.backend_ports()):
-            cmd = [sys.executable, "-m", "target_app", "--port", str(port), "--index", str(i),
+            cmd = [sys.executable, "-m", "target_app", "--processes", "1", "--port", str(port),
+                   "--index", str(i),
                    "--loop", self.spec.loop, "--max-hold", str(cfg.max_hold_s),
                    "--default-hold", str(cfg.default_hold_s),
                    "--max-connections", str(cfg.max_connections),

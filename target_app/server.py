@@ -1,4 +1,4 @@
-"""Run target processes: ``python -m target_app --processes 4 --port 8000``.
+"""Run target processes: ``python -m target_app`` (4 processes on 127.0.0.1:8000-8003).
 
 Each process listens on 127.0.0.1 (``--address`` to change) at consecutive
 ports, with ``xheaders`` on so nginx's X-Real-IP / X-Scheme are honoured.
@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = AppConfig()
     p = argparse.ArgumentParser(prog="python -m target_app", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=8000, help="first port (default 8000)")
-    p.add_argument("--processes", type=int, default=1, help="processes on consecutive ports")
+    p.add_argument("--processes", type=int, default=4,
+                   help="processes on consecutive ports (default 4: 8000-8003)")
     p.add_argument("--index", type=int, default=0, help="index of this backend (for /stats)")
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--loop", default="asyncio", choices=LOOPS)
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         factory = loop_factory(args.loop)
     except ConfigError as e:
         print(f"target_app: error: {e}", file=sys.stderr)
+        return 2
+    if args.processes < 1:
+        print("target_app: error: --processes must be 1 or more", file=sys.stderr)
         return 2
     if args.processes > 1:
         return supervise(args, argv)

@@ -16,7 +16,8 @@ from pollbench.stack import find_free_ports
 
 def start(*args: str) -> tuple[subprocess.Popen, str]:
     port = find_free_ports(1)
-    proc = subprocess.Popen([sys.executable, "-m", "target_app", "--port", str(port), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "target_app", "--processes", "1", "--port",
+                             str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("ready "):
@@ -41,10 +42,26 @@ def test_each_event_loop_serves_and_reports_itself(loop, selector):
 
 
 def test_select_loop_with_too_many_connections_is_refused_at_start():
-    proc = subprocess.run([sys.executable, "-m", "target_app", "--loop", "asyncio-select",
-                           "--port", str(find_free_ports(1))], capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run([sys.executable, "-m", "target_app", "--processes", "1", "--loop",
+                           "asyncio-select", "--port", str(find_free_ports(1))],
+                          capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "FD_SETSIZE" in proc.stderr
+
+
+def test_default_is_four_processes_on_consecutive_ports():
+    base = find_free_ports(4)
+    proc = subprocess.Popen([sys.executable, "-m", "target_app", "--port", str(base)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ready = [next(proc.stdout) for _ in range(8)]  # a log line and a ready line each
+        ports = sorted(int(line.rsplit(":", 1)[1]) for line in ready if line.startswith("ready"))
+        assert ports == [base, base + 1, base + 2, base + 3]
+        indexes = {json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/stats", timeout=5))
+                   ["backend_index"] for p in ports}
+        assert indexes == {0, 1, 2, 3}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
 
 
 def test_sigterm_answers_held_polls_and_exits_within_seconds():
