@@ -14,8 +14,6 @@ from pathlib import Path
 
 from pollbench.errors import UserError
 
-EXIT_BY_CODE = {0: 0, 1: 1, 2: 2}
-
 
 def add_parser(sub) -> None:
     from analysis.verdict_format import FORMATS

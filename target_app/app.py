@@ -157,7 +157,6 @@ class Service:
         self.tasks = TaskStore(config.max_running_tasks, config.max_results, config.result_ttl_s)
         self.waiting = 0
         self.shutting_down = False
-        self._shutdown_waiters: set[asyncio.Future] = set()
 
     def channel(self, name: str, create: bool) -> Channel | None:
         ch = self.channels.get(name)
