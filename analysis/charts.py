@@ -59,7 +59,7 @@ def ecdf_points(values, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     return np.quantile(v, q), q
 
 
-def _plain_ticks(axis) -> None:
+def plain_ticks(axis) -> None:
     """Log axes labelled 0.5, 2, 500 rather than 5x10^-1, 2x10^0, 5.12x10^2."""
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_formatter(fmt)
@@ -120,7 +120,7 @@ def latency_over_time(fig: Figures):
         for q, (color, style) in PCT_STYLE.items():
             ax.plot(s["t"], s[q], color=color, linestyle=style, label=q)
         ax.set_yscale("log")
-        _plain_ticks(ax.yaxis)
+        plain_ticks(ax.yaxis)
         lo, hi = s["p50"].min(), s["max"].max()
         if hi / max(lo, 1e-9) < 10:  # a narrow range gets few major ticks: label minors too
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -143,7 +143,7 @@ def latency_over_time(fig: Figures):
     return _finish(f)
 
 
-def _spectrum_axis(ax) -> None:
+def spectrum_axis(ax) -> None:
     ax.set_xscale("log")
     ticks = [1, 10, 100, 1000, 10000, 100000]
     ax.set_xticks(ticks)
@@ -153,7 +153,7 @@ def _spectrum_axis(ax) -> None:
     ax.set_xlim(1, 100000)
     ax.set_xlabel("percentile")
     ax.set_yscale("log")
-    _plain_ticks(ax.yaxis)
+    plain_ticks(ax.yaxis)
     ax.set_ylabel("latency (ms)")
     ax.grid(True, which="major", alpha=0.3)
 
@@ -173,7 +173,7 @@ def percentile_spectrum(fig: Figures):
         n = fig.families[name].total.get_total_count()
         ax.plot(spectrum_x(df["percentile"]), df["latency_ms"], label=f"{FAMILY_TITLES[name]}, "
                 f"n={n:,}")
-    _spectrum_axis(ax)
+    spectrum_axis(ax)
     ax.legend(fontsize=9, loc="lower right")
     return _finish(f)
 
@@ -185,7 +185,7 @@ def delivery_cdf(fig: Figures):
     f, (ax,) = _figure(fig, "Delivery latency: cumulative distribution")
     ax.plot(df["latency_ms"], df["percentile"] / 100, drawstyle="steps-post", color="#2ca02c")
     ax.set_xscale("log")
-    _plain_ticks(ax.xaxis)
+    plain_ticks(ax.xaxis)
     ax.set_xlabel("delivery latency, publish -> receipt (ms)")
     ax.set_ylabel("fraction of messages delivered within")
     ax.set_ylim(0, 1.01)
@@ -218,7 +218,7 @@ def connection_reuse(fig: Figures):
             ax.step(np.concatenate([[x[0]], x]), np.concatenate([[0], y]), where="post",
                     color=color, label=hop)
     ax.set_xscale("log")
-    _plain_ticks(ax.xaxis)
+    plain_ticks(ax.xaxis)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("requests on one connection")
     ax.set_ylabel("fraction of connections (CDF)")
@@ -275,7 +275,7 @@ def upstream_timing(fig: Figures):
                         label=col.replace("upstream_", "").replace("_", " "), color=color,
                         drawstyle="steps-post")
         ax.set_xscale("log")
-        _plain_ticks(ax.xaxis)
+        plain_ticks(ax.xaxis)
         ax.set_xlabel("time (ms; nginx logs whole ms, 0 drawn at 0.1)")
         ax.set_ylabel("fraction of requests")
         if ax.lines:

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from analysis.charts import _plain_ticks, _spectrum_axis, spectrum_x  # noqa: E402
+from analysis.charts import plain_ticks, spectrum_axis, spectrum_x  # noqa: E402
 from analysis.figures import Figures, compute, spectrum  # noqa: E402
 from analysis.hdr import new_histogram  # noqa: E402
 from analysis.load import AnalysisError, load_run  # noqa: E402
@@ -144,7 +144,7 @@ def _bars(ax, cells: list[Cell], metrics: list[tuple[str, str]], ylabel: str, lo
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
-        _plain_ticks(ax.yaxis)
+        plain_ticks(ax.yaxis)
     else:
         top = max([c.mean_ci(m)[0] or 0 for c in cells for m, _ in metrics] + [0])
         ax.set_ylim(0, top * 1.25 if top > 0 else 1)
@@ -219,7 +219,7 @@ def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
             ax.plot(spectrum_x(df["percentile"]), df["latency_ms"], label=_wrap(c.label, 80))
             drawn = True
     if drawn:
-        _spectrum_axis(ax)
+        spectrum_axis(ax)
         ax.legend(fontsize=8, loc="upper left")
         f.suptitle("Delivery latency by percentile, configurations overlaid "
                    "(repetitions merged)", fontweight="bold")

@@ -12,7 +12,7 @@ log and the backends' /stats.  Every figure carries its unit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -64,7 +64,6 @@ class Figures:
     bin_s: float
     families: dict[str, Family]
     summary: dict
-    notes: list[str] = field(default_factory=list)
 
 
 def _percentile_rows(hists: dict[int, HdrHistogram], width: float) -> pd.DataFrame:
@@ -251,7 +250,7 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         "windows": {"width_s": WINDOW_S, "series": windows},
         "notes": list(run.notes),
     }
-    return Figures(run, run_label(info), warmup, bin_s, families, summary, list(run.notes))
+    return Figures(run, run_label(info), warmup, bin_s, families, summary)
 
 
 def interval_rate(t0, t1, counts, start: float, bin_s: float) -> pd.Series:

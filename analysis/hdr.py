@@ -16,11 +16,7 @@ import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS = 1, 3_600_000_000, 3
-
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS)
+from analysis.hdr_format import new_histogram  # re-exported for readers
 
 
 def read_hdr_log(path: Path) -> pd.DataFrame:

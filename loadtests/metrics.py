@@ -26,9 +26,8 @@ from pathlib import Path
 import gevent
 from hdrh.histogram import HdrHistogram
 
-HDR_LOWEST_US = 1
-HDR_HIGHEST_US = 3_600_000_000  # one hour
-HDR_DIGITS = 3
+from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
+
 FLUSH_INTERVAL_S = 1.0
 MESSAGE_TYPE = "pollbench_metrics"
 
@@ -39,10 +38,6 @@ TASK_OVERHEAD = "TASK_OVERHEAD"  # turnaround minus the task's own duration
 REPOLL_GAP = "REPOLL_GAP"      # response received -> next poll sent, same subscriber
 PUBLISH_LAG = "PUBLISH_LAG"    # how late a publish left against its fixed schedule
 GC_PAUSE = "GC_PAUSE"          # load generator's own garbage-collection pauses
-
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS)
 
 
 class Recorder:
