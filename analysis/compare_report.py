@@ -10,6 +10,7 @@ are labelled by the settings that differ between them, never by run id.
 from __future__ import annotations
 
 import base64
+import html as html_mod
 import io
 import json
 import math
@@ -247,14 +248,19 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; }}
 img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1.5em; }} .warn {{ background: #fff3cd; padding: .5em 1em; }}
-</style></head><body><h1>pollbench comparison of {n} runs</h1>
+</style></head><body><h1>{title}</h1>
 <p>Configurations are labelled by the settings that differ between them. Figures are the mean
 over repetitions ± the half-width of a 95% confidence interval (Student's t) where a
 configuration was repeated. All latencies come from the lossless HdrHistogram logs.</p>
 {warnings}{table}{images}</body></html>"""
 
 
-def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = None) -> dict:
+def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = None,
+                     rank_by: str | None = None, rank_threshold: float = 0.05,
+                     title: str | None = None) -> dict:
+    """Charts, table (and with ``rank_by`` a ranking with noise verdicts) of several runs."""
+    from analysis.ranking import rank, ranking_markdown
+
     if len(run_dirs) < 2:
         raise AnalysisError("a comparison needs at least two runs")
     figs = [compute(load_run(p), warmup_s) for p in run_dirs]
@@ -262,11 +268,30 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
     out.mkdir(parents=True, exist_ok=True)
     images = comparison_charts(cells)
     table = comparison_table(cells)
+    ranking = rank(cells, rank_by, rank_threshold) if rank_by else []
+    ranking_md = ranking_markdown(ranking, rank_by) if rank_by else ""
     warnings = [f"{f.summary['run']}: {w}" for f in figs for w in f.summary["warnings"]]
     warnings += [f"{f.summary['run']}: the load generator was CPU-saturated; its figures are "
                  "void" for f in figs if f.summary["loadgen_saturated"]]
+    ranking_html = ""
+    if ranking:
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html_mod.escape(str(v))}</td>" for v in (
+                r.rank or "-", r.label, r.runs, "n/a" if r.value is None else f"{r.value:.4g}",
+                "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}",
+                r.verdict + (" (load generator saturated: void)" if r.void else ""),
+                "" if r.p_value is None else f"{r.p_value:.3g}", r.method)) + "</tr>"
+            for r in ranking)
+        ranking_html = (f"<h2>Ranking by {html_mod.escape(rank_by)}</h2><p>Each configuration "
+                        f"against the best: worse only when beyond {rank_threshold:.0%} and "
+                        "significant (Mann-Whitney U, alpha 0.05); otherwise within noise.</p>"
+                        "<table><tr><th>rank</th><th>configuration</th><th>runs</th>"
+                        "<th>value</th><th>vs best</th><th>verdict</th><th>p</th>"
+                        f"<th>samples</th></tr>{rows}</table>")
     html = PAGE.format(
-        n=len(figs), table=table.to_html(index=False, escape=True),
+        n=len(figs), title=html_mod.escape(title or f"pollbench comparison of {len(figs)} runs"),
+        table=ranking_html + "<h2>Figures by configuration</h2>"
+        + table.to_html(index=False, escape=True),
         warnings="".join(f'<p class="warn">{w}</p>' for w in warnings),
         images="".join(f'<h2>{t}</h2><img alt="{t}" src="data:image/png;base64,{i}">'
                        for t, i in images))
@@ -277,12 +302,15 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
                           "metrics": {m: dict(zip(("mean", "ci95_half_width"), c.mean_ci(m),
                                                   strict=True)) for m, _ in COMPARED}}
                          for c in cells],
-               "warnings": warnings}
+               "warnings": warnings,
+               "ranking": {"metric": rank_by, "threshold": rank_threshold,
+                           "rows": [r.as_dict() for r in ranking]} if rank_by else None}
     paths = {"html": out / "report.html", "markdown": out / "summary.md",
              "json": out / "summary.json"}
     write_atomic(paths["html"], html.encode())
-    write_atomic(paths["markdown"], ("# pollbench comparison\n\n" + markdown_table(table)
-                                     + "\n").encode())
+    heading = f"# {title or 'pollbench comparison'}\n\n"
+    write_atomic(paths["markdown"], (heading + (ranking_md + "\n\n" if ranking_md else "")
+                                     + markdown_table(table) + "\n").encode())
     write_atomic(paths["json"], (json.dumps(summary, indent=2) + "\n").encode())
     return paths
 

@@ -28,13 +28,23 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pollbench import cmd_check, cmd_compare, cmd_report, cmd_run, cmd_ui, cmd_up
+    from pollbench import (
+        cmd_check,
+        cmd_compare,
+        cmd_report,
+        cmd_run,
+        cmd_sweep,
+        cmd_ui,
+        cmd_up,
+        nginx_build,
+    )
 
     parser = OneLineErrorParser(
         prog="pollbench", description="Benchmark long-polling services behind nginx.")
     parser.add_argument("--version", action="version", version=f"pollbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cmd_up, cmd_run, cmd_ui, cmd_report, cmd_compare, cmd_check):
+    for module in (cmd_up, cmd_run, cmd_ui, cmd_report, cmd_compare, cmd_check, cmd_sweep,
+                   nginx_build):
         module.add_parser(sub)
     return parser
 

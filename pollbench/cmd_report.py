@@ -34,6 +34,14 @@ def expand(paths: list[Path]) -> list[Path]:
         if (p / "run.json").is_file():
             runs.append(p)
             continue
+        if (p / "manifest.json").is_file():  # a sweep: its completed runs only
+            from pollbench.cmd_sweep import completed_runs, read_manifest
+
+            done = completed_runs(p, read_manifest(p))
+            if not done:
+                raise UserError(f"the sweep in {p} has no completed run yet")
+            runs.extend(done)
+            continue
         inner = sorted(q.parent for q in p.glob("*/run.json"))
         if not inner:
             raise UserError(f"{p} is not a run folder (no run.json) and holds none")

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from pollbench import nginx_config
 from pollbench.errors import RunFailed, UserError
 from pollbench.loadgen import SCENARIOS, SHAPES, LoadSpec, parse_duration
 from pollbench.processes import spawn
@@ -117,8 +118,9 @@ def base_record(kind: str, spec: StackSpec, load: LoadSpec, settings: dict) -> d
         },
         "stack": {"profile": spec.profile, "nginx": settings, "backends": settings["backends"],
                   "loop": spec.loop, "port": spec.port, "backend_ports": spec.backend_ports(),
-                  "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms},
-        "software": software_versions(spec.nginx_binary),
+                  "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
+                  "nginx_binary": spec.nginx_name()},
+        "software": software_versions(spec.nginx_path()),
         "host": host_info(),
         "warnings": [],
         "files": {},
@@ -163,6 +165,8 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool =
     settings = spec.validate()
     load.validate(spec.max_hold_s)
     label = f"{load.mix and 'mix' or load.scenario}-{spec.profile}-{load.users}u"
+    if out is not None:
+        nginx_config.safe_path(Path(out).resolve() / "nginx")  # refused before it is created
     run_dir = new_run_dir(label, out)
     record = base_record("run", spec, load, settings)
     write_json_atomic(run_dir / "run.json", record)

@@ -176,21 +176,47 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 
 
-def read_profile_file(path: Path) -> dict[str, Any]:
+PROFILE_KEYS = {"description", "extends", "nginx_binary", "nginx"}
+
+
+def _read_profile_toml(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"profile {path}: not valid TOML: {e}") from None
-    nginx = data.get("nginx", {})
-    if not isinstance(nginx, dict):
+    unknown = sorted(set(data) - PROFILE_KEYS)
+    if unknown:
+        raise UserError(f"profile {path}: unknown key(s) {', '.join(unknown)}; a profile has "
+                        + ", ".join(sorted(PROFILE_KEYS)))
+    if not isinstance(data.get("nginx", {}), dict):
         raise UserError(f"profile {path}: [nginx] must be a table of knobs")
+    binary = data.get("nginx_binary")
+    if binary is not None and (not isinstance(binary, str) or not binary):
+        raise UserError(f"profile {path}: nginx_binary must be a path or \"built\"")
+    return data
+
+
+def read_profile_file(path: Path) -> dict[str, Any]:
+    data = _read_profile_toml(path)
     base = data.get("extends")
     merged = dict(load_profile_raw(base)) if base else {}
-    merged.update(nginx)
+    merged.update(data.get("nginx", {}))
     return merged
 
 
+def profile_nginx_binary(name_or_path: str) -> str | None:
+    """The ``nginx_binary`` a profile (or one it extends) names, or None."""
+    data = _read_profile_toml(profile_path(name_or_path))
+    if data.get("nginx_binary"):
+        return data["nginx_binary"]
+    return profile_nginx_binary(data["extends"]) if data.get("extends") else None
+
+
 def load_profile_raw(name_or_path: str) -> dict[str, Any]:
+    return read_profile_file(profile_path(name_or_path))
+
+
+def profile_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix != ".toml":
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path) or \
@@ -200,7 +226,7 @@ def load_profile_raw(name_or_path: str) -> dict[str, Any]:
         path = PROFILES_DIR / f"{name_or_path}.toml"
     elif not path.is_file():
         raise UserError(f"profile file {name_or_path} does not exist")
-    return read_profile_file(path)
+    return path
 
 
 def load_profile(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -212,7 +238,7 @@ def load_profile(name_or_path: str, overrides: Mapping[str, Any] | None = None) 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 
 
-def _safe_path(path: Path) -> str:
+def safe_path(path: Path) -> str:
     text = str(path)
     if not _SAFE_PATH.match(text):
         raise UserError(f"path {text!r} cannot go into nginx.conf: use a folder whose absolute "
@@ -228,8 +254,8 @@ class RenderPaths:
 
     @classmethod
     def for_prefix(cls, prefix: Path | str, static_root: Path = STATIC_ROOT) -> RenderPaths:
-        return cls(_safe_path(Path(prefix).resolve()), _safe_path(static_root.resolve()),
-                   _safe_path(NGINX_DIR / "mime.types"))
+        return cls(safe_path(Path(prefix).resolve()), safe_path(static_root.resolve()),
+                   safe_path(NGINX_DIR / "mime.types"))
 
 
 def _fmt(value: Any) -> str:

@@ -69,11 +69,25 @@ def find_free_ports(count: int, start: int = 20000, stop: int = 32000) -> int:
 
 
 def find_nginx(binary: str) -> str:
-    path = shutil.which(binary)
+    from pollbench.nginx_build import resolve_binary
+
+    path = shutil.which(resolve_binary(binary)) or shutil.which(binary, path="/usr/sbin")
     if path is None:
         raise UserError(f"nginx not found ({binary!r}): install it with "
                         "`apt-get install -y nginx-light` (Debian) or pass --nginx PATH")
     return path
+
+
+def check_event_method(binary_path: str, method: str | None) -> None:
+    """Refuse ``use poll;`` / ``use select;`` before start when this nginx lacks the module."""
+    from pollbench.nginx_build import supports
+
+    if method in (None, "epoll") or supports(binary_path, method):
+        return
+    raise UserError(f"nginx knob use: {method!r} is not supported by {binary_path} (built "
+                    f"without --with-{method}_module; Debian's nginx has only epoll): run "
+                    "`pollbench nginx build` and choose that nginx with --nginx built or "
+                    "nginx_binary = \"built\" in the profile or sweep")
 
 
 @dataclass
@@ -84,7 +98,7 @@ class StackSpec:
     loop: str = "asyncio"
     port: int = 8080
     backend_port: int = 8000
-    nginx_binary: str = "nginx"
+    nginx_binary: str | None = None  # None: the profile's nginx_binary, else "nginx" on PATH
     max_hold_s: float = 120.0
     delivery_delay_ms: float = 0.0
     backend_max_connections: int | None = None
@@ -108,6 +122,14 @@ class StackSpec:
             cfg.max_connections = SELECT_MAX_CONNECTIONS
         cfg.max_waiters = min(cfg.max_waiters, cfg.max_connections)
         return cfg
+
+    def nginx_name(self) -> str:
+        """The nginx asked for: --nginx, else the profile's nginx_binary, else "nginx"."""
+        return (self.nginx_binary or nginx_config.profile_nginx_binary(self.profile)
+                or "nginx")
+
+    def nginx_path(self) -> str:
+        return find_nginx(self.nginx_name())
 
     def backend_ports(self) -> list[int]:
         return [self.backend_port + i for i in range(self.settings()["backends"])]
@@ -134,7 +156,7 @@ class StackSpec:
             check_config(self.app_config())
         except ConfigError as e:
             raise UserError(str(e)) from None
-        find_nginx(self.nginx_binary)
+        check_event_method(self.nginx_path(), settings["use"])
         if check_ports:
             for port in [self.port, *ports]:
                 if not port_free(port):
@@ -182,8 +204,8 @@ class Stack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def render(self) -> Path:
-        self.settings = self.spec.validate()
+    def render(self, check_ports: bool = True) -> Path:
+        self.settings = self.spec.validate(check_ports=check_ports)
         for sub in ("logs", "temp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -194,7 +216,7 @@ class Stack:
         return conf
 
     def nginx_cmd(self, conf: Path) -> list[str]:
-        return [find_nginx(self.spec.nginx_binary), "-p", str(self.prefix), "-c", str(conf)]
+        return [self.spec.nginx_path(), "-p", str(self.prefix), "-c", str(conf)]
 
     def test_config(self, conf: Path) -> None:
         proc = subprocess.run([*self.nginx_cmd(conf), "-t"], capture_output=True, text=True)

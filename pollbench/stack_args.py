@@ -19,7 +19,9 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=8080, help="nginx port on 127.0.0.1 (default 8080)")
     g.add_argument("--backend-port", type=int, default=8000,
                    help="first backend port; backends use consecutive ports (default 8000)")
-    g.add_argument("--nginx", dest="nginx_binary", default="nginx", help="nginx binary to run")
+    g.add_argument("--nginx", dest="nginx_binary", default=None,
+                   help="nginx binary to run, or \"built\" for `pollbench nginx build`'s "
+                        "(default: the profile's nginx_binary, else nginx on PATH)")
     g.add_argument("--max-hold", type=float, default=120.0,
                    help="longest poll hold in the backends, s (below proxy_read_timeout)")
 

@@ -1,0 +1,107 @@
+"""Rank the cells of a sweep on one figure, and say which differences are within noise.
+
+The best cell is the one with the best median of the samples; every other cell
+is compared with it by the same rule as a regression check
+(:func:`analysis.verdict.judge`): it is "worse" only when its median is beyond
+``threshold`` of the best AND a Mann-Whitney U test finds the difference
+significant; otherwise it is "within noise" of the best.  Samples are one value
+per repetition when every cell has at least ``MIN_SAMPLES`` repetitions, else
+(latency percentiles only) the 10-s windows of all repetitions pooled; with too
+few samples the answer is "undecided", never a guess.
+
+    rows = rank(cells, "delivery_latency_p99", threshold=0.05)
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+
+from analysis.verdict import (
+    COMPARED_METRICS,
+    DEFAULT_ALPHA,
+    INSUFFICIENT,
+    MIN_SAMPLES,
+    NOT_MEASURED,
+    OK,
+    judge,
+    samples,
+)
+
+BEST, WITHIN_NOISE, WORSE, UNDECIDED, UNMEASURED = (
+    "best", "within noise of the best", "worse (significant)", "undecided (too few samples)",
+    "not measured")
+
+
+@dataclass
+class RankRow:
+    rank: int | None
+    label: str
+    runs: int
+    value: float | None        # median of the repetitions' headline figures
+    change_vs_best: float | None
+    verdict: str
+    p_value: float | None
+    method: str
+    explanation: str
+    void: bool                 # a run of this cell had a CPU-saturated load generator
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def direction(metric: str) -> str:
+    if metric in COMPARED_METRICS:
+        return COMPARED_METRICS[metric][0]
+    return "higher" if metric.startswith(("throughput", "requests_per_connection")) else "lower"
+
+
+def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALPHA
+         ) -> list[RankRow]:
+    """``cells``: objects with ``label`` and ``figures`` (analysis.compare_report.Cell)."""
+    better = direction(metric)
+    series = COMPARED_METRICS.get(metric, (better, None))[1]
+    summaries = {c.label: [f.summary for f in c.figures] for c in cells}
+    per_rep = all(len(s) >= MIN_SAMPLES for s in summaries.values())
+    use_windows = not per_rep and series is not None
+    method = "10-s windows, pooled" if use_windows else "repetitions"
+    sample = {label: samples(s, metric, series, use_windows) for label, s in summaries.items()}
+    headline = {label: samples(s, metric, None, False) for label, s in summaries.items()}
+    measured = [c.label for c in cells if sample[c.label] and headline[c.label]]
+    sign = 1 if better == "lower" else -1
+    measured.sort(key=lambda lb: sign * statistics.median(sample[lb]))
+    rows: list[RankRow] = []
+    best = measured[0] if measured else None
+    for position, label in enumerate(measured, start=1):
+        void = any(s.get("loadgen_saturated") for s in summaries[label])
+        value = statistics.median(headline[label])
+        if label == best:
+            rows.append(RankRow(position, label, len(summaries[label]), value, 0.0, BEST, None,
+                                method, f"best median {metric}", void))
+            continue
+        v = judge(metric, sample[best], sample[label], better, threshold, alpha, method)
+        best_value = statistics.median(headline[best])
+        change = (value - best_value) / abs(best_value) if best_value else None
+        verdict = {OK: WITHIN_NOISE, INSUFFICIENT: UNDECIDED, NOT_MEASURED: UNMEASURED}.get(
+            v.status, WORSE)
+        rows.append(RankRow(position, label, len(summaries[label]), value, change, verdict,
+                            v.p_value, method, v.explanation, void))
+    for c in cells:
+        if c.label not in measured:
+            rows.append(RankRow(None, c.label, len(summaries[c.label]), None, None, UNMEASURED,
+                                None, method, f"{metric} was not measured in this cell", False))
+    return rows
+
+
+def ranking_markdown(rows: list[RankRow], metric: str, unit: str = "") -> str:
+    lines = [f"Ranked by {metric} ({direction(metric)} is better); each cell against the best:",
+             "", "| rank | configuration | runs | value | vs best | verdict | p | samples |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        value = "n/a" if r.value is None else f"{r.value:.4g}{(' ' + unit) if unit else ''}"
+        change = "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}"
+        p = "" if r.p_value is None else f"{r.p_value:.3g}"
+        verdict = r.verdict + (" (load generator saturated: void)" if r.void else "")
+        lines.append(f"| {r.rank or '-'} | {r.label.replace('|', '/')} | {r.runs} | {value} | "
+                     f"{change} | {verdict} | {p} | {r.method} |")
+    return "\n".join(lines)

@@ -1,0 +1,341 @@
+"""``pollbench sweep FILE``: run every cell of a sweep, repeated, then a ranked side-by-side report.
+
+    pollbench sweep upstream-keepalive          # a shipped sweep (sweeps/*.toml) or a file
+    pollbench sweep my.toml --resume            # continue the newest unfinished sweep of my.toml
+
+The whole sweep is checked before anything starts: every cell's values, its
+stack and load, and ``nginx -t`` on its rendered config; an error names the
+cell.  Runs go to ``results/<time>-sweep-<name>/<cell>/rep-<k>`` (each a normal
+run folder) beside ``manifest.json`` (the plan, each run's status, timings) and
+a copy of the sweep file; the comparison report, with the ranking, goes to
+``report/``.  Repetitions are interleaved (or shuffled) across cells so that
+drift of the machine is not mistaken for an effect, and between runs the sweep
+waits until the previous run's sockets have left TIME_WAIT.
+
+Ctrl-C stops the running cell's processes and marks it interrupted; ``--resume``
+skips completed runs and reruns the rest (an interrupted run's folder is moved
+to ``aborted/``, never counted, never deleted).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from pollbench.errors import RunFailed, UserError
+from pollbench.nginx_config import safe_path
+from pollbench.rundir import RESULTS_DIR, new_run_dir, write_json_atomic
+from pollbench.stack import port_free
+from pollbench.sweep import Sweep, check_cells, load_sweep
+
+MANIFEST = "manifest.json"
+PLANNED, RUNNING, COMPLETE, FAILED, INTERRUPTED = (
+    "planned", "running", "complete", "failed", "interrupted")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a matrix of settings, repeated, and rank them in a "
+                       "side-by-side report", description=__doc__)
+    p.add_argument("sweep", metavar="FILE", help="a sweep .toml file, or the name of a shipped "
+                   "one in sweeps/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest unfinished sweep of FILE (or --out DIR)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="sweep folder (new: must not exist; with --resume: the one to continue)")
+    p.add_argument("--check", action="store_true",
+                   help="only check the sweep (every cell, nginx -t) and print its plan")
+    p.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
+    p.add_argument("--backend-port", type=int, default=8000, help="first backend port")
+    p.set_defaults(func=lambda a: sweep_command(a.sweep, a.resume, a.out, a.check, a.port,
+                                                a.backend_port))
+
+
+# -- sockets left in TIME_WAIT by the previous run -------------------------------------------
+
+def time_wait_count(ports: set[int]) -> int:
+    """TCP sockets in TIME_WAIT with either end on one of ``ports`` (this machine)."""
+    n = 0
+    for c in psutil.net_connections(kind="tcp"):
+        if c.status != psutil.CONN_TIME_WAIT:
+            continue
+        if (c.laddr and c.laddr.port in ports) or (c.raddr and c.raddr.port in ports):
+            n += 1
+    return n
+
+
+def cool_down(sweep: Sweep, ports: set[int], log=print) -> dict:
+    """Wait as the sweep says; return what was waited for (recorded in the manifest)."""
+    started = time.monotonic()
+    if sweep.cooldown != "time-wait":
+        time.sleep(float(sweep.cooldown))
+        return {"mode": "fixed", "waited_s": round(time.monotonic() - started, 1)}
+    first = left = time_wait_count(ports)
+    next_note = started
+    while left:
+        waited = time.monotonic() - started
+        if waited >= sweep.cooldown_max_s:
+            log(f"   cool-down: {left} sockets still in TIME_WAIT after {waited:.0f} s "
+                f"(cooldown_max); going on")
+            break
+        if time.monotonic() >= next_note:
+            log(f"   cool-down: waiting for {left} sockets to leave TIME_WAIT "
+                f"({waited:.0f} s so far)")
+            next_note += 15
+        time.sleep(1.0)
+        left = time_wait_count(ports)
+    return {"mode": "time-wait", "time_wait_at_start": first, "time_wait_left": left,
+            "waited_s": round(time.monotonic() - started, 1)}
+
+
+# -- the plan and the manifest ------------------------------------------------------------
+
+def make_plan(sweep: Sweep, seed: int) -> list[dict]:
+    """(cell, repetition) pairs in run order: rounds of every cell, shuffled per round."""
+    rng = random.Random(seed)
+    pairs = []
+    if sweep.order == "sequential":
+        pairs = [(c, r) for c in sweep.cells for r in range(1, sweep.repetitions + 1)]
+    else:
+        for r in range(1, sweep.repetitions + 1):
+            cells = list(sweep.cells)
+            if sweep.order == "shuffled":
+                rng.shuffle(cells)
+            pairs += [(c, r) for c in cells]
+    return [{"cell": c.index, "repetition": r, "run": f"{c.folder}/rep-{r}", "status": PLANNED,
+             "attempts": 0} for c, r in pairs]
+
+
+def new_manifest(sweep: Sweep, seed: int) -> dict:
+    return {
+        "schema_version": 1, "kind": "sweep", "name": sweep.name, "description": sweep.description,
+        "sweep_file": str(sweep.path.resolve()), "sweep_digest": sweep.digest, "sweep": sweep.data,
+        "created_at": time.time(), "updated_at": time.time(), "status": RUNNING,
+        "order": sweep.order, "seed": seed, "repetitions": sweep.repetitions,
+        "warmup_s": sweep.warmup_s, "rank_by": sweep.rank_by,
+        "cooldown": {"mode": sweep.cooldown, "max_s": sweep.cooldown_max_s},
+        "cells": [{"index": c.index, "name": c.name, "folder": c.folder, "params": c.params}
+                  for c in sweep.cells],
+        "plan": make_plan(sweep, seed), "report": None, "ranking": None,
+    }
+
+
+def save(root: Path, manifest: dict) -> None:
+    manifest["updated_at"] = time.time()
+    write_json_atomic(root / MANIFEST, manifest)
+
+
+def read_manifest(root: Path) -> dict:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{root / MANIFEST} is unreadable ({e}); it is not a sweep folder") \
+            from None
+    if manifest.get("kind") != "sweep" or manifest.get("schema_version") != 1:
+        raise UserError(f"{root / MANIFEST} is not a pollbench sweep manifest (schema_version 1)")
+    return manifest
+
+
+def find_unfinished(sweep: Sweep) -> Path:
+    """The newest sweep folder under results/ of this sweep file that did not complete."""
+    candidates = []
+    for manifest_path in RESULTS_DIR.glob(f"*-sweep-{sweep.name}*/{MANIFEST}"):
+        try:
+            m = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("kind") == "sweep" and m.get("status") != COMPLETE and \
+                m.get("sweep_digest") == sweep.digest:
+            candidates.append((m.get("created_at", 0), manifest_path.parent))
+    if not candidates:
+        raise UserError(f"no unfinished sweep of {sweep.path} under {RESULTS_DIR}: start one "
+                        f"without --resume, or pass --out DIR")
+    return max(candidates)[1]
+
+
+def completed_runs(root: Path, manifest: dict) -> list[Path]:
+    return [root / e["run"] for e in manifest["plan"] if e["status"] == COMPLETE]
+
+
+# -- running ------------------------------------------------------------------------------
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def move_aside(root: Path, entry: dict) -> None:
+    """An unfinished run's folder goes to aborted/ (kept for its logs, never counted)."""
+    folder = root / entry["run"]
+    if not folder.exists():
+        return
+    dest_dir = root / "aborted"
+    dest_dir.mkdir(exist_ok=True)
+    base = entry["run"].replace("/", "-")
+    for n in range(1, 1000):
+        dest = dest_dir / f"{base}-attempt-{n}"
+        if not dest.exists():
+            folder.rename(dest)
+            entry.setdefault("aborted", []).append(str(dest.relative_to(root)))
+            return
+
+
+def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: int) -> None:
+    from pollbench.cmd_run import run
+
+    cells = {c.index: c for c in sweep.cells}
+    todo = [e for e in manifest["plan"] if e["status"] != COMPLETE]
+    total = len(manifest["plan"])
+    ports = {port, *(backend_port + i for i in range(64))}
+    durations: list[float] = []
+    for k, entry in enumerate(todo):
+        cell = cells[entry["cell"]]
+        done = total - len(todo) + k
+        per_run = sum(durations) / len(durations) if durations else sweep.estimate_run_s()
+        print(f"\n== sweep {sweep.name}: run {done + 1} of {total}: {cell.describe()}, "
+              f"repetition {entry['repetition']} of {sweep.repetitions}; about "
+              f"{_fmt_s(per_run * (len(todo) - k))} left", flush=True)
+        started = time.monotonic()
+        if entry["status"] != PLANNED:
+            move_aside(root, entry)
+        if k > 0 or manifest.get("last_run_ended_at"):
+            entry["cooldown"] = cool_down(sweep, ports)
+        cell.stack.port, cell.stack.backend_port = port, backend_port
+        entry.update(status=RUNNING, started_at=time.time(), attempts=entry["attempts"] + 1)
+        save(root, manifest)
+        (root / cell.folder).mkdir(exist_ok=True)
+        try:
+            code = run(cell.stack, cell.load, out=root / entry["run"], report=False)
+            entry.update(status=COMPLETE if code == 0 else FAILED, exit_code=code)
+        except KeyboardInterrupt:
+            entry.update(status=INTERRUPTED, exit_code=130)
+            raise
+        except RunFailed as e:
+            entry.update(status=FAILED, exit_code=3, error=str(e).splitlines()[0])
+            print(f"   run failed ({entry['error']}); the sweep goes on", file=sys.stderr,
+                  flush=True)
+        finally:
+            entry["ended_at"] = time.time()
+            manifest["last_run_ended_at"] = entry["ended_at"]
+            save(root, manifest)
+        durations.append(time.monotonic() - started)
+
+
+def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
+    from analysis.compare_report import write_comparison
+    from analysis.load import AnalysisError
+
+    runs = completed_runs(root, manifest)
+    cells_done = {e["cell"] for e in manifest["plan"] if e["status"] == COMPLETE}
+    if len(cells_done) < 2:
+        print("WARNING: fewer than two cells completed; no comparison report", file=sys.stderr)
+        return None
+    out = root / "report"
+    n = 1
+    while out.exists():  # a resumed sweep's new report never replaces the old one
+        n += 1
+        out = root / f"report-{n}"
+    try:
+        paths = write_comparison(runs, out, sweep.warmup_s, rank_by=sweep.rank_by,
+                                 rank_threshold=sweep.rank_threshold,
+                                 title=f"pollbench sweep {sweep.name}")
+    except AnalysisError as e:
+        raise UserError(f"the sweep's report could not be written: {e}") from None
+    summary = json.loads(paths["json"].read_text())
+    manifest["report"] = str(out.relative_to(root))
+    manifest["ranking"] = summary.get("ranking")
+    return paths["html"]
+
+
+def print_ranking(manifest: dict) -> None:
+    ranking = manifest.get("ranking")
+    if not ranking:
+        return
+    print(f"\nRanking by {ranking['metric']} (each cell against the best; worse = beyond "
+          f"{ranking['threshold']:.0%} and significant):")
+    for r in ranking["rows"]:
+        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
+        change = "" if r["change_vs_best"] is None else f" ({r['change_vs_best']:+.1%})"
+        p = "" if r["p_value"] is None else f", p={r['p_value']:.3g}"
+        print(f"  {r['rank'] or '-':>2}. {value:>9}{change:10} {r['verdict']}{p}  "
+              f"[{r['label']}]")
+
+
+def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, port: int,
+                  backend_port: int) -> int:
+    sweep = load_sweep(name)
+    check_cells(sweep, port, backend_port)
+    if check_only:
+        seed = sweep.seed if sweep.seed is not None else 0
+        plan = make_plan(sweep, seed)
+        print(f"sweep {sweep.name}: {len(sweep.cells)} cells x {sweep.repetitions} repetitions "
+              f"= {len(plan)} runs, order {sweep.order}; all cells pass nginx -t")
+        for c in sweep.cells:
+            print(f"  cell {c.index}: {c.name}")
+        print(f"estimated time: about {_fmt_s(sweep.estimate_run_s() * len(plan))}")
+        return 0
+    for p in (port, *(backend_port + i for i in range(max(
+            c.stack.settings()["backends"] for c in sweep.cells)))):
+        if not port_free(p):
+            raise UserError(f"port {p} is already in use on 127.0.0.1 (stop what holds it, or "
+                            "choose --port / --backend-port)")
+    if resume:
+        root = out if out is not None else find_unfinished(sweep)
+        manifest = read_manifest(root)
+        if manifest["sweep_digest"] != sweep.digest:
+            raise UserError(f"{sweep.path} changed since the sweep in {root} started (what it "
+                            "measures differs): start a new sweep instead of --resume")
+        left = sum(e["status"] != COMPLETE for e in manifest["plan"])
+        print(f"resuming {root}: {len(manifest['plan']) - left} runs complete, {left} to run",
+              flush=True)
+    else:
+        if out is not None:
+            safe_path(Path(out).resolve())  # run folders inside go into nginx.conf
+        root = new_run_dir(f"sweep-{sweep.name}", out)
+        seed = sweep.seed if sweep.seed is not None else random.SystemRandom().randrange(2**31)
+        manifest = new_manifest(sweep, seed)
+        shutil.copyfile(sweep.path, root / "sweep.toml")
+        save(root, manifest)
+        print(f"pollbench sweep {sweep.name}: {len(sweep.cells)} cells x {sweep.repetitions} "
+              f"repetitions = {len(manifest['plan'])} runs ({sweep.order}, seed {seed}) -> "
+              f"{root}", flush=True)
+    lock = open(root / ".lock", "w")  # noqa: SIM115 (held for the whole sweep)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"another pollbench sweep is running in {root}") from None
+    manifest["status"] = RUNNING
+    try:
+        run_plan(sweep, root, manifest, port, backend_port)
+    except KeyboardInterrupt:
+        manifest["status"] = INTERRUPTED
+        save(root, manifest)
+        print(f"sweep interrupted; continue it with: pollbench sweep {name} --resume --out "
+              f"{root}", file=sys.stderr, flush=True)
+        raise
+    except UserError:
+        manifest["status"] = FAILED
+        save(root, manifest)
+        raise
+    failed = [e for e in manifest["plan"] if e["status"] != COMPLETE]
+    manifest["status"] = COMPLETE if not failed else FAILED
+    html = write_report(sweep, root, manifest)
+    save(root, manifest)
+    print_ranking(manifest)
+    if html:
+        print(f"report: {html}")
+    if failed:
+        print(f"WARNING: {len(failed)} runs did not complete: "
+              + ", ".join(f"{e['run']} ({e.get('error', e['status'])})" for e in failed)
+              + f"; rerun them with: pollbench sweep {name} --resume --out {root}",
+              file=sys.stderr)
+    print(root)
+    return 0 if not failed else 3

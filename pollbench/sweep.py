@@ -1,0 +1,316 @@
+"""Sweep files: which settings to vary, how often, in what order.  Parsing and checks only.
+
+A sweep file is TOML (see ``sweeps/example.toml`` for every key, commented)::
+
+    profile = "seed"                # base nginx profile
+    repetitions = 2
+    order = "shuffled"              # shuffled (default) | interleaved | sequential
+    warmup = "5s"                   # left out of every figure
+    cooldown = "time-wait"          # or a duration: "10s"
+    rank_by = "delivery_latency_p99"
+
+    [load]                          # the load of every cell (pollbench run's options)
+    scenario = "channels"
+    users = 500
+    duration = "40s"
+
+    [grid]                          # every combination of these values ...
+    upstream_keepalive = [0, 16, 64, 256]
+
+    [[cells]]                       # ... and/or an explicit list of cells (crossed with the grid)
+    use = "epoll"
+
+A parameter is an nginx knob (``upstream_keepalive``, ``use``, ``backends`` ...), a
+stack setting (``loop``, ``profile``, ``nginx_binary``) or a load setting
+(``users``, ``publish_rate``, ``connection`` ...).  :func:`load_sweep` expands
+the cells and checks every value; :func:`check_cells` renders each cell's nginx
+config and runs ``nginx -t`` on it, so a bad cell is refused, by name, before
+any process starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import subprocess
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pollbench import nginx_config
+from pollbench.errors import UserError
+from pollbench.loadgen import LoadSpec, parse_duration
+from pollbench.stack import StackSpec
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+ORDERS = ("shuffled", "interleaved", "sequential")
+TOP_KEYS = {"description", "profile", "nginx_binary", "loop", "max_hold", "repetitions", "order",
+            "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "rank_threshold", "nginx",
+            "load", "grid", "cells"}
+STACK_PARAMS = {"profile", "loop", "nginx_binary"}
+# load parameter -> (LoadSpec field, converter)
+LOAD_PARAMS = {
+    "scenario": ("scenario", str), "mix": ("mix", str), "users": ("users", int),
+    "spawn_rate": ("spawn_rate", float), "duration": ("duration_s", parse_duration),
+    "shape": ("shape", str), "workers": ("workers", int), "connection": ("connection", str),
+    "channels": ("channels", int), "publish_rate": ("publish_rate", float),
+    "poll_timeout": ("poll_timeout_s", float), "task_duration_ms": ("task_duration_ms", int),
+    "message_bytes": ("message_bytes", int),
+}
+MAX_CELLS = 200
+MAX_REPETITIONS = 50
+RANKABLE = ("delivery_latency_p50", "delivery_latency_p95", "delivery_latency_p99",
+            "request_latency_p50", "request_latency_p95", "request_latency_p99",
+            "task_turnaround_p99", "throughput_requests", "throughput_deliveries", "error_rate",
+            "requests_per_connection_client", "requests_per_connection_upstream")
+
+
+@dataclass
+class Cell:
+    index: int            # 1-based, in expansion order
+    params: dict[str, Any]  # only what this cell sets (grid values and its [[cells]] entry)
+    name: str
+    stack: StackSpec
+    load: LoadSpec
+
+    @property
+    def folder(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9_.+-]+", "-", self.name).strip("-")[:60]
+        return f"c{self.index:02d}-{slug}"
+
+    def describe(self) -> str:
+        return f"cell {self.index} ({self.name})"
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    data: dict[str, Any]
+    cells: list[Cell]
+    repetitions: int
+    order: str
+    seed: int | None
+    warmup_s: float
+    cooldown: str | float  # "time-wait" or seconds
+    cooldown_max_s: float
+    rank_by: str
+    rank_threshold: float
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        """Identity of what the sweep measures (comments and key order do not count)."""
+        return hashlib.sha256(json.dumps(self.data, sort_keys=True, default=str).encode()
+                              ).hexdigest()[:16]
+
+    def estimate_run_s(self) -> float:
+        """A first guess at one run's wall time, before any has been timed."""
+        longest = max(c.load.duration_s for c in self.cells)
+        cool = self.cooldown_max_s if self.cooldown == "time-wait" else float(self.cooldown)
+        return longest + 15.0 + cool
+
+
+def sweep_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        shipped = SWEEPS_DIR / f"{name_or_path}.toml"
+        if re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path) and shipped.is_file():
+            return shipped
+        names = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.toml")))
+        raise UserError(f"unknown sweep {name_or_path!r}: give a .toml file or one of {names}")
+    if not path.is_file():
+        raise UserError(f"sweep file {name_or_path} does not exist")
+    return path
+
+
+def _duration(where: str, key: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise UserError(f"{where}: {key} must be 0 or more seconds (it is {value})")
+        return float(value)
+    if isinstance(value, str):
+        if value.strip() in ("0", "0s"):
+            return 0.0
+        return parse_duration(value)
+    raise UserError(f"{where}: {key} must be seconds or a duration such as \"30s\" (it is "
+                    f"{value!r})")
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return "+".join(map(str, value))
+    return str(value)
+
+
+def _apply(where: str, params: dict[str, Any], base_nginx: dict[str, Any],
+           base_load: dict[str, Any], top: dict[str, Any]) -> tuple[StackSpec, LoadSpec]:
+    """Build the cell's StackSpec and LoadSpec from the base settings and its parameters."""
+    nginx = dict(base_nginx)
+    load_kwargs: dict[str, Any] = {}
+    stack_kwargs = {"profile": top.get("profile", "seed"), "loop": top.get("loop", "asyncio"),
+                    "nginx_binary": top.get("nginx_binary")}
+    if "max_hold" in top:
+        stack_kwargs["max_hold_s"] = _duration(where, "max_hold", top["max_hold"])
+    merged_load = dict(base_load)
+    for key, value in params.items():
+        if key in nginx_config.KNOBS:
+            nginx[key] = value
+        elif key in STACK_PARAMS:
+            if not isinstance(value, str) or not value:
+                raise UserError(f"{where}: {key} must be a non-empty string (it is {value!r})")
+            stack_kwargs[key] = value
+        elif key in LOAD_PARAMS:
+            merged_load[key] = value
+        else:
+            raise UserError(f"{where}: unknown parameter {key!r}; a parameter is an nginx knob "
+                            f"({', '.join(sorted(nginx_config.KNOBS))}), a stack setting "
+                            f"({', '.join(sorted(STACK_PARAMS))}) or a load setting "
+                            f"({', '.join(sorted(LOAD_PARAMS))})")
+    for key, value in merged_load.items():
+        if key not in LOAD_PARAMS:
+            raise UserError(f"{where}: unknown load setting {key!r}; known: "
+                            + ", ".join(sorted(LOAD_PARAMS)))
+        attr, conv = LOAD_PARAMS[key]
+        if isinstance(value, bool) or (conv in (int, float) and not isinstance(value, (int, float))):
+            raise UserError(f"{where}: load setting {key} must be a number (it is {value!r})")
+        if conv is int and isinstance(value, float) and not value.is_integer():
+            raise UserError(f"{where}: load setting {key} must be a whole number (it is {value})")
+        if conv is str and not isinstance(value, str):
+            raise UserError(f"{where}: load setting {key} must be a string (it is {value!r})")
+        load_kwargs[attr] = conv(value) if conv is not parse_duration else \
+            _duration(where, key, value)
+    stack = StackSpec(nginx_overrides=nginx, **stack_kwargs)
+    return stack, LoadSpec(**load_kwargs)
+
+
+def _table(where: str, data: dict, key: str) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def load_sweep(name_or_path: str) -> Sweep:
+    """Parse and expand a sweep file; every value is checked (no process is started)."""
+    path = sweep_path(name_or_path)
+    where = f"sweep {path}"
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{where}: not valid TOML: {e}") from None
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: "
+                        + ", ".join(sorted(TOP_KEYS)))
+    base_nginx = _table(where, data, "nginx")
+    base_load = _table(where, data, "load")
+    grid = _table(where, data, "grid")
+    explicit = data.get("cells", [])
+    if not isinstance(explicit, list) or not all(isinstance(c, dict) for c in explicit):
+        raise UserError(f"{where}: cells must be a list of tables ([[cells]])")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: grid.{key} must be a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise UserError(f"{where}: grid.{key} lists a value twice")
+    if not grid and not explicit:
+        raise UserError(f"{where}: nothing to vary: add a [grid] table or [[cells]] entries")
+
+    entries = explicit or [{}]
+    combos = [dict(zip(grid, values, strict=True))
+              for values in itertools.product(*grid.values())] if grid else [{}]
+    if len(entries) * len(combos) > MAX_CELLS:
+        raise UserError(f"{where}: {len(entries) * len(combos)} cells; at most {MAX_CELLS}")
+    if len(entries) * len(combos) < 2:
+        raise UserError(f"{where}: a sweep needs at least two cells to compare")
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    for entry in entries:
+        entry = dict(entry)
+        given_name = entry.pop("name", None)
+        if given_name is not None and (not isinstance(given_name, str) or not given_name):
+            raise UserError(f"{where}: a cell's name must be a non-empty string")
+        overlap = sorted(set(entry) & set(grid))
+        if overlap:
+            raise UserError(f"{where}: {', '.join(overlap)} is both in [grid] and in a "
+                            "[[cells]] entry: vary it in one place")
+        for combo in combos:
+            params = {**entry, **combo}
+            index = len(cells) + 1
+            auto = ", ".join(f"{k}={_value_text(v)}" for k, v in params.items())
+            name = ", ".join(x for x in (given_name, ", ".join(
+                f"{k}={_value_text(v)}" for k, v in combo.items())) if x) if given_name else auto
+            cell_where = f"{where}, cell {index} ({name or 'base'})"
+            stack, load = _apply(cell_where, params, base_nginx, base_load, data)
+            key = json.dumps({"stack": stack.__dict__, "load": load.__dict__}, sort_keys=True,
+                             default=str)
+            if key in seen:
+                raise UserError(f"{cell_where} is the same configuration as cell {seen[key]}")
+            seen[key] = index
+            cells.append(Cell(index, params, name or f"cell-{index}", stack, load))
+
+    repetitions = data.get("repetitions", 2)
+    if isinstance(repetitions, bool) or not isinstance(repetitions, int) or \
+            not 1 <= repetitions <= MAX_REPETITIONS:
+        raise UserError(f"{where}: repetitions must be a whole number from 1 to "
+                        f"{MAX_REPETITIONS} (it is {repetitions!r})")
+    order = data.get("order", "shuffled")
+    if order not in ORDERS:
+        raise UserError(f"{where}: order {order!r} is not one of {', '.join(ORDERS)}")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserError(f"{where}: seed must be a whole number")
+    warmup = _duration(where, "warmup", data.get("warmup", 5))
+    cooldown: str | float = data.get("cooldown", "time-wait")
+    if cooldown != "time-wait":
+        cooldown = _duration(where, "cooldown", cooldown)
+    cooldown_max = _duration(where, "cooldown_max", data.get("cooldown_max", "90s"))
+    rank_by = data.get("rank_by", "delivery_latency_p99")
+    if rank_by not in RANKABLE:
+        raise UserError(f"{where}: rank_by {rank_by!r} is not one of {', '.join(RANKABLE)}")
+    threshold = data.get("rank_threshold", 0.05)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
+            not 0 <= threshold < 1:
+        raise UserError(f"{where}: rank_threshold must be a fraction from 0 to 1 (0.05 = 5 %)")
+    for cell in cells:
+        if warmup >= cell.load.duration_s:
+            raise UserError(f"{where}, {cell.describe()}: the warm-up ({warmup:g} s) leaves "
+                            f"nothing of the {cell.load.duration_s:g}-s run")
+    return Sweep(path=path, name=path.stem, data=data, cells=cells, repetitions=repetitions,
+                 order=order, seed=seed, warmup_s=warmup, cooldown=cooldown,
+                 cooldown_max_s=cooldown_max, rank_by=rank_by, rank_threshold=float(threshold),
+                 description=str(data.get("description", "")))
+
+
+def check_cells(sweep: Sweep, port: int, backend_port: int) -> None:
+    """Every cell: knobs in range, the stack's rules, the load's, and ``nginx -t`` on its config.
+
+    The first problem is raised as a UserError naming the sweep, the cell and the setting.
+    """
+    from pollbench.stack import Stack
+
+    for cell in sweep.cells:
+        where = f"sweep {sweep.path}, {cell.describe()}"
+        cell.stack.port, cell.stack.backend_port = port, backend_port
+        try:
+            cell.stack.validate(check_ports=False)
+            cell.load.validate(cell.stack.max_hold_s)
+            with tempfile.TemporaryDirectory(prefix="pollbench-sweep-check-") as tmp:
+                stack = Stack(cell.stack, Path(tmp))
+                conf = stack.render(check_ports=False)
+                proc = subprocess.run([*stack.nginx_cmd(conf), "-t"], capture_output=True,
+                                      text=True)
+                if proc.returncode != 0:
+                    lines = [ln for ln in proc.stderr.splitlines() if "emerg" in ln or
+                             "error" in ln] or proc.stderr.splitlines()
+                    raise UserError(f"nginx -t refused the config: {lines[0].strip()}")
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
