@@ -62,11 +62,14 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
     better = direction(metric)
     series = COMPARED_METRICS.get(metric, (better, None))[1]
     summaries = {c.label: [f.summary for f in c.figures] for c in cells}
-    per_rep = all(len(s) >= MIN_SAMPLES for s in summaries.values())
-    use_windows = not per_rep and series is not None
-    method = "10-s windows, pooled" if use_windows else "repetitions"
-    sample = {label: samples(s, metric, series, use_windows) for label, s in summaries.items()}
     headline = {label: samples(s, metric, None, False) for label, s in summaries.items()}
+    present = [v for v in headline.values() if v]
+    per_rep = bool(present) and all(len(v) >= MIN_SAMPLES for v in present)
+    windows = {label: samples(s, metric, series, True) for label, s in summaries.items()}
+    use_windows = not per_rep and series is not None and all(
+        windows[label] for label, v in headline.items() if v)
+    method = "10-s windows, pooled" if use_windows else "repetitions"
+    sample = windows if use_windows else headline
     measured = [c.label for c in cells if sample[c.label] and headline[c.label]]
     sign = 1 if better == "lower" else -1
     measured.sort(key=lambda lb: sign * statistics.median(sample[lb]))

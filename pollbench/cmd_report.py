@@ -54,6 +54,14 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
     from analysis.load import AnalysisError
 
     runs = expand(paths)
+    rank = {}
+    if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
+        from pollbench.cmd_sweep import read_manifest
+
+        m = read_manifest(paths[0])  # a sweep: its ranking, warm-up and name
+        rank = {"rank_by": m["rank_by"], "title": f"pollbench sweep {m['name']}",
+                "rank_threshold": m["sweep"].get("rank_threshold", 0.05)}
+        warmup = m["warmup_s"] if warmup is None else warmup
     if warmup is not None and warmup < 0:
         raise UserError("--warmup must be 0 or more seconds")
     try:
@@ -70,7 +78,7 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
             from analysis.compare_report import write_comparison
 
             target = new_run_dir("compare", out)
-            paths_written = write_comparison(runs, target, warmup)
+            paths_written = write_comparison(runs, target, warmup, **rank)
     except AnalysisError as e:
         raise UserError(str(e)) from None
     if not quiet:

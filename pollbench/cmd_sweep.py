@@ -195,19 +195,24 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
     todo = [e for e in manifest["plan"] if e["status"] != COMPLETE]
     total = len(manifest["plan"])
     ports = {port, *(backend_port + i for i in range(64))}
-    durations: list[float] = []
+    run_s: list[float] = []
+    cool_s: list[float] = []
     for k, entry in enumerate(todo):
         cell = cells[entry["cell"]]
         done = total - len(todo) + k
-        per_run = sum(durations) / len(durations) if durations else sweep.estimate_run_s()
+        per_run = sweep.estimate_run_s()
+        if run_s:
+            per_run = sum(run_s) / len(run_s) + (
+                sum(cool_s) / len(cool_s) if cool_s else sweep.estimate_cooldown_s())
         print(f"\n== sweep {sweep.name}: run {done + 1} of {total}: {cell.describe()}, "
               f"repetition {entry['repetition']} of {sweep.repetitions}; about "
               f"{_fmt_s(per_run * (len(todo) - k))} left", flush=True)
-        started = time.monotonic()
         if entry["status"] != PLANNED:
             move_aside(root, entry)
         if k > 0 or manifest.get("last_run_ended_at"):
             entry["cooldown"] = cool_down(sweep, ports)
+            cool_s.append(entry["cooldown"]["waited_s"])
+        started = time.monotonic()
         cell.stack.port, cell.stack.backend_port = port, backend_port
         entry.update(status=RUNNING, started_at=time.time(), attempts=entry["attempts"] + 1)
         save(root, manifest)
@@ -226,7 +231,7 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
             entry["ended_at"] = time.time()
             manifest["last_run_ended_at"] = entry["ended_at"]
             save(root, manifest)
-        durations.append(time.monotonic() - started)
+        run_s.append(time.monotonic() - started)
 
 
 def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:

@@ -109,11 +109,16 @@ class Sweep:
         return hashlib.sha256(json.dumps(self.data, sort_keys=True, default=str).encode()
                               ).hexdigest()[:16]
 
+    def estimate_cooldown_s(self) -> float:
+        """Linux keeps a socket in TIME_WAIT for 60 s after the run's last connections close."""
+        if self.cooldown == "time-wait":
+            return min(62.0, self.cooldown_max_s)
+        return float(self.cooldown)
+
     def estimate_run_s(self) -> float:
-        """A first guess at one run's wall time, before any has been timed."""
+        """A first guess at one run's wall time (with its cool-down), before any was timed."""
         longest = max(c.load.duration_s for c in self.cells)
-        cool = self.cooldown_max_s if self.cooldown == "time-wait" else float(self.cooldown)
-        return longest + 15.0 + cool
+        return longest + 12.0 + self.estimate_cooldown_s()
 
 
 def sweep_path(name_or_path: str) -> Path:
@@ -213,6 +218,10 @@ def load_sweep(name_or_path: str) -> Sweep:
     base_nginx = _table(where, data, "nginx")
     base_load = _table(where, data, "load")
     grid = _table(where, data, "grid")
+    unknown = sorted(set(base_load) - set(LOAD_PARAMS))
+    if unknown:
+        raise UserError(f"{where}: [load] has unknown setting(s) {', '.join(unknown)}; known: "
+                        + ", ".join(sorted(LOAD_PARAMS)))
     explicit = data.get("cells", [])
     if not isinstance(explicit, list) or not all(isinstance(c, dict) for c in explicit):
         raise UserError(f"{where}: cells must be a list of tables ([[cells]])")

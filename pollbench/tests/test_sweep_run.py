@@ -1,0 +1,98 @@
+"""A tiny real sweep (2 cells x 2 repetitions), interrupted and resumed: run folders, manifest,
+ranked comparison report; --resume reruns only what is missing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+
+TINY = """
+description = "tiny test sweep"
+profile = "seed"
+repetitions = 2
+order = "interleaved"
+warmup = "1s"
+cooldown = "1s"
+rank_by = "delivery_latency_p99"
+[load]
+scenario = "channels"
+users = 12
+spawn_rate = 12
+duration = "4s"
+channels = 3
+publish_rate = 20
+poll_timeout = 5
+[grid]
+upstream_keepalive = [0, 16]
+"""
+
+
+def manifest(out):
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_tiny_sweep_interrupted_then_resumed_runs_each_repetition_once(tmp_path):
+    sweep = tmp_path / "tiny.toml"
+    sweep.write_text(TINY)
+    out = tmp_path / "sweep"
+    port, backend_port = free_stack_ports()
+    args = ["sweep", str(sweep), "--out", str(out), "--port", str(port), "--backend-port",
+            str(backend_port)]
+    proc = subprocess.Popen(pollbench_cmd(*args), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    # interrupt during the second run: the first is complete, the second half done
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (out / "manifest.json").exists():
+            plan = manifest(out)["plan"]
+            if plan[0]["status"] == "complete" and plan[1]["status"] == "running" and \
+                    (out / plan[1]["run"] / "locust").exists():
+                break
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, text
+    m = manifest(out)
+    assert m["status"] == "interrupted"
+    assert [e["status"] for e in m["plan"]] == ["complete", "interrupted", "planned", "planned"]
+    first = out / m["plan"][0]["run"]
+    first_started = json.loads((first / "run.json").read_text())["started_at"]
+    assert "--resume" in text
+    assert not subprocess.run(["pgrep", "-f", f"--port {backend_port}"]).returncode == 0
+
+    proc = subprocess.run(pollbench_cmd(*args, "--resume"), cwd=REPO, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "resuming" in proc.stdout and "1 runs complete, 3 to run" in proc.stdout
+    assert proc.stdout.count("pollbench run:") == 3  # the completed run was not rerun
+    m = manifest(out)
+    assert m["status"] == "complete" and all(e["status"] == "complete" for e in m["plan"])
+    assert json.loads((first / "run.json").read_text())["started_at"] == first_started
+    for e in m["plan"]:
+        info = json.loads((out / e["run"] / "run.json").read_text())
+        assert info["status"] == "complete"
+        assert info["stack"]["nginx"]["upstream_keepalive"] == (0 if e["cell"] == 1 else 16)
+    # the interrupted attempt is kept aside, not counted, not deleted
+    aborted = m["plan"][1]["aborted"]
+    assert len(aborted) == 1 and (out / aborted[0] / "run.json").exists()
+    assert json.loads((out / aborted[0] / "run.json").read_text())["status"] == "incomplete"
+    # a ranked comparison of the two cells, two repetitions each, labelled by what differs
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert sorted(c["label"] for c in summary["cells"]) == ["upstream_keepalive=0",
+                                                            "upstream_keepalive=16"]
+    assert all(len(c["runs"]) == 2 for c in summary["cells"])
+    ranking = summary["ranking"]
+    assert ranking["metric"] == "delivery_latency_p99"
+    assert [r["rank"] for r in ranking["rows"]] == [1, 2]
+    assert ranking["rows"][0]["verdict"] == "best" and ranking["rows"][1]["verdict"] in (
+        "within noise of the best", "worse (significant)", "undecided (too few samples)")
+    html = (out / "report" / "report.html").read_text()
+    assert "Ranking by delivery_latency_p99" in html and "data:image/png;base64," in html
+    assert "Ranking by delivery_latency_p99" in proc.stdout
+    # between runs the sweep cooled down as the file says
+    assert all(e["cooldown"]["mode"] == "fixed" for e in m["plan"][1:])
