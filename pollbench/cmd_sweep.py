@@ -204,9 +204,9 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
         if run_s:
             per_run = sum(run_s) / len(run_s) + (
                 sum(cool_s) / len(cool_s) if cool_s else sweep.estimate_cooldown_s())
-        print(f"\n== sweep {sweep.name}: run {done + 1} of {total}: {cell.describe()}, "
-              f"repetition {entry['repetition']} of {sweep.repetitions}; about "
-              f"{_fmt_s(per_run * (len(todo) - k))} left", flush=True)
+        print(f"\n== sweep {sweep.name}: run {done + 1} of {total} (cell {cell.index} of "
+              f"{len(sweep.cells)}: {cell.name}; repetition {entry['repetition']} of "
+              f"{sweep.repetitions}); about {_fmt_s(per_run * (len(todo) - k))} left", flush=True)
         if entry["status"] != PLANNED:
             move_aside(root, entry)
         if k > 0 or manifest.get("last_run_ended_at"):
