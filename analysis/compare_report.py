@@ -100,15 +100,21 @@ class Cell:
         return h
 
 
-def group_cells(figs: list[Figures]) -> list[Cell]:
+def group_cells(figs: list[Figures], labels: list[str] | None = None) -> list[Cell]:
+    """Runs with the same configuration form a cell, labelled by the settings that differ;
+    ``labels`` (one per run, e.g. a sweep's cell names) group and name them instead, in the
+    order given."""
     configs = [config_of(f) for f in figs]
     diff = differing_keys(configs)
     cells: dict[str, Cell] = {}
-    for f, cfg in zip(figs, configs, strict=True):
-        label = ", ".join(f"{short_key(k)}={cfg.get(k)}" for k in diff) or "same configuration"
+    for i, (f, cfg) in enumerate(zip(figs, configs, strict=True)):
+        label = labels[i] if labels else (
+            ", ".join(f"{short_key(k)}={cfg.get(k)}" for k in diff) or "same configuration")
         if label not in cells:
             cells[label] = Cell(label, {k: cfg.get(k) for k in diff}, [])
         cells[label].figures.append(f)
+    if labels:
+        return list(cells.values())
     return sorted(cells.values(), key=lambda c: [_sort_key(c.config[k]) for k in diff])
 
 
@@ -257,14 +263,15 @@ configuration was repeated. All latencies come from the lossless HdrHistogram lo
 
 def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = None,
                      rank_by: str | None = None, rank_threshold: float = 0.05,
-                     title: str | None = None) -> dict:
-    """Charts, table (and with ``rank_by`` a ranking with noise verdicts) of several runs."""
+                     title: str | None = None, labels: list[str] | None = None) -> dict:
+    """Charts, table (and with ``rank_by`` a ranking with noise verdicts) of several runs;
+    ``labels``: a name per run (runs with the same name are repetitions of one cell)."""
     from analysis.ranking import rank, ranking_markdown
 
     if len(run_dirs) < 2:
         raise AnalysisError("a comparison needs at least two runs")
     figs = [compute(load_run(p), warmup_s) for p in run_dirs]
-    cells = group_cells(figs)
+    cells = group_cells(figs, labels)
     out.mkdir(parents=True, exist_ok=True)
     images = comparison_charts(cells)
     table = comparison_table(cells)
@@ -280,14 +287,14 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
                 r.rank or "-", r.label, r.runs, "n/a" if r.value is None else f"{r.value:.4g}",
                 "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}",
                 r.verdict + (" (load generator saturated: void)" if r.void else ""),
-                "" if r.p_value is None else f"{r.p_value:.3g}", r.method)) + "</tr>"
+                "" if r.p_value is None else f"{r.p_value:.3g}", r.method, r.note)) + "</tr>"
             for r in ranking)
         ranking_html = (f"<h2>Ranking by {html_mod.escape(rank_by)}</h2><p>Each configuration "
                         f"against the best: worse only when beyond {rank_threshold:.0%} and "
                         "significant (Mann-Whitney U, alpha 0.05); otherwise within noise.</p>"
                         "<table><tr><th>rank</th><th>configuration</th><th>runs</th>"
                         "<th>value</th><th>vs best</th><th>verdict</th><th>p</th>"
-                        f"<th>samples</th></tr>{rows}</table>")
+                        f"<th>samples</th><th>note</th></tr>{rows}</table>")
     html = PAGE.format(
         n=len(figs), title=html_mod.escape(title or f"pollbench comparison of {len(figs)} runs"),
         table=ranking_html + "<h2>Figures by configuration</h2>"

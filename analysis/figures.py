@@ -244,6 +244,7 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
                    "stack": {k: v for k, v in info["stack"].items() if k != "backend_ports"}},
         "warmup_s": warmup, "measured_s": round(measured_s, 3),
         "loadgen_saturated": bool(cpu.get("loadgen_saturated", False)),
+        "machine_saturated": bool(cpu.get("machine_saturated", False)),
         "warnings": list(info.get("warnings", [])),
         "metrics": metrics,
         "errors_by_cause": errors,

@@ -45,6 +45,7 @@ class RankRow:
     method: str
     explanation: str
     void: bool                 # a run of this cell had a CPU-saturated load generator
+    note: str = ""             # e.g. the machine's CPU was saturated in some runs
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -77,10 +78,12 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
     best = measured[0] if measured else None
     for position, label in enumerate(measured, start=1):
         void = any(s.get("loadgen_saturated") for s in summaries[label])
+        busy = sum(bool(s.get("machine_saturated")) for s in summaries[label])
+        note = f"machine CPU saturated in {busy} of {len(summaries[label])} runs" if busy else ""
         value = statistics.median(headline[label])
         if label == best:
             rows.append(RankRow(position, label, len(summaries[label]), value, 0.0, BEST, None,
-                                method, f"best median {metric}", void))
+                                method, f"best median {metric}", void, note))
             continue
         v = judge(metric, sample[best], sample[label], better, threshold, alpha, method)
         best_value = statistics.median(headline[best])
@@ -88,7 +91,7 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
         verdict = {OK: WITHIN_NOISE, INSUFFICIENT: UNDECIDED, NOT_MEASURED: UNMEASURED}.get(
             v.status, WORSE)
         rows.append(RankRow(position, label, len(summaries[label]), value, change, verdict,
-                            v.p_value, method, v.explanation, void))
+                            v.p_value, method, v.explanation, void, note))
     for c in cells:
         if c.label not in measured:
             rows.append(RankRow(None, c.label, len(summaries[c.label]), None, None, UNMEASURED,
@@ -98,13 +101,13 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
 
 def ranking_markdown(rows: list[RankRow], metric: str, unit: str = "") -> str:
     lines = [f"Ranked by {metric} ({direction(metric)} is better); each cell against the best:",
-             "", "| rank | configuration | runs | value | vs best | verdict | p | samples |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| rank | configuration | runs | value | vs best | verdict | p | samples | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         value = "n/a" if r.value is None else f"{r.value:.4g}{(' ' + unit) if unit else ''}"
         change = "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}"
         p = "" if r.p_value is None else f"{r.p_value:.3g}"
         verdict = r.verdict + (" (load generator saturated: void)" if r.void else "")
         lines.append(f"| {r.rank or '-'} | {r.label.replace('|', '/')} | {r.runs} | {value} | "
-                     f"{change} | {verdict} | {p} | {r.method} |")
+                     f"{change} | {verdict} | {p} | {r.method} | {r.note} |")
     return "\n".join(lines)

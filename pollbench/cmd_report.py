@@ -56,11 +56,12 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
     runs = expand(paths)
     rank = {}
     if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
-        from pollbench.cmd_sweep import read_manifest
+        from pollbench.cmd_sweep import read_manifest, run_labels
 
-        m = read_manifest(paths[0])  # a sweep: its ranking, warm-up and name
+        m = read_manifest(paths[0])  # a sweep: its ranking, warm-up, name and cell names
         rank = {"rank_by": m["rank_by"], "title": f"pollbench sweep {m['name']}",
-                "rank_threshold": m["sweep"].get("rank_threshold", 0.05)}
+                "rank_threshold": m["sweep"].get("rank_threshold", 0.05),
+                "labels": run_labels(m)}
         warmup = m["warmup_s"] if warmup is None else warmup
     if warmup is not None and warmup < 0:
         raise UserError("--warmup must be 0 or more seconds")
@@ -77,6 +78,10 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
         else:
             from analysis.compare_report import write_comparison
 
+            if rank and out is None:  # a sweep's report stays in the sweep folder
+                from pollbench.cmd_sweep import next_report_dir
+
+                out = next_report_dir(paths[0])
             target = new_run_dir("compare", out)
             paths_written = write_comparison(runs, target, warmup, **rank)
     except AnalysisError as e:

@@ -160,7 +160,16 @@ def find_unfinished(sweep: Sweep) -> Path:
 
 
 def completed_runs(root: Path, manifest: dict) -> list[Path]:
-    return [root / e["run"] for e in manifest["plan"] if e["status"] == COMPLETE]
+    """Completed run folders, in cell order (repetitions in order)."""
+    done = [e for e in manifest["plan"] if e["status"] == COMPLETE]
+    return [root / e["run"] for e in sorted(done, key=lambda e: (e["cell"], e["repetition"]))]
+
+
+def run_labels(manifest: dict) -> list[str]:
+    """The cell name of each run of :func:`completed_runs`, in the same order."""
+    names = {c["index"]: c["name"] for c in manifest["cells"]}
+    done = [e for e in manifest["plan"] if e["status"] == COMPLETE]
+    return [names[e["cell"]] for e in sorted(done, key=lambda e: (e["cell"], e["repetition"]))]
 
 
 # -- running ------------------------------------------------------------------------------
@@ -234,6 +243,15 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
         run_s.append(time.monotonic() - started)
 
 
+def next_report_dir(root: Path) -> Path:
+    """report/, else report-2/, report-3/ ...: a new report never replaces an old one."""
+    out, n = root / "report", 1
+    while out.exists():
+        n += 1
+        out = root / f"report-{n}"
+    return out
+
+
 def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
     from analysis.compare_report import write_comparison
     from analysis.load import AnalysisError
@@ -243,15 +261,12 @@ def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
     if len(cells_done) < 2:
         print("WARNING: fewer than two cells completed; no comparison report", file=sys.stderr)
         return None
-    out = root / "report"
-    n = 1
-    while out.exists():  # a resumed sweep's new report never replaces the old one
-        n += 1
-        out = root / f"report-{n}"
+    out = next_report_dir(root)
     try:
         paths = write_comparison(runs, out, sweep.warmup_s, rank_by=sweep.rank_by,
                                  rank_threshold=sweep.rank_threshold,
-                                 title=f"pollbench sweep {sweep.name}")
+                                 title=f"pollbench sweep {sweep.name}",
+                                 labels=run_labels(manifest))
     except AnalysisError as e:
         raise UserError(f"the sweep's report could not be written: {e}") from None
     summary = json.loads(paths["json"].read_text())
@@ -270,8 +285,9 @@ def print_ranking(manifest: dict) -> None:
         value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
         change = "" if r["change_vs_best"] is None else f" ({r['change_vs_best']:+.1%})"
         p = "" if r["p_value"] is None else f", p={r['p_value']:.3g}"
+        note = f"; {r['note']}" if r.get("note") else ""
         print(f"  {r['rank'] or '-':>2}. {value:>9}{change:10} {r['verdict']}{p}  "
-              f"[{r['label']}]")
+              f"[{r['label']}]{note}")
 
 
 def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, port: int,

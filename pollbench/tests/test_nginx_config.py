@@ -111,3 +111,21 @@ def test_every_shipped_profile_passes_nginx_t(profile, tmp_path):
     proc = subprocess.run([nginx, "-p", str(tmp_path), "-c", str(conf), "-t"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_profile_names_its_nginx_binary_and_children_inherit_it(tmp_path):
+    from pollbench.stack import StackSpec
+
+    parent = tmp_path / "parent.toml"
+    parent.write_text('extends = "seed"\nnginx_binary = "built"\n[nginx]\nuse = "poll"\n')
+    child = tmp_path / "child.toml"
+    child.write_text(f'extends = "{parent}"\n[nginx]\nworker_connections = 2048\n')
+    assert nc.profile_nginx_binary(str(child)) == "built"
+    assert StackSpec(profile=str(child)).nginx_name() == "built"
+    assert StackSpec(profile=str(child), nginx_binary="/usr/sbin/nginx").nginx_name() == \
+        "/usr/sbin/nginx"  # --nginx wins over the profile
+    assert StackSpec(profile="seed").nginx_name() == "nginx"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "seed"\nnginx_bin = "x"\n')
+    with pytest.raises(UserError, match="unknown key.*nginx_bin"):
+        nc.load_profile(str(bad))

@@ -94,5 +94,12 @@ def test_tiny_sweep_interrupted_then_resumed_runs_each_repetition_once(tmp_path)
     html = (out / "report" / "report.html").read_text()
     assert "Ranking by delivery_latency_p99" in html and "data:image/png;base64," in html
     assert "Ranking by delivery_latency_p99" in proc.stdout
+    # `pollbench report <sweep folder>` remakes the ranked report beside the first, never over it
+    again = subprocess.run(pollbench_cmd("report", str(out)), cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    remade = json.loads((out / "report-2" / "summary.json").read_text())
+    assert [c["label"] for c in remade["cells"]] == [c["label"] for c in summary["cells"]]
+    assert remade["ranking"]["metric"] == "delivery_latency_p99"
     # between runs the sweep cooled down as the file says
     assert all(e["cooldown"]["mode"] == "fixed" for e in m["plan"][1:])
