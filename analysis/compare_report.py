@@ -41,7 +41,10 @@ COMPARED = [
     ("throughput_deliveries", "deliveries/s"), ("error_rate", "error rate"),
     ("requests_per_connection_client", "requests/conn client->nginx"),
     ("requests_per_connection_upstream", "requests/conn nginx->backend"),
+    ("cpu_percent_nginx", "CPU nginx %"), ("cpu_percent_backends", "CPU backends %"),
+    ("cpu_percent_loadgen", "CPU load generator %"),
 ]
+CPU = COMPARED[12:15]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -153,7 +156,9 @@ def _bars(ax, cells: list[Cell], metrics: list[tuple[str, str]], ylabel: str, lo
         ax.set_yscale("log")
         plain_ticks(ax.yaxis)
     else:
-        top = max([c.mean_ci(m)[0] or 0 for c in cells for m, _ in metrics] + [0])
+        # room for the whiskers and the value labels above them
+        top = max([(c.mean_ci(m)[0] or 0) + (c.mean_ci(m)[1] or 0)
+                   for c in cells for m, _ in metrics] + [0])
         ax.set_ylim(0, top * 1.25 if top > 0 else 1)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
@@ -218,6 +223,17 @@ def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
     f.tight_layout()
     add_key(f, cells)
     images.append(("Throughput, errors and connection reuse", _png(f)))
+    if any(c.values(CPU[0][0]) for c in cells):
+        f, ax = plt.subplots(figsize=(11, 4.8))
+        _bars(ax, cells, CPU, "CPU (% of one core)")
+        f.suptitle("CPU per component by configuration (mean after the warm-up)",
+                   fontweight="bold")
+        ax.set_title(note + "; 100% = one core, the machine has "
+                     f"{cells[0].figures[0].run.info.get('host', {}).get('cpu_count', '?')}",
+                     fontsize=9, color="#444")
+        f.tight_layout()
+        add_key(f, cells)
+        images.append(("CPU per component by configuration", _png(f)))
     f, ax = plt.subplots(figsize=(11, 5))
     drawn = False
     for c in cells:
@@ -263,10 +279,12 @@ configuration was repeated. All latencies come from the lossless HdrHistogram lo
 
 def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = None,
                      rank_by: str | None = None, rank_threshold: float = 0.05,
-                     title: str | None = None, labels: list[str] | None = None) -> dict:
+                     title: str | None = None, labels: list[str] | None = None,
+                     rank_within: list[str] | None = None) -> dict:
     """Charts, table (and with ``rank_by`` a ranking with noise verdicts) of several runs;
-    ``labels``: a name per run (runs with the same name are repetitions of one cell)."""
-    from analysis.ranking import rank, ranking_markdown
+    ``labels``: a name per run (runs with the same name are repetitions of one cell);
+    ``rank_within``: a group text per run: cells are ranked within their group."""
+    from analysis.ranking import rank_groups, ranking_markdown
 
     if len(run_dirs) < 2:
         raise AnalysisError("a comparison needs at least two runs")
@@ -275,7 +293,11 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
     out.mkdir(parents=True, exist_ok=True)
     images = comparison_charts(cells)
     table = comparison_table(cells)
-    ranking = rank(cells, rank_by, rank_threshold) if rank_by else []
+    groups = {}
+    if rank_within:
+        names = labels or [c.label for c in cells for _ in c.figures]
+        groups = dict(zip(names, rank_within, strict=True))
+    ranking = rank_groups(cells, groups, rank_by, rank_threshold) if rank_by else []
     ranking_md = ranking_markdown(ranking, rank_by) if rank_by else ""
     warnings = [f"{f.summary['run']}: {w}" for f in figs for w in f.summary["warnings"]]
     warnings += [f"{f.summary['run']}: the load generator was CPU-saturated; its figures are "
@@ -284,15 +306,15 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
     if ranking:
         rows = "".join(
             "<tr>" + "".join(f"<td>{html_mod.escape(str(v))}</td>" for v in (
-                r.rank or "-", r.label, r.runs, "n/a" if r.value is None else f"{r.value:.4g}",
+                r.group, r.rank or "-", r.label, r.runs, "n/a" if r.value is None else f"{r.value:.4g}",
                 "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}",
                 r.verdict + (" (load generator saturated: void)" if r.void else ""),
                 "" if r.p_value is None else f"{r.p_value:.3g}", r.method, r.note)) + "</tr>"
             for r in ranking)
         ranking_html = (f"<h2>Ranking by {html_mod.escape(rank_by)}</h2><p>Each configuration "
-                        f"against the best: worse only when beyond {rank_threshold:.0%} and "
+                        f"against the best (of its group, where cells differ in load): worse only when beyond {rank_threshold:.0%} and "
                         "significant (Mann-Whitney U, alpha 0.05); otherwise within noise.</p>"
-                        "<table><tr><th>rank</th><th>configuration</th><th>runs</th>"
+                        "<table><tr><th>ranked within</th><th>rank</th><th>configuration</th><th>runs</th>"
                         "<th>value</th><th>vs best</th><th>verdict</th><th>p</th>"
                         f"<th>samples</th><th>note</th></tr>{rows}</table>")
     html = PAGE.format(

@@ -162,6 +162,23 @@ def backend_reuse(backend: pd.DataFrame) -> dict:
             "distribution": pd.Series(hist, dtype="int64").sort_index()}
 
 
+def measured_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
+    """Mean CPU (% of one core) after the warm-up of nginx, the backends together, and the
+    load generator (each process with its children), from the per-second samples."""
+    p = run.processes
+    if p.empty:
+        return {}
+    end = float(run.hdr["t1"].max()) if not run.hdr.empty else run.end  # load, not teardown
+    p = p[(p["time"] - run.start >= warmup_s) & (p["time"] <= end) & (p["component"] != "system")]
+    if p.empty:
+        return {}
+    group = p["component"].str.split("/", n=1).str[0].str.replace(r"^backend-\d+$", "backends",
+                                                                    regex=True)
+    per_second = p.assign(group=group).groupby(["group", "time"])["cpu_percent"].sum()
+    return {g: round(float(v.mean()), 2) for g, v in per_second.groupby(level=0)
+            if g in ("nginx", "backends", "loadgen")}
+
+
 def _m(value, unit: str, better: str, description: str) -> dict:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         value = None
@@ -224,6 +241,9 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     if breuse:
         metrics["requests_per_connection_upstream"] = _m(
             breuse["mean"], "requests/connection", "higher", "nginx -> backend reuse")
+    for comp, share in measured_cpu(run, warmup).items():
+        metrics[f"cpu_percent_{comp}"] = _m(share, "% of a core", "lower",
+                                            f"mean CPU of {comp} after the warm-up")
     cpu = info.get("cpu", {})
     for comp, secs in sorted(cpu.get("cpu_seconds", {}).items()):
         metrics[f"cpu_seconds_{comp}"] = _m(secs, "cpu-s", "lower", f"CPU time of {comp}")

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from analysis.verdict import (
     COMPARED_METRICS,
     DEFAULT_ALPHA,
+    DEFAULT_ERROR_RATE_CAP,
+    IMPROVEMENT,
     INSUFFICIENT,
     MIN_SAMPLES,
     NOT_MEASURED,
@@ -46,9 +48,23 @@ class RankRow:
     explanation: str
     void: bool                 # a run of this cell had a CPU-saturated load generator
     note: str = ""             # e.g. the machine's CPU was saturated in some runs
+    group: str = ""            # cells are ranked within their group (e.g. one load level)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _note(summaries: list[dict]) -> str:
+    """What a reader must know besides the figure: errors, a saturated machine."""
+    n = len(summaries)
+    notes = []
+    rates = [s["metrics"].get("error_rate", {}).get("value") or 0 for s in summaries]
+    if max(rates, default=0) > DEFAULT_ERROR_RATE_CAP:
+        notes.append(f"error rate up to {max(rates):.1%}")
+    busy = sum(bool(s.get("machine_saturated")) for s in summaries)
+    if busy:
+        notes.append(f"machine CPU saturated in {busy} of {n} runs")
+    return "; ".join(notes)
 
 
 def direction(metric: str) -> str:
@@ -73,13 +89,13 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
     sample = windows if use_windows else headline
     measured = [c.label for c in cells if sample[c.label] and headline[c.label]]
     sign = 1 if better == "lower" else -1
-    measured.sort(key=lambda lb: sign * statistics.median(sample[lb]))
+    # ordered by the figure shown (median of the repetitions' headline values)
+    measured.sort(key=lambda lb: sign * statistics.median(headline[lb]))
     rows: list[RankRow] = []
     best = measured[0] if measured else None
     for position, label in enumerate(measured, start=1):
         void = any(s.get("loadgen_saturated") for s in summaries[label])
-        busy = sum(bool(s.get("machine_saturated")) for s in summaries[label])
-        note = f"machine CPU saturated in {busy} of {len(summaries[label])} runs" if busy else ""
+        note = _note(summaries[label])
         value = statistics.median(headline[label])
         if label == best:
             rows.append(RankRow(position, label, len(summaries[label]), value, 0.0, BEST, None,
@@ -88,8 +104,9 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
         v = judge(metric, sample[best], sample[label], better, threshold, alpha, method)
         best_value = statistics.median(headline[best])
         change = (value - best_value) / abs(best_value) if best_value else None
-        verdict = {OK: WITHIN_NOISE, INSUFFICIENT: UNDECIDED, NOT_MEASURED: UNMEASURED}.get(
-            v.status, WORSE)
+        # IMPROVEMENT: better than the best by its samples though not by the shown figure
+        verdict = {OK: WITHIN_NOISE, INSUFFICIENT: UNDECIDED, NOT_MEASURED: UNMEASURED,
+                   IMPROVEMENT: WITHIN_NOISE}.get(v.status, WORSE)
         rows.append(RankRow(position, label, len(summaries[label]), value, change, verdict,
                             v.p_value, method, v.explanation, void, note))
     for c in cells:
@@ -99,8 +116,24 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
     return rows
 
 
+def rank_groups(cells, groups: dict[str, str], metric: str, threshold: float = 0.05,
+                alpha: float = DEFAULT_ALPHA) -> list[RankRow]:
+    """Rank the cells of each group (label -> group text) separately, groups in first-seen
+    order: cells at different load levels are not compared with each other."""
+    order = list(dict.fromkeys(groups.get(c.label, "") for c in cells))
+    rows = []
+    for g in order:
+        part = rank([c for c in cells if groups.get(c.label, "") == g], metric, threshold, alpha)
+        for r in part:
+            r.group = g
+        rows += part
+    return rows
+
+
 def ranking_markdown(rows: list[RankRow], metric: str, unit: str = "") -> str:
-    lines = [f"Ranked by {metric} ({direction(metric)} is better); each cell against the best:",
+    grouped = any(r.group for r in rows)
+    lines = [f"Ranked by {metric} ({direction(metric)} is better); each cell against the best"
+             + (" of its group:" if grouped else ":"),
              "", "| rank | configuration | runs | value | vs best | verdict | p | samples | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -108,6 +141,8 @@ def ranking_markdown(rows: list[RankRow], metric: str, unit: str = "") -> str:
         change = "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}"
         p = "" if r.p_value is None else f"{r.p_value:.3g}"
         verdict = r.verdict + (" (load generator saturated: void)" if r.void else "")
+        if grouped and (len(lines) == 4 or r.rank == 1):
+            lines.append(f"| **{r.group}** | | | | | | | | |")
         lines.append(f"| {r.rank or '-'} | {r.label.replace('|', '/')} | {r.runs} | {value} | "
                      f"{change} | {verdict} | {p} | {r.method} | {r.note} |")
     return "\n".join(lines)

@@ -120,8 +120,9 @@ def new_manifest(sweep: Sweep, seed: int) -> dict:
         "order": sweep.order, "seed": seed, "repetitions": sweep.repetitions,
         "warmup_s": sweep.warmup_s, "rank_by": sweep.rank_by,
         "cooldown": {"mode": sweep.cooldown, "max_s": sweep.cooldown_max_s},
-        "cells": [{"index": c.index, "name": c.name, "folder": c.folder, "params": c.params}
-                  for c in sweep.cells],
+        "rank_within": sweep.rank_within,
+        "cells": [{"index": c.index, "name": c.name, "folder": c.folder, "params": c.params,
+                   "rank_group": c.rank_group(sweep.rank_within)} for c in sweep.cells],
         "plan": make_plan(sweep, seed), "report": None, "ranking": None,
     }
 
@@ -165,9 +166,25 @@ def completed_runs(root: Path, manifest: dict) -> list[Path]:
     return [root / e["run"] for e in sorted(done, key=lambda e: (e["cell"], e["repetition"]))]
 
 
-def run_labels(manifest: dict) -> list[str]:
-    """The cell name of each run of :func:`completed_runs`, in the same order."""
-    names = {c["index"]: c["name"] for c in manifest["cells"]}
+def fill_rank_groups(manifest: dict) -> None:
+    """Manifests written before ``rank_within`` existed: derive each cell's group the same way
+    (the load-level parameters that differ between cells)."""
+    from pollbench.sweep import LOAD_LEVEL, _value_text
+
+    cells = manifest["cells"]
+    if all("rank_group" in c for c in cells):
+        return
+    varied = [k for k in dict.fromkeys(k for c in cells for k in c["params"])
+              if len({json.dumps(c["params"].get(k), sort_keys=True) for c in cells}) > 1]
+    within = manifest.get("rank_within") or [k for k in varied if k in LOAD_LEVEL]
+    for c in cells:
+        c["rank_group"] = ", ".join(f"{k}={_value_text(c['params'].get(k))}" for k in within)
+
+
+def run_labels(manifest: dict, key: str = "name") -> list[str]:
+    """The cell name (or ``key="rank_group"``: its ranking group) of each run of
+    :func:`completed_runs`, in the same order."""
+    names = {c["index"]: c.get(key, "") for c in manifest["cells"]}
     done = [e for e in manifest["plan"] if e["status"] == COMPLETE]
     return [names[e["cell"]] for e in sorted(done, key=lambda e: (e["cell"], e["repetition"]))]
 
@@ -232,6 +249,9 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
         except KeyboardInterrupt:
             entry.update(status=INTERRUPTED, exit_code=130)
             raise
+        except UserError as e:  # e.g. a port taken since the check: every run would fail
+            entry.update(status=FAILED, exit_code=2, error=str(e).splitlines()[0])
+            raise
         except RunFailed as e:
             entry.update(status=FAILED, exit_code=3, error=str(e).splitlines()[0])
             print(f"   run failed ({entry['error']}); the sweep goes on", file=sys.stderr,
@@ -266,7 +286,8 @@ def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
         paths = write_comparison(runs, out, sweep.warmup_s, rank_by=sweep.rank_by,
                                  rank_threshold=sweep.rank_threshold,
                                  title=f"pollbench sweep {sweep.name}",
-                                 labels=run_labels(manifest))
+                                 labels=run_labels(manifest),
+                                 rank_within=run_labels(manifest, "rank_group"))
     except AnalysisError as e:
         raise UserError(f"the sweep's report could not be written: {e}") from None
     summary = json.loads(paths["json"].read_text())
@@ -281,11 +302,17 @@ def print_ranking(manifest: dict) -> None:
         return
     print(f"\nRanking by {ranking['metric']} (each cell against the best; worse = beyond "
           f"{ranking['threshold']:.0%} and significant):")
+    group = None
     for r in ranking["rows"]:
+        if r.get("group") and r["group"] != group:
+            group = r["group"]
+            print(f" {group}:")
         value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
         change = "" if r["change_vs_best"] is None else f" ({r['change_vs_best']:+.1%})"
         p = "" if r["p_value"] is None else f", p={r['p_value']:.3g}"
         note = f"; {r['note']}" if r.get("note") else ""
+        if r.get("void"):
+            note += "; VOID: load generator CPU-saturated"
         print(f"  {r['rank'] or '-':>2}. {value:>9}{change:10} {r['verdict']}{p}  "
               f"[{r['label']}]{note}")
 

@@ -49,7 +49,8 @@ from pollbench.stack import StackSpec
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 ORDERS = ("shuffled", "interleaved", "sequential")
 TOP_KEYS = {"description", "profile", "nginx_binary", "loop", "max_hold", "repetitions", "order",
-            "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "rank_threshold", "nginx",
+            "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "rank_threshold", "rank_within",
+            "nginx",
             "load", "grid", "cells"}
 STACK_PARAMS = {"profile", "loop", "nginx_binary"}
 # load parameter -> (LoadSpec field, converter)
@@ -61,6 +62,8 @@ LOAD_PARAMS = {
     "poll_timeout": ("poll_timeout_s", float), "task_duration_ms": ("task_duration_ms", int),
     "message_bytes": ("message_bytes", int),
 }
+# Load settings that set the load level: cells at different levels are ranked apart.
+LOAD_LEVEL = ("scenario", "mix", "users", "publish_rate", "channels", "shape", "duration")
 MAX_CELLS = 200
 MAX_REPETITIONS = 50
 RANKABLE = ("delivery_latency_p50", "delivery_latency_p95", "delivery_latency_p99",
@@ -85,6 +88,10 @@ class Cell:
     def describe(self) -> str:
         return f"cell {self.index} ({self.name})"
 
+    def rank_group(self, within: list[str]) -> str:
+        """The cells ranked together share this text (e.g. "users=300"); "" for all."""
+        return ", ".join(f"{k}={_value_text(self.params.get(k))}" for k in within)
+
 
 @dataclass
 class Sweep:
@@ -100,6 +107,7 @@ class Sweep:
     cooldown_max_s: float
     rank_by: str
     rank_threshold: float
+    rank_within: list[str] = field(default_factory=list)
     description: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -289,6 +297,12 @@ def load_sweep(name_or_path: str) -> Sweep:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
             not 0 <= threshold < 1:
         raise UserError(f"{where}: rank_threshold must be a fraction from 0 to 1 (0.05 = 5 %)")
+    varied = [k for k in dict.fromkeys(k for c in cells for k in c.params)
+              if len({json.dumps(c.params.get(k), sort_keys=True) for c in cells}) > 1]
+    rank_within = data.get("rank_within", [k for k in varied if k in LOAD_LEVEL])
+    if not isinstance(rank_within, list) or any(k not in varied for k in rank_within):
+        raise UserError(f"{where}: rank_within must list parameters the cells vary "
+                        f"({', '.join(varied)}); it is {rank_within!r}")
     for cell in cells:
         if warmup >= cell.load.duration_s:
             raise UserError(f"{where}, {cell.describe()}: the warm-up ({warmup:g} s) leaves "
@@ -296,6 +310,7 @@ def load_sweep(name_or_path: str) -> Sweep:
     return Sweep(path=path, name=path.stem, data=data, cells=cells, repetitions=repetitions,
                  order=order, seed=seed, warmup_s=warmup, cooldown=cooldown,
                  cooldown_max_s=cooldown_max, rank_by=rank_by, rank_threshold=float(threshold),
+                 rank_within=rank_within,
                  description=str(data.get("description", "")))
 
 

@@ -79,3 +79,31 @@ def test_few_repetitions_use_pooled_windows_and_never_guess():
     t = "throughput_deliveries"
     rows = rank([cell("x", t, [1000, 1010]), cell("y", t, [600, 610])], t)
     assert rows[1].verdict == UNDECIDED
+
+
+def test_notes_name_errors_and_a_saturated_machine():
+    m = "delivery_latency_p99"
+    failing = cell("failing", m, noisy(90))
+    for f in failing.figures:
+        f.summary["metrics"]["error_rate"] = {"value": 0.05}
+        f.summary["machine_saturated"] = True
+    rows = rank([cell("fine", m, noisy(100)), failing], m)
+    assert rows[0].label == "failing"  # best figure, but the note says why not to trust it
+    assert rows[0].note == "error rate up to 5.0%; machine CPU saturated in 5 of 5 runs"
+    assert rows[1].note == ""
+
+
+def test_cells_at_different_load_levels_are_ranked_apart():
+    from analysis.ranking import rank_groups
+
+    m = "delivery_latency_p99"
+    cells = [cell("epoll 300", m, noisy(20)), cell("poll 300", m, noisy(30)),
+             cell("epoll 1500", m, noisy(80)), cell("poll 1500", m, noisy(120))]
+    groups = {"epoll 300": "users=300", "poll 300": "users=300", "epoll 1500": "users=1500",
+              "poll 1500": "users=1500"}
+    rows = rank_groups(cells, groups, m)
+    assert [(r.group, r.rank, r.label, r.verdict) for r in rows] == [
+        ("users=300", 1, "epoll 300", BEST), ("users=300", 2, "poll 300", WORSE),
+        ("users=1500", 1, "epoll 1500", BEST), ("users=1500", 2, "poll 1500", WORSE)]
+    md = ranking_markdown(rows, m)
+    assert "| **users=1500** |" in md and "against the best of its group:" in md

@@ -186,3 +186,23 @@ def test_time_wait_sockets_are_counted_and_waited_for(tmp_path):
     assert waited["time_wait_at_start"] >= 1 and waited["time_wait_left"] >= 1
     assert 0.5 <= waited["waited_s"] < 5 and "TIME_WAIT" in notes[-1]
     assert cool_down(s, {1}, log=notes.append)["waited_s"] < 0.5  # nothing to wait for
+
+
+def test_cells_are_ranked_within_their_load_level(tmp_path):
+    s = load_sweep(str(write(tmp_path, """
+[grid]
+users = [20, 40]
+[[cells]]
+use = "epoll"
+upstream_keepalive = 0
+[[cells]]
+use = "epoll"
+upstream_keepalive = 16
+""")))
+    assert s.rank_within == ["users"]  # users is a load level; the nginx knob is what is compared
+    assert [c.rank_group(s.rank_within) for c in s.cells] == [
+        "users=20", "users=40", "users=20", "users=40"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rank_within = ["use"]\n' + BASE + "[grid]\nusers = [20, 40]\n")
+    with pytest.raises(UserError, match="rank_within must list parameters the cells vary"):
+        load_sweep(str(bad))
