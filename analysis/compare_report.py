@@ -14,6 +14,7 @@ import html as html_mod
 import io
 import json
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def _bars(ax, cells: list[Cell], metrics: list[tuple[str, str]], ylabel: str, lo
     if log:
         ax.set_yscale("log")
         plain_ticks(ax.yaxis)
+        ax.set_ylim(top=ax.get_ylim()[1] * 2.5)  # room for the value labels
     else:
         # room for the whiskers and the value labels above them
         top = max([(c.mean_ci(m)[0] or 0) + (c.mean_ci(m)[1] or 0)
@@ -167,7 +169,9 @@ def _bars(ax, cells: list[Cell], metrics: list[tuple[str, str]], ylabel: str, lo
 def tick_labels(cells: list[Cell]) -> list[str]:
     """The labels themselves when short; otherwise letters, keyed in the figure's footer."""
     if all(len(c.label) <= 40 for c in cells):
-        return [_wrap(c.label) for c in cells]
+        # narrower lines as cells get more numerous (11-inch figure: ~110 characters in all)
+        width = max(10, min(28, 100 // len(cells)))
+        return [textwrap.fill(c.label, width) for c in cells]
     return [chr(ord("A") + i) for i in range(len(cells))]
 
 
@@ -200,7 +204,11 @@ def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
         if not any(c.values(metrics[0][0]) for c in cells):
             continue
         f, ax = plt.subplots(figsize=(11, 4.8))
-        _bars(ax, cells, metrics, "latency (ms)")
+        means = [c.mean_ci(m)[0] for c in cells for m, _ in metrics]
+        means = [m for m in means if m]
+        # one cell far off (a failing one) must not flatten the others: log scale then
+        _bars(ax, cells, metrics, "latency (ms)",
+              log=bool(means) and max(means) / min(means) > 30)
         what = "Delivery latency (publish -> receipt)" if family == "deliveries" else \
             "Plain request latency"
         f.suptitle(f"{what} by configuration", fontweight="bold")

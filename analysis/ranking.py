@@ -1,6 +1,7 @@
 """Rank the cells of a sweep on one figure, and say which differences are within noise.
 
-The best cell is the one with the best median of the samples; every other cell
+The best cell is the valid one (error rate within 0.1 %, load generator not saturated;
+the others are ranked last, "excluded") with the best median figure; every other cell
 is compared with it by the same rule as a regression check
 (:func:`analysis.verdict.judge`): it is "worse" only when its median is beyond
 ``threshold`` of the best AND a Mann-Whitney U test finds the difference
@@ -30,9 +31,9 @@ from analysis.verdict import (
     samples,
 )
 
-BEST, WITHIN_NOISE, WORSE, UNDECIDED, UNMEASURED = (
+BEST, WITHIN_NOISE, WORSE, UNDECIDED, UNMEASURED, EXCLUDED = (
     "best", "within noise of the best", "worse (significant)", "undecided (too few samples)",
-    "not measured")
+    "not measured", "excluded")
 
 
 @dataclass
@@ -52,6 +53,16 @@ class RankRow:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _excluded(summaries: list[dict]) -> str | None:
+    """Why this cell's figures may not compete, or None."""
+    rates = [s["metrics"].get("error_rate", {}).get("value") or 0 for s in summaries]
+    if max(rates, default=0) > DEFAULT_ERROR_RATE_CAP:
+        return f"error rate {max(rates):.1%} over the {DEFAULT_ERROR_RATE_CAP:.1%} cap"
+    if any(s.get("loadgen_saturated") for s in summaries):
+        return "load generator CPU-saturated (void)"
+    return None
 
 
 def _note(summaries: list[dict]) -> str:
@@ -91,12 +102,22 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
     sign = 1 if better == "lower" else -1
     # ordered by the figure shown (median of the repetitions' headline values)
     measured.sort(key=lambda lb: sign * statistics.median(headline[lb]))
+    # a cell that failed (error rate over the cap) or whose load generator was saturated
+    # cannot be the best: it is ranked after every valid cell, marked excluded
+    measured.sort(key=lambda lb: _excluded(summaries[lb]) is not None)
     rows: list[RankRow] = []
-    best = measured[0] if measured else None
+    valid = [lb for lb in measured if _excluded(summaries[lb]) is None]
+    best = valid[0] if valid else None
     for position, label in enumerate(measured, start=1):
         void = any(s.get("loadgen_saturated") for s in summaries[label])
         note = _note(summaries[label])
         value = statistics.median(headline[label])
+        why = _excluded(summaries[label])
+        if why is not None or best is None:
+            rows.append(RankRow(position, label, len(summaries[label]), value, None,
+                                f"{EXCLUDED}: {why or 'no valid cell to compare with'}", None,
+                                method, why or "", void, note))
+            continue
         if label == best:
             rows.append(RankRow(position, label, len(summaries[label]), value, 0.0, BEST, None,
                                 method, f"best median {metric}", void, note))

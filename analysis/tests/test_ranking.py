@@ -88,9 +88,11 @@ def test_notes_name_errors_and_a_saturated_machine():
         f.summary["metrics"]["error_rate"] = {"value": 0.05}
         f.summary["machine_saturated"] = True
     rows = rank([cell("fine", m, noisy(100)), failing], m)
-    assert rows[0].label == "failing"  # best figure, but the note says why not to trust it
-    assert rows[0].note == "error rate up to 5.0%; machine CPU saturated in 5 of 5 runs"
-    assert rows[1].note == ""
+    # the failing cell has the better figure, but a cell that fails cannot be the best
+    assert [r.label for r in rows] == ["fine", "failing"] and rows[0].verdict == BEST
+    assert rows[1].verdict == "excluded: error rate 5.0% over the 0.1% cap"
+    assert rows[1].note == "error rate up to 5.0%; machine CPU saturated in 5 of 5 runs"
+    assert rows[0].note == ""
 
 
 def test_cells_at_different_load_levels_are_ranked_apart():
