@@ -27,6 +27,9 @@ from pollbench.stack import get_json, http_get
 SATURATION_CPU_PERCENT = 90.0  # of one core; Locust itself warns at 90 %
 SATURATION_SHARE = 0.2  # flagged when at least this share of samples is saturated
 MACHINE_SATURATION_PERCENT = 95.0  # of all cores together
+# A process's first seconds are imports and set-up (Locust: ~1-2 s at 100 % of a core), not
+# load: they are not counted towards saturation (a 5-s run would otherwise always be flagged).
+STARTUP_GRACE_S = 3.0
 
 _STUB = re.compile(rb"Active connections:\s*(\d+)\s*server accepts handled requests\s*(\d+)\s+(\d+)"
                    rb"\s+(\d+)\s*Reading:\s*(\d+)\s*Writing:\s*(\d+)\s*Waiting:\s*(\d+)")
@@ -104,13 +107,15 @@ class Sampler(threading.Thread):
                         cpu = proc.cpu_percent(None)
                         rss = proc.memory_info().rss
                         fds = proc.num_fds()
+                        age = now - proc.create_time()
                 except psutil.Error:
                     continue
                 name = component if i == 0 else f"{component}/{pid}"
                 pw.writerow([now, name, pid, cpu, rss, fds])
-                sat = self.saturation.setdefault(name, [0, 0])
-                sat[0] += 1
-                sat[1] += cpu >= SATURATION_CPU_PERCENT
+                if age >= STARTUP_GRACE_S:
+                    sat = self.saturation.setdefault(name, [0, 0])
+                    sat[0] += 1
+                    sat[1] += cpu >= SATURATION_CPU_PERCENT
                 self.cpu_seconds[component] = self.cpu_seconds.get(component, 0.0) + \
                     cpu / 100 * self.interval
         if self.nginx_url:

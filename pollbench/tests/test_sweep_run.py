@@ -89,8 +89,12 @@ def test_tiny_sweep_interrupted_then_resumed_runs_each_repetition_once(tmp_path)
     ranking = summary["ranking"]
     assert ranking["metric"] == "delivery_latency_p99"
     assert [r["rank"] for r in ranking["rows"]] == [1, 2]
-    assert ranking["rows"][0]["verdict"] == "best" and ranking["rows"][1]["verdict"] in (
-        "within noise of the best", "worse (significant)", "undecided (too few samples)")
+    verdicts = [r["verdict"] for r in ranking["rows"]]
+    # on a busy CI machine a 4-s run may be void (load generator saturated): then it is
+    # excluded, never "best"; the ranking rules themselves are in analysis/tests/test_ranking.py
+    valid = ("within noise of the best", "worse (significant)", "undecided (too few samples)")
+    assert (verdicts[0] == "best" and (verdicts[1] in valid or verdicts[1].startswith(
+        "excluded"))) or all(v.startswith("excluded") for v in verdicts), verdicts
     html = (out / "report" / "report.html").read_text()
     assert "Ranking by delivery_latency_p99" in html and "data:image/png;base64," in html
     assert "Ranking by delivery_latency_p99" in proc.stdout
