@@ -274,7 +274,7 @@ def comparison_table(cells: list[Cell]) -> pd.DataFrame:
 
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>pollbench comparison</title><style>
+<title>{title}</title><style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ padding: 4px 8px; border-bottom: 1px solid #ddd; }}
 img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1.5em; }} .warn {{ background: #fff3cd; padding: .5em 1em; }}
