@@ -301,10 +301,8 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
     out.mkdir(parents=True, exist_ok=True)
     images = comparison_charts(cells)
     table = comparison_table(cells)
-    groups = {}
-    if rank_within:
-        names = labels or [c.label for c in cells for _ in c.figures]
-        groups = dict(zip(names, rank_within, strict=True))
+    # rank_within names a group per run, so it comes with labels (a sweep's cell names)
+    groups = dict(zip(labels, rank_within, strict=True)) if labels and rank_within else {}
     ranking = rank_groups(cells, groups, rank_by, rank_threshold) if rank_by else []
     ranking_md = ranking_markdown(ranking, rank_by) if rank_by else ""
     warnings = [f"{f.summary['run']}: {w}" for f in figs for w in f.summary["warnings"]]

@@ -56,10 +56,9 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
     runs = expand(paths)
     rank = {}
     if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
-        from pollbench.cmd_sweep import fill_rank_groups, read_manifest, run_labels
+        from pollbench.cmd_sweep import read_manifest, run_labels
 
         m = read_manifest(paths[0])  # a sweep: its ranking, warm-up, name and cell names
-        fill_rank_groups(m)
         rank = {"rank_by": m["rank_by"], "title": f"pollbench sweep {m['name']}",
                 "rank_threshold": m["sweep"].get("rank_threshold", 0.05),
                 "labels": run_labels(m)}

@@ -160,33 +160,27 @@ def find_unfinished(sweep: Sweep) -> Path:
     return max(candidates)[1]
 
 
-def completed_runs(root: Path, manifest: dict) -> list[Path]:
-    """Completed run folders, in cell order (repetitions in order)."""
+def _completed(manifest: dict) -> list[dict]:
+    """The completed plan entries in cell order, repetitions in order."""
     done = [e for e in manifest["plan"] if e["status"] == COMPLETE]
-    return [root / e["run"] for e in sorted(done, key=lambda e: (e["cell"], e["repetition"]))]
+    return sorted(done, key=lambda e: (e["cell"], e["repetition"]))
 
 
-def fill_rank_groups(manifest: dict) -> None:
-    """Manifests written before ``rank_within`` existed: derive each cell's group the same way
-    (the load-level parameters that differ between cells)."""
-    from pollbench.sweep import LOAD_LEVEL, _value_text
-
-    cells = manifest["cells"]
-    if all("rank_group" in c for c in cells):
-        return
-    varied = [k for k in dict.fromkeys(k for c in cells for k in c["params"])
-              if len({json.dumps(c["params"].get(k), sort_keys=True) for c in cells}) > 1]
-    within = manifest.get("rank_within") or [k for k in varied if k in LOAD_LEVEL]
-    for c in cells:
-        c["rank_group"] = ", ".join(f"{k}={_value_text(c['params'].get(k))}" for k in within)
+def completed_runs(root: Path, manifest: dict) -> list[Path]:
+    return [root / e["run"] for e in _completed(manifest)]
 
 
 def run_labels(manifest: dict, key: str = "name") -> list[str]:
     """The cell name (or ``key="rank_group"``: its ranking group) of each run of
     :func:`completed_runs`, in the same order."""
     names = {c["index"]: c.get(key, "") for c in manifest["cells"]}
-    done = [e for e in manifest["plan"] if e["status"] == COMPLETE]
-    return [names[e["cell"]] for e in sorted(done, key=lambda e: (e["cell"], e["repetition"]))]
+    return [names[e["cell"]] for e in _completed(manifest)]
+
+
+def stack_ports(sweep: Sweep, port: int, backend_port: int) -> set[int]:
+    """Every port a cell of the sweep listens on (nginx, and the most backends any cell has)."""
+    most = max(c.stack.settings()["backends"] for c in sweep.cells)
+    return {port, *range(backend_port, backend_port + most)}
 
 
 # -- running ------------------------------------------------------------------------------
@@ -220,7 +214,7 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
     cells = {c.index: c for c in sweep.cells}
     todo = [e for e in manifest["plan"] if e["status"] != COMPLETE]
     total = len(manifest["plan"])
-    ports = {port, *(backend_port + i for i in range(64))}
+    ports = stack_ports(sweep, port, backend_port)
     run_s: list[float] = []
     cool_s: list[float] = []
     for k, entry in enumerate(todo):
@@ -277,7 +271,7 @@ def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
     from analysis.load import AnalysisError
 
     runs = completed_runs(root, manifest)
-    cells_done = {e["cell"] for e in manifest["plan"] if e["status"] == COMPLETE}
+    cells_done = {e["cell"] for e in _completed(manifest)}
     if len(cells_done) < 2:
         print("WARNING: fewer than two cells completed; no comparison report", file=sys.stderr)
         return None
@@ -330,8 +324,7 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
             print(f"  cell {c.index}: {c.name}")
         print(f"estimated time: about {_fmt_s(sweep.estimate_run_s() * len(plan))}")
         return 0
-    for p in (port, *(backend_port + i for i in range(max(
-            c.stack.settings()["backends"] for c in sweep.cells)))):
+    for p in sorted(stack_ports(sweep, port, backend_port)):
         if not port_free(p):
             raise UserError(f"port {p} is already in use on 127.0.0.1 (stop what holds it, or "
                             "choose --port / --backend-port)")

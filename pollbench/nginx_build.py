@@ -148,7 +148,7 @@ def build(force: bool = False, quiet: bool = False) -> Path:
     """Build (or reuse) the nginx with poll and select; return its binary."""
     version = system_nginx_version()
     dest = build_dir(version)
-    binary = dest / "sbin" / "nginx"
+    binary = built_binary(version)
     if binary.is_file() and not force:
         if not quiet:
             print(f"already built (cached): {binary}")

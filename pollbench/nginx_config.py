@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import resource
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import jinja2
 
 from pollbench.errors import UserError
+from pollbench.tomlfile import read_toml
 
 NGINX_DIR = Path(__file__).resolve().parent.parent / "nginx"
 PROFILES_DIR = NGINX_DIR / "profiles"
@@ -180,14 +180,7 @@ PROFILE_KEYS = {"description", "extends", "nginx_binary", "nginx"}
 
 
 def _read_profile_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"profile {path}: not valid TOML: {e}") from None
-    unknown = sorted(set(data) - PROFILE_KEYS)
-    if unknown:
-        raise UserError(f"profile {path}: unknown key(s) {', '.join(unknown)}; a profile has "
-                        + ", ".join(sorted(PROFILE_KEYS)))
+    data = read_toml(path, f"profile {path}", PROFILE_KEYS)
     if not isinstance(data.get("nginx", {}), dict):
         raise UserError(f"profile {path}: [nginx] must be a table of knobs")
     binary = data.get("nginx_binary")

@@ -90,6 +90,15 @@ def check_event_method(binary_path: str, method: str | None) -> None:
                     "nginx_binary = \"built\" in the profile or sweep")
 
 
+class ConfigRefused(UserError):
+    """``nginx -t`` said no: the message has all of nginx's output, ``summary`` its first error."""
+
+    def __init__(self, conf: Path, stderr: str):
+        lines = stderr.strip().splitlines() or ["(no output)"]
+        self.summary = next((ln.strip() for ln in lines if "[emerg]" in ln), lines[0].strip())
+        super().__init__(f"nginx -t refused the rendered config {conf}:\n{stderr.strip()}")
+
+
 @dataclass
 class StackSpec:
     profile: str = "seed"
@@ -222,7 +231,7 @@ class Stack:
         proc = subprocess.run([*self.nginx_cmd(conf), "-t"], capture_output=True, text=True)
         (self.run_dir / "logs" / "nginx-t.log").write_text(proc.stderr)
         if proc.returncode != 0:
-            raise UserError("nginx -t refused the rendered config " f"{conf}:\n{proc.stderr.strip()}")
+            raise ConfigRefused(conf, proc.stderr)
 
     def start(self) -> None:
         conf = self.render()

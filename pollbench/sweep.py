@@ -34,9 +34,7 @@ import hashlib
 import itertools
 import json
 import re
-import subprocess
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from pollbench import nginx_config
 from pollbench.errors import UserError
 from pollbench.loadgen import LoadSpec, parse_duration
 from pollbench.stack import StackSpec
+from pollbench.tomlfile import read_toml
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 ORDERS = ("shuffled", "interleaved", "sequential")
@@ -90,7 +89,7 @@ class Cell:
 
     def rank_group(self, within: list[str]) -> str:
         """The cells ranked together share this text (e.g. "users=300"); "" for all."""
-        return ", ".join(f"{k}={_value_text(self.params.get(k))}" for k in within)
+        return rank_group_text(self.params, within)
 
 
 @dataclass
@@ -109,7 +108,6 @@ class Sweep:
     rank_threshold: float
     rank_within: list[str] = field(default_factory=list)
     description: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -161,6 +159,14 @@ def _value_text(value: Any) -> str:
     if isinstance(value, list):
         return "+".join(map(str, value))
     return str(value)
+
+
+def rank_group_text(params: dict[str, Any], within: list[str]) -> str:
+    return _params_text({k: params.get(k) for k in within})
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in params.items())
 
 
 def _apply(where: str, params: dict[str, Any], base_nginx: dict[str, Any],
@@ -215,14 +221,7 @@ def load_sweep(name_or_path: str) -> Sweep:
     """Parse and expand a sweep file; every value is checked (no process is started)."""
     path = sweep_path(name_or_path)
     where = f"sweep {path}"
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{where}: not valid TOML: {e}") from None
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: "
-                        + ", ".join(sorted(TOP_KEYS)))
+    data = read_toml(path, where, TOP_KEYS)
     base_nginx = _table(where, data, "nginx")
     base_load = _table(where, data, "load")
     grid = _table(where, data, "grid")
@@ -262,9 +261,9 @@ def load_sweep(name_or_path: str) -> Sweep:
         for combo in combos:
             params = {**entry, **combo}
             index = len(cells) + 1
-            auto = ", ".join(f"{k}={_value_text(v)}" for k, v in params.items())
-            name = ", ".join(x for x in (given_name, ", ".join(
-                f"{k}={_value_text(v)}" for k, v in combo.items())) if x) if given_name else auto
+            # a named entry keeps its name (plus the grid values); others are named by values
+            name = ", ".join(x for x in (given_name, _params_text(combo)) if x) \
+                if given_name else _params_text(params)
             cell_where = f"{where}, cell {index} ({name or 'base'})"
             stack, load = _apply(cell_where, params, base_nginx, base_load, data)
             key = json.dumps({"stack": stack.__dict__, "load": load.__dict__}, sort_keys=True,
@@ -319,7 +318,7 @@ def check_cells(sweep: Sweep, port: int, backend_port: int) -> None:
 
     The first problem is raised as a UserError naming the sweep, the cell and the setting.
     """
-    from pollbench.stack import Stack
+    from pollbench.stack import ConfigRefused, Stack
 
     for cell in sweep.cells:
         where = f"sweep {sweep.path}, {cell.describe()}"
@@ -329,12 +328,8 @@ def check_cells(sweep: Sweep, port: int, backend_port: int) -> None:
             cell.load.validate(cell.stack.max_hold_s)
             with tempfile.TemporaryDirectory(prefix="pollbench-sweep-check-") as tmp:
                 stack = Stack(cell.stack, Path(tmp))
-                conf = stack.render(check_ports=False)
-                proc = subprocess.run([*stack.nginx_cmd(conf), "-t"], capture_output=True,
-                                      text=True)
-                if proc.returncode != 0:
-                    lines = [ln for ln in proc.stderr.splitlines() if "emerg" in ln or
-                             "error" in ln] or proc.stderr.splitlines()
-                    raise UserError(f"nginx -t refused the config: {lines[0].strip()}")
+                stack.test_config(stack.render(check_ports=False))
+        except ConfigRefused as e:
+            raise UserError(f"{where}: nginx -t refused the config: {e.summary}") from None
         except UserError as e:
             raise UserError(f"{where}: {e}") from None

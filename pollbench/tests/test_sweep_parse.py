@@ -107,7 +107,7 @@ def test_invalid_settings_are_refused(tmp_path, top, words):
     body = body.replace('cooldown = "1s"\n', "")
     path = tmp_path / "s.toml"
     path.write_text(top + "\n" + body + "[grid]\nusers = [20, 40]\n")
-    with pytest.raises(UserError, match=None) as e:
+    with pytest.raises(UserError) as e:
         load_sweep(str(path))
     assert words in str(e.value)
 
