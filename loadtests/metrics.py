@@ -29,6 +29,7 @@ from hdrh.histogram import HdrHistogram
 from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
 
 FLUSH_INTERVAL_S = 1.0
+ROWS_MERGES_PER_FLUSH = 4
 MESSAGE_TYPE = "pollbench_metrics"
 
 # Metric names (also Locust request types for the custom rows in the UI and CSVs).
@@ -48,6 +49,7 @@ class Recorder:
         self.counters: dict[str, int] = {}
         self.totals: dict[str, int] = {}
         self.interval_start = time.time()
+        self.clock = ""  # how receipt times were taken (loadtests.leanhttp CLOCK_*)
 
     def record_ms(self, metric: str, value_ms: float) -> None:
         hist = self.hists.get(metric)
@@ -66,7 +68,7 @@ class Recorder:
             "t0": self.interval_start, "t1": now,
             "hists": {m: (h.get_total_count(), h.encode().decode()) for m, h in self.hists.items()
                       if h.get_total_count()},
-            "counters": self.counters,
+            "counters": self.counters, "clock": self.clock,
         }
         for k, v in self.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
@@ -74,6 +76,36 @@ class Recorder:
         self.counters = {}
         self.interval_start = now
         return payload
+
+
+class LocustRows:
+    """Successful requests and deliveries for Locust's stats, batched per flush.
+
+    Firing ``events.request`` per request runs every listener and updates two of
+    Locust's StatsEntry objects each time.  Here a success is logged into a
+    private StatsEntry (Locust's own class, so its rounding and per-second counts
+    are Locust's) and :meth:`merge`, called every flush, extends the
+    environment's row and total with it: the web UI, the CSVs and the worker
+    reports show the same rows, at most one flush later.
+    """
+
+    def __init__(self, stats) -> None:
+        self.stats = stats
+        self.pending: dict[tuple[str, str], object] = {}
+
+    def log(self, method: str, name: str, ms: float, length: int = 0) -> None:
+        entry = self.pending.get((name, method))
+        if entry is None:
+            from locust.stats import StatsEntry
+
+            entry = self.pending[(name, method)] = StatsEntry(self.stats, name, method)
+        entry.log(ms, length)
+
+    def merge(self) -> None:
+        pending, self.pending = self.pending, {}
+        for (name, method), entry in pending.items():
+            self.stats.get(name, method).extend(entry)
+            self.stats.total.extend(entry)
 
 
 class Sink:
@@ -85,7 +117,7 @@ class Sink:
         self._hdr = open(out / "latency.hdr.jsonl", "a", buffering=1)
         self._counters = open(out / "counters.jsonl", "a", buffering=1)
         self.totals: dict[str, int] = {}
-        self.rates: dict[str, float] = {}
+        self.clocks: set[str] = set()
 
     def write(self, source: str, payload: dict) -> None:
         t0, t1 = payload["t0"], payload["t1"]
@@ -98,6 +130,8 @@ class Sink:
                                              "counters": payload["counters"]}) + "\n")
         for k, v in payload["counters"].items():
             self.totals[k] = self.totals.get(k, 0) + v
+        if payload.get("clock"):
+            self.clocks.add(payload["clock"])
 
     def write_progress(self, progress: dict) -> None:
         tmp = self.out / ".progress.json.tmp"
@@ -144,11 +178,12 @@ class MetricsPlumbing:
         self.env = environment
         self.runner = environment.runner
         self.recorder = Recorder()
+        self.rows = LocustRows(environment.stats)
         self.is_master = isinstance(self.runner, MasterRunner)
         self.is_worker = isinstance(self.runner, WorkerRunner)
         self.sink = Sink(Path(out)) if out and not self.is_worker else None
         self.started_at = time.time()
-        self._last_delivered = 0
+        self._last_delivered = self._last_requests = 0
         self._last_t = time.time()
         self._greenlet = None
         self._stopped = False
@@ -159,12 +194,13 @@ class MetricsPlumbing:
         events.test_start.add_listener(self.on_test_start)
         events.test_stop.add_listener(self.on_test_stop)
         events.quitting.add_listener(self.on_quitting)
+        events.quit.add_listener(self.on_quit)
         if self.is_master:
             self.runner.register_message(MESSAGE_TYPE, self.on_worker_metrics)
         if not self.is_master:
             self._greenlet = gevent.spawn(self._flush_loop)
 
-    # --- hot path: one call per request (Locust's own and our custom rows)
+    # --- one call per fired request: failures (successes go through self.rows)
     def on_request(self, request_type, name, response_time, response_length, exception=None,
                    **_kw) -> None:
         if exception is not None:
@@ -175,11 +211,25 @@ class MetricsPlumbing:
 
     # --- interval handling
     def _flush_loop(self) -> None:
+        # Locust's rows are merged 4 times per interval so that its 1-s CSV writer and web UI
+        # lag the requests as little as they did when every request fired an event.
         while True:
-            gevent.sleep(FLUSH_INTERVAL_S)
+            for _ in range(ROWS_MERGES_PER_FLUSH - 1):
+                gevent.sleep(FLUSH_INTERVAL_S / ROWS_MERGES_PER_FLUSH)
+                self.rows.merge()
+            gevent.sleep(FLUSH_INTERVAL_S / ROWS_MERGES_PER_FLUSH)
             self.flush()
 
+    @property
+    def clock(self) -> str:
+        return self.recorder.clock
+
+    @clock.setter
+    def clock(self, value: str) -> None:
+        self.recorder.clock = value
+
     def flush(self) -> None:
+        self.rows.merge()
         payload = self.recorder.cut()
         if self.is_worker:
             self.runner.send_message(MESSAGE_TYPE, payload)
@@ -188,27 +238,29 @@ class MetricsPlumbing:
             self.write_progress()
 
     def on_worker_metrics(self, environment, msg, **_kw) -> None:
-        if self.sink is not None:
+        if self.sink is not None and not self._stopped:
             self.sink.write(f"worker-{msg.node_id[-8:]}", msg.data)
 
     def write_progress(self) -> None:
         if self.sink is None:
             return
         now = time.time()
-        delivered = self.sink.totals.get("delivered", 0)
+        totals = self.sink.totals
+        delivered, requests = totals.get("delivered", 0), totals.get("requests", 0)
         dt = max(now - self._last_t, 1e-6)
-        total = self.env.stats.total
         progress = {
             "time": now, "elapsed_s": round(now - self.started_at, 1),
             "users": self.runner.user_count, "state": str(self.runner.state),
-            "requests": total.num_requests, "failures": total.num_failures,
-            "requests_per_s": round(total.current_rps, 1),
+            # HTTP requests only: Locust's total also counts the DELIVERY / TASK rows
+            "requests": requests, "failures": self.env.stats.total.num_failures,
+            "requests_per_s": round((requests - self._last_requests) / dt, 1),
             "deliveries_per_s": round((delivered - self._last_delivered) / dt, 1),
             "delivered": delivered,
-            "lost": self.sink.totals.get("lost_dropped", 0) + self.sink.totals.get("lost_silent", 0),
-            "duplicates": self.sink.totals.get("duplicate", 0),
+            "lost": totals.get("lost_dropped", 0) + totals.get("lost_silent", 0),
+            "duplicates": totals.get("duplicate", 0),
+            "clock_source": ", ".join(sorted(self.sink.clocks)),
         }
-        self._last_delivered, self._last_t = delivered, now
+        self._last_delivered, self._last_requests, self._last_t = delivered, requests, now
         self.sink.write_progress(progress)
 
     def on_test_start(self, environment, **_kw) -> None:
@@ -221,19 +273,27 @@ class MetricsPlumbing:
             self.write_progress()
 
     def on_test_stop(self, environment, **_kw) -> None:
-        # A worker ships its last partial interval now: the message travels ahead of the
-        # worker's "stopped" notice, so the master has it before the run ends.
+        # The users have stopped: Locust's final reports (its JSON file; a worker's last
+        # stats message) come next and must hold every row.  A worker ships its last partial
+        # interval now too: the message travels ahead of its "stopped" notice.
         if not self.is_master:
             self.flush()
 
     def on_quitting(self, environment, **_kw) -> None:
+        # Users may still be running (Locust stops them after this event): flush what is
+        # here, keep the files open for what they record until ``quit``.
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+        if not self.is_master and not self._stopped:
+            self.flush()
+
+    def on_quit(self, **_kw) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-        if not self.is_master:
-            self.flush()
         if self.sink is not None:
+            if not self.is_master:
+                self.flush()
             self.write_progress()
             self.sink.close()

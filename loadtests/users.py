@@ -1,17 +1,25 @@
 """Simulated long-poll clients: task pollers, channel subscribers and an open-model publisher.
 
-Every user is a FastHttpUser (one connection per user, reused unless the
-``--pb-connection`` option says otherwise).  Long-poll responses are named so
-that the hold time never passes for latency: a 204 is its own row
-("... (204 timeout)"), a success, and what matters is recorded as custom
-request types (DELIVERY, TASK, TASK_OVERHEAD, REPOLL_GAP, PUBLISH_LAG), which
-Locust shows and sums across workers, and which are also kept lossless in
-HdrHistograms (:mod:`loadtests.metrics`).
+Every user is a Locust ``User`` with a lean client of its own
+(:mod:`loadtests.leanhttp`: one keep-alive connection per user, reused unless
+``--pb-connection`` says otherwise; receipt stamped by the kernel).  Locust's
+FastHttpUser cost about 6x the CPU of a raw client per long-poll answer, and
+that CPU showed up as latency on a machine shared with the stack.
+
+What users see stays Locust's: every request is a row ("GET /channels/[name]";
+a poll that times out is its own row "... (204 timeout)", a success, so the
+hold never passes for latency), and what matters is a custom request type
+(DELIVERY, TASK, TASK_OVERHEAD) that Locust shows and sums across workers.
+Successes are batched into Locust's stats once a second
+(:class:`loadtests.metrics.LocustRows`) instead of firing one event each;
+failures still fire ``events.request``.  Everything is also kept lossless in
+HdrHistograms (:mod:`loadtests.metrics`), with REPOLL_GAP and PUBLISH_LAG.
 
 Clock assumption: delivery latency compares the backend's ``ts`` (time.time()
-when the message was published) with the subscriber's time.time() at receipt.
-Both run on this machine here; with workers on other machines the clocks must
-be synchronised (NTP/PTP) and the offset bounds the error.
+when the message was published) with the receipt time of the answer (the
+kernel's CLOCK_REALTIME stamp, see leanhttp).  Both are on this machine here;
+with workers on other machines the clocks must be synchronised (NTP/PTP) and
+the offset bounds the error.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.pool
-from locust import FastHttpUser, constant, task
+from locust import User, constant, task
 
+from loadtests.leanhttp import HttpError, LeanConnection, Response, build_request
 from loadtests.metrics import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
 from loadtests.options import parse_connection_mode
 
@@ -38,7 +48,11 @@ class DuplicateMessage(Exception):
     """A message delivered to the same subscriber twice."""
 
 
-class PollbenchUser(FastHttpUser):
+class BadAnswer(Exception):
+    """An answer with an unexpected status or body ("HTTP 503: ...")."""
+
+
+class PollbenchUser(User):
     abstract = True
     wait_time = constant(0)
     # The client must wait longer than the server may hold a poll.
@@ -49,28 +63,57 @@ class PollbenchUser(FastHttpUser):
         opts = self.environment.parsed_options
         self.opts = opts
         self.index = next(_user_ids)
-        self.recorder = self.environment.pollbench.recorder
+        plumbing = self.environment.pollbench
+        self.recorder = plumbing.recorder
+        self.rows = plumbing.rows
         self.close_every = parse_connection_mode(opts.pb_connection)
         self._requests = 0
         self.poll_timeout = opts.pb_poll_timeout
+        url = urlsplit(self.host)
+        self.host_header = url.netloc
+        self.address = (url.hostname, url.port or 80)
+        self.conn = self.new_connection()
+        plumbing.clock = self.conn.clock
 
-    def headers(self) -> dict[str, str] | None:
+    def on_stop(self) -> None:
+        self.conn.close()
+
+    def new_connection(self) -> LeanConnection:
+        return LeanConnection(*self.address, timeout=self.network_timeout,
+                              connect_timeout=self.connection_timeout)
+
+    def close_next(self) -> bool:
         """Connection: close on every K-th request when connection reuse is being limited."""
         self._requests += 1
-        if self.close_every and self._requests % self.close_every == 0:
-            return {"Connection": "close"}
-        return None
+        return bool(self.close_every) and self._requests % self.close_every == 0
 
-    def fire(self, request_type: str, name: str, ms: float, exception=None) -> None:
+    def exchange(self, method: str, target: str, name: str, body: bytes | None = None,
+                 conn: LeanConnection | None = None) -> tuple[Response | None, float]:
+        """One request: (answer, ms from send to the answer's receipt).  A transport error is
+        reported as a failure here and gives (None, ms)."""
+        close = self.close_next()
+        raw = build_request(method, target, self.host_header, body, close)
+        self.recorder.count("requests")
+        sent = time.time()
+        try:
+            resp = (conn or self.conn).request(raw, close)
+        except (OSError, HttpError) as e:
+            ms = (time.time() - sent) * 1000
+            self.fail(method, name, ms, e)
+            return None, ms
+        return resp, (resp.received - sent) * 1000
+
+    def ok(self, method: str, name: str, ms: float, length: int) -> None:
+        self.rows.log(method, name, ms, length)
+        self.recorder.record_ms(f"HTTP {method} {name}", ms)
+
+    def fail(self, request_type: str, name: str, ms: float, exception: Exception) -> None:
         self.environment.events.request.fire(request_type=request_type, name=name,
                                              response_time=ms, response_length=0,
                                              exception=exception, context={})
 
-    @staticmethod
-    def failure_text(resp) -> str:
-        if resp.status_code == 0 or resp.status_code is None:
-            return f"{type(resp.error).__name__}: {resp.error}" if resp.error else "no response"
-        return f"HTTP {resp.status_code}: {(resp.text or '')[:120]}"
+    def fail_answer(self, method: str, name: str, ms: float, resp: Response) -> None:
+        self.fail(method, name, ms, BadAnswer(f"HTTP {resp.status}: {resp.text[:120]}"))
 
 
 class TaskPoller(PollbenchUser):
@@ -82,42 +125,51 @@ class TaskPoller(PollbenchUser):
     def submit_and_wait(self) -> None:
         opts = self.opts
         duration_ms = opts.pb_task_duration_ms
+        body = json.dumps({"duration_ms": duration_ms,
+                           "payload_bytes": opts.pb_task_payload_bytes}).encode()
         t_submit = time.time()
-        with self.client.post("/tasks", json={"duration_ms": duration_ms,
-                                              "payload_bytes": opts.pb_task_payload_bytes},
-                              name="/tasks", headers=self.headers(), catch_response=True) as resp:
-            if resp.status_code != 202:
-                resp.failure(self.failure_text(resp))
-                return
-            task_id = resp.json()["id"]
+        resp, ms = self.exchange("POST", "/tasks", "/tasks", body)
+        if resp is None:
+            return
+        if resp.status != 202:
+            self.fail_answer("POST", "/tasks", ms, resp)
+            return
+        try:
+            task_id = json.loads(resp.body)["id"]
+        except (ValueError, KeyError, TypeError):
+            self.fail("POST", "/tasks", ms, BadAnswer("HTTP 202 without a task id"))
+            return
+        self.ok("POST", "/tasks", ms, len(resp.body))
         # bounded: the task's own duration plus a margin, in polls of poll_timeout
         max_polls = 3 + int(duration_ms / 1000 / max(self.poll_timeout, 0.1)) + 3
+        target = f"/tasks/{task_id}?timeout={self.poll_timeout:g}"
         for _ in range(max_polls):
-            with self.client.get(f"/tasks/{task_id}?timeout={self.poll_timeout:g}",
-                                 name="/tasks/[id]", headers=self.headers(),
-                                 catch_response=True) as resp:
-                if resp.status_code == 204:
-                    resp.request_meta["name"] = "/tasks/[id] (204 timeout)"
-                    resp.success()
-                    continue
-                if resp.status_code != 200:
-                    resp.failure(self.failure_text(resp))
-                    return
-                turnaround_ms = (time.time() - t_submit) * 1000
-                resp.success()
+            resp, ms = self.exchange("GET", target, "/tasks/[id]")
+            if resp is None:
+                return
+            if resp.status == 204:
+                self.ok("GET", "/tasks/[id] (204 timeout)", ms, 0)
+                continue
+            if resp.status != 200:
+                self.fail_answer("GET", "/tasks/[id]", ms, resp)
+                return
+            self.ok("GET", "/tasks/[id]", ms, len(resp.body))
+            turnaround_ms = (resp.received - t_submit) * 1000
             self.recorder.record_ms(TASK, turnaround_ms)
             self.recorder.record_ms(TASK_OVERHEAD, max(turnaround_ms - duration_ms, 0.001))
             self.recorder.count("tasks_done")
-            self.fire(TASK, "submit -> result", turnaround_ms)
-            self.fire(TASK_OVERHEAD, "turnaround - duration", turnaround_ms - duration_ms)
+            self.rows.log(TASK, "submit -> result", turnaround_ms)
+            self.rows.log(TASK_OVERHEAD, "turnaround - duration", turnaround_ms - duration_ms)
             return
-        self.fire(TASK, "submit -> result", 0, exception=Exception("result never arrived"))
+        self.fail(TASK, "submit -> result", 0, Exception("result never arrived"))
 
 
 class ChannelSubscriber(PollbenchUser):
     """Long-polls one channel by cursor with no pause between polls; checks every seq."""
 
     weight = 10
+    NAME = "/channels/[name]"
+    NAME_TIMEOUT = "/channels/[name] (204 timeout)"
 
     def on_start(self) -> None:
         super().on_start()
@@ -130,37 +182,33 @@ class ChannelSubscriber(PollbenchUser):
 
     @task
     def poll(self) -> None:
-        query = f"timeout={self.poll_timeout:g}"
+        target = f"{self.path}?timeout={self.poll_timeout:g}"
         if self.cursor is not None:
-            query += f"&cursor={self.cursor}&epoch={self.epoch}"
-        sent = time.time()
+            target += f"&cursor={self.cursor}&epoch={self.epoch}"
         if self.last_receipt is not None:
-            gap_ms = (sent - self.last_receipt) * 1000
-            self.recorder.record_ms(REPOLL_GAP, gap_ms)
-        with self.client.get(f"{self.path}?{query}", name="/channels/[name]",
-                             headers=self.headers(), catch_response=True) as resp:
-            received = time.time()
-            self.last_receipt = received
-            if resp.status_code == 204:
-                resp.request_meta["name"] = "/channels/[name] (204 timeout)"
-                if self.cursor is None:
-                    self.cursor = int(resp.headers.get("X-Cursor", 0))
-                    self.epoch = resp.headers.get("X-Epoch")
-                    self.expected = self.cursor + 1
-                resp.success()
-                return
-            if resp.status_code != 200:
-                resp.failure(self.failure_text(resp))
-                self.last_receipt = None
-                gevent.sleep(0.1)  # don't spin on a failing backend
-                return
-            try:
-                data = json.loads(resp.content)
-            except ValueError:
-                resp.failure("invalid JSON in a 200 poll answer")
-                return
-            resp.success()
-        self.take(data, received)
+            self.recorder.record_ms(REPOLL_GAP, (time.time() - self.last_receipt) * 1000)
+        resp, ms = self.exchange("GET", target, self.NAME)
+        if resp is None or resp.status not in (200, 204):
+            if resp is not None:
+                self.fail_answer("GET", self.NAME, ms, resp)
+            self.last_receipt = None
+            gevent.sleep(0.1)  # don't spin on a failing backend
+            return
+        self.last_receipt = resp.received
+        if resp.status == 204:
+            self.ok("GET", self.NAME_TIMEOUT, ms, 0)
+            if self.cursor is None:
+                self.cursor = int(resp.header("x-cursor", "0"))
+                self.epoch = resp.header("x-epoch")
+                self.expected = self.cursor + 1
+            return
+        try:
+            data = json.loads(resp.body)
+        except ValueError:
+            self.fail("GET", self.NAME, ms, BadAnswer("invalid JSON in a 200 poll answer"))
+            return
+        self.ok("GET", self.NAME, ms, len(resp.body))
+        self.take(data, resp.received)
 
     def take(self, data: dict, received: float) -> None:
         rec = self.recorder
@@ -168,34 +216,35 @@ class ChannelSubscriber(PollbenchUser):
             # The channel's state was lost (a backend restarted): whatever was in flight is
             # gone, and we cannot know how much.  Counted as its own kind of loss.
             rec.count("epoch_changes")
-            self.fire(DELIVERY, "lost (epoch change)", 0,
-                      exception=MessageLost(f"channel {self.channel} restarted"))
+            self.fail(DELIVERY, "lost (epoch change)", 0,
+                      MessageLost(f"channel {self.channel} restarted"))
             self.expected = None
         self.epoch = data["epoch"]
         dropped = data.get("dropped")
         if dropped:
             n = dropped[1] - dropped[0] + 1
             rec.count("lost_dropped", n)
-            self.fire(DELIVERY, "lost (dropped by buffer)", 0,
-                      exception=MessageLost(f"{n} messages dropped [{dropped[0]}, {dropped[1]}]"))
+            self.fail(DELIVERY, "lost (dropped by buffer)", 0,
+                      MessageLost(f"{n} messages dropped [{dropped[0]}, {dropped[1]}]"))
             self.expected = dropped[1] + 1
         expected = self.expected
         delivered = 0
+        log_row = self.rows.log
         for msg in data["messages"]:
             seq = msg["seq"]
             if expected is not None:
                 if seq < expected:
                     rec.count("duplicate")
-                    self.fire(DELIVERY, "duplicate", 0,
-                              exception=DuplicateMessage(f"seq {seq} seen twice"))
+                    self.fail(DELIVERY, "duplicate", 0,
+                              DuplicateMessage(f"seq {seq} seen twice"))
                     continue
                 if seq > expected:
                     rec.count("lost_silent", seq - expected)
-                    self.fire(DELIVERY, "lost (silent gap)", 0,
-                              exception=MessageLost(f"seqs {expected}..{seq - 1} never arrived"))
+                    self.fail(DELIVERY, "lost (silent gap)", 0,
+                              MessageLost(f"seqs {expected}..{seq - 1} never arrived"))
             latency_ms = (received - msg["ts"]) * 1000
             rec.record_ms(DELIVERY, latency_ms)
-            self.fire(DELIVERY, "publish -> receive", latency_ms)
+            log_row(DELIVERY, "publish -> receive", latency_ms)
             delivered += 1
             expected = seq + 1
         self.expected = expected
@@ -212,7 +261,16 @@ class Publisher(PollbenchUser):
 
     fixed_count = 1
     weight = 1
-    concurrency = 200  # requests in flight at once from this one user
+    concurrency = 200  # requests in flight at once from this one user (one connection each)
+    NAME = "/channels/[name]"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.idle: list[LeanConnection] = [self.conn]
+
+    def on_stop(self) -> None:
+        for conn in self.idle:
+            conn.close()
 
     @task
     def run_schedule(self) -> None:
@@ -223,7 +281,7 @@ class Publisher(PollbenchUser):
             return
         interval = 1.0 / rate
         channels = opts.pb_channels
-        body = json.dumps({"pad": "x" * max(opts.pb_message_bytes - 11, 0)})
+        body = json.dumps({"pad": "x" * max(opts.pb_message_bytes - 11, 0)}).encode()
         pool = gevent.pool.Pool(self.concurrency)
         start = time.time()
         for k in itertools.count():
@@ -234,11 +292,16 @@ class Publisher(PollbenchUser):
             self.recorder.record_ms(PUBLISH_LAG, max((time.time() - scheduled) * 1000, 0.001))
             pool.spawn(self.publish, f"/channels/ch{k % channels}", body)
 
-    def publish(self, path: str, body: str) -> None:
-        with self.client.post(path, data=body, name="/channels/[name]", headers=self.headers(),
-                              catch_response=True) as resp:
-            if resp.status_code != 201:
-                resp.failure(self.failure_text(resp))
+    def publish(self, path: str, body: bytes) -> None:
+        conn = self.idle.pop() if self.idle else self.new_connection()
+        try:
+            resp, ms = self.exchange("POST", path, self.NAME, body, conn=conn)
+            if resp is None:
                 return
-            resp.success()
-        self.recorder.count("published")
+            if resp.status != 201:
+                self.fail_answer("POST", self.NAME, ms, resp)
+                return
+            self.ok("POST", self.NAME, ms, len(resp.body))
+            self.recorder.count("published")
+        finally:
+            self.idle.append(conn)

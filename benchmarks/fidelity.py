@@ -1,0 +1,240 @@
+"""Benchmark: does pollbench's load generator report the latency an independent lean client sees?
+
+    python benchmarks/fidelity.py [--loads 1000:20,3000:10,5000:5] [--pairs 3] [--seconds 30]
+
+One stack (``pollbench up --profile longpoll``, 4 backends, on free ports) serves
+every run.  For each load (SUBSCRIBERS:MESSAGES_PER_S over ``--channels``
+channels), it runs pollbench's Locust path (the exact Locust command ``pollbench
+run`` uses, one Locust process plus its publisher user) and the reference client
+(``benchmarks/reference_client.py``: uvloop, raw protocols, no Locust), alternating
+which goes first (AB BA AB ...), ``--pairs`` times.  Both measure the same thing
+over the same window (after ``--warmup``, for ``--seconds``): delivery latency =
+receipt minus the backend's publish ``ts``, and the load generator's CPU seconds
+(psutil, process and children) in that window.
+
+Prints, per load, each run and then the medians with the spread over pairs of:
+delivery p50 / p99 of each client, their ratio, and load-generator CPU-seconds
+per 1,000 deliveries; and whether the bounds hold (p50 within 1 ms or 10 %,
+p99 within 20 %, CPU per delivery at most 2x the reference's).  ``--json FILE``
+keeps every figure.  Traffic goes to 127.0.0.1 only; every run is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from analysis.hdr import merged, percentiles_ms, read_hdr_log  # noqa: E402
+from pollbench.loadgen import LoadSpec  # noqa: E402
+from pollbench.stack import find_free_ports, get_json  # noqa: E402
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """CPU of a process and all its children (Locust --processes forks workers)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure_window(popen: subprocess.Popen, start: float, end: float) -> dict:
+    proc = psutil.Process(popen.pid)
+    time.sleep(max(start - time.time(), 0))
+    cpu0 = cpu_seconds(proc)
+    psutil.cpu_percent()
+    time.sleep(max(end - time.time(), 0))
+    cpu1 = cpu_seconds(proc)
+    return {"cpu_s": round(cpu1 - cpu0, 3), "machine_cpu_percent": psutil.cpu_percent()}
+
+
+def run_pollbench(url: str, users: int, rate: float, args, work: Path, k: int) -> dict:
+    out = work / f"pollbench-{users}-{k}"
+    (out / "locust").mkdir(parents=True)
+    spec = LoadSpec(users=users + 1, spawn_rate=(users + 1) / args.spawn_seconds,
+                    duration_s=args.warmup + args.seconds + 1, channels=args.channels,
+                    publish_rate=rate, poll_timeout_s=args.poll_timeout, workers=args.workers)
+    cmd = spec.headless_cmd(url, out / "metrics", out / "locust" / "locust",
+                            out / "locust" / "report.html", out / "locust" / "stats")
+    launched = time.time()
+    start, end = launched + args.warmup, launched + args.warmup + args.seconds
+    with open(out / "locust.log", "w") as log:
+        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            window = measure_window(popen, start, end)
+            popen.wait(timeout=args.poll_timeout + 60)
+        finally:
+            if popen.poll() is None:
+                popen.kill()
+    hdr = read_hdr_log(out / "metrics" / "latency.hdr.jsonl")
+    rows = hdr[(hdr["metric"] == "DELIVERY") & (hdr["t0"] >= start - 0.5) & (hdr["t1"] <= end + 0.5)]
+    hist = merged(rows, "DELIVERY")
+    p = percentiles_ms(hist, [50, 99])
+    progress = json.loads((out / "metrics" / "progress.json").read_text())
+    return {"client": "pollbench", "users": users, "delivered": hist.get_total_count(),
+            "window_s": (rows["t1"].max() - rows["t0"].min()) if len(rows) else 0.0,
+            "p50_ms": p[50], "p99_ms": p[99], "lost": progress["lost"],
+            "duplicates": progress["duplicates"], "failures": progress["failures"],
+            "clock": progress.get("clock_source"), **window}
+
+
+def run_reference(url: str, users: int, rate: float, args, work: Path, k: int) -> dict:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "reference_client.py"), "--url", url,
+           "--users", str(users), "--channels", str(args.channels), "--publish-rate", f"{rate:g}",
+           "--poll-timeout", f"{args.poll_timeout:g}", "--spawn-seconds", f"{args.spawn_seconds:g}",
+           "--warmup", f"{args.warmup:g}", "--seconds", f"{args.seconds:g}"]
+    launched = time.time()
+    cmd += ["--start-at", f"{launched:.3f}"]
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        window = measure_window(popen, launched + args.warmup, launched + args.warmup + args.seconds)
+        stdout, stderr = popen.communicate(timeout=60)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+    if popen.returncode != 0:
+        raise RuntimeError(f"reference client failed: {stderr[-500:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.pop("cpu_s")  # its own reading; both sides use the same outside reading instead
+    (work / f"reference-{users}-{k}.json").write_text(json.dumps(result))
+    return {**result, **window}
+
+
+def start_stack(args, work: Path) -> tuple[subprocess.Popen, str]:
+    port = find_free_ports(5)  # nginx, then 4 backends
+    backend_port = port + 1
+    cmd = [sys.executable, "-m", "pollbench", "up", "--profile", args.profile, "--port",
+           str(port), "--backend-port", str(backend_port), "--out", str(work / "stack")]
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            get_json(f"{url}/healthz", timeout=1)
+            return popen, url
+        except (OSError, ValueError):
+            if popen.poll() is not None:
+                raise RuntimeError(f"pollbench up failed: {popen.stdout.read()[-800:]}") from None
+            time.sleep(0.1)
+    popen.terminate()
+    raise RuntimeError("the stack did not answer /healthz within 30 s")
+
+
+def fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def spread(values: list[float]) -> str:
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels: int) -> list[str]:
+    lines = [f"\n== {users} subscribers, {rate:g} msg/s over {channels} channels "
+             f"({users * rate / channels:.0f} deliveries/s)",
+             f"{'run':>4} {'client':10} {'p50 ms':>8} {'p99 ms':>8} {'deliv/s':>8} "
+             f"{'CPU-s/1k deliv':>14} {'machine CPU %':>13} {'lost':>5} {'dup':>4} {'fail':>5}"]
+    r50, r99, rcpu = [], [], []
+    ok50 = ok99 = okcpu = True
+    for k, (pb, ref) in enumerate(pairs):
+        for r in (pb, ref):
+            per_k = 1000 * r["cpu_s"] / max(r["delivered"], 1)
+            r["cpu_s_per_1k"] = per_k
+            rate_s = r["delivered"] / max(r.get("window_s") or 1, 1e-9)
+            lines.append(f"{k + 1:>4} {r['client']:10} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
+                         f"{rate_s:>8.0f} {per_k:>14.3f} {r['machine_cpu_percent']:>13.0f} "
+                         f"{r['lost']:>5} {r['duplicates']:>4} "
+                         f"{r.get('failures', r.get('errors', 0)):>5}")
+        r50.append(pb["p50_ms"] / ref["p50_ms"])
+        r99.append(pb["p99_ms"] / ref["p99_ms"])
+        rcpu.append(pb["cpu_s_per_1k"] / ref["cpu_s_per_1k"])
+        ok50 &= abs(pb["p50_ms"] - ref["p50_ms"]) <= max(1.0, 0.10 * ref["p50_ms"])
+        ok99 &= abs(pb["p99_ms"] - ref["p99_ms"]) <= 0.20 * ref["p99_ms"]
+        okcpu &= pb["cpu_s_per_1k"] <= 2 * ref["cpu_s_per_1k"]
+    med = {side: {m: statistics.median(p[i][m] for p in pairs)
+                  for m in ("p50_ms", "p99_ms", "cpu_s_per_1k")}
+           for i, side in enumerate(("pollbench", "reference"))}
+    lines.append(f"medians: pollbench p50 {fmt(med['pollbench']['p50_ms'])} / p99 "
+                 f"{fmt(med['pollbench']['p99_ms'])} ms, {med['pollbench']['cpu_s_per_1k']:.3f} "
+                 f"CPU-s/1k; reference p50 {fmt(med['reference']['p50_ms'])} / p99 "
+                 f"{fmt(med['reference']['p99_ms'])} ms, {med['reference']['cpu_s_per_1k']:.3f} "
+                 "CPU-s/1k")
+    lines.append(f"ratio pollbench/reference, median (min-max over {len(pairs)} pairs): "
+                 f"p50 {spread(r50)}, p99 {spread(r99)}, CPU per delivery {spread(rcpu)}")
+    lines.append(f"bounds, every pair: p50 within max(1 ms, 10 %): {'yes' if ok50 else 'NO'}; "
+                 f"p99 within 20 %: {'yes' if ok99 else 'NO'}; CPU per delivery <= 2x: "
+                 f"{'yes' if okcpu else 'NO'}")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--loads", default="1000:20,3000:10,5000:5",
+                    help="SUBSCRIBERS:MESSAGES_PER_S, comma-separated")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--channels", type=int, default=10)
+    ap.add_argument("--spawn-seconds", type=float, default=10)
+    ap.add_argument("--warmup", type=float, default=15, help="s after launch before measuring")
+    ap.add_argument("--seconds", type=float, default=30, help="measured window, s")
+    ap.add_argument("--poll-timeout", type=float, default=20)
+    ap.add_argument("--profile", default="longpoll")
+    ap.add_argument("--workers", type=int, default=0, help="Locust workers for pollbench's side")
+    ap.add_argument("--pause", type=float, default=3, help="s between runs (held polls drain)")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    args = ap.parse_args()
+    loads = []
+    for part in args.loads.split(","):
+        users, _, rate = part.partition(":")
+        loads.append((int(users), float(rate or 20)))
+    if args.pairs < 1 or args.seconds <= 0 or args.warmup < args.spawn_seconds:
+        ap.error("--pairs >= 1, --seconds > 0 and --warmup >= --spawn-seconds")
+    work = Path(tempfile.mkdtemp(prefix="pollbench-fidelity-"))
+    stack, url = start_stack(args, work)
+    print(f"stack {url} ({args.profile}); runs in {work}", flush=True)
+    results = []
+    try:
+        for users, rate in loads:
+            pairs = []
+            for k in range(args.pairs):
+                order = ("pollbench", "reference") if k % 2 == 0 else ("reference", "pollbench")
+                got = {}
+                for side in order:
+                    runner = run_pollbench if side == "pollbench" else run_reference
+                    got[side] = runner(url, users, rate, args, work, k)
+                    r = got[side]
+                    print(f"  {users} subs pair {k + 1} {side:9}: p50 {fmt(r['p50_ms'])} p99 "
+                          f"{fmt(r['p99_ms'])} ms, {r['delivered']} deliveries, CPU "
+                          f"{r['cpu_s']:.2f} s, machine {r['machine_cpu_percent']:.0f} %",
+                          flush=True)
+                    time.sleep(args.pause)
+                pairs.append((got["pollbench"], got["reference"]))
+            for line in summarise(users, rate, pairs, args.channels):
+                print(line, flush=True)
+            results.append({"users": users, "publish_rate": rate, "pairs": pairs})
+    finally:
+        stack.terminate()
+        try:
+            stack.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stack.kill()
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
+                                         "loads": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
