@@ -117,8 +117,12 @@ def spectrum(hist: HdrHistogram) -> pd.DataFrame:
 
 def run_label(info: dict) -> str:
     p, s = info["parameters"], info["stack"]
-    return (f"{p['scenario']}, profile {s['profile']}, {s['backends']} backends, loop {s['loop']}, "
-            f"{p['users']} users, {p['connection']}")
+    label = (f"{p['scenario']}, profile {s['profile']}, {s['backends']} backends, "
+             f"loop {s['loop']}, {p['users']} users, {p['connection']}")
+    if p.get("cpus_loadgen") or s.get("cpus"):
+        cpus = [",".join(map(str, c)) if c else "any" for c in (p.get("cpus_loadgen"), s.get("cpus"))]
+        label += f", CPUs load generator {cpus[0]} / stack {cpus[1]}"
+    return label
 
 
 def default_warmup(info: dict) -> float:

@@ -10,7 +10,9 @@ run`` uses, one Locust process plus its publisher user) and the reference client
 which goes first (AB BA AB ...), ``--pairs`` times.  Both measure the same thing
 over the same window (after ``--warmup``, for ``--seconds``): delivery latency =
 receipt minus the backend's publish ``ts``, and the load generator's CPU seconds
-(psutil, process and children) in that window.
+(psutil, process and children) in that window.  Receipt is the kernel's stamp on
+both sides (SO_TIMESTAMPNS); the reference also shows its latency by its own
+user-space clock (time.time() after parsing), which adds its own queueing.
 
 Prints, per load, each run and then the medians with the spread over pairs of:
 delivery p50 / p99 of each client, their ratio, and load-generator CPU-seconds
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from analysis.hdr import merged, percentiles_ms, read_hdr_log  # noqa: E402
 from pollbench.loadgen import LoadSpec  # noqa: E402
+from pollbench.processes import Child, parse_cpu_placement, spawn  # noqa: E402
 from pollbench.stack import find_free_ports, get_json  # noqa: E402
 
 
@@ -72,14 +76,12 @@ def run_pollbench(url: str, users: int, rate: float, args, work: Path, k: int) -
                             out / "locust" / "report.html", out / "locust" / "stats")
     launched = time.time()
     start, end = launched + args.warmup, launched + args.warmup + args.seconds
-    with open(out / "locust.log", "w") as log:
-        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        try:
-            window = measure_window(popen, start, end)
-            popen.wait(timeout=args.poll_timeout + 60)
-        finally:
-            if popen.poll() is None:
-                popen.kill()
+    child = spawn("loadgen", cmd, out / "locust.log", cwd=REPO, cpus=args.loadgen_cpus)
+    try:
+        window = measure_window(child.popen, start, end)
+        child.popen.wait(timeout=args.poll_timeout + 60)
+    finally:
+        child.stop()
     hdr = read_hdr_log(out / "metrics" / "latency.hdr.jsonl")
     rows = hdr[(hdr["metric"] == "DELIVERY") & (hdr["t0"] >= start - 0.5) & (hdr["t1"] <= end + 0.5)]
     hist = merged(rows, "DELIVERY")
@@ -99,38 +101,38 @@ def run_reference(url: str, users: int, rate: float, args, work: Path, k: int) -
            "--warmup", f"{args.warmup:g}", "--seconds", f"{args.seconds:g}"]
     launched = time.time()
     cmd += ["--start-at", f"{launched:.3f}"]
-    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = work / f"reference-{users}-{k}.log"
+    child = spawn("reference", cmd, log, cpus=args.loadgen_cpus)
     try:
-        window = measure_window(popen, launched + args.warmup, launched + args.warmup + args.seconds)
-        stdout, stderr = popen.communicate(timeout=60)
+        window = measure_window(child.popen, launched + args.warmup,
+                                launched + args.warmup + args.seconds)
+        child.popen.wait(timeout=60)
     finally:
-        if popen.poll() is None:
-            popen.kill()
-    if popen.returncode != 0:
-        raise RuntimeError(f"reference client failed: {stderr[-500:]}")
-    result = json.loads(stdout.strip().splitlines()[-1])
+        child.stop()
+    if child.exit_code != 0:
+        raise RuntimeError(f"reference client failed; see {log}:\n{child.log_tail()}")
+    result = json.loads(log.read_text().strip().splitlines()[-1])
     result.pop("cpu_s")  # its own reading; both sides use the same outside reading instead
-    (work / f"reference-{users}-{k}.json").write_text(json.dumps(result))
     return {**result, **window}
 
 
-def start_stack(args, work: Path) -> tuple[subprocess.Popen, str]:
+def start_stack(args, work: Path) -> tuple[Child, str]:
     port = find_free_ports(5)  # nginx, then 4 backends
     backend_port = port + 1
     cmd = [sys.executable, "-m", "pollbench", "up", "--profile", args.profile, "--port",
            str(port), "--backend-port", str(backend_port), "--out", str(work / "stack")]
-    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             cwd=REPO)
+    # dies with this process; with --cpus, it and every process it starts stay on those CPUs
+    child = spawn("stack", cmd, work / "up.log", cwd=REPO, cpus=args.stack_cpus)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
             get_json(f"{url}/healthz", timeout=1)
-            return popen, url
+            return child, url
         except (OSError, ValueError):
-            if popen.poll() is not None:
-                raise RuntimeError(f"pollbench up failed: {popen.stdout.read()[-800:]}") from None
+            if not child.alive():
+                raise RuntimeError(f"pollbench up failed:\n{child.log_tail()}") from None
             time.sleep(0.1)
-    popen.terminate()
+    child.stop()
     raise RuntimeError("the stack did not answer /healthz within 30 s")
 
 
@@ -146,7 +148,8 @@ def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels:
     lines = [f"\n== {users} subscribers, {rate:g} msg/s over {channels} channels "
              f"({users * rate / channels:.0f} deliveries/s)",
              f"{'run':>4} {'client':10} {'p50 ms':>8} {'p99 ms':>8} {'deliv/s':>8} "
-             f"{'CPU-s/1k deliv':>14} {'machine CPU %':>13} {'lost':>5} {'dup':>4} {'fail':>5}"]
+             f"{'CPU-s/1k deliv':>14} {'machine CPU %':>13} {'lost':>5} {'dup':>4} {'fail':>5}"
+             "  (reference: p50 / p99 by its user clock)"]
     r50, r99, rcpu = [], [], []
     ok50 = ok99 = okcpu = True
     for k, (pb, ref) in enumerate(pairs):
@@ -157,7 +160,9 @@ def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels:
             lines.append(f"{k + 1:>4} {r['client']:10} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
                          f"{rate_s:>8.0f} {per_k:>14.3f} {r['machine_cpu_percent']:>13.0f} "
                          f"{r['lost']:>5} {r['duplicates']:>4} "
-                         f"{r.get('failures', r.get('errors', 0)):>5}")
+                         f"{r.get('failures', r.get('errors', 0)):>5}"
+                         + (f"  ({fmt(r['user_clock']['p50_ms'])} / "
+                            f"{fmt(r['user_clock']['p99_ms'])})" if "user_clock" in r else ""))
         r50.append(pb["p50_ms"] / ref["p50_ms"])
         r99.append(pb["p99_ms"] / ref["p99_ms"])
         rcpu.append(pb["cpu_s_per_1k"] / ref["cpu_s_per_1k"])
@@ -193,8 +198,17 @@ def main() -> int:
     ap.add_argument("--profile", default="longpoll")
     ap.add_argument("--workers", type=int, default=0, help="Locust workers for pollbench's side")
     ap.add_argument("--pause", type=float, default=3, help="s between runs (held polls drain)")
+    ap.add_argument("--cpus", default=None, metavar="LOADGEN/STACK",
+                    help="CPU placement as in pollbench run --cpus (both clients alike)")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
+    args.loadgen_cpus = args.stack_cpus = None
+    if args.cpus:
+        try:
+            args.loadgen_cpus, args.stack_cpus = parse_cpu_placement(args.cpus)
+        except ValueError as e:
+            ap.error(f"--cpus {e}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the stack is stopped below
     loads = []
     for part in args.loads.split(","):
         users, _, rate = part.partition(":")
@@ -225,14 +239,10 @@ def main() -> int:
                 print(line, flush=True)
             results.append({"users": users, "publish_rate": rate, "pairs": pairs})
     finally:
-        stack.terminate()
-        try:
-            stack.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            stack.kill()
-    if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
-                                         "loads": results}, indent=1))
+        stack.stop(timeout=30)
+        if args.json:
+            args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
+                                             "loads": results}, indent=1))
     return 0
 
 

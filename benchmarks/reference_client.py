@@ -8,8 +8,12 @@ process, hand-written HTTP/1.1 over keep-alive connections.  N subscribers
 long-poll channels ``ch0 .. ch{C-1}`` by cursor (the target's API: first poll
 without a cursor, then ``cursor`` + ``epoch``), and a publisher POSTs to them on
 a fixed schedule (open model).  Delivery latency is defined as pollbench defines
-it: the subscriber's ``time.time()`` when the whole answer has arrived, minus the
-message's ``ts`` (the backend's ``time.time()`` at publish).  Only deliveries
+it: the time the whole answer had arrived, minus the message's ``ts`` (the
+backend's ``time.time()`` at publish).  "Arrived" is taken twice: the kernel's
+receipt stamp of the answer's last segment (SO_TIMESTAMPNS, CLOCK_REALTIME: what
+pollbench reports) and ``time.time()`` once this process had parsed it (which
+adds the client's own queueing: every subscriber woken by one message waits for
+the ones parsed before it).  Only deliveries
 received inside the measurement window (after ``--warmup``, for ``--seconds``)
 count.  It prints one JSON object: latency percentiles (ms, from an
 HdrHistogram), deliveries, lost / duplicate sequence numbers, errors and its
@@ -21,17 +25,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
+import struct
 import sys
 import time
 from urllib.parse import urlsplit
 
 from hdrh.histogram import HdrHistogram
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
 
 class Stats:
     def __init__(self, window_start: float, window_end: float) -> None:
         self.window_start, self.window_end = window_start, window_end
-        self.hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds
+        self.hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds, kernel receipt stamp
+        self.hist_user = HdrHistogram(1, 3_600_000_000, 3)  # time.time() after parsing
         self.delivered = self.lost = self.duplicates = self.errors = self.published = 0
         self.polls = 0
 
@@ -39,24 +48,44 @@ class Stats:
         return self.window_start <= t < self.window_end
 
 
-class HttpConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection; one request at a time; Content-Length bodies only."""
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection; one request at a time; Content-Length bodies only.
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+    The socket stays registered with the loop for reading; each read is a
+    ``recvmsg`` that also returns the kernel's receipt stamp (SO_TIMESTAMPNS).
+    An answer carries both clocks: the kernel's stamp of its last segment and
+    ``time.time()`` when this process had parsed it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer, self.kernel_ts = sock, bytearray(), 0.0
         self.waiter: asyncio.Future | None = None
         self.closed = False
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
 
-    def connection_lost(self, exc) -> None:
-        self.closed = True
+    def _fail(self, exc: Exception) -> None:
+        self.close()
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
+            self.waiter.set_exception(exc)
 
-    def data_received(self, data: bytes) -> None:
+    def _readable(self) -> None:
+        try:
+            data, anc, _, _ = self.sock.recvmsg(65536, 64)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            return self._fail(ConnectionError(str(e)))
+        if not data:
+            return self._fail(ConnectionError("closed by the peer"))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack_from("qq", payload)
+                self.kernel_ts = sec + nsec * 1e-9
         self.buffer += data
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
@@ -68,26 +97,30 @@ class HttpConnection(asyncio.Protocol):
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         if "chunked" in headers.get("transfer-encoding", ""):
-            raise RuntimeError("chunked answers are not supported by the reference client")
+            return self._fail(ConnectionError("chunked answers are not supported here"))
         length = int(headers.get("content-length", 0))
         if len(self.buffer) < end + 4 + length:
             return
-        received = time.time()  # the whole answer is here
         body = bytes(self.buffer[end + 4:end + 4 + length])
         del self.buffer[:end + 4 + length]
+        user_ts = time.time()  # the whole answer is here and parsed
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((status, headers, body, received))
+            self.waiter.set_result((status, headers, body, self.kernel_ts or user_ts, user_ts))
 
     async def request(self, raw: bytes, timeout: float):
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        await loop.sock_sendall(self.sock, raw)
         return await asyncio.wait_for(self.waiter, timeout)
 
 
 async def connect(host: str, port: int) -> HttpConnection:
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(HttpConnection, host, port)
-    return proto
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    return HttpConnection(sock)
 
 
 async def subscriber(index: int, args, host: str, port: int, stats: Stats, stop_at: float):
@@ -102,9 +135,12 @@ async def subscriber(index: int, args, host: str, port: int, stats: Stats, stop_
             if cursor is not None:
                 query += f"&cursor={cursor}&epoch={epoch}"
             raw = (f"GET /channels/{channel}?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n").encode()
-            status, headers, body, received = await conn.request(raw, args.poll_timeout + 30)
-        except (OSError, ConnectionError, asyncio.TimeoutError):
+            status, headers, body, received, parsed = await conn.request(raw,
+                                                                         args.poll_timeout + 30)
+        except OSError:  # ConnectionError and TimeoutError are OSErrors
             stats.errors += 1
+            if conn is not None:
+                conn.close()
             conn = None
             await asyncio.sleep(0.1)
             continue
@@ -137,10 +173,11 @@ async def subscriber(index: int, args, host: str, port: int, stats: Stats, stop_
             expected = seq + 1
             if counted:
                 stats.hist.record_value(max(int((received - msg["ts"]) * 1e6), 1))
+                stats.hist_user.record_value(max(int((parsed - msg["ts"]) * 1e6), 1))
                 stats.delivered += 1
         cursor = data["cursor"]
-    if conn is not None and conn.transport is not None:
-        conn.transport.close()
+    if conn is not None:
+        conn.close()
 
 
 async def publisher(args, host: str, port: int, stats: Stats, stop_at: float):
@@ -157,12 +194,14 @@ async def publisher(args, host: str, port: int, stats: Stats, stop_at: float):
             raw = (f"POST /channels/ch{k % args.channels} HTTP/1.1\r\nHost: {host}\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                    ).encode() + body
-            status, _, _, _ = await conn.request(raw, 30)
+            status, *_ = await conn.request(raw, 30)
             stats.published += status == 201
             stats.errors += status != 201
             idle.append(conn)
-        except (OSError, ConnectionError, asyncio.TimeoutError):
+        except OSError:
             stats.errors += 1
+            if conn is not None:
+                conn.close()
 
     start = time.time()
     interval = 1.0 / args.publish_rate
@@ -202,7 +241,7 @@ async def main_async(args) -> dict:
     for t in tasks:  # held polls are not waited for: the window is over
         t.cancel()
     await asyncio.wait(tasks, timeout=5)
-    h = stats.hist
+    h, u = stats.hist, stats.hist_user
     return {
         "client": "reference", "users": args.users, "window_s": args.seconds,
         "delivered": stats.delivered, "lost": stats.lost, "duplicates": stats.duplicates,
@@ -210,6 +249,8 @@ async def main_async(args) -> dict:
         "cpu_s": round(cpu1 - cpu0, 3),
         "p50_ms": h.get_value_at_percentile(50) / 1000, "p99_ms": h.get_value_at_percentile(99) / 1000,
         "max_ms": h.get_max_value() / 1000,
+        "user_clock": {"p50_ms": u.get_value_at_percentile(50) / 1000,
+                       "p99_ms": u.get_value_at_percentile(99) / 1000},
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from pollbench import nginx_config
 from pollbench.errors import RunFailed, UserError
 from pollbench.loadgen import SCENARIOS, SHAPES, LoadSpec, parse_duration
-from pollbench.processes import spawn
+from pollbench.processes import parse_cpu_placement, spawn
 from pollbench.rundir import new_run_dir, write_json_atomic
 from pollbench.runinfo import (
     SCHEMA_VERSION,
@@ -59,6 +59,9 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poll-timeout", type=float, default=20.0,
                    help="seconds the server may hold each poll (default 20)")
     g.add_argument("--task-duration-ms", type=int, default=500, help="each task's duration")
+    g.add_argument("--cpus", default=None, metavar="LOADGEN/STACK",
+                   help="CPU placement, e.g. 0/1: the load generator on CPU 0, nginx and the "
+                        "backends on CPU 1 (default: no placement; see README)")
 
 
 def add_parser(sub) -> None:
@@ -69,8 +72,19 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML report at the end (pollbench report RUN makes it later)")
-    p.set_defaults(func=lambda a: run(spec_from_args(a), load_from_args(a), out=a.out,
-                                      report=a.report))
+    p.set_defaults(func=lambda a: run(*place_cpus(spec_from_args(a), load_from_args(a), a.cpus),
+                                      out=a.out, report=a.report))
+
+
+def place_cpus(spec: StackSpec, load: LoadSpec, text: str | None) -> tuple[StackSpec, LoadSpec]:
+    """``--cpus LOADGEN/STACK`` into both specs (refused in one line before anything starts)."""
+    if text is None:
+        return spec, load
+    try:
+        load.cpus, spec.cpus = parse_cpu_placement(text)
+    except ValueError as e:
+        raise UserError(f"--cpus {e}") from None
+    return spec, load
 
 
 def load_from_args(args: argparse.Namespace) -> LoadSpec:
@@ -82,7 +96,10 @@ def load_from_args(args: argparse.Namespace) -> LoadSpec:
 
 
 class Progress:
-    """One line per interval: elapsed / total, users, req/s, deliveries/s, errors."""
+    """One line per interval: elapsed / total, users, HTTP requests/s, deliveries/s, errors.
+
+    The two rates are kept apart: Locust's own total also counts its synthetic rows
+    (DELIVERY, TASK ...), which are not requests."""
 
     def __init__(self, path: Path, total_s: float, stream=sys.stdout, every_s: float = 5.0):
         self.path, self.total_s, self.stream, self.every_s = path, total_s, stream, every_s
@@ -99,7 +116,7 @@ class Progress:
             return
         p = self.last
         print(f"[{p['elapsed_s']:6.0f}s/{self.total_s:.0f}s] users {p['users']:>6}  "
-              f"req/s {p['requests_per_s']:>8.1f}  deliveries/s {p['deliveries_per_s']:>8.1f}  "
+              f"HTTP req/s {p['requests_per_s']:>8.1f}  deliveries/s {p['deliveries_per_s']:>8.1f}  "
               f"failures {p['failures']}  lost {p['lost']}  duplicates {p['duplicates']}",
               file=self.stream, flush=True)
 
@@ -115,11 +132,13 @@ def base_record(kind: str, spec: StackSpec, load: LoadSpec, settings: dict) -> d
             "shape": load.shape, "workers": load.workers, "connection": load.connection,
             "channels": load.channels, "publish_rate": load.publish_rate,
             "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
+            "cpus_loadgen": list(load.cpus) if load.cpus else None,
         },
         "stack": {"profile": spec.profile, "nginx": settings, "backends": settings["backends"],
                   "loop": spec.loop, "port": spec.port, "backend_ports": spec.backend_ports(),
                   "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
-                  "nginx_binary": spec.nginx_name()},
+                  "nginx_binary": spec.nginx_name(),
+                  "cpus": list(spec.cpus) if spec.cpus else None},
         "software": software_versions(spec.nginx_path()),
         "host": host_info(),
         "warnings": [],
@@ -184,7 +203,7 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool =
                                 run_dir / "locust" / "stats")  # Locust adds .json
         record["locust_command"] = cmd
         locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
-                                       stop_signal=signal.SIGTERM))
+                                       stop_signal=signal.SIGTERM, cpus=load.cpus))
         record["pids"] = stack.pids()
         sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls)
         sampler.start()
@@ -269,7 +288,7 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     for w in record["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr, flush=True)
     if lg:
-        print(f"requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
+        print(f"HTTP requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
               f"{lg.get('delivered')}  lost {lg.get('lost')}  duplicates {lg.get('duplicates')}",
               flush=True)
     for line in latency_lines(run_dir / FILES["latency_hdr"]):

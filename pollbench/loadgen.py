@@ -66,6 +66,7 @@ class LoadSpec:
     poll_timeout_s: float = 20.0
     task_duration_ms: int = 500
     task_payload_bytes: int = 64
+    cpus: tuple[int, ...] | None = None  # the load generator runs only here (None: anywhere)
 
     def effective_spawn_rate(self) -> float:
         return self.spawn_rate if self.spawn_rate is not None else max(self.users / 5.0, 1.0)

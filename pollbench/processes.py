@@ -26,6 +26,40 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """'0', '0,2', '1-3', '0,2-3' -> sorted CPU numbers; ValueError names what is wrong."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list (use e.g. 0, 0,2 or 1-3)")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise ValueError(f"{text!r}: range {part} runs backwards")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
+def parse_cpu_placement(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """'LOADGEN/STACK', e.g. '0/1': the load generator's CPUs and nginx + backends' CPUs.
+
+    Both sides must be CPUs this process may use, and must not share one (the point
+    of placing them is that they stop competing)."""
+    loadgen, slash, stack = text.partition("/")
+    if not slash:
+        raise ValueError(f"{text!r}: give LOADGEN/STACK CPU lists, e.g. 0/1 or 0/1-3")
+    a, b = parse_cpu_list(loadgen), parse_cpu_list(stack)
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(set(a + b) - allowed)
+    if outside:
+        raise ValueError(f"{text!r}: CPU {outside[0]} is not available here "
+                         f"(available: {','.join(map(str, sorted(allowed)))})")
+    if set(a) & set(b):
+        raise ValueError(f"{text!r}: the load generator and the stack share CPU "
+                         f"{sorted(set(a) & set(b))[0]}; give them separate CPUs")
+    return a, b
+
+
 @dataclass
 class Child:
     name: str
@@ -71,13 +105,21 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def spawn(name: str, cmd: list[str], log_path: Path, *, env: dict | None = None,
-          cwd: Path | None = None, stop_signal: int = signal.SIGTERM) -> Child:
+          cwd: Path | None = None, stop_signal: int = signal.SIGTERM,
+          cpus: tuple[int, ...] | None = None) -> Child:
+    """Start ``cmd``; with ``cpus``, it and every process it forks run only on those CPUs."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def setup() -> None:  # in the child, before exec: children inherit the affinity
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"# pollbench started: {' '.join(cmd)}\n".encode())
         popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                 start_new_session=True, preexec_fn=_die_with_parent)
+                                 start_new_session=True, preexec_fn=setup)
     return Child(name, popen, log_path, stop_signal)
 
 

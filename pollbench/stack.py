@@ -111,6 +111,7 @@ class StackSpec:
     max_hold_s: float = 120.0
     delivery_delay_ms: float = 0.0
     backend_max_connections: int | None = None
+    cpus: tuple[int, ...] | None = None  # nginx and backends run only here (None: anywhere)
 
     def settings(self) -> dict[str, Any]:
         overrides = dict(self.nginx_overrides)
@@ -246,11 +247,13 @@ class Stack:
                    "--max-waiters", str(cfg.max_waiters),
                    "--delivery-delay-ms", str(cfg.delivery_delay_ms)]
             self.backends.append(self.group.add(
-                spawn(f"backend-{i}", cmd, self.run_dir / "logs" / f"backend-{i}.log")))
+                spawn(f"backend-{i}", cmd, self.run_dir / "logs" / f"backend-{i}.log",
+                      cpus=self.spec.cpus)))
         for child, url in zip(self.backends, self.backend_urls, strict=True):
             self._wait_healthy(child, f"{url}/healthz", 15)
         self.nginx = self.group.add(spawn("nginx", [*self.nginx_cmd(conf), "-g", "daemon off;"],
-                                          self.run_dir / "logs" / "nginx.log"))
+                                          self.run_dir / "logs" / "nginx.log",
+                                          cpus=self.spec.cpus))
         self._wait_healthy(self.nginx, f"{self.url}/healthz", 10)
 
     def _wait_healthy(self, child: Child, url: str, timeout: float) -> None:

@@ -75,6 +75,17 @@ def test_deliveries_counted_none_lost_or_duplicated_latency_sane(runs, scenario)
     assert hist.get_max_value() / 1000 < POLL_TIMEOUT_S * 1000
 
 
+def test_receipt_clock_and_separate_rates_are_on_the_record(runs):
+    run_dir, proc = runs["channels"]
+    record = json.loads((run_dir / "run.json").read_text())
+    # receipt times came from the kernel (SO_TIMESTAMPNS), and run.json says so
+    assert record["loadgen"]["clock_source"] == "kernel (SO_TIMESTAMPNS)"
+    # HTTP requests are counted apart from deliveries (Locust's total mixes both)
+    lg = record["loadgen"]
+    assert 0 < lg["requests"] < 1.5 * lg["delivered"] + 200
+    assert "HTTP requests " in proc.stdout and f"delivered {lg['delivered']}" in proc.stdout
+
+
 @pytest.mark.parametrize("scenario", ["tasks", "mixed"])
 def test_task_turnaround_is_recorded_and_at_least_the_task_duration(runs, scenario):
     run_dir, _ = runs[scenario]
@@ -130,6 +141,10 @@ def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
     (["--duration", "0s"], "must be more than 0"),
     (["--connection", "sometimes"], "--connection"),
     (["--mix", "subscriber:x"], "--mix"),
+    (["--cpus", "0"], "--cpus '0': give LOADGEN/STACK"),
+    (["--cpus", "0/0"], "share CPU 0"),
+    (["--cpus", "0/4096"], "CPU 4096 is not available"),
+    (["--cpus", "a/1"], "not a CPU list"),
 ])
 def test_bad_arguments_fail_at_once_and_start_nothing(tmp_path, args, words):
     t0 = time.monotonic()

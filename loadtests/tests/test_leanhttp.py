@@ -1,0 +1,127 @@
+"""The lean client: receipt time from the kernel, HTTP framing, keep-alive (loadtests/leanhttp.py).
+
+Runs in this process with gevent's cooperative sockets (no monkey-patching); the
+peer is a plain socket server in a real thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import gevent
+import pytest
+
+from loadtests.leanhttp import (
+    CLOCK_KERNEL,
+    CLOCK_USER,
+    HttpError,
+    LeanConnection,
+    build_request,
+)
+
+
+class ScriptedServer:
+    """Answers each request on a connection with the next scripted bytes (then keeps it open)."""
+
+    def __init__(self, answers: list[bytes], delay_s: float = 0.0) -> None:
+        self.answers, self.delay_s = list(answers), delay_s
+        self.requests: list[bytes] = []
+        self.accepted = 0
+        self.sent_at: list[float] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                while self.answers:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    self.requests.append(data)
+                    time.sleep(self.delay_s)
+                    answer = self.answers.pop(0)
+                    self.sent_at.append(time.time())
+                    eof = answer.endswith(b"<EOF>")  # close right after this answer
+                    conn.sendall(answer.removesuffix(b"<EOF>"))
+                    if eof or b"Connection: close" in answer:
+                        break
+
+
+OK_204 = b"HTTP/1.1 204 No Content\r\nX-Cursor: 7\r\nX-Epoch: e1\r\n\r\n"
+
+
+def ok_json(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_receipt_time_excludes_the_wait_behind_a_busy_greenlet():
+    """The answer arrives while another greenlet hogs the process for 0.3 s: the kernel's
+    stamp says when it arrived; the user clock says when we got round to reading it."""
+    results = {}
+    for kernel in (True, False):
+        server = ScriptedServer([ok_json(b'{"a": 1}')], delay_s=0.05)
+        conn = LeanConnection("127.0.0.1", server.port, kernel_timestamps=kernel)
+        getter = gevent.spawn(conn.request, build_request("GET", "/x", "h"))
+        gevent.sleep(0.01)  # the request is out; now the process is busy elsewhere
+        time.sleep(0.3)     # not cooperative: every greenlet waits
+        resp = getter.get(timeout=5)
+        results[kernel] = (resp, server.sent_at[0], conn.clock)
+    resp, sent_at, clock = results[True]
+    assert clock == CLOCK_KERNEL
+    assert resp.status == 200 and resp.body == b'{"a": 1}'
+    assert 0 <= resp.received - sent_at < 0.05  # when it reached this host, not when read
+    resp, sent_at, clock = results[False]
+    assert clock == CLOCK_USER
+    assert resp.received - sent_at > 0.2  # the user clock includes the 0.3 s wait
+
+
+def test_keep_alive_reuses_one_connection_and_close_reconnects():
+    server = ScriptedServer([OK_204, ok_json(b"{}"), ok_json(b"{}"), OK_204])
+    conn = LeanConnection("127.0.0.1", server.port)
+    assert conn.request(build_request("GET", "/a", "h")).header("x-cursor") == "7"
+    assert conn.request(build_request("GET", "/b", "h")).status == 200
+    resp = conn.request(build_request("GET", "/c", "h", close=True), close=True)
+    assert resp.status == 200 and conn.sock is None  # closed as asked
+    assert conn.request(build_request("GET", "/d", "h")).status == 204
+    assert conn.connects == 2 and server.accepted == 2
+    assert server.requests[2].startswith(b"GET /c HTTP/1.1\r\n")
+    assert b"\r\nConnection: close\r\n" in server.requests[2]
+
+
+def test_chunked_body_and_post_with_body():
+    chunked = (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"4\r\n{\"se\r\n6\r\nq\": 1}\r\n0\r\n\r\n")
+    server = ScriptedServer([chunked, OK_204])
+    conn = LeanConnection("127.0.0.1", server.port)
+    resp = conn.request(build_request("POST", "/channels/a", "h", body=b'{"x": 1}'))
+    assert resp.status == 201 and resp.body == b'{"seq": 1}'
+    assert conn.request(build_request("GET", "/a", "h")).status == 204  # framing kept in step
+    assert server.requests[0].endswith(b'Content-Length: 8\r\n\r\n{"x": 1}')
+
+
+def test_truncated_answer_is_an_error_and_the_connection_is_dropped():
+    server = ScriptedServer([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort<EOF>"])
+    conn = LeanConnection("127.0.0.1", server.port, timeout=2)
+    with pytest.raises((HttpError, OSError)):
+        conn.request(build_request("GET", "/a", "h"))
+    assert conn.sock is None
+
+
+def test_refused_connection_raises_oserror():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(OSError):
+        LeanConnection("127.0.0.1", port, connect_timeout=2).request(build_request("GET", "/", "h"))

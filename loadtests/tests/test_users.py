@@ -1,0 +1,102 @@
+"""The lean subscriber's exactly-once accounting and its Locust rows (loadtests/users.py).
+
+A scripted server plays a channel's answers: a first 204 that gives the cursor,
+then messages, a duplicate, a silent gap, a buffer drop and an epoch change.
+The subscriber runs inside a real Locust environment (in a subprocess, since
+``import locust`` monkey-patches), and its counters and Locust's rows must say
+exactly what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent('''
+    import argparse, json, time
+    import locust  # monkey-patches, as in a real run
+    from gevent.server import StreamServer
+    from locust.env import Environment
+    from loadtests.metrics import MetricsPlumbing
+    from loadtests.users import ChannelSubscriber
+
+    def answer(messages, epoch="e1", dropped=None):
+        now = time.time()
+        body = json.dumps({"messages": [{"seq": s, "ts": now - 0.002, "data": {}}
+                                        for s in messages],
+                           "cursor": messages[-1] if messages else 0, "epoch": epoch,
+                           "dropped": dropped}).encode()
+        return b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(body), body)
+
+    script = [
+        lambda: b"HTTP/1.1 204 No Content\\r\\nX-Cursor: 5\\r\\nX-Epoch: e1\\r\\n\\r\\n",
+        lambda: answer([6, 7]),                      # 2 delivered
+        lambda: answer([7, 8]),                      # 7 again: a duplicate; 8 delivered
+        lambda: answer([11]),                        # 9, 10 never came: silent gap of 2
+        lambda: answer([21], dropped=[12, 20]),      # 9 dropped by the buffer; 21 delivered
+        lambda: answer([1], epoch="e2"),             # the channel restarted; 1 delivered
+        lambda: b"HTTP/1.1 503 Service Unavailable\\r\\nContent-Length: 4\\r\\n\\r\\nbusy",
+    ]
+    requests = []
+
+    def handle(sock, _addr):
+        buf = b""
+        for make in script:
+            while b"\\r\\n\\r\\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+            requests.append(head.split(b"\\r\\n")[0].decode())
+            sock.sendall(make())
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1)
+    env = Environment(user_classes=[ChannelSubscriber], parsed_options=opts)
+    env.create_local_runner()
+    env.pollbench = plumbing = MetricsPlumbing(env, None)
+    ChannelSubscriber.host = f"http://127.0.0.1:{server.server_port}"
+    user = ChannelSubscriber(env)
+    user.on_start()
+    for _ in script:
+        user.poll()
+    plumbing.rows.merge()
+    counters = plumbing.recorder.cut()["counters"]
+    rows = {f"{e.method} {e.name}": [e.num_requests, e.num_failures]
+            for e in env.stats.entries.values()}
+    print(json.dumps({"counters": counters, "rows": rows, "requests": requests,
+                      "total": env.stats.total.num_requests, "clock": plumbing.clock}))
+''')
+
+
+def test_subscriber_counts_every_kind_of_loss_once_and_feeds_locust_rows():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    c, rows = out["counters"], out["rows"]
+    assert c["delivered"] == 6
+    assert c["duplicate"] == 1
+    assert c["lost_silent"] == 2
+    assert c["lost_dropped"] == 9
+    assert c["epoch_changes"] == 1
+    assert c["requests"] == 7
+    assert c["error:GET /channels/[name]: HTTP 503"] == 1
+    # Locust's rows ([requests, failures]; Locust counts a failure as a request too):
+    # successes batched in, failures named by kind
+    assert rows["DELIVERY publish -> receive"] == [6, 0]
+    assert rows["DELIVERY duplicate"] == [1, 1]
+    assert rows["DELIVERY lost (silent gap)"] == [1, 1]
+    assert rows["DELIVERY lost (dropped by buffer)"] == [1, 1]
+    assert rows["DELIVERY lost (epoch change)"] == [1, 1]
+    assert rows["GET /channels/[name] (204 timeout)"] == [1, 0]
+    assert rows["GET /channels/[name]"] == [6, 1]  # 5 answers with messages + the 503
+    # the cursor protocol: no cursor first, then cursor + epoch of the last answer
+    assert out["requests"][0] == "GET /channels/ch0?timeout=1 HTTP/1.1"
+    assert out["requests"][1] == "GET /channels/ch0?timeout=1&cursor=5&epoch=e1 HTTP/1.1"
+    assert out["requests"][6] == "GET /channels/ch0?timeout=1&cursor=1&epoch=e2 HTTP/1.1"
+    assert out["clock"].startswith("kernel")
