@@ -11,14 +11,11 @@ import gc
 
 from locust import events
 
-from loadtests import compat
 from loadtests.metrics import MetricsPlumbing
 from loadtests.options import parse_connection_mode, parse_weights
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
-
-compat.apply()  # keep-alive above fd 1024 (see loadtests/compat.py)
 
 
 @events.init_command_line_parser.add_listener

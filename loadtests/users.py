@@ -170,6 +170,9 @@ class ChannelSubscriber(PollbenchUser):
     weight = 10
     NAME = "/channels/[name]"
     NAME_TIMEOUT = "/channels/[name] (204 timeout)"
+    # Polls per Locust task: Locust's task loop (pick a task, check the user's state, sleep(0)
+    # through the hub) costs about as much as a poll; bounded so Locust still stops users.
+    POLLS_PER_TASK = 20
 
     def on_start(self) -> None:
         super().on_start()
@@ -181,7 +184,12 @@ class ChannelSubscriber(PollbenchUser):
         self.last_receipt: float | None = None
 
     @task
+    def poll_channel(self) -> None:
+        for _ in range(self.POLLS_PER_TASK):
+            self.poll()
+
     def poll(self) -> None:
+        """One long poll by cursor, and what its answer delivered."""
         target = f"{self.path}?timeout={self.poll_timeout:g}"
         if self.cursor is not None:
             target += f"&cursor={self.cursor}&epoch={self.epoch}"
