@@ -2,7 +2,7 @@
 
     python benchmarks/scale_subscribers.py --users 5000 10000 [--seconds 60] [--workers 0]
 
-For each count: ``pollbench run --scenario channels --profile longpoll`` holds
+For each count: ``pollbench run --scenario channels --profile scale`` holds
 that many subscribers for ``--seconds`` after they are all spawned, publishing
 on a fixed schedule.  Prints, per count: failures, lost and duplicate messages,
 delivery latency p50/p99 (lossless), CPU per component, peak fds and
@@ -112,7 +112,7 @@ def main() -> int:
     ap.add_argument("--spawn-seconds", type=float, default=15)
     ap.add_argument("--channels", type=int, default=10)
     ap.add_argument("--publish-rate", type=float, default=2.0, help="messages/s, all channels")
-    ap.add_argument("--profile", default="longpoll")
+    ap.add_argument("--profile", default="scale")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--backend-port", type=int, default=8000)
