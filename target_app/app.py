@@ -213,6 +213,7 @@ class Service:
                 "pause_max_ms": round(s.gc_pause_max_ms, 3),
                 "pause_total_ms": round(s.gc_pause_total_ms, 3),
                 "frozen_objects": gc.get_freeze_count(),
+                "thresholds": list(gc.get_threshold()),
             },
             "config": asdict(self.config),
         }
