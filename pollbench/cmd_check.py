@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pollbench.errors import RunFailed, UserError
+from pollbench.errors import RunFailed, UserError, check_number
 from pollbench.loadgen import LoadSpec
 from pollbench.rundir import RESULTS_DIR, new_run_dir, write_json_atomic
 from pollbench.stack import StackSpec
@@ -159,6 +159,7 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
 
     if repeat < 1 or repeat > 50:
         raise UserError(f"--repeat must be from 1 to 50 (it is {repeat})")
+    check_number("--delivery-delay-ms", delivery_delay_ms, 0, 60_000)
     if force and not update:
         raise UserError("--force goes with --update-baseline")
     try:

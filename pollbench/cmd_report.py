@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pollbench.errors import UserError
+from pollbench.errors import UserError, check_number
 from pollbench.rundir import new_run_dir
 
 
@@ -65,8 +65,8 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
         if any(c.get("rank_group") for c in m["cells"]):
             rank["rank_within"] = run_labels(m, "rank_group")
         warmup = m["warmup_s"] if warmup is None else warmup
-    if warmup is not None and warmup < 0:
-        raise UserError("--warmup must be 0 or more seconds")
+    if warmup is not None:
+        check_number("--warmup", warmup, 0)
     try:
         if len(runs) == 1:
             from analysis.report import write_run_report

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.options import parse_connection_mode
-from pollbench.errors import UserError
+from pollbench.errors import UserError, check_number
 
 LOADTESTS = Path(__file__).resolve().parent.parent / "loadtests"
 LOCUSTFILE = LOADTESTS / "locustfile.py"
@@ -21,6 +21,11 @@ SCENARIOS = {
 }
 MIX_ALIASES = {"subscriber": "ChannelSubscriber", "tasks": "TaskPoller", "poller": "TaskPoller"}
 SHAPES = ("constant", "ramp", "steps", "spike", "soak")  # loadtests/shapes.py STAGES
+# Bounds of a load: beyond them a run is a typo, not a benchmark (100,000 users need 5
+# Locust processes at this machine's 20,000 descriptors each; a week is the longest soak).
+MAX_USERS = 100_000
+MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_PUBLISH_RATE = 100_000.0
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 
 
@@ -85,8 +90,11 @@ class LoadSpec:
             parse_mix(self.mix)
         if self.users < 1:
             raise UserError(f"--users must be 1 or more (it is {self.users})")
-        if self.spawn_rate is not None and self.spawn_rate <= 0:
-            raise UserError(f"--spawn-rate must be more than 0 (it is {self.spawn_rate:g})")
+        check_number("--users", self.users, 1, MAX_USERS)
+        if self.spawn_rate is not None:
+            check_number("--spawn-rate", self.spawn_rate, 0, MAX_USERS, above=True)
+        check_number("--duration", self.duration_s, 0, MAX_DURATION_S, above=True)
+        check_number("--publish-rate", self.publish_rate, 0, MAX_PUBLISH_RATE)
         if self.shape not in SHAPES:
             raise UserError(f"unknown shape {self.shape!r}; choose one of {', '.join(SHAPES)}")
         if self.workers < 0 or self.workers > 64:
@@ -97,8 +105,7 @@ class LoadSpec:
             raise UserError(f"--connection: {e}") from None
         if self.channels < 1:
             raise UserError(f"--channels must be 1 or more (it is {self.channels})")
-        if self.publish_rate < 0:
-            raise UserError("--publish-rate must be 0 or more")
+        check_number("--poll-timeout", self.poll_timeout_s, 0, max_hold_s)
         if not 0 <= self.poll_timeout_s <= max_hold_s:
             raise UserError(f"--poll-timeout must be from 0 to the backends' --max-hold "
                             f"({max_hold_s:g} s)")

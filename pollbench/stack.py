@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pollbench import nginx_config
-from pollbench.errors import RunFailed, UserError
+from pollbench.errors import RunFailed, UserError, check_number
 from pollbench.processes import Child, ChildGroup, spawn, wait_until
 from target_app.app import AppConfig
 from target_app.server import LOOPS, ConfigError, check_config
@@ -148,6 +148,8 @@ class StackSpec:
         """Every check that needs no process.  Returns the validated nginx settings."""
         if self.loop not in LOOPS:
             raise UserError(f"unknown --loop {self.loop!r}; choose one of {', '.join(LOOPS)}")
+        check_number("--max-hold", self.max_hold_s, 0, 3600, above=True)
+        check_number("--delivery-delay-ms", self.delivery_delay_ms, 0, 60_000)
         settings = self.settings()
         for what, port in (("--port", self.port), ("--backend-port", self.backend_port)):
             if not 1024 <= port <= 65535:

@@ -33,6 +33,13 @@ def test_existing_baseline_is_not_overwritten_without_force(tmp_path):
     assert base.read_text() == "{}"
 
 
+def test_negative_or_nan_injected_delay_is_refused(tmp_path):
+    for bad in ("-5", "nan"):
+        proc = check("--baseline", tmp_path / "none.json", "--delivery-delay-ms", bad)
+        assert proc.returncode == 2
+        assert "--delivery-delay-ms must be a finite number from 0 to 60000" in proc.stderr
+
+
 def test_force_alone_is_refused(tmp_path):
     proc = check("--baseline", tmp_path / "x.json", "--force")
     assert proc.returncode == 2 and "goes with --update-baseline" in proc.stderr

@@ -41,3 +41,13 @@ def test_not_a_run_folder_is_a_one_line_error(tmp_path):
     proc = report(tmp_path / "empty")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no run.json" in proc.stderr
+
+
+def test_warmup_that_is_not_a_finite_number_is_refused_and_writes_nothing(tmp_path):
+    run = make_run(tmp_path / "run", delivery_ms=np.arange(1, 101) / 10)
+    for bad in ("nan", "inf", "-1"):
+        proc = report(run, "--warmup", bad)
+        assert proc.returncode == 2 and "--warmup must be a finite number, 0 or more" in \
+            proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0
+    assert not (run / "report").exists()  # a refused report leaves no folder to block the next

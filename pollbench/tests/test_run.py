@@ -145,6 +145,13 @@ def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
     (["--cpus", "0/0"], "share CPU 0"),
     (["--cpus", "0/4096"], "CPU 4096 is not available"),
     (["--cpus", "a/1"], "not a CPU list"),
+    (["--publish-rate", "nan"], "--publish-rate must be a finite number from 0 to 100000 (it is nan)"),
+    (["--spawn-rate", "inf"], "--spawn-rate must be a finite number above 0"),
+    (["--spawn-rate", "nan"], "--spawn-rate must be a finite number above 0"),
+    (["--users", "1000000000"], "--users must be a finite number from 1 to 100000"),
+    (["--max-hold", "nan"], "--max-hold must be a finite number above 0"),
+    (["--max-hold", "-1"], "--max-hold must be a finite number above 0"),
+    (["--poll-timeout", "nan"], "--poll-timeout must be a finite number"),
 ])
 def test_bad_arguments_fail_at_once_and_start_nothing(tmp_path, args, words):
     t0 = time.monotonic()
