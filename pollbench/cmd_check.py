@@ -162,6 +162,9 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     check_number("--delivery-delay-ms", delivery_delay_ms, 0, 60_000)
     if force and not update:
         raise UserError("--force goes with --update-baseline")
+    if baseline_ref is not None and update:
+        raise UserError("--baseline-ref reruns a revision as the baseline; it does not "
+                        "go with --update-baseline")
     try:
         limits = read_thresholds(thresholds)
     except ThresholdsError as e:
@@ -181,9 +184,6 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
         print(f"baseline written: {baseline} ({repeat} repetitions)")
         return 0
     if baseline_ref is not None:
-        if update:
-            raise UserError("--baseline-ref reruns a revision as the baseline; it does not "
-                            "go with --update-baseline")
         base_runs, candidate = run_interleaved(baseline_ref, repeat, port, backend_port,
                                                delivery_delay_ms)
         return _verdict(base_runs, candidate, limits, fmt, output,

@@ -46,7 +46,13 @@ def expand(paths: list[Path]) -> list[Path]:
         if not inner:
             raise UserError(f"{p} is not a run folder (no run.json) and holds none")
         runs.extend(inner)
-    return runs
+    seen: set[Path] = set()
+    unique = []
+    for run in runs:  # a run named twice (or alone and inside its folder) counts once
+        if run.resolve() not in seen:
+            seen.add(run.resolve())
+            unique.append(run)
+    return unique
 
 
 def report(paths: list[Path], out: Path | None = None, warmup: float | None = None,

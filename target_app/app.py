@@ -369,6 +369,14 @@ class TaskHandler(BaseHandler):
 
 
 class ChannelHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        if self.path_args[0] in (".", ".."):
+            # nginx routes by the normalised URI, in which these segments vanish: their
+            # publishes and polls would hash to different backends and lose messages.
+            raise JsonError(400, f"channel name {self.path_args[0]!r} is refused: nginx "
+                                 "normalises '.' and '..' away before routing; choose another")
+
     def post(self, name: str) -> None:
         body = self.request.body
         self.json_body()  # validates size and syntax; the bytes are kept verbatim

@@ -40,6 +40,12 @@ def test_negative_or_nan_injected_delay_is_refused(tmp_path):
         assert "--delivery-delay-ms must be a finite number from 0 to 60000" in proc.stderr
 
 
+def test_baseline_ref_with_update_baseline_is_refused(tmp_path):
+    proc = check("--baseline", tmp_path / "new.json", "--update-baseline", "--baseline-ref", "HEAD")
+    assert proc.returncode == 2 and "does not go with --update-baseline" in proc.stderr
+    assert not (tmp_path / "new.json").exists()
+
+
 def test_force_alone_is_refused(tmp_path):
     proc = check("--baseline", tmp_path / "x.json", "--force")
     assert proc.returncode == 2 and "goes with --update-baseline" in proc.stderr

@@ -51,3 +51,11 @@ def test_warmup_that_is_not_a_finite_number_is_refused_and_writes_nothing(tmp_pa
             proc.stderr, proc.stderr
         assert proc.stderr.strip().count("\n") == 0
     assert not (run / "report").exists()  # a refused report leaves no folder to block the next
+
+
+def test_a_run_named_twice_counts_once(tmp_path):
+    run = make_run(tmp_path / "run", delivery_ms=np.arange(1, 101) / 10)
+    proc = report(run, run, "--out", tmp_path / "twice")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "twice" / "summary.json").read_text())
+    assert "cells" not in summary and "metrics" in summary  # one run's report, not a comparison

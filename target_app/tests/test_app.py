@@ -199,6 +199,15 @@ class TestLimitsAndBadInput(TargetCase):
         assert (await self.call("GET", "/healthz"))[0] == 200
 
     @gen_test(timeout=10)
+    async def test_names_nginx_would_normalise_away_are_refused(self):
+        for method, path in (("GET", "/channels/..?timeout=0"), ("GET", "/channels/.?timeout=0"),
+                             ("POST", "/channels/.."), ("POST", "/channels/.")):
+            code, data, _ = await self.call(method, path, {"x": 1} if method == "POST" else None)
+            assert code == 400 and "normalises" in data["error"], (method, path, code, data)
+        code, data, _ = await self.call("POST", "/channels/a..b", {"x": 1})
+        assert code == 201  # dots inside a name are fine
+
+    @gen_test(timeout=10)
     async def test_waiter_limit_gives_503(self):
         polls = [asyncio.ensure_future(self.call("GET", "/channels/w?timeout=2&cursor=0"))
                  for _ in range(3)]
