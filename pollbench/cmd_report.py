@@ -8,6 +8,7 @@ Reports are never written over an existing one: choose ``--out`` or remove it.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from pollbench.errors import UserError, check_number
@@ -73,6 +74,7 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
         warmup = m["warmup_s"] if warmup is None else warmup
     if warmup is not None:
         check_number("--warmup", warmup, 0)
+    target = None
     try:
         if len(runs) == 1:
             from analysis.report import write_run_report
@@ -93,6 +95,9 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
             target = new_run_dir("compare", out)
             paths_written = write_comparison(runs, target, warmup, **rank)
     except AnalysisError as e:
+        if target is not None and target.is_dir():
+            # nothing usable was written; left behind, the folder would block the next report
+            shutil.rmtree(target)
         raise UserError(str(e)) from None
     if not quiet:
         for kind, path in paths_written.items():

@@ -59,3 +59,14 @@ def test_a_run_named_twice_counts_once(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "twice" / "summary.json").read_text())
     assert "cells" not in summary and "metrics" in summary  # one run's report, not a comparison
+
+
+def test_corrupt_run_json_leaves_no_report_folder_to_block_the_next(tmp_path):
+    run = make_run(tmp_path / "run", delivery_ms=np.arange(1, 101) / 10)
+    good = (run / "run.json").read_text()
+    (run / "run.json").write_text("{not json")
+    proc = report(run)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not (run / "report").exists()
+    (run / "run.json").write_text(good)  # mended: the next report is not blocked
+    assert report(run).returncode == 0
