@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from analysis.hdr import read_counters, read_hdr_log
 
@@ -86,7 +87,25 @@ def read_info(path: Path) -> dict:
     for key in ("started_at", "parameters", "stack"):
         if key not in info:
             raise AnalysisError(f"{run_json} lacks {key!r}; the run folder is damaged")
+    if info.get("status") == "running" and _writer_gone(info.get("writer")):
+        # Killed (kill -9, power loss) before it could record its end: say so, not "running".
+        info["status"], info["complete"] = "crashed", False
+        info["exit"] = {"code": None, "reason": "crashed: the pollbench process that wrote "
+                        "this run is gone and never recorded an end"}
     return info
+
+
+def _writer_gone(writer: dict | None) -> bool:
+    """Is the process that wrote run.json gone?  (Its pid and start time, against pid reuse.)"""
+    if not isinstance(writer, dict) or "pid" not in writer:
+        return False  # not recorded: cannot tell
+    try:
+        started = psutil.Process(writer["pid"]).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    return abs(started - writer.get("started_at", started)) > 1.0
 
 
 def _read_optional(path: Path, reader, what: str, notes: list[str], columns: list[str]):

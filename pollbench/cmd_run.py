@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 from pollbench import nginx_config
 from pollbench.errors import RunFailed, UserError
@@ -124,6 +127,8 @@ class Progress:
 def base_record(kind: str, spec: StackSpec, load: LoadSpec, settings: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION, "kind": kind, "status": STATUS_RUNNING,
+        # who writes the end: a reader finding "running" with this process gone says "crashed"
+        "writer": {"pid": os.getpid(), "started_at": psutil.Process().create_time()},
         "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
         "parameters": {
             "scenario": load.mix and f"mix:{load.mix}" or load.scenario,

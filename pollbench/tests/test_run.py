@@ -132,6 +132,27 @@ def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
     assert (out / "logs" / "locust.log").exists() and (out / "logs" / "backend-0.log").exists()
 
 
+def test_killed_run_reads_as_crashed_not_running(tmp_path):
+    port, backend_port = free_stack_ports()
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
+                      "--out", str(out), "--users", "10", "--duration", "60s"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not (out / "metrics" / "progress.json").exists():
+        time.sleep(0.2)
+    proc.kill()  # kill -9: pollbench cannot record its end
+    proc.wait(10)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "running"  # what it wrote last
+    rep = subprocess.run(pollbench_cmd("report", str(out)), capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    summary = (out / "report" / "summary.md").read_text()
+    assert "status: **crashed**" in summary and "running" not in summary
+
+
 @pytest.mark.parametrize("args,words", [
     (["--scenario", "nope"], "invalid choice: 'nope'"),
     (["--profile", "nope"], "unknown profile 'nope'"),
