@@ -79,14 +79,14 @@ class Recorder:
 
 
 class LocustRows:
-    """Successful requests and deliveries for Locust's stats, batched per flush.
+    """Successful requests and deliveries for Locust's stats, batched.
 
     Firing ``events.request`` per request runs every listener and updates two of
     Locust's StatsEntry objects each time.  Here a success is logged into a
     private StatsEntry (Locust's own class, so its rounding and per-second counts
-    are Locust's) and :meth:`merge`, called every flush, extends the
+    are Locust's) and :meth:`merge`, called 4 times a second, extends the
     environment's row and total with it: the web UI, the CSVs and the worker
-    reports show the same rows, at most one flush later.
+    reports show the same rows, at most a quarter of a second later.
     """
 
     def __init__(self, stats) -> None:
