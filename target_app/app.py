@@ -233,6 +233,11 @@ class JsonError(tornado.web.HTTPError):
         self.message = message
 
 
+def _refuse_constant(name: str):
+    """NaN and Infinity are not JSON (RFC 8259); Python would accept them and serve them back."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 class BaseHandler(tornado.web.RequestHandler):
     service: Service
 
@@ -280,9 +285,11 @@ class BaseHandler(tornado.web.RequestHandler):
         if not body.strip():
             return {}
         try:
-            value = json.loads(body)
+            value = json.loads(body, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as e:
             raise JsonError(400, f"body is not valid JSON: {e}") from None
+        except RecursionError:  # thousands of nested brackets: Python's parser gives up
+            raise JsonError(400, "body is not valid JSON: nested too deeply") from None
         return value
 
     def hold_timeout(self) -> float:

@@ -45,6 +45,17 @@ class TargetCase(AsyncHTTPTestCase):
         return self.service.snapshot()
 
 
+class TestDeepJson(TargetCase):
+    config = AppConfig(max_body_bytes=65536)  # the default limit: room for 5,000 brackets
+
+    @gen_test(timeout=10)
+    async def test_deeply_nested_body_is_a_json_400_not_a_500(self):
+        for path in ("/channels/deep", "/tasks"):
+            code, data, _ = await self.call("POST", path, b"[" * 5000 + b"]" * 5000)
+            assert code == 400 and "nested too deeply" in data["error"], (path, code, data)
+        assert (await self.call("GET", "/healthz"))[0] == 200
+
+
 class TestTasks(TargetCase):
     @gen_test(timeout=10)
     async def test_task_lifecycle_202_then_result_with_server_timestamps(self):
@@ -182,6 +193,8 @@ class TestLimitsAndBadInput(TargetCase):
             ("POST", "/tasks", b"x" * 2000, 413, "over the limit"),
             ("POST", "/channels/ok", b"{bad", 400, "not valid JSON"),
             ("POST", "/channels/ok", b"[" * 1500, 413, "over the limit"),
+            ("POST", "/channels/ok", b'{"v": NaN}', 400, "NaN is not a JSON value"),
+            ("POST", "/tasks", b'{"duration_ms": Infinity}', 400, "Infinity is not a JSON"),
             ("GET", "/channels/ok?cursor=abc", None, 400, "cursor"),
             ("GET", "/channels/ok?cursor=-3", None, 400, "cursor"),
             ("GET", "/channels/ok?timeout=-1", None, 400, "timeout"),
