@@ -238,6 +238,26 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _write_json_error(handler: tornado.web.RequestHandler, status_code: int, **kwargs) -> None:
+    """Every error as the API's JSON body, never Tornado's HTML page."""
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    if isinstance(exc, JsonError):
+        message = exc.message
+    elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+        message = exc.log_message % exc.args if exc.args else exc.log_message
+    else:
+        message = handler._reason
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps({"error": message, "status": status_code}))
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """The static folder; its errors (403 outside the folder, 404) in JSON like the API's."""
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        _write_json_error(self, status_code, **kwargs)
+
+
 class BaseHandler(tornado.web.RequestHandler):
     service: Service
 
@@ -251,15 +271,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return None
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, JsonError):
-            message = exc.message
-        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        else:
-            message = self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": message, "status": status_code}))
+        _write_json_error(self, status_code, **kwargs)
 
     def on_finish(self) -> None:
         counts = self.service.stats.responses_by_status
@@ -492,9 +504,10 @@ def make_app(config: AppConfig | None = None) -> tornado.web.Application:
             (rf"/channels/({_CHANNEL_NAME})", ChannelHandler, args),
             (r"/healthz", HealthHandler, args),
             (r"/stats", StatsHandler, args),
-            (r"/(favicon\.ico|robots\.txt)", tornado.web.StaticFileHandler, {"path": STATIC_PATH}),
+            (r"/(favicon\.ico|robots\.txt)", StaticHandler, {"path": STATIC_PATH}),
         ],
         static_path=str(STATIC_PATH),
+        static_handler_class=StaticHandler,
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
         log_function=_no_request_log,

@@ -201,6 +201,8 @@ class TestLimitsAndBadInput(TargetCase):
             ("GET", "/channels/ok?timeout=nan", None, 400, "timeout"),
             ("GET", "/channels/ok?timeout=soon", None, 400, "timeout"),
             ("GET", "/channels/bad%20name", None, 404, "no such resource"),
+            ("GET", "/static/..%2fapp.py", None, 403, "not in root static directory"),
+            ("GET", "/static/nope.css", None, 404, "Not Found"),
             ("GET", "/tasks/zz", None, 404, "no such resource"),
             ("DELETE", "/tasks", None, 405, ""),
         ]
