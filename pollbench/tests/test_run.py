@@ -109,18 +109,22 @@ def test_connection_close_makes_exactly_one_request_per_connection(tmp_path):
     assert (df["connection_requests"] == 1).all()
 
 
-def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
+def start_run_until_progress(out, users: int) -> subprocess.Popen:
+    """A 60-s ``pollbench run`` in the background, returned once Locust reports progress."""
     port, backend_port = free_stack_ports()
-    out = tmp_path / "interrupted"
     proc = subprocess.Popen(
         pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
-                      "--out", str(out), "--users", "20", "--duration", "60s"),
+                      "--out", str(out), "--users", str(users), "--duration", "60s"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:  # wait until Locust is producing progress
-        if (out / "metrics" / "progress.json").exists():
-            break
+    while time.monotonic() < deadline and not (out / "metrics" / "progress.json").exists():
         time.sleep(0.2)
+    return proc
+
+
+def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = start_run_until_progress(out, users=20)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
@@ -133,17 +137,10 @@ def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
 
 
 def test_killed_run_reads_as_crashed_not_running(tmp_path):
-    port, backend_port = free_stack_ports()
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
-                      "--out", str(out), "--users", "10", "--duration", "60s"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and not (out / "metrics" / "progress.json").exists():
-        time.sleep(0.2)
+    proc = start_run_until_progress(out, users=10)
     proc.kill()  # kill -9: pollbench cannot record its end
-    proc.wait(10)
+    proc.communicate(timeout=10)
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "running"  # what it wrote last
     rep = subprocess.run(pollbench_cmd("report", str(out)), capture_output=True, text=True,
