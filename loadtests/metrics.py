@@ -220,14 +220,6 @@ class MetricsPlumbing:
             gevent.sleep(FLUSH_INTERVAL_S / ROWS_MERGES_PER_FLUSH)
             self.flush()
 
-    @property
-    def clock(self) -> str:
-        return self.recorder.clock
-
-    @clock.setter
-    def clock(self, value: str) -> None:
-        self.recorder.clock = value
-
     def flush(self) -> None:
         self.rows.merge()
         payload = self.recorder.cut()

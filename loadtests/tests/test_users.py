@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent('''
     rows = {f"{e.method} {e.name}": [e.num_requests, e.num_failures]
             for e in env.stats.entries.values()}
     print(json.dumps({"counters": counters, "rows": rows, "requests": requests,
-                      "total": env.stats.total.num_requests, "clock": plumbing.clock}))
+                      "total": env.stats.total.num_requests, "clock": plumbing.recorder.clock}))
 ''')
 
 
