@@ -26,11 +26,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from analysis.atomic import write_atomic  # noqa: E402
 from analysis.charts import plain_ticks, spectrum_axis, spectrum_x  # noqa: E402
 from analysis.figures import Figures, compute, spectrum  # noqa: E402
 from analysis.hdr import new_histogram  # noqa: E402
 from analysis.load import AnalysisError, load_run  # noqa: E402
-from pollbench.rundir import write_atomic  # noqa: E402
 
 # Settings that never describe a configuration (they differ between any two runs).
 IGNORED_KEYS = {"stack.port", "stack.backend_ports", "parameters.user_classes"}

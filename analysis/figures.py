@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
+from analysis import catalog
 from analysis.hdr import new_histogram, percentiles_us, summary_ms
 from analysis.load import RunData
 
@@ -183,9 +184,11 @@ def measured_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
             if g in ("nginx", "backends", "loadgen")}
 
 
-def _m(value, unit: str, better: str, description: str) -> dict:
+def _m(name: str, value) -> dict:
+    """A summary figure: its value with the catalog's unit, direction and description."""
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         value = None
+    unit, better, description = catalog.describe(name)
     return {"value": value, "unit": unit, "better": better, "description": description}
 
 
@@ -215,42 +218,35 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
 
     fam = {k: summary_ms(f.total) for k, f in families.items()}
     metrics = {}
-    for fam_name, prefix, what in (("deliveries", "delivery_latency", "publish -> receipt"),
-                                   ("requests", "request_latency", "plain (non-poll) requests"),
-                                   ("tasks", "task_turnaround", "task submit -> result"),
-                                   ("task_overhead", "task_overhead", "turnaround - duration"),
-                                   ("repoll_gap", "repoll_gap", "response -> next poll"),
-                                   ("publish_lag", "publish_lag", "publish lateness vs schedule")):
+    for fam_name, prefix in (("deliveries", "delivery_latency"), ("requests", "request_latency"),
+                             ("tasks", "task_turnaround"), ("task_overhead", "task_overhead"),
+                             ("repoll_gap", "repoll_gap"), ("publish_lag", "publish_lag")):
         s = fam[fam_name]
         if s["count"]:
-            for q in ("p50", "p95", "p99", "p99_9", "max", "mean"):
-                metrics[f"{prefix}_{q}"] = _m(s[q], "ms", "lower", f"{what}, {q}")
-            metrics[f"{prefix}_count"] = _m(s["count"], "count", "higher", f"{what}, samples")
-    metrics["throughput_requests"] = _m(requests / measured_s, "requests/s", "higher",
-                                        "HTTP requests completed per second")
-    metrics["throughput_deliveries"] = _m(totals.get("delivered", 0) / measured_s, "messages/s",
-                                          "higher", "messages delivered per second")
-    metrics["error_rate"] = _m(n_errors / (requests + n_errors) if requests + n_errors else 0.0,
-                               "fraction", "lower", "failed requests / all requests")
-    metrics["errors"] = _m(n_errors, "count", "lower", "failed requests")
+            for q in catalog.QUANTILES:
+                metrics[f"{prefix}_{q}"] = _m(f"{prefix}_{q}", s[q])
+            metrics[f"{prefix}_count"] = _m(f"{prefix}_count", s["count"])
+    metrics["throughput_requests"] = _m("throughput_requests", requests / measured_s)
+    metrics["throughput_deliveries"] = _m("throughput_deliveries",
+                                          totals.get("delivered", 0) / measured_s)
+    metrics["error_rate"] = _m("error_rate", n_errors / (requests + n_errors)
+                               if requests + n_errors else 0.0)
+    metrics["errors"] = _m("errors", n_errors)
     lost = all_totals.get("lost_dropped", 0) + all_totals.get("lost_silent", 0)
-    metrics["lost_messages"] = _m(lost, "count", "lower", "messages a subscriber never got")
-    metrics["duplicate_messages"] = _m(all_totals.get("duplicate", 0), "count", "lower",
-                                       "messages delivered twice")
-    metrics["epoch_changes"] = _m(all_totals.get("epoch_changes", 0), "count", "lower",
-                                  "channel state lost (backend restart)")
+    metrics["lost_messages"] = _m("lost_messages", lost)
+    metrics["duplicate_messages"] = _m("duplicate_messages", all_totals.get("duplicate", 0))
+    metrics["epoch_changes"] = _m("epoch_changes", all_totals.get("epoch_changes", 0))
     if creuse:
-        metrics["requests_per_connection_client"] = _m(
-            creuse["mean"], "requests/connection", "higher", "client -> nginx reuse")
+        metrics["requests_per_connection_client"] = _m("requests_per_connection_client",
+                                                       creuse["mean"])
     if breuse:
-        metrics["requests_per_connection_upstream"] = _m(
-            breuse["mean"], "requests/connection", "higher", "nginx -> backend reuse")
+        metrics["requests_per_connection_upstream"] = _m("requests_per_connection_upstream",
+                                                         breuse["mean"])
     for comp, share in measured_cpu(run, warmup).items():
-        metrics[f"cpu_percent_{comp}"] = _m(share, "% of a core", "lower",
-                                            f"mean CPU of {comp} after the warm-up")
+        metrics[f"cpu_percent_{comp}"] = _m(f"cpu_percent_{comp}", share)
     cpu = info.get("cpu", {})
     for comp, secs in sorted(cpu.get("cpu_seconds", {}).items()):
-        metrics[f"cpu_seconds_{comp}"] = _m(secs, "cpu-s", "lower", f"CPU time of {comp}")
+        metrics[f"cpu_seconds_{comp}"] = _m(f"cpu_seconds_{comp}", secs)
 
     windows = {}
     for fam_name, prefix in (("deliveries", "delivery_latency"), ("requests", "request_latency"),

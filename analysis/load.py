@@ -18,18 +18,16 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from analysis import catalog
 from analysis.hdr import read_counters, read_hdr_log
 
-# History of run.json's schema_version (kept in step with pollbench.runinfo):
-#   1: first version.
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_SCHEMA_VERSIONS = catalog.SUPPORTED_RUN_SCHEMA_VERSIONS
 
-FILES = {
-    "hdr": "metrics/latency.hdr.jsonl", "counters": "metrics/counters.jsonl",
-    "history": "locust/locust_stats_history.csv", "access": "nginx/logs/access.jsonl",
-    "stub_status": "samples/stub_status.csv", "processes": "samples/processes.csv",
-    "backend_stats": "samples/backend_stats.jsonl",
-}
+# RunData field -> the run folder file it is read from
+FILES = {field: catalog.RUN_FILES[key] for field, key in (
+    ("hdr", "latency_hdr"), ("counters", "counters"), ("history", "locust_history"),
+    ("access", "nginx_access_log"), ("stub_status", "stub_status"),
+    ("processes", "processes"), ("backend_stats", "backend_stats"))}
 
 
 class AnalysisError(Exception):

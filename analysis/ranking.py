@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
+from analysis import catalog
 from analysis.verdict import (
     COMPARED_METRICS,
     DEFAULT_ALPHA,
@@ -79,9 +80,7 @@ def _note(summaries: list[dict]) -> str:
 
 
 def direction(metric: str) -> str:
-    if metric in COMPARED_METRICS:
-        return COMPARED_METRICS[metric][0]
-    return "higher" if metric.startswith(("throughput", "requests_per_connection")) else "lower"
+    return catalog.better(metric)
 
 
 def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALPHA

@@ -18,9 +18,9 @@ import jinja2
 import matplotlib.pyplot as plt
 
 from analysis import charts
+from analysis.atomic import write_atomic
 from analysis.figures import Figures, compute
 from analysis.load import load_run
-from pollbench.rundir import write_atomic
 
 HEADLINE = [
     ("delivery_latency_p50", "Delivery latency p50"), ("delivery_latency_p95", "Delivery p95"),

@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from scipy.stats import mannwhitneyu
+from analysis import catalog
 
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.05
@@ -38,19 +38,8 @@ MIN_SAMPLES = 4
 
 # metric -> (which way is better, summary window series usable as samples or None)
 COMPARED_METRICS: dict[str, tuple[str, str | None]] = {
-    "delivery_latency_p50": ("lower", "delivery_latency_p50"),
-    "delivery_latency_p95": ("lower", "delivery_latency_p95"),
-    "delivery_latency_p99": ("lower", "delivery_latency_p99"),
-    "request_latency_p95": ("lower", "request_latency_p95"),
-    "request_latency_p99": ("lower", "request_latency_p99"),
-    "task_turnaround_p99": ("lower", "task_turnaround_p99"),
-    "throughput_requests": ("higher", None),
-    "throughput_deliveries": ("higher", None),
-    "error_rate": ("lower", None),
-    "requests_per_connection_client": ("higher", None),
-    "requests_per_connection_upstream": ("higher", None),
-}
-GATE_METRICS = ("lost_messages", "duplicate_messages")
+    m: (catalog.better(m), series) for m, series in catalog.COMPARED.items()}
+GATE_METRICS = catalog.GATES
 
 OK, REGRESSION, IMPROVEMENT, INSUFFICIENT, NOT_MEASURED, GATE_FAILED, VOID = (
     "ok", "regression", "improvement", "insufficient data", "not measured", "gate failed",
@@ -159,6 +148,8 @@ def judge(metric: str, base: list[float], cand: list[float], better: str, thresh
     if len(set(base) | set(cand)) == 1:
         p = 1.0
     else:
+        from scipy.stats import mannwhitneyu  # here: scipy costs 0.4 s to import
+
         p = float(mannwhitneyu(base, cand, alternative="two-sided").pvalue)
     if p >= alpha:
         return Verdict(metric, OK, b, c, change, threshold, p, method, len(base), len(cand),
@@ -228,9 +219,9 @@ def exit_code(verdicts: list[Verdict]) -> int:
     its threshold that too few samples cannot decide.  A void measurement outranks all."""
     statuses = {v.status for v in verdicts}
     if VOID in statuses:
-        return 2
+        return catalog.EXIT_BROKEN
     if REGRESSION in statuses or GATE_FAILED in statuses:
-        return 1
+        return catalog.EXIT_REGRESSION
     if INSUFFICIENT in statuses:
-        return 2
-    return 0
+        return catalog.EXIT_BROKEN
+    return catalog.EXIT_OK

@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from analysis.hdr import merged, percentiles_ms, read_hdr_log  # noqa: E402
-from pollbench.loadgen import LoadSpec  # noqa: E402
-from pollbench.processes import Child, parse_cpu_placement, spawn  # noqa: E402
-from pollbench.stack import find_free_ports, get_json  # noqa: E402
+from pollbench.stack.loadgen import LoadSpec  # noqa: E402
+from pollbench.stack.net import find_free_ports, get_json  # noqa: E402
+from pollbench.stack.processes import Child, parse_cpu_placement, spawn  # noqa: E402
 
 
 def cpu_seconds(proc: psutil.Process) -> float:

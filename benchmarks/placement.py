@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pollbench.stack import find_free_ports  # noqa: E402
+from pollbench.stack.net import find_free_ports  # noqa: E402
 
 
 def one_run(out: Path, cpus: str | None, args) -> dict:

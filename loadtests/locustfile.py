@@ -12,7 +12,7 @@ import gc
 from locust import events
 
 from loadtests.metrics import MetricsPlumbing
-from loadtests.options import parse_connection_mode, parse_weights
+from loadtests.options import parse_connection_mode, parse_mix
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
@@ -57,6 +57,6 @@ def on_init(environment, **_kw) -> None:
     if opts is not None:
         parse_connection_mode(opts.pb_connection)  # fail at start, not in every user
         classes = {c.__name__: c for c in (ChannelSubscriber, TaskPoller)}
-        for name, weight in parse_weights(opts.pb_mix).items():
+        for name, weight in parse_mix(opts.pb_mix).items():
             classes[name].weight = weight
     environment.pollbench = MetricsPlumbing(environment, opts.pb_out if opts else None)

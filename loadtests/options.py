@@ -14,10 +14,23 @@ def parse_connection_mode(text: str) -> int:
     raise ValueError(f"connection mode must be keepalive, close or every:K (K >= 1), not {text!r}")
 
 
-def parse_weights(text: str) -> dict[str, int]:
-    """'ChannelSubscriber:9,TaskPoller:1' -> {'ChannelSubscriber': 9, 'TaskPoller': 1}."""
-    out = {}
-    for part in filter(None, text.split(",")):
-        name, _, weight = part.partition(":")
-        out[name] = int(weight)
-    return out
+MIX_ALIASES = {"subscriber": "ChannelSubscriber", "tasks": "TaskPoller", "poller": "TaskPoller"}
+MIXABLE = ("ChannelSubscriber", "TaskPoller")
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """'subscriber:9,tasks:1' (or the class names) -> {'ChannelSubscriber': 9, 'TaskPoller': 1}.
+
+    The one parser of ``--mix`` (pollbench) and ``--pb-mix`` (the locustfile); ValueError
+    says what is wrong.  An empty text is no mix."""
+    weights: dict[str, int] = {}
+    if not text.strip():
+        return weights
+    for part in text.split(","):
+        name, _, weight = part.strip().partition(":")
+        cls = MIX_ALIASES.get(name, name)
+        if cls not in MIXABLE or not weight.isdigit() or int(weight) < 1:
+            raise ValueError(f"{text!r}: use NAME:WEIGHT pairs with NAME subscriber or tasks "
+                             "and WEIGHT a whole number >= 1, e.g. subscriber:9,tasks:1")
+        weights[cls] = int(weight)
+    return weights

@@ -179,6 +179,6 @@ def test_interval_rates_spread_counts_over_the_bins_they_overlap():
 
 def test_the_analysis_reads_the_run_json_version_pollbench_writes():
     from analysis.load import SUPPORTED_SCHEMA_VERSIONS
-    from pollbench.runinfo import SCHEMA_VERSION
+    from analysis.catalog import RUN_SCHEMA_VERSION as SCHEMA_VERSION
 
     assert SCHEMA_VERSION in SUPPORTED_SCHEMA_VERSIONS

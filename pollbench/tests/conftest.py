@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pollbench.stack import find_free_ports
+from pollbench.stack.net import find_free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 

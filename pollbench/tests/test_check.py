@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from pollbench.cmd_check import ci_config
+from pollbench.actions.check import ci_config
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 
@@ -75,7 +75,7 @@ def test_unknown_baseline_ref_is_refused_before_running(tmp_path):
 
 
 def test_baseline_revision_is_exported_without_touching_the_checkout():
-    from pollbench.cmd_check import export_revision
+    from pollbench.actions.check import export_revision
 
     tree = export_revision("HEAD")
     try:

@@ -16,9 +16,9 @@ import urllib.request
 
 import pytest
 
-from pollbench import nginx_build
-from pollbench.stack import _opener, http_get
-from pollbench.sweep import check_cells, load_sweep
+from pollbench.actions.sweepfile import check_cells, load_sweep
+from pollbench.stack import nginx_build
+from pollbench.stack.net import _opener, http_get
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 

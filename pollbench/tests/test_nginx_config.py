@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from pollbench import nginx_config as nc
 from pollbench.errors import UserError
+from pollbench.stack import nginx_config as nc
 
 PORTS = [8000, 8001, 8002, 8003]
 
@@ -114,7 +114,7 @@ def test_every_shipped_profile_passes_nginx_t(profile, tmp_path):
 
 
 def test_profile_names_its_nginx_binary_and_children_inherit_it(tmp_path):
-    from pollbench.stack import StackSpec
+    from pollbench.stack.spec import StackSpec
 
     parent = tmp_path / "parent.toml"
     parent.write_text('extends = "seed"\nnginx_binary = "built"\n[nginx]\nuse = "poll"\n')

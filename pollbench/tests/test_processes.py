@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pollbench.processes import parse_cpu_list, parse_cpu_placement, spawn
+from pollbench.stack.processes import parse_cpu_list, parse_cpu_placement, spawn
 
 PRINT_AFFINITY = ("import os, subprocess, sys; print(sorted(os.sched_getaffinity(0)));"
                   "subprocess.run([sys.executable, '-c', "

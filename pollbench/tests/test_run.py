@@ -11,9 +11,9 @@ import pandas as pd
 import psutil
 import pytest
 
+from analysis.catalog import RUN_FILES as FILES
 from analysis.hdr import merged, read_hdr_log
-from pollbench.cmd_run import FILES
-from pollbench.runinfo import validate_run_json
+from pollbench.records.runinfo import validate_run_json
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 POLL_TIMEOUT_S = 2.0

@@ -13,8 +13,10 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from pollbench.errors import RunFailed, UserError
-from pollbench.processes import spawn
-from pollbench.stack import Stack, StackSpec, get_json, http_get
+from pollbench.stack.net import get_json, http_get
+from pollbench.stack.processes import spawn
+from pollbench.stack.spec import StackSpec
+from pollbench.stack.stack import Stack
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 SUBSCRIBERS = 200
@@ -164,13 +166,13 @@ def test_missing_nginx_says_how_to_install_it(tmp_path):
 
 def test_unknown_profile_and_bad_hold_are_refused():
     with pytest.raises(UserError, match="unknown profile"):
-        StackSpec(profile="fast").validate()
+        StackSpec(profile="fast").resolve()
     with pytest.raises(UserError, match="proxy_read_timeout"):
-        StackSpec(max_hold_s=250).validate(check_ports=False)
+        StackSpec(max_hold_s=250).resolve(check_ports=False)
 
 
 def test_backend_that_dies_at_start_reports_its_log_tail(tmp_path):
-    stack = Stack(StackSpec(), tmp_path)
+    stack = Stack(StackSpec().resolve(check_ports=False), tmp_path)
     child = spawn("backend-0", [sys.executable, "-c", "print('boom: cannot start'); exit(3)"],
                   tmp_path / "b.log")
     with pytest.raises(RunFailed) as e:

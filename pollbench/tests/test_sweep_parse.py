@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pollbench.cmd_sweep import cool_down, make_plan, time_wait_count
+from pollbench.actions.sweep import cool_down, make_plan, time_wait_count
+from pollbench.actions.sweepfile import SWEEPS_DIR, check_cells, load_sweep
 from pollbench.errors import UserError
-from pollbench.sweep import SWEEPS_DIR, check_cells, load_sweep
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 BASE = """

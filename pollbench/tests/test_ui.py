@@ -10,7 +10,7 @@ import subprocess
 import psutil
 import pytest
 
-from pollbench.stack import find_free_ports
+from pollbench.stack.net import find_free_ports
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from pollbench.stack import find_free_ports
+from pollbench.stack.net import find_free_ports
 
 
 def start(*args: str) -> tuple[subprocess.Popen, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from pollbench.stack import get_json, http_get
+from pollbench.stack.net import get_json, http_get
 
 SATURATION_CPU_PERCENT = 90.0  # of one core; Locust itself warns at 90 %
 SATURATION_SHARE = 0.2  # flagged when at least this share of samples is saturated

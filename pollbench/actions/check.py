@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.catalog import EXIT_OK
+from pollbench import paths
 from pollbench.errors import RunFailed, UserError, check_number
-from pollbench.loadgen import LoadSpec
-from pollbench.rundir import RESULTS_DIR, new_run_dir, write_json_atomic
-from pollbench.stack import StackSpec
+from pollbench.records.rundir import new_run_dir, write_atomic, write_json_atomic
+from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.spec import StackSpec
 
-DEFAULT_BASELINE = RESULTS_DIR / "baselines" / "ci.json"
 # The CI scenario: small enough for four repetitions in well under 5 minutes on 2 cores,
 # busy enough that delivery latency means something.
 CI_LOAD = dict(scenario="channels", users=100, spawn_rate=100.0, duration_s=30.0, channels=10,
@@ -31,30 +32,8 @@ CI_PROFILE = "keepalive"
 CI_WARMUP_S = 5.0
 
 
-def add_parser(sub) -> None:
-    from analysis.verdict_format import FORMATS
-
-    p = sub.add_parser("check", help="CI gate: run the CI scenario N times and compare with the "
-                       "committed baseline (exit 0/1/2)", description=__doc__)
-    p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE,
-                   help=f"baseline file (default {DEFAULT_BASELINE.relative_to(RESULTS_DIR.parent)})")
-    p.add_argument("--repeat", type=int, default=4,
-                   help="repetitions (4 is the fewest a Mann-Whitney test can decide on)")
-    p.add_argument("--thresholds", type=Path, default=None)
-    p.add_argument("--format", choices=sorted(FORMATS), default="text")
-    p.add_argument("--output", type=Path, default=None, help="verdict file (default stdout)")
-    p.add_argument("--update-baseline", action="store_true", help="record a new baseline")
-    p.add_argument("--force", action="store_true", help="with --update-baseline: overwrite")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--backend-port", type=int, default=8000)
-    p.add_argument("--delivery-delay-ms", type=float, default=0.0,
-                   help="inject a fixed delay into every delivery (to prove the gate works)")
-    p.add_argument("--baseline-ref", default=None, metavar="GIT_REF",
-                   help="interleave: rerun this git revision as the baseline, alternating with "
-                        "this checkout, and compare with those runs (cancels machine drift)")
-    p.set_defaults(func=lambda a: check(a.baseline, a.repeat, a.thresholds, a.format, a.output,
-                                       a.update_baseline, a.force, a.port, a.backend_port,
-                                       a.delivery_delay_ms, a.baseline_ref))
+def default_baseline() -> Path:
+    return paths.results_dir() / "baselines" / "ci.json"
 
 
 def ci_config(delivery_delay_ms: float = 0.0) -> dict:
@@ -70,12 +49,12 @@ def _summary(run_dir: Path) -> dict:
 
 
 def run_candidate(out: Path, port: int, backend_port: int, delivery_delay_ms: float) -> dict:
-    from pollbench.cmd_run import run
+    from pollbench.actions.run import run
 
     spec = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port,
                      delivery_delay_ms=delivery_delay_ms)
     code = run(spec, LoadSpec(**CI_LOAD), out=out, report=False)
-    if code != 0:
+    if code != EXIT_OK:
         raise RunFailed(f"{out.name} ended with code {code}")
     return _summary(out)
 
@@ -106,7 +85,7 @@ def export_revision(ref: str) -> Path:
     import subprocess
     import tempfile
 
-    repo = RESULTS_DIR.parent
+    repo = paths.repository()
     rev = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=repo,
                          capture_output=True, text=True)
     if rev.returncode != 0:
@@ -170,7 +149,7 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     except ThresholdsError as e:
         raise UserError(str(e)) from None
     config = ci_config(delivery_delay_ms)
-    StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port).validate()
+    StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port).resolve()
     if update:
         if baseline.exists() and not force:
             raise UserError(f"{baseline} exists; pass --force to replace the baseline")
@@ -182,7 +161,7 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
                                      "created_at": started, "config": config,
                                      "runs": summaries})
         print(f"baseline written: {baseline} ({repeat} repetitions)")
-        return 0
+        return EXIT_OK
     if baseline_ref is not None:
         base_runs, candidate = run_interleaved(baseline_ref, repeat, port, backend_port,
                                                delivery_delay_ms)
@@ -216,8 +195,6 @@ def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
     verdicts = compare(base_runs, candidate, limits)
     text = FORMATS[fmt](verdicts, base_name, cand_name)
     if output:
-        from pollbench.rundir import write_atomic
-
         write_atomic(output, text)
         print(f"verdict written to {output}")
     sys.stdout.write(text if not output or fmt == "text" else "")

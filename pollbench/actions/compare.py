@@ -1,10 +1,5 @@
-"""``pollbench compare BASELINE CANDIDATE``: did the candidate get worse?  Exit 0 / 1 / 2.
-
-Each side is a run folder, a folder of run folders (repetitions, a sweep cell),
-a run's ``summary.json``, or a baseline file written by ``pollbench check
---update-baseline``.  The rule (threshold AND Mann-Whitney significance), the
-absolute gates and the exit codes are defined in :mod:`analysis.verdict`.
-"""
+"""Verdicts (``pollbench compare``): each side's run summaries, compared by
+:mod:`analysis.verdict`; the exit code is the verdict's."""
 
 from __future__ import annotations
 
@@ -13,22 +8,7 @@ import sys
 from pathlib import Path
 
 from pollbench.errors import UserError
-
-
-def add_parser(sub) -> None:
-    from analysis.verdict_format import FORMATS
-
-    p = sub.add_parser("compare", help="compare a candidate with a baseline: exit 0 pass, "
-                       "1 regression, 2 broken/void", description=__doc__)
-    p.add_argument("baseline", type=Path)
-    p.add_argument("candidate", type=Path)
-    p.add_argument("--thresholds", type=Path, default=None,
-                   help="TOML: [defaults] threshold/alpha/error_rate_cap, [metrics.NAME] "
-                        "threshold (default 10 %% for every metric)")
-    p.add_argument("--format", choices=sorted(FORMATS), default="text")
-    p.add_argument("--output", type=Path, default=None, help="write here instead of stdout")
-    p.set_defaults(func=lambda a: compare_cmd(a.baseline, a.candidate, a.thresholds, a.format,
-                                              a.output))
+from pollbench.records.rundir import write_atomic
 
 
 def summaries_of(path: Path) -> list[dict]:
@@ -61,9 +41,10 @@ def summaries_of(path: Path) -> list[dict]:
         raise UserError(str(e)) from None
 
 
-def compare_cmd(baseline: Path, candidate: Path, thresholds: Path | None, fmt: str,
+def compare(baseline: Path, candidate: Path, thresholds: Path | None, fmt: str,
                 output: Path | None = None) -> int:
-    from analysis.verdict import ThresholdsError, compare, exit_code, read_thresholds
+    from analysis.verdict import ThresholdsError, exit_code, read_thresholds
+    from analysis.verdict import compare as judge_all
     from analysis.verdict_format import FORMATS
 
     try:
@@ -71,11 +52,9 @@ def compare_cmd(baseline: Path, candidate: Path, thresholds: Path | None, fmt: s
     except ThresholdsError as e:
         raise UserError(str(e)) from None
     base, cand = summaries_of(baseline), summaries_of(candidate)
-    verdicts = compare(base, cand, limits)
+    verdicts = judge_all(base, cand, limits)
     text = FORMATS[fmt](verdicts, str(baseline), str(candidate))
     if output:
-        from pollbench.rundir import write_atomic
-
         write_atomic(output, text)
     else:
         sys.stdout.write(text)

@@ -1,29 +1,21 @@
-"""``pollbench report RUN [RUN ...]``: charts and a self-contained report, for one run or a comparison.
-
-One run: ``RUN/report/`` gets report.html (images embedded, opens from disk),
-summary.md, summary.json and charts/*.png.  Several runs (or a folder holding
-run folders, such as a sweep): a comparison report in ``results/compare-<time>/``.
-Reports are never written over an existing one: choose ``--out`` or remove it.
-"""
+"""Reports (``pollbench report``): one run's report in ``RUN/report/``, or a comparison of
+several runs (a folder of runs, a sweep) in a new folder; never over an existing report."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+from analysis.catalog import EXIT_OK
 from pollbench.errors import UserError, check_number
-from pollbench.rundir import new_run_dir
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="charts and an HTML report of one run, or a comparison",
-                       description=__doc__)
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
-                   help="run folder(s), or a folder of run folders")
-    p.add_argument("--out", type=Path, default=None, help="report folder (must not exist)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds excluded at the start (default: the users' spawn time)")
-    p.set_defaults(func=lambda a: report(a.runs, a.out, a.warmup))
+from pollbench.records.manifest import (
+    MANIFEST,
+    completed_runs,
+    next_report_dir,
+    read_manifest,
+    run_labels,
+)
+from pollbench.records.rundir import new_run_dir
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -35,9 +27,7 @@ def expand(paths: list[Path]) -> list[Path]:
         if (p / "run.json").is_file():
             runs.append(p)
             continue
-        if (p / "manifest.json").is_file():  # a sweep: its completed runs only
-            from pollbench.cmd_sweep import completed_runs, read_manifest
-
+        if (p / MANIFEST).is_file():  # a sweep: its completed runs only
             done = completed_runs(p, read_manifest(p))
             if not done:
                 raise UserError(f"the sweep in {p} has no completed run yet")
@@ -62,9 +52,7 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
 
     runs = expand(paths)
     rank = {}
-    if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
-        from pollbench.cmd_sweep import read_manifest, run_labels
-
+    if len(paths) == 1 and (paths[0] / MANIFEST).is_file():
         m = read_manifest(paths[0])  # a sweep: its ranking, warm-up, name and cell names
         rank = {"rank_by": m["rank_by"], "title": f"pollbench sweep {m['name']}",
                 "rank_threshold": m["sweep"].get("rank_threshold", 0.05),
@@ -89,8 +77,6 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
             from analysis.compare_report import write_comparison
 
             if rank and out is None:  # a sweep's report stays in the sweep folder
-                from pollbench.cmd_sweep import next_report_dir
-
                 out = next_report_dir(paths[0])
             target = new_run_dir("compare", out)
             paths_written = write_comparison(runs, target, warmup, **rank)
@@ -102,4 +88,4 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
     if not quiet:
         for kind, path in paths_written.items():
             print(f"{kind:9} {path}")
-    return 0
+    return EXIT_OK

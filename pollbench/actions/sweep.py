@@ -1,4 +1,4 @@
-"""``pollbench sweep FILE``: run every cell of a sweep, repeated, then a ranked side-by-side report.
+"""Sweeps (``pollbench sweep FILE``): run every cell of a sweep, repeated, then a ranked side-by-side report.
 
     pollbench sweep upstream-keepalive          # a shipped sweep (sweeps/*.toml) or a file
     pollbench sweep my.toml --resume            # continue the newest unfinished sweep of my.toml
@@ -25,37 +25,32 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
+from analysis.catalog import EXIT_BROKEN, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED
+from pollbench import paths
+from pollbench.actions.sweepfile import Sweep, check_cells, load_sweep
 from pollbench.errors import RunFailed, UserError
-from pollbench.nginx_config import safe_path
-from pollbench.rundir import RESULTS_DIR, new_run_dir, write_json_atomic
-from pollbench.stack import port_free
-from pollbench.sweep import Sweep, check_cells, load_sweep
-
-MANIFEST = "manifest.json"
-PLANNED, RUNNING, COMPLETE, FAILED, INTERRUPTED = (
-    "planned", "running", "complete", "failed", "interrupted")
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="run a matrix of settings, repeated, and rank them in a "
-                       "side-by-side report", description=__doc__)
-    p.add_argument("sweep", metavar="FILE", help="a sweep .toml file, or the name of a shipped "
-                   "one in sweeps/")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the newest unfinished sweep of FILE (or --out DIR)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="sweep folder (new: must not exist; with --resume: the one to continue)")
-    p.add_argument("--check", action="store_true",
-                   help="only check the sweep (every cell, nginx -t) and print its plan")
-    p.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
-    p.add_argument("--backend-port", type=int, default=8000, help="first backend port")
-    p.set_defaults(func=lambda a: sweep_command(a.sweep, a.resume, a.out, a.check, a.port,
-                                                a.backend_port))
-
+from pollbench.records.manifest import (
+    COMPLETE,
+    FAILED,
+    INTERRUPTED,
+    MANIFEST,
+    PLANNED,
+    RUNNING,
+    completed_entries,
+    completed_runs,
+    next_report_dir,
+    read_manifest,
+    run_labels,
+    save,
+)
+from pollbench.records.rundir import new_run_dir
+from pollbench.stack.net import port_free
+from pollbench.stack.nginx_config import safe_path
 
 # -- sockets left in TIME_WAIT by the previous run -------------------------------------------
 
@@ -127,26 +122,10 @@ def new_manifest(sweep: Sweep, seed: int) -> dict:
     }
 
 
-def save(root: Path, manifest: dict) -> None:
-    manifest["updated_at"] = time.time()
-    write_json_atomic(root / MANIFEST, manifest)
-
-
-def read_manifest(root: Path) -> dict:
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{root / MANIFEST} is unreadable ({e}); it is not a sweep folder") \
-            from None
-    if manifest.get("kind") != "sweep" or manifest.get("schema_version") != 1:
-        raise UserError(f"{root / MANIFEST} is not a pollbench sweep manifest (schema_version 1)")
-    return manifest
-
-
 def find_unfinished(sweep: Sweep) -> Path:
     """The newest sweep folder under results/ of this sweep file that did not complete."""
     candidates = []
-    for manifest_path in RESULTS_DIR.glob(f"*-sweep-{sweep.name}*/{MANIFEST}"):
+    for manifest_path in paths.results_dir().glob(f"*-sweep-{sweep.name}*/{MANIFEST}"):
         try:
             m = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
@@ -155,26 +134,9 @@ def find_unfinished(sweep: Sweep) -> Path:
                 m.get("sweep_digest") == sweep.digest:
             candidates.append((m.get("created_at", 0), manifest_path.parent))
     if not candidates:
-        raise UserError(f"no unfinished sweep of {sweep.path} under {RESULTS_DIR}: start one "
+        raise UserError(f"no unfinished sweep of {sweep.path} under {paths.results_dir()}: start one "
                         f"without --resume, or pass --out DIR")
     return max(candidates)[1]
-
-
-def _completed(manifest: dict) -> list[dict]:
-    """The completed plan entries in cell order, repetitions in order."""
-    done = [e for e in manifest["plan"] if e["status"] == COMPLETE]
-    return sorted(done, key=lambda e: (e["cell"], e["repetition"]))
-
-
-def completed_runs(root: Path, manifest: dict) -> list[Path]:
-    return [root / e["run"] for e in _completed(manifest)]
-
-
-def run_labels(manifest: dict, key: str = "name") -> list[str]:
-    """The cell name (or ``key="rank_group"``: its ranking group) of each run of
-    :func:`completed_runs`, in the same order."""
-    names = {c["index"]: c.get(key, "") for c in manifest["cells"]}
-    return [names[e["cell"]] for e in _completed(manifest)]
 
 
 def stack_ports(sweep: Sweep, port: int, backend_port: int) -> set[int]:
@@ -209,7 +171,7 @@ def move_aside(root: Path, entry: dict) -> None:
 
 
 def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: int) -> None:
-    from pollbench.cmd_run import run
+    from pollbench.actions.run import run
 
     cells = {c.index: c for c in sweep.cells}
     todo = [e for e in manifest["plan"] if e["status"] != COMPLETE]
@@ -233,21 +195,21 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
             entry["cooldown"] = cool_down(sweep, ports)
             cool_s.append(entry["cooldown"]["waited_s"])
         started = time.monotonic()
-        cell.stack.port, cell.stack.backend_port = port, backend_port
+        spec = replace(cell.stack, port=port, backend_port=backend_port)
         entry.update(status=RUNNING, started_at=time.time(), attempts=entry["attempts"] + 1)
         save(root, manifest)
         (root / cell.folder).mkdir(exist_ok=True)
         try:
-            code = run(cell.stack, cell.load, out=root / entry["run"], report=False)
+            code = run(spec, cell.load, out=root / entry["run"], report=False)
             entry.update(status=COMPLETE if code == 0 else FAILED, exit_code=code)
         except KeyboardInterrupt:
-            entry.update(status=INTERRUPTED, exit_code=130)
+            entry.update(status=INTERRUPTED, exit_code=EXIT_INTERRUPTED)
             raise
         except UserError as e:  # e.g. a port taken since the check: every run would fail
-            entry.update(status=FAILED, exit_code=2, error=str(e).splitlines()[0])
+            entry.update(status=FAILED, exit_code=EXIT_BROKEN, error=str(e).splitlines()[0])
             raise
         except RunFailed as e:
-            entry.update(status=FAILED, exit_code=3, error=str(e).splitlines()[0])
+            entry.update(status=FAILED, exit_code=EXIT_RUN_FAILED, error=str(e).splitlines()[0])
             print(f"   run failed ({entry['error']}); the sweep goes on", file=sys.stderr,
                   flush=True)
         finally:
@@ -257,21 +219,12 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
         run_s.append(time.monotonic() - started)
 
 
-def next_report_dir(root: Path) -> Path:
-    """report/, else report-2/, report-3/ ...: a new report never replaces an old one."""
-    out, n = root / "report", 1
-    while out.exists():
-        n += 1
-        out = root / f"report-{n}"
-    return out
-
-
 def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
     from analysis.compare_report import write_comparison
     from analysis.load import AnalysisError
 
     runs = completed_runs(root, manifest)
-    cells_done = {e["cell"] for e in _completed(manifest)}
+    cells_done = {e["cell"] for e in completed_entries(manifest)}
     if len(cells_done) < 2:
         print("WARNING: fewer than two cells completed; no comparison report", file=sys.stderr)
         return None
@@ -379,4 +332,4 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
               + f"; rerun them with: pollbench sweep {name} --resume --out {root}",
               file=sys.stderr)
     print(root)
-    return 0 if not failed else 3
+    return EXIT_OK if not failed else EXIT_RUN_FAILED

@@ -7,19 +7,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests import options as loadtest_options
 from loadtests.options import parse_connection_mode
 from pollbench.errors import UserError, check_number
-
-LOADTESTS = Path(__file__).resolve().parent.parent / "loadtests"
-LOCUSTFILE = LOADTESTS / "locustfile.py"
-SHAPESFILE = LOADTESTS / "shapes.py"
+from pollbench.paths import LOCUSTFILE, SHAPESFILE
 
 SCENARIOS = {
     "channels": ["ChannelSubscriber", "Publisher"],
     "tasks": ["TaskPoller"],
     "mixed": ["ChannelSubscriber", "Publisher", "TaskPoller"],
 }
-MIX_ALIASES = {"subscriber": "ChannelSubscriber", "tasks": "TaskPoller", "poller": "TaskPoller"}
 SHAPES = ("constant", "ramp", "steps", "spike", "soak")  # loadtests/shapes.py STAGES
 # Bounds of a load: beyond them a run is a typo, not a benchmark (100,000 users need 5
 # Locust processes at this machine's 20,000 descriptors each; a week is the longest soak).
@@ -42,20 +39,14 @@ def parse_duration(text: str) -> float:
 
 
 def parse_mix(text: str) -> dict[str, int]:
-    """'subscriber:9,tasks:1' -> {'ChannelSubscriber': 9, 'TaskPoller': 1} (Publisher added)."""
-    weights: dict[str, int] = {}
-    for part in text.split(","):
-        name, _, weight = part.strip().partition(":")
-        cls = MIX_ALIASES.get(name, name)
-        if cls not in ("ChannelSubscriber", "TaskPoller") or not weight.isdigit() or \
-                int(weight) < 1:
-            raise UserError(f"--mix {text!r}: use NAME:WEIGHT pairs with NAME subscriber or tasks "
-                            "and WEIGHT a whole number >= 1, e.g. subscriber:9,tasks:1")
-        weights[cls] = int(weight)
-    return weights
+    """``--mix`` as :func:`loadtests.options.parse_mix` reads it, refused as a UserError."""
+    try:
+        return loadtest_options.parse_mix(text)
+    except ValueError as e:
+        raise UserError(f"--mix {e}") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadSpec:
     scenario: str = "channels"
     mix: str | None = None

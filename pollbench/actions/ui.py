@@ -1,10 +1,5 @@
-"""``pollbench ui``: the stack plus Locust's web UI on 127.0.0.1, to start tests and watch them live.
-
-Scenarios are selectable in the UI's class picker (ChannelSubscriber,
-Publisher, TaskPoller); the DELIVERY / TASK rows show long-poll delivery and
-task turnaround while the test runs.  Everything is recorded in a run folder
-like ``pollbench run``'s (kind "ui"), and Ctrl-C stops every process.
-"""
+"""The stack plus Locust's web UI (``pollbench ui``), recorded in a run folder of kind "ui";
+Ctrl-C ends the session and stops every process."""
 
 from __future__ import annotations
 
@@ -12,40 +7,32 @@ import sys
 import time
 from pathlib import Path
 
-from pollbench.cmd_run import base_record
+from analysis.catalog import EXIT_OK, METRICS_DIR
+from pollbench.actions.run import base_record
 from pollbench.errors import RunFailed, UserError
-from pollbench.loadgen import LOCUSTFILE, LoadSpec
-from pollbench.processes import spawn, wait_until
-from pollbench.rundir import new_run_dir, write_json_atomic
-from pollbench.runinfo import STATUS_COMPLETE, STATUS_INCOMPLETE
-from pollbench.sampler import Sampler
-from pollbench.stack import Stack, StackSpec, http_get, port_free
-from pollbench.stack_args import add_stack_arguments, spec_from_args
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("ui", help="start the stack and Locust's web UI (127.0.0.1)",
-                       description=__doc__)
-    add_stack_arguments(p)
-    p.add_argument("--web-port", type=int, default=8089, help="web UI port (default 8089)")
-    p.add_argument("--web-host", default="127.0.0.1",
-                   help="address the web UI binds (default 127.0.0.1; 0.0.0.0 exposes it)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
-    p.set_defaults(func=lambda a: ui(spec_from_args(a), a.web_port, a.web_host, out=a.out))
+from pollbench.paths import LOCUSTFILE
+from pollbench.records.rundir import new_run_dir, write_json_atomic
+from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_INCOMPLETE
+from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.net import answers, port_free
+from pollbench.stack.processes import spawn, wait_until
+from pollbench.stack.sampler import Sampler
+from pollbench.stack.spec import StackSpec
+from pollbench.stack.stack import Stack
 
 
 def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | None = None,
        max_seconds: float | None = None) -> int:
-    spec.validate()
+    resolved = spec.resolve()
     if not 1024 <= web_port <= 65535:
         raise UserError(f"--web-port {web_port} must be from 1024 to 65535")
     if not port_free(web_port, web_host if web_host != "0.0.0.0" else "127.0.0.1"):
         raise UserError(f"port {web_port} is already in use (choose --web-port)")
     load = LoadSpec(users=10, duration_s=3600.0)
     run_dir = new_run_dir(f"ui-{spec.profile}", out)
-    record = base_record("ui", spec, load, spec.settings())
+    record = base_record("ui", resolved, load)
     write_json_atomic(run_dir / "run.json", record)
-    stack = Stack(spec, run_dir)
+    stack = Stack(resolved, run_dir)
     sampler = None
     status = STATUS_INCOMPLETE
     try:
@@ -54,10 +41,10 @@ def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | 
         cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "-H", stack.url,
                "--web-host", web_host, "--web-port", str(web_port), "--class-picker",
                "--csv", str(run_dir / "locust" / "locust"), "--csv-full-history",
-               "--pb-out", str(run_dir / "metrics"), *load.locust_options()]
+               "--pb-out", str(run_dir / METRICS_DIR), *load.locust_options()]
         locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log"))
         url = f"http://{web_host}:{web_port}/"
-        if not wait_until(lambda: not locust.alive() or _answers(url), 20) or not locust.alive():
+        if not wait_until(lambda: not locust.alive() or answers(url), 20) or not locust.alive():
             raise RunFailed(f"Locust's web UI did not start; last lines of {locust.log_path}:\n"
                             f"{locust.log_tail()}")
         record["pids"] = stack.pids()
@@ -77,19 +64,13 @@ def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | 
             pass  # Ctrl-C is how a UI session ends
         status = STATUS_COMPLETE
         print("stopping; results are in", run_dir, flush=True)
-        return 0
+        return EXIT_OK
     finally:
         stack.stop()
         if sampler is not None:
             sampler.stop()
         record.update(ended_at=time.time(), status=status, complete=status == STATUS_COMPLETE,
-                      exit={"code": 0, "reason": "stopped by the user"})
+                      exit={"code": EXIT_OK, "reason": "stopped by the user"})
         record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
         write_json_atomic(run_dir / "run.json", record)
 
-
-def _answers(url: str) -> bool:
-    try:
-        return http_get(url, timeout=1)[0] == 200
-    except OSError:
-        return False

@@ -13,13 +13,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import jsonschema
 import psutil
 
-# History of run.json's schema_version:
-#   1 (pollbench 0.1): first version.
-SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "run.schema.json"
+from pollbench.paths import SCHEMAS_DIR
+
+SCHEMA_PATH = SCHEMAS_DIR / "run.schema.json"
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INCOMPLETE, STATUS_FAILED = (
     "running", "complete", "incomplete", "failed")
@@ -66,5 +64,7 @@ def host_info() -> dict:
 
 
 def validate_run_json(data: dict) -> None:
+    import jsonschema  # only tests and tools validate; a run does not pay for the import
+
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.validate(data, schema)

@@ -35,17 +35,19 @@ import itertools
 import json
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pollbench import nginx_config
+from analysis.catalog import RANKABLE
 from pollbench.errors import UserError
-from pollbench.loadgen import LoadSpec, parse_duration
-from pollbench.stack import StackSpec
-from pollbench.tomlfile import read_toml
+from pollbench.paths import SWEEPS_DIR
+from pollbench.records.tomlfile import read_toml
+from pollbench.stack import nginx_config
+from pollbench.stack.loadgen import LoadSpec, parse_duration
+from pollbench.stack.spec import StackSpec
+from pollbench.stack.stack import ConfigRefused, Stack
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 ORDERS = ("shuffled", "interleaved", "sequential")
 TOP_KEYS = {"description", "profile", "nginx_binary", "loop", "max_hold", "repetitions", "order",
             "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "rank_threshold", "rank_within",
@@ -65,10 +67,6 @@ LOAD_PARAMS = {
 LOAD_LEVEL = ("scenario", "mix", "users", "publish_rate", "channels", "shape", "duration")
 MAX_CELLS = 200
 MAX_REPETITIONS = 50
-RANKABLE = ("delivery_latency_p50", "delivery_latency_p95", "delivery_latency_p99",
-            "request_latency_p50", "request_latency_p95", "request_latency_p99",
-            "task_turnaround_p99", "throughput_requests", "throughput_deliveries", "error_rate",
-            "requests_per_connection_client", "requests_per_connection_upstream")
 
 
 @dataclass
@@ -318,17 +316,15 @@ def check_cells(sweep: Sweep, port: int, backend_port: int) -> None:
 
     The first problem is raised as a UserError naming the sweep, the cell and the setting.
     """
-    from pollbench.stack import ConfigRefused, Stack
-
     for cell in sweep.cells:
         where = f"sweep {sweep.path}, {cell.describe()}"
-        cell.stack.port, cell.stack.backend_port = port, backend_port
+        spec = replace(cell.stack, port=port, backend_port=backend_port)
         try:
-            cell.stack.validate(check_ports=False)
-            cell.load.validate(cell.stack.max_hold_s)
+            resolved = spec.resolve(check_ports=False)
+            cell.load.validate(spec.max_hold_s)
             with tempfile.TemporaryDirectory(prefix="pollbench-sweep-check-") as tmp:
-                stack = Stack(cell.stack, Path(tmp))
-                stack.test_config(stack.render(check_ports=False))
+                stack = Stack(resolved, Path(tmp))
+                stack.test_config(stack.render())
         except ConfigRefused as e:
             raise UserError(f"{where}: nginx -t refused the config: {e.summary}") from None
         except UserError as e:

@@ -23,12 +23,8 @@ from typing import Any
 import jinja2
 
 from pollbench.errors import UserError
-from pollbench.tomlfile import read_toml
-
-NGINX_DIR = Path(__file__).resolve().parent.parent / "nginx"
-PROFILES_DIR = NGINX_DIR / "profiles"
-TEMPLATE = NGINX_DIR / "nginx.conf.j2"
-STATIC_ROOT = Path(__file__).resolve().parent.parent / "target_app"
+from pollbench.paths import MIME_TYPES, NGINX_DIR, PROFILES_DIR, STATIC_ROOT, TEMPLATE
+from pollbench.records.tomlfile import read_toml
 
 PROXY_NEXT_UPSTREAM_CHOICES = ("error", "timeout", "invalid_header", "http_500", "http_502",
                                "http_503", "http_504", "http_403", "http_404", "http_429",
@@ -179,6 +175,14 @@ def profile_names() -> list[str]:
 PROFILE_KEYS = {"description", "extends", "nginx_binary", "nginx"}
 
 
+@dataclass(frozen=True)
+class Profile:
+    """A profile file read once, its ``extends`` chain followed: knobs not yet validated."""
+    path: Path
+    knobs: dict[str, Any]
+    nginx_binary: str | None  # the nearest nginx_binary along the chain
+
+
 def _read_profile_toml(path: Path) -> dict[str, Any]:
     data = read_toml(path, f"profile {path}", PROFILE_KEYS)
     if not isinstance(data.get("nginx", {}), dict):
@@ -186,27 +190,39 @@ def _read_profile_toml(path: Path) -> dict[str, Any]:
     binary = data.get("nginx_binary")
     if binary is not None and (not isinstance(binary, str) or not binary):
         raise UserError(f"profile {path}: nginx_binary must be a path or \"built\"")
+    base = data.get("extends")
+    if base is not None and (not isinstance(base, str) or not base):
+        raise UserError(f"profile {path}: extends must be a profile name or a .toml path "
+                        f"(it is {base!r})")
     return data
 
 
-def read_profile_file(path: Path) -> dict[str, Any]:
-    data = _read_profile_toml(path)
-    base = data.get("extends")
-    merged = dict(load_profile_raw(base)) if base else {}
-    merged.update(data.get("nginx", {}))
-    return merged
+def read_profile(name_or_path: str) -> Profile:
+    """The profile and every profile it extends, each file read once; a loop is refused."""
+    chain: list[dict[str, Any]] = []
+    seen: list[Path] = []
+    path = profile_path(name_or_path)
+    while True:
+        if path.resolve() in seen:
+            loop = " -> ".join(str(p) for p in [*seen, path.resolve()])
+            raise UserError(f"profile {name_or_path}: extends loops back on itself ({loop}); "
+                            "remove the extends that closes the loop")
+        seen.append(path.resolve())
+        data = _read_profile_toml(path)
+        chain.append(data)
+        if not data.get("extends"):
+            break
+        path = profile_path(data["extends"])
+    knobs: dict[str, Any] = {}
+    for data in reversed(chain):  # the base first, each child overriding it
+        knobs.update(data.get("nginx", {}))
+    binary = next((d["nginx_binary"] for d in chain if d.get("nginx_binary")), None)
+    return Profile(profile_path(name_or_path), knobs, binary)
 
 
 def profile_nginx_binary(name_or_path: str) -> str | None:
     """The ``nginx_binary`` a profile (or one it extends) names, or None."""
-    data = _read_profile_toml(profile_path(name_or_path))
-    if data.get("nginx_binary"):
-        return data["nginx_binary"]
-    return profile_nginx_binary(data["extends"]) if data.get("extends") else None
-
-
-def load_profile_raw(name_or_path: str) -> dict[str, Any]:
-    return read_profile_file(profile_path(name_or_path))
+    return read_profile(name_or_path).nginx_binary
 
 
 def profile_path(name_or_path: str) -> Path:
@@ -223,10 +239,15 @@ def profile_path(name_or_path: str) -> Path:
 
 
 def load_profile(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    raw = load_profile_raw(name_or_path)
-    raw.update(overrides or {})
+    """A profile's validated settings, with ``overrides`` applied."""
+    return profile_settings(read_profile(name_or_path), name_or_path, overrides)
+
+
+def profile_settings(profile: Profile, name: str,
+                     overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    raw = {**profile.knobs, **(overrides or {})}
     # with overrides (a sweep cell, --backends) the value may not come from the profile
-    return validate(raw, where="" if overrides else f"profile {name_or_path}")
+    return validate(raw, where="" if overrides else f"profile {name}")
 
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
@@ -249,7 +270,7 @@ class RenderPaths:
     @classmethod
     def for_prefix(cls, prefix: Path | str, static_root: Path = STATIC_ROOT) -> RenderPaths:
         return cls(safe_path(Path(prefix).resolve()), safe_path(static_root.resolve()),
-                   safe_path(NGINX_DIR / "mime.types"))
+                   safe_path(MIME_TYPES))
 
 
 def _fmt(value: Any) -> str:

@@ -1,0 +1,118 @@
+"""The facts every layer agrees on, defined once: exit codes, the run folder's files, and the
+metrics (unit, which way is better, what each means).
+
+Standard library only, so that every package may import it: ``loadtests`` (which
+writes the metrics files), ``pollbench`` (which writes the rest of the run folder
+and turns outcomes into exit codes) and ``analysis`` (which reads them).
+
+    better("delivery_latency_p99")       # "lower"
+    unit("throughput_deliveries")        # "messages/s"
+    RUN_FILES["latency_hdr"]             # "metrics/latency.hdr.jsonl"
+"""
+
+from __future__ import annotations
+
+# -- exit codes (pollbench's CLI, and the verdicts of compare / check) ---------------------
+EXIT_OK = 0               # success; no regression
+EXIT_REGRESSION = 1       # a regression, or a failed absolute gate
+EXIT_BROKEN = 2           # bad input, or a void / undecidable measurement
+EXIT_RUN_FAILED = 3       # a run started but could not complete
+EXIT_INTERRUPTED = 130    # Ctrl-C or SIGTERM
+
+# -- the run folder ---------------------------------------------------------------------------
+# History of run.json's schema_version:
+#   1 (pollbench 0.1): first version.
+RUN_SCHEMA_VERSION = 1
+SUPPORTED_RUN_SCHEMA_VERSIONS = (1,)
+
+# key (as run.json's "files" lists them) -> path inside the run folder
+RUN_FILES = {
+    "nginx_conf": "nginx/nginx.conf", "nginx_access_log": "nginx/logs/access.jsonl",
+    "nginx_error_log": "nginx/logs/error.log", "locust_log": "logs/locust.log",
+    "locust_stats": "locust/locust_stats.csv", "locust_history": "locust/locust_stats_history.csv",
+    "locust_failures": "locust/locust_failures.csv", "locust_html": "locust/report.html",
+    "locust_json": "locust/stats.json", "latency_hdr": "metrics/latency.hdr.jsonl",
+    "counters": "metrics/counters.jsonl", "processes": "samples/processes.csv",
+    "stub_status": "samples/stub_status.csv", "backend_stats": "samples/backend_stats.jsonl",
+}
+METRICS_DIR = "metrics"          # what the load generator writes (``--pb-out``)
+PROGRESS_FILE = "progress.json"  # in METRICS_DIR, rewritten every second during a run
+
+# -- metrics ----------------------------------------------------------------------------------
+LOWER, HIGHER = "lower", "higher"
+QUANTILES = ("p50", "p95", "p99", "p99_9", "max", "mean")
+# latency family prefix -> what is measured (each has <prefix>_<quantile> in ms, and _count)
+LATENCY_FAMILIES = {
+    "delivery_latency": "publish -> receipt",
+    "request_latency": "plain (non-poll) requests",
+    "task_turnaround": "task submit -> result",
+    "task_overhead": "turnaround - duration",
+    "repoll_gap": "response -> next poll",
+    "publish_lag": "publish lateness vs schedule",
+}
+# every other metric: name -> (unit, better, description)
+METRICS: dict[str, tuple[str, str, str]] = {
+    "throughput_requests": ("requests/s", HIGHER, "HTTP requests completed per second"),
+    "throughput_deliveries": ("messages/s", HIGHER, "messages delivered per second"),
+    "error_rate": ("fraction", LOWER, "failed requests / all requests"),
+    "errors": ("count", LOWER, "failed requests"),
+    "lost_messages": ("count", LOWER, "messages a subscriber never got"),
+    "duplicate_messages": ("count", LOWER, "messages delivered twice"),
+    "epoch_changes": ("count", LOWER, "channel state lost (backend restart)"),
+    "requests_per_connection_client": ("requests/connection", HIGHER, "client -> nginx reuse"),
+    "requests_per_connection_upstream": ("requests/connection", HIGHER,
+                                         "nginx -> backend reuse"),
+}
+# per-component metrics: prefix -> (unit, better, description with {} for the component)
+COMPONENT_METRICS = {
+    "cpu_percent_": ("% of a core", LOWER, "mean CPU of {} after the warm-up"),
+    "cpu_seconds_": ("cpu-s", LOWER, "CPU time of {}"),
+}
+
+# The figures a verdict compares (compare, check), each with the summary's per-window
+# series that may stand in for repetitions (latency percentiles only).
+COMPARED: dict[str, str | None] = {
+    "delivery_latency_p50": "delivery_latency_p50",
+    "delivery_latency_p95": "delivery_latency_p95",
+    "delivery_latency_p99": "delivery_latency_p99",
+    "request_latency_p95": "request_latency_p95",
+    "request_latency_p99": "request_latency_p99",
+    "task_turnaround_p99": "task_turnaround_p99",
+    "throughput_requests": None,
+    "throughput_deliveries": None,
+    "error_rate": None,
+    "requests_per_connection_client": None,
+    "requests_per_connection_upstream": None,
+}
+# Absolute gates: any non-zero value fails, whatever the baseline.
+GATES = ("lost_messages", "duplicate_messages")
+# The figures a sweep may rank its cells by.
+RANKABLE = ("delivery_latency_p50", "delivery_latency_p95", "delivery_latency_p99",
+            "request_latency_p50", "request_latency_p95", "request_latency_p99",
+            "task_turnaround_p99", "throughput_requests", "throughput_deliveries", "error_rate",
+            "requests_per_connection_client", "requests_per_connection_upstream")
+
+
+def describe(metric: str) -> tuple[str, str, str]:
+    """(unit, better, description) of a metric; KeyError for a name this catalog lacks."""
+    if metric in METRICS:
+        return METRICS[metric]
+    for prefix, what in LATENCY_FAMILIES.items():
+        q = metric[len(prefix) + 1:] if metric.startswith(prefix + "_") else None
+        if q in QUANTILES:
+            return "ms", LOWER, f"{what}, {q}"
+        if q == "count":
+            return "count", HIGHER, f"{what}, samples"
+    for prefix, (unit_, better_, text) in COMPONENT_METRICS.items():
+        if metric.startswith(prefix) and len(metric) > len(prefix):
+            return unit_, better_, text.format(metric[len(prefix):])
+    raise KeyError(f"unknown metric {metric!r}")
+
+
+def better(metric: str) -> str:
+    """"lower" or "higher": which way this metric improves."""
+    return describe(metric)[1]
+
+
+def unit(metric: str) -> str:
+    return describe(metric)[0]

@@ -1,0 +1,82 @@
+"""Command-line options shared by the commands that start the stack or a load, and their
+translation into specs (refused in one line before anything starts)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from pollbench.errors import UserError
+from pollbench.stack.loadgen import SCENARIOS, SHAPES, LoadSpec, parse_duration
+from pollbench.stack.processes import parse_cpu_placement
+from pollbench.stack.spec import StackSpec
+from target_app.server import LOOPS
+
+
+def add_stack_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stack")
+    g.add_argument("--profile", default="seed",
+                   help="nginx profile name (nginx/profiles/*.toml) or a .toml path (default seed)")
+    g.add_argument("--backends", type=int, default=None,
+                   help="number of backend processes (default: the profile's, 4 in seed)")
+    g.add_argument("--loop", default="asyncio", choices=LOOPS,
+                   help="backends' event loop (default asyncio = epoll)")
+    g.add_argument("--port", type=int, default=8080, help="nginx port on 127.0.0.1 (default 8080)")
+    g.add_argument("--backend-port", type=int, default=8000,
+                   help="first backend port; backends use consecutive ports (default 8000)")
+    g.add_argument("--nginx", dest="nginx_binary", default=None,
+                   help="nginx binary to run, or \"built\" for `pollbench nginx build`'s "
+                        "(default: the profile's nginx_binary, else nginx on PATH)")
+    g.add_argument("--max-hold", type=float, default=120.0,
+                   help="longest poll hold in the backends, s (below proxy_read_timeout)")
+
+
+def spec_from_args(args: argparse.Namespace) -> StackSpec:
+    return StackSpec(profile=args.profile, backends=args.backends, loop=args.loop, port=args.port,
+                     backend_port=args.backend_port, nginx_binary=args.nginx_binary,
+                     max_hold_s=args.max_hold)
+
+
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("load")
+    g.add_argument("--scenario", default="channels", choices=sorted(SCENARIOS),
+                   help="channels (subscribers + a publisher), tasks (task pollers), or mixed")
+    g.add_argument("--mix", default=None,
+                   help="weights instead of --scenario, e.g. subscriber:9,tasks:1")
+    g.add_argument("--users", type=int, default=200, help="simulated clients (default 200)")
+    g.add_argument("--spawn-rate", type=float, default=None,
+                   help="users started per second (default: all within 5 s)")
+    g.add_argument("--duration", default="60s", help="run time: 60, 60s, 2m, 1h30m (default 60s)")
+    g.add_argument("--shape", default="constant", choices=SHAPES, help="load shape over the run")
+    g.add_argument("--workers", type=int, default=0,
+                   help="Locust worker processes (0: one local process)")
+    g.add_argument("--connection", default="keepalive",
+                   help="client connections: keepalive, close (new one per request), every:K")
+    g.add_argument("--channels", type=int, default=10, help="channels to spread subscribers over")
+    g.add_argument("--publish-rate", type=float, default=20.0,
+                   help="messages/s over all channels, on a fixed schedule (default 20)")
+    g.add_argument("--poll-timeout", type=float, default=20.0,
+                   help="seconds the server may hold each poll (default 20)")
+    g.add_argument("--task-duration-ms", type=int, default=500, help="each task's duration")
+    g.add_argument("--cpus", default=None, metavar="LOADGEN/STACK",
+                   help="CPU placement, e.g. 0/1: the load generator on CPU 0, nginx and the "
+                        "backends on CPU 1 (default: no placement; see README)")
+
+
+def load_from_args(args: argparse.Namespace) -> LoadSpec:
+    return LoadSpec(scenario=args.scenario, mix=args.mix, users=args.users,
+                    spawn_rate=args.spawn_rate, duration_s=parse_duration(args.duration),
+                    shape=args.shape, workers=args.workers, connection=args.connection,
+                    channels=args.channels, publish_rate=args.publish_rate,
+                    poll_timeout_s=args.poll_timeout, task_duration_ms=args.task_duration_ms)
+
+
+def place_cpus(spec: StackSpec, load: LoadSpec, text: str | None) -> tuple[StackSpec, LoadSpec]:
+    """``--cpus LOADGEN/STACK`` into copies of both specs (refused in one line)."""
+    if text is None:
+        return spec, load
+    try:
+        loadgen_cpus, stack_cpus = parse_cpu_placement(text)
+    except ValueError as e:
+        raise UserError(f"--cpus {e}") from None
+    return replace(spec, cpus=stack_cpus), replace(load, cpus=loadgen_cpus)

@@ -1,0 +1,140 @@
+"""What stack to start: a :class:`StackSpec` as the user asked for it, resolved once into a
+:class:`ResolvedStack` that holds everything the stack needs and is then only read.
+
+    spec = StackSpec(profile="seed", backends=4)
+    resolved = spec.resolve()     # every check that needs no process; refused in one line
+    resolved.settings["worker_connections"], resolved.nginx_path, resolved.backend_ports
+
+Specs are frozen: a variant is ``dataclasses.replace(spec, port=...)``, never an edit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from pollbench.errors import UserError, check_number
+from pollbench.stack import nginx_build, nginx_config
+from pollbench.stack.net import port_free
+from target_app.app import AppConfig
+from target_app.server import LOOPS, SELECT_MAX_CONNECTIONS, ConfigError, check_config
+
+
+def find_nginx(binary: str) -> str:
+    path = shutil.which(nginx_build.resolve_binary(binary)) or shutil.which(binary,
+                                                                           path="/usr/sbin")
+    if path is None:
+        raise UserError(f"nginx not found ({binary!r}): install it with "
+                        "`apt-get install -y nginx-light` (Debian) or pass --nginx PATH")
+    return path
+
+
+def check_event_method(binary_path: str, method: str | None) -> None:
+    """Refuse ``use poll;`` / ``use select;`` before start when this nginx lacks the module."""
+    if method in (None, "epoll") or nginx_build.supports(binary_path, method):
+        return
+    raise UserError(f"nginx knob use: {method!r} is not supported by {binary_path} (built "
+                    f"without --with-{method}_module; Debian's nginx has only epoll): run "
+                    "`pollbench nginx build` and choose that nginx with --nginx built or "
+                    "nginx_binary = \"built\" in the profile or sweep")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    profile: str = "seed"
+    nginx_overrides: dict[str, Any] = field(default_factory=dict)
+    backends: int | None = None  # None: the profile's count
+    loop: str = "asyncio"
+    port: int = 8080
+    backend_port: int = 8000
+    nginx_binary: str | None = None  # None: the profile's nginx_binary, else "nginx" on PATH
+    max_hold_s: float = 120.0
+    delivery_delay_ms: float = 0.0
+    backend_max_connections: int | None = None
+    cpus: tuple[int, ...] | None = None  # nginx and backends run only here (None: anywhere)
+
+    @cached_property
+    def _profile(self) -> nginx_config.Profile:
+        return nginx_config.read_profile(self.profile)  # the file is read once per spec
+
+    def settings(self) -> dict[str, Any]:
+        """The validated nginx settings: the profile's, then the overrides and --backends."""
+        overrides = dict(self.nginx_overrides)
+        if self.backends is not None:
+            overrides["backends"] = self.backends
+        return nginx_config.profile_settings(self._profile, self.profile, overrides)
+
+    def nginx_name(self) -> str:
+        """The nginx asked for: --nginx, else the profile's nginx_binary, else "nginx"."""
+        return self.nginx_binary or self._profile.nginx_binary or "nginx"
+
+    def app_config(self) -> AppConfig:
+        cfg = AppConfig(max_hold_s=self.max_hold_s, loop_name=self.loop,
+                        default_hold_s=min(AppConfig.default_hold_s, self.max_hold_s),
+                        delivery_delay_ms=self.delivery_delay_ms)
+        if self.backend_max_connections is not None:
+            cfg.max_connections = self.backend_max_connections
+        if self.loop == "asyncio-select" and self.backend_max_connections is None:
+            # select() cannot go past fd 1024; cap instead of crashing under load.
+            cfg.max_connections = SELECT_MAX_CONNECTIONS
+        cfg.max_waiters = min(cfg.max_waiters, cfg.max_connections)
+        return cfg
+
+    def resolve(self, check_ports: bool = True) -> ResolvedStack:
+        """Every check that needs no process, then what the stack needs, resolved once."""
+        if self.loop not in LOOPS:
+            raise UserError(f"unknown --loop {self.loop!r}; choose one of {', '.join(LOOPS)}")
+        check_number("--max-hold", self.max_hold_s, 0, 3600, above=True)
+        check_number("--delivery-delay-ms", self.delivery_delay_ms, 0, 60_000)
+        settings = self.settings()
+        for what, port in (("--port", self.port), ("--backend-port", self.backend_port)):
+            if not 1024 <= port <= 65535:
+                raise UserError(f"{what} {port} must be from 1024 to 65535")
+        ports = tuple(self.backend_port + i for i in range(settings["backends"]))
+        if self.port in ports:
+            raise UserError(f"--port {self.port} collides with the backend ports "
+                            f"{ports[0]}-{ports[-1]}")
+        if ports[-1] > 65535:
+            raise UserError(f"backend ports run past 65535 (from {self.backend_port})")
+        if self.max_hold_s >= settings["proxy_read_timeout"]:
+            raise UserError(f"the longest poll hold ({self.max_hold_s:g} s) must be below nginx's "
+                            f"proxy_read_timeout ({settings['proxy_read_timeout']} s), or held "
+                            "polls turn into 504s and mark backends down")
+        app = self.app_config()
+        try:
+            check_config(app)
+        except ConfigError as e:
+            raise UserError(str(e)) from None
+        nginx_path = find_nginx(self.nginx_name())
+        check_event_method(nginx_path, settings["use"])
+        if check_ports:
+            for port in [self.port, *ports]:
+                if not port_free(port):
+                    raise UserError(f"port {port} is already in use on 127.0.0.1 "
+                                    "(stop what holds it, or choose --port / --backend-port)")
+        return ResolvedStack(self, settings, self.nginx_name(), nginx_path, ports, app)
+
+
+@dataclass(frozen=True)
+class ResolvedStack:
+    """A checked :class:`StackSpec` with everything derived from it: read, never changed."""
+    spec: StackSpec
+    settings: dict[str, Any]      # validated nginx knobs (backends included)
+    nginx_name: str               # as asked: a path, "nginx" or "built"
+    nginx_path: str               # the binary that runs
+    backend_ports: tuple[int, ...]
+    app_config: AppConfig
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.spec.port}"
+
+    @property
+    def backend_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.backend_ports]
