@@ -38,7 +38,7 @@ def _figure(fig: Figures, title: str, nrows: int = 1, ncols: int = 1, height: fl
     total_h = height * nrows
     f.suptitle(title, fontsize=13, fontweight="bold", y=1 - 0.08 / total_h)
     f.text(0.5, 1 - 0.40 / total_h, fig.label, ha="center", va="top", fontsize=9, color="#444")
-    f._pollbench_top = 1 - 0.70 / total_h
+    f._pollbench_top = 1 - 0.70 / total_h  # type: ignore[attr-defined]  # read by _finish
     return f, axes.ravel()
 
 

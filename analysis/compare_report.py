@@ -204,8 +204,7 @@ def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
         if not any(c.values(metrics[0][0]) for c in cells):
             continue
         f, ax = plt.subplots(figsize=(11, 4.8))
-        means = [c.mean_ci(m)[0] for c in cells for m, _ in metrics]
-        means = [m for m in means if m]
+        means = [float(v) for v in (c.mean_ci(m)[0] for c in cells for m, _ in metrics) if v]
         # one cell far off (a failing one) must not flatten the others: log scale then
         _bars(ax, cells, metrics, "latency (ms)",
               log=bool(means) and max(means) / min(means) > 30)
@@ -317,7 +316,7 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
                 r.verdict + (" (load generator saturated: void)" if r.void else ""),
                 "" if r.p_value is None else f"{r.p_value:.3g}", r.method, r.note)) + "</tr>"
             for r in ranking)
-        ranking_html = (f"<h2>Ranking by {html_mod.escape(rank_by)}</h2><p>Each configuration "
+        ranking_html = (f"<h2>Ranking by {html_mod.escape(str(rank_by))}</h2><p>Each configuration "
                         f"against the best (of its group, where cells differ in load): worse only when beyond {rank_threshold:.0%} and "
                         "significant (Mann-Whitney U, alpha 0.05); otherwise within noise.</p>"
                         "<table><tr><th>ranked within</th><th>rank</th><th>configuration</th><th>runs</th>"

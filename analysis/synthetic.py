@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ def _intervals(values_ms: np.ndarray, duration_s: float, metric: str, source: st
 
 
 def run_json(parameters: dict | None = None, stack: dict | None = None, **extra) -> dict:
-    params = {"scenario": "channels", "user_classes": ["ChannelSubscriber", "Publisher"],
+    params: dict[str, Any] = {"scenario": "channels", "user_classes": ["ChannelSubscriber", "Publisher"],
               "users": 100, "spawn_rate": 1000.0, "duration_s": 10.0, "shape": "constant",
               "workers": 0, "connection": "keepalive", "channels": 10, "publish_rate": 20.0,
               "poll_timeout_s": 20.0, "task_duration_ms": 500}

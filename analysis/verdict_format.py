@@ -80,8 +80,9 @@ def format_junit(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
     skipped = sum(v.status == NOT_MEASURED for v in verdicts)
     suite = ET.Element("testsuite", name="pollbench.compare", tests=str(len(verdicts)),
                        failures=str(failures), errors=str(errors), skipped=str(skipped))
-    ET.SubElement(ET.SubElement(suite, "properties"), "property", name="baseline", value=baseline)
-    suite.find("properties").append(ET.Element("property", name="candidate", value=candidate))
+    properties = ET.SubElement(suite, "properties")
+    ET.SubElement(properties, "property", name="baseline", value=baseline)
+    ET.SubElement(properties, "property", name="candidate", value=candidate)
     for v in verdicts:
         case = ET.SubElement(suite, "testcase", classname="pollbench.compare", name=v.metric)
         message = (f"baseline {_num(v.baseline)}, candidate {_num(v.candidate)}, change "

@@ -54,7 +54,7 @@ def main() -> int:
                             for r in baseline["runs"])
     delay = round(0.2 * p95, 2)
     print(f"baseline median p95 delivery latency {p95:.2f} ms -> injected delay {delay} ms")
-    results = {"A/A": [], "injected": []}
+    results: dict[str, list] = {"A/A": [], "injected": []}
     for i in range(args.trials):
         for kind, d in (("A/A", 0.0), ("injected", delay)):  # interleaved: drift hits both
             code, elapsed, flagged = one_check(d, args.port, args.backend_port,

@@ -118,6 +118,8 @@ class LeanConnection:
 
     def _recv(self) -> tuple[bytes, float]:
         """One read: its bytes and the receipt time of its last segment."""
+        if self.sock is None:
+            raise ConnectionError("read on a closed connection")
         if not self.kernel_timestamps:
             data = self.sock.recv(_READ_SIZE)
             return data, time.time()
@@ -176,7 +178,7 @@ class LeanConnection:
         return Response(status, headers, body, received or time.time())
 
     def _read_chunked(self, buf: bytes, received: float) -> tuple[bytes, bytes, float]:
-        parts = []
+        parts: list[bytes] = []
         while True:
             while b"\r\n" not in buf:
                 data, received = self._recv()

@@ -22,6 +22,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import gevent
 from hdrh.histogram import HdrHistogram
@@ -91,7 +92,7 @@ class LocustRows:
 
     def __init__(self, stats) -> None:
         self.stats = stats
-        self.pending: dict[tuple[str, str], object] = {}
+        self.pending: dict[tuple[str, str], Any] = {}  # locust.stats.StatsEntry
 
     def log(self, method: str, name: str, ms: float, length: int = 0) -> None:
         entry = self.pending.get((name, method))
@@ -99,7 +100,7 @@ class LocustRows:
             from locust.stats import StatsEntry
 
             entry = self.pending[(name, method)] = StatsEntry(self.stats, name, method)
-        entry.log(ms, length)
+        entry.log(ms, length)  # type: ignore[arg-type]  # Locust's own events log floats
 
     def merge(self) -> None:
         pending, self.pending = self.pending, {}

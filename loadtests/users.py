@@ -69,9 +69,9 @@ class PollbenchUser(User):
         self.close_every = parse_connection_mode(opts.pb_connection)
         self._requests = 0
         self.poll_timeout = opts.pb_poll_timeout
-        url = urlsplit(self.host)
+        url = urlsplit(str(self.host))
         self.host_header = url.netloc
-        self.address = (url.hostname, url.port or 80)
+        self.address = (url.hostname or "127.0.0.1", url.port or 80)
         self.conn = self.new_connection()
         self.recorder.clock = self.conn.clock  # how receipt times are taken, for run.json
 
@@ -206,7 +206,7 @@ class ChannelSubscriber(PollbenchUser):
         if resp.status == 204:
             self.ok("GET", self.NAME_TIMEOUT, ms, 0)
             if self.cursor is None:
-                self.cursor = int(resp.header("x-cursor", "0"))
+                self.cursor = int(resp.header("x-cursor") or "0")
                 self.epoch = resp.header("x-epoch")
                 self.expected = self.cursor + 1
             return

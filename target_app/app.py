@@ -23,6 +23,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 import tornado.web
 from tornado import httputil
@@ -158,7 +159,14 @@ class Service:
         self.waiting = 0
         self.shutting_down = False
 
+    @overload
+    def channel(self, name: str, create: Literal[True]) -> Channel: ...
+
+    @overload
+    def channel(self, name: str, create: bool) -> Channel | None: ...
+
     def channel(self, name: str, create: bool) -> Channel | None:
+        """The channel named ``name``; with ``create``, made when missing (never None)."""
         ch = self.channels.get(name)
         if ch is None and create:
             if len(self.channels) >= self.config.max_channels:

@@ -190,8 +190,9 @@ class TaskStore:
     def expire(self) -> None:
         deadline = self._now() - self.result_ttl_s
         finished = self.finished
+        # every task here has finished, so finished_at is set
         while finished and (len(finished) > self.max_results
-                            or next(iter(finished.values())).finished_at < deadline):
+                            or (next(iter(finished.values())).finished_at or 0.0) < deadline):
             finished.popitem(last=False)
 
     def get(self, task_id: str) -> Task | None:

@@ -178,7 +178,7 @@ def test_interval_rates_spread_counts_over_the_bins_they_overlap():
 
 
 def test_the_analysis_reads_the_run_json_version_pollbench_writes():
-    from analysis.load import SUPPORTED_SCHEMA_VERSIONS
     from analysis.catalog import RUN_SCHEMA_VERSION as SCHEMA_VERSION
+    from analysis.load import SUPPORTED_SCHEMA_VERSIONS
 
     assert SCHEMA_VERSION in SUPPORTED_SCHEMA_VERSIONS

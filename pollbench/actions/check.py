@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from analysis.catalog import EXIT_OK
 from pollbench import paths
@@ -26,7 +27,7 @@ from pollbench.stack.spec import StackSpec
 
 # The CI scenario: small enough for four repetitions in well under 5 minutes on 2 cores,
 # busy enough that delivery latency means something.
-CI_LOAD = dict(scenario="channels", users=100, spawn_rate=100.0, duration_s=30.0, channels=10,
+CI_LOAD: dict[str, Any] = dict(scenario="channels", users=100, spawn_rate=100.0, duration_s=30.0, channels=10,
                publish_rate=50.0, poll_timeout_s=10.0)
 CI_PROFILE = "keepalive"
 CI_WARMUP_S = 5.0

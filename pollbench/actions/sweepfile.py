@@ -202,8 +202,8 @@ def _apply(where: str, params: dict[str, Any], base_nginx: dict[str, Any],
             raise UserError(f"{where}: load setting {key} must be a whole number (it is {value})")
         if conv is str and not isinstance(value, str):
             raise UserError(f"{where}: load setting {key} must be a string (it is {value!r})")
-        load_kwargs[attr] = conv(value) if conv is not parse_duration else \
-            _duration(where, key, value)
+        load_kwargs[attr] = _duration(where, key, value) if conv is parse_duration else \
+            conv(value)  # type: ignore[operator]  # str, int or float
     stack = StackSpec(nginx_overrides=nginx, **stack_kwargs)
     return stack, LoadSpec(**load_kwargs)
 

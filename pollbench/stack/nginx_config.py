@@ -55,6 +55,7 @@ class Knob:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; "
                                 f"{self.allowed()}")
+            assert self.lo is not None and self.hi is not None  # every int knob has a range
             if not self.lo <= value <= self.hi:
                 raise UserError(f"nginx knob {self.name}: {value} is out of range; {self.allowed()}")
             return value

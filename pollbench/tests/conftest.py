@@ -46,6 +46,7 @@ def stack_up(tmp_path):
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         lines = []
         deadline = time.monotonic() + 30
+        assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
             if "Ctrl-C stops everything" in line or time.monotonic() > deadline:

@@ -79,7 +79,7 @@ def test_baseline_revision_is_exported_without_touching_the_checkout():
 
     tree = export_revision("HEAD")
     try:
-        assert (tree / "pollbench" / "cli.py").is_file() and (tree / "target_app").is_dir()
+        assert (tree / "pollbench" / "__main__.py").is_file() and (tree / "target_app").is_dir()
         assert not (tree / ".git").exists()
     finally:
         import shutil

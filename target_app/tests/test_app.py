@@ -37,6 +37,7 @@ class TargetCase(AsyncHTTPTestCase):
             resp = await self.http_client.fetch(self.get_url(path), method=method, body=body,
                                                 request_timeout=20, **kw)
         except HTTPClientError as e:
+            assert e.response is not None, e
             resp = e.response
         data = json.loads(resp.body) if resp.body else None
         return resp.code, data, resp

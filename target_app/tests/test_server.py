@@ -19,6 +19,7 @@ def start(*args: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "target_app", "--processes", "1", "--port",
                              str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("ready "):
             return proc, f"http://127.0.0.1:{port}"
