@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import catalog
 from analysis.hdr import new_histogram
 
 T0 = 1_800_000_000.0
@@ -69,7 +70,7 @@ def make_run(path: Path, *, delivery_ms=None, request_ms=None, task_ms=None,
     """Write a run folder.  ``access_connections`` maps nginx $connection -> its request count;
     ``backend_histogram`` maps requests-per-connection -> connections (summed over backends)."""
     path = Path(path)
-    (path / "metrics").mkdir(parents=True)
+    (path / catalog.METRICS_DIR).mkdir(parents=True)
     (path / "samples").mkdir()
     (path / "nginx" / "logs").mkdir(parents=True)
     (path / "locust").mkdir()
@@ -80,14 +81,14 @@ def make_run(path: Path, *, delivery_ms=None, request_ms=None, task_ms=None,
                            ("TASK", task_ms)):
         if values is not None:
             lines += _intervals(np.asarray(values), duration_s, metric, "local")
-    (path / "metrics" / "latency.hdr.jsonl").write_text("\n".join(lines) + "\n")
+    (path / catalog.RUN_FILES["latency_hdr"]).write_text("\n".join(lines) + "\n")
     per_interval = []
     for i in range(int(duration_s)):
         share = {k: v // int(duration_s) + (1 if i < v % int(duration_s) else 0)
                  for k, v in (counters or {}).items()}
         per_interval.append(json.dumps({"t0": T0 + i, "t1": T0 + i + 1, "source": "local",
                                         "counters": {k: v for k, v in share.items() if v}}))
-    (path / "metrics" / "counters.jsonl").write_text("\n".join(per_interval) + "\n")
+    (path / catalog.RUN_FILES["counters"]).write_text("\n".join(per_interval) + "\n")
     access = []
     for conn, n in (access_connections or {}).items():
         for r in range(1, n + 1):

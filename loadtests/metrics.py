@@ -27,7 +27,12 @@ from typing import Any
 import gevent
 from hdrh.histogram import HdrHistogram
 
+from analysis.catalog import PROGRESS_FILE, RUN_FILES
 from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
+
+# the files inside --pb-out (the run folder's metrics/), named once in analysis.catalog
+HDR_NAME = Path(RUN_FILES["latency_hdr"]).name
+COUNTERS_NAME = Path(RUN_FILES["counters"]).name
 
 FLUSH_INTERVAL_S = 1.0
 ROWS_MERGES_PER_FLUSH = 4
@@ -115,8 +120,8 @@ class Sink:
     def __init__(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
-        self._hdr = open(out / "latency.hdr.jsonl", "a", buffering=1)
-        self._counters = open(out / "counters.jsonl", "a", buffering=1)
+        self._hdr = open(out / HDR_NAME, "a", buffering=1)
+        self._counters = open(out / COUNTERS_NAME, "a", buffering=1)
         self.totals: dict[str, int] = {}
         self.clocks: set[str] = set()
 
@@ -135,9 +140,9 @@ class Sink:
             self.clocks.add(payload["clock"])
 
     def write_progress(self, progress: dict) -> None:
-        tmp = self.out / ".progress.json.tmp"
+        tmp = self.out / f".{PROGRESS_FILE}.tmp"
         tmp.write_text(json.dumps(progress))
-        os.replace(tmp, self.out / "progress.json")
+        os.replace(tmp, self.out / PROGRESS_FILE)
 
     def close(self) -> None:
         self._hdr.close()

@@ -276,7 +276,7 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
         for c in sweep.cells:
             print(f"  cell {c.index}: {c.name}")
         print(f"estimated time: about {_fmt_s(sweep.estimate_run_s() * len(plan))}")
-        return 0
+        return EXIT_OK
     for p in sorted(stack_ports(sweep, port, backend_port)):
         if not port_free(p):
             raise UserError(f"port {p} is already in use on 127.0.0.1 (stop what holds it, or "

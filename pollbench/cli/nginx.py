@@ -3,6 +3,7 @@ from Debian's source into the cache once (:mod:`pollbench.stack.nginx_build` doe
 
 from __future__ import annotations
 
+from analysis.catalog import EXIT_OK
 from pollbench.errors import UserError
 from pollbench.stack import nginx_build
 
@@ -23,7 +24,7 @@ def _build_cmd(force: bool) -> int:
     binary = nginx_build.build(force=force)
     print(f"event methods: {', '.join(sorted(nginx_build.event_methods(str(binary))))}")
     print('use it with --nginx built, or nginx_binary = "built" in a profile or sweep')
-    return 0
+    return EXIT_OK
 
 
 def _which_cmd() -> int:
@@ -32,4 +33,4 @@ def _which_cmd() -> int:
         raise UserError("no nginx is built yet: run `pollbench nginx build`")
     print(path)
     print(f"event methods: {', '.join(sorted(nginx_build.event_methods(str(path))))}")
-    return 0
+    return EXIT_OK
