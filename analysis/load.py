@@ -30,6 +30,15 @@ FILES = {field: catalog.RUN_FILES[key] for field, key in (
     ("processes", "processes"), ("backend_stats", "backend_stats"))}
 
 
+# The fields of run.json the analysis reads, and the types they must have.
+RUN_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "started_at": (int, float), "ended_at": (int, float, type(None)),
+    "parameters": (dict,), "stack": (dict,), "status": (str,), "complete": (bool,),
+    "warnings": (list,), "cpu": (dict,), "loadgen": (dict,), "host": (dict,),
+    "software": (dict,), "files": (dict,), "exit": (dict,),
+}
+
+
 class AnalysisError(Exception):
     """An input that cannot be analysed; the message says what is wrong and what to do."""
 
@@ -82,9 +91,16 @@ def read_info(path: Path) -> dict:
                                 f"up to {max(SUPPORTED_SCHEMA_VERSIONS)}: upgrade pollbench")
         raise AnalysisError(f"{run_json} has schema_version {version}, which is no longer read; "
                             "rerun the benchmark with this pollbench")
-    for key in ("started_at", "parameters", "stack"):
+    for key, types in RUN_JSON_TYPES.items():
         if key not in info:
-            raise AnalysisError(f"{run_json} lacks {key!r}; the run folder is damaged")
+            if key in ("started_at", "parameters", "stack"):
+                raise AnalysisError(f"{run_json} lacks {key!r}; the run folder is damaged")
+            continue
+        value = info[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise AnalysisError(f"{run_json}: {key!r} must be {names} (it is {value!r:.60}); "
+                                "the run folder is damaged")
     if info.get("status") == "running" and _writer_gone(info.get("writer")):
         # Killed (kill -9, power loss) before it could record its end: say so, not "running".
         info["status"], info["complete"] = "crashed", False

@@ -116,7 +116,8 @@ class PollHTTPServer(HTTPServer):
         # Tornado asks for the next request's delegate before that request arrives, so
         # count on headers_received, not here.
         return _CountingDelegate(super().start_request(server_conn, request_conn),
-                                 self.stats, server_conn.stream)
+                                 self.stats, server_conn.stream, request_conn,
+                                 self.conn_params.max_body_size)
 
     def on_close(self, server_conn) -> None:
         super().on_close(server_conn)
@@ -127,25 +128,48 @@ class PollHTTPServer(HTTPServer):
 
 
 class _CountingDelegate(httputil.HTTPMessageDelegate):
-    __slots__ = ("_inner", "_stats", "_stream")
+    """Counts requests per connection, and answers what Tornado would refuse with an empty
+    400 (too many query fields, a body over the server's limit) as JSON, like the API."""
 
-    def __init__(self, inner, stats: Stats, stream):
+    __slots__ = ("_inner", "_stats", "_stream", "_conn", "_max_body", "_refused")
+
+    def __init__(self, inner, stats: Stats, stream, conn, max_body: int | None):
         self._inner, self._stats, self._stream = inner, stats, stream
+        self._conn, self._max_body, self._refused = conn, max_body, False
 
     def headers_received(self, start_line, headers):
         stats = self._stats
         stats.requests += 1
         stats.open_connections[self._stream] = stats.open_connections.get(self._stream, 0) + 1
-        return self._inner.headers_received(start_line, headers)
+        length = headers.get("Content-Length", "")
+        if self._max_body is not None and length.isdigit() and int(length) > self._max_body:
+            # refused before the body is read; the connection closes after the answer
+            return self._refuse(413, "Payload Too Large", f"body of {length} bytes is over "
+                                f"the limit of {self._max_body}")
+        try:
+            return self._inner.headers_received(start_line, headers)
+        except httputil.HTTPInputError as e:
+            return self._refuse(400, "Bad Request", f"malformed request: {e}")
+
+    def _refuse(self, code: int, reason: str, message: str) -> None:
+        self._refused = True
+        body = json.dumps({"error": message}).encode()
+        self._conn.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", code, reason),
+            httputil.HTTPHeaders({"Content-Type": "application/json",
+                                  "Content-Length": str(len(body)), "Connection": "close"}),
+            body)
+        self._conn.finish()
+        return None
 
     def data_received(self, chunk):
-        return self._inner.data_received(chunk)
+        return None if self._refused else self._inner.data_received(chunk)
 
     def finish(self):
-        return self._inner.finish()
+        return None if self._refused else self._inner.finish()
 
     def on_connection_close(self):
-        return self._inner.on_connection_close()
+        return None if self._refused else self._inner.on_connection_close()
 
 
 class Service:
@@ -158,6 +182,9 @@ class Service:
         self.tasks = TaskStore(config.max_running_tasks, config.max_results, config.result_ttl_s)
         self.waiting = 0
         self.shutting_down = False
+        # Channel state lives as long as this process: one epoch for all its channels, so a
+        # channel dropped while it had no message (below) comes back as the same state.
+        self.epoch = secrets.token_hex(6)
 
     @overload
     def channel(self, name: str, create: Literal[True]) -> Channel: ...
@@ -171,8 +198,15 @@ class Service:
         if ch is None and create:
             if len(self.channels) >= self.config.max_channels:
                 raise LimitExceeded(f"too many channels (limit {self.config.max_channels})")
-            ch = self.channels[name] = Channel(name, self.config.channel_buffer_len)
+            ch = self.channels[name] = Channel(name, self.config.channel_buffer_len,
+                                               epoch=self.epoch)
         return ch
+
+    def forget_if_unused(self, ch: Channel) -> None:
+        """Drop a channel nobody published to and nobody waits on: polls (GETs) alone cannot
+        fill the channel table.  Its state (epoch, seq 0) is exactly what re-making it gives."""
+        if ch.last_seq == 0 and not len(ch.waiters) and self.channels.get(ch.name) is ch:
+            del self.channels[ch.name]
 
     def wake_everyone(self) -> None:
         """On shutdown: answer every held poll (they return 204 and the client polls again)."""
@@ -425,45 +459,48 @@ class ChannelHandler(BaseHandler):
             ch = service.channel(name, create=True)
         except LimitExceeded as e:
             raise JsonError(503, str(e)) from None
-        raw_cursor = self.get_query_argument("cursor", None)
-        epoch = self.get_query_argument("epoch", None)
-        if raw_cursor is None or raw_cursor == "":
-            cursor = ch.last_seq  # "from now on"
-        else:
-            try:
-                cursor = int(raw_cursor)
-            except ValueError:
-                raise JsonError(400, f"cursor must be a whole number, not {raw_cursor!r}") from None
-            if cursor < 0:
-                raise JsonError(400, "cursor must be 0 or more")
-            if epoch is not None and epoch != ch.epoch:
-                # The client's cursor belongs to a previous life of this channel: everything
-                # it may have missed is reported through the epoch change; start from 0.
-                cursor = 0
-            elif cursor > ch.last_seq:
-                raise JsonError(400, f"cursor {cursor} is ahead of channel {name!r} (last seq "
-                                     f"{ch.last_seq}, epoch {ch.epoch}): the channel restarted; "
-                                     "poll without a cursor")
-        if cursor >= ch.last_seq and timeout > 0:
-            await self.wait(ch.waiters, timeout)
-        if self.client_gone:
-            return
-        if cursor >= ch.last_seq:
-            service.stats.polls_timed_out += 1
-            self.set_status(204)
-            # A 204 has no body: the cursor and epoch travel in headers so that a first poll
-            # "from now on" that times out still tells the client where "now" is.
-            self.set_header("X-Cursor", str(cursor))
-            self.set_header("X-Epoch", ch.epoch)
-            self.finish()
-            return
-        if service.config.delivery_delay_ms > 0:
-            await asyncio.sleep(service.config.delivery_delay_ms / 1000.0)
-        body, count = ch.render_after(cursor, service.config.max_messages_per_poll)
-        service.stats.messages_delivered += count
-        service.stats.polls_answered_with_messages += 1
-        self.set_header("Content-Type", "application/json")
-        self.finish(body)
+        try:
+            raw_cursor = self.get_query_argument("cursor", None)
+            epoch = self.get_query_argument("epoch", None)
+            if raw_cursor is None or raw_cursor == "":
+                cursor = ch.last_seq  # "from now on"
+            else:
+                try:
+                    cursor = int(raw_cursor)
+                except ValueError:
+                    raise JsonError(400, f"cursor must be a whole number, not {raw_cursor!r}") from None
+                if cursor < 0:
+                    raise JsonError(400, "cursor must be 0 or more")
+                if epoch is not None and epoch != ch.epoch:
+                    # The client's cursor belongs to a previous life of this channel: everything
+                    # it may have missed is reported through the epoch change; start from 0.
+                    cursor = 0
+                elif cursor > ch.last_seq:
+                    raise JsonError(400, f"cursor {cursor} is ahead of channel {name!r} (last seq "
+                                         f"{ch.last_seq}, epoch {ch.epoch}): the channel restarted; "
+                                         "poll without a cursor")
+            if cursor >= ch.last_seq and timeout > 0:
+                await self.wait(ch.waiters, timeout)
+            if self.client_gone:
+                return
+            if cursor >= ch.last_seq:
+                service.stats.polls_timed_out += 1
+                self.set_status(204)
+                # A 204 has no body: the cursor and epoch travel in headers so that a first poll
+                # "from now on" that times out still tells the client where "now" is.
+                self.set_header("X-Cursor", str(cursor))
+                self.set_header("X-Epoch", ch.epoch)
+                self.finish()
+                return
+            if service.config.delivery_delay_ms > 0:
+                await asyncio.sleep(service.config.delivery_delay_ms / 1000.0)
+            body, count = ch.render_after(cursor, service.config.max_messages_per_poll)
+            service.stats.messages_delivered += count
+            service.stats.polls_answered_with_messages += 1
+            self.set_header("Content-Type", "application/json")
+            self.finish(body)
+        finally:
+            service.forget_if_unused(ch)
 
 
 class HealthHandler(BaseHandler):

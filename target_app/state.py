@@ -77,14 +77,16 @@ class Waiters:
 class Channel:
     """A bounded, ordered message buffer with a cursor protocol.
 
-    ``seq`` starts at 1 and grows by one per message.  ``epoch`` is random per
-    channel lifetime, so a client can tell that state was lost (process
-    restart) rather than mistaking a new sequence for the old one.
+    ``seq`` starts at 1 and grows by one per message.  ``epoch`` names the
+    lifetime of the channel's state (by default random; the service gives every
+    channel its process's epoch), so a client can tell that state was lost
+    (process restart) rather than mistaking a new sequence for the old one.
     """
 
-    def __init__(self, name: str, buffer_len: int, now: Callable[[], float] = time.time):
+    def __init__(self, name: str, buffer_len: int, now: Callable[[], float] = time.time,
+                 epoch: str | None = None):
         self.name = name
-        self.epoch = secrets.token_hex(6)
+        self.epoch = epoch or secrets.token_hex(6)
         self.buffer: collections.deque[Message] = collections.deque(maxlen=buffer_len)
         self.last_seq = 0
         self.waiters = Waiters()

@@ -12,7 +12,6 @@ ran with; a check whose configuration differs is refused (rerun
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,9 @@ from typing import Any
 
 from analysis.catalog import EXIT_OK
 from pollbench import paths
+from pollbench.actions.compare import baseline_runs
 from pollbench.errors import RunFailed, UserError, check_number
+from pollbench.records.inputs import check_output_file, read_json
 from pollbench.records.rundir import new_run_dir, write_atomic, write_json_atomic
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.spec import StackSpec
@@ -140,6 +141,7 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     if repeat < 1 or repeat > 50:
         raise UserError(f"--repeat must be from 1 to 50 (it is {repeat})")
     check_number("--delivery-delay-ms", delivery_delay_ms, 0, 60_000)
+    check_output_file(output, "--output")
     if force and not update:
         raise UserError("--force goes with --update-baseline")
     if baseline_ref is not None and update:
@@ -172,12 +174,11 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     if not baseline.is_file():
         raise UserError(f"no baseline at {baseline}: record one with pollbench check "
                         "--update-baseline")
-    try:
-        recorded = json.loads(baseline.read_text())
-    except ValueError as e:
-        raise UserError(f"{baseline} is not valid JSON ({e})") from None
-    if recorded.get("schema_version") != 1 or recorded.get("kind") != "baseline":
+    recorded = read_json(baseline, str(baseline))
+    if not isinstance(recorded, dict) or recorded.get("schema_version") != 1 or \
+            recorded.get("kind") != "baseline" or not isinstance(recorded.get("config"), dict):
         raise UserError(f"{baseline} is not a pollbench baseline (schema_version 1)")
+    baseline_runs(recorded, baseline)
     wanted = {k: v for k, v in config.items() if k != "delivery_delay_ms"}
     had = {k: v for k, v in recorded.get("config", {}).items() if k != "delivery_delay_ms"}
     if wanted != had:

@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from pollbench.errors import UserError
+from pollbench.records.inputs import check_output_file, check_summary, read_json
 from pollbench.records.rundir import write_atomic
+
+
+def baseline_runs(data: dict, path: Path) -> list[dict]:
+    """The repetitions' summaries a baseline file holds, each checked."""
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise UserError(f"{path}: a baseline needs a non-empty \"runs\" list of run summaries "
+                        "(record one with pollbench check --update-baseline)")
+    return [check_summary(r, f"{path}, runs[{i}]") for i, r in enumerate(runs)]
 
 
 def summaries_of(path: Path) -> list[dict]:
@@ -20,17 +29,14 @@ def summaries_of(path: Path) -> list[dict]:
         raise UserError(f"{path} does not exist")
     try:
         if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError as e:
-                raise UserError(f"{path} is not valid JSON ({e})") from None
+            data = read_json(path, str(path))
             if not isinstance(data, dict) or data.get("schema_version") != 1:
                 raise UserError(f"{path}: not a pollbench summary or baseline (schema_version 1)")
             if data.get("kind") == "baseline":
-                return list(data["runs"])
-            if "metrics" in data and data.get("kind") != "comparison":
-                return [data]
-            raise UserError(f"{path} is a comparison report, not a run summary or baseline")
+                return baseline_runs(data, path)
+            if data.get("kind") == "comparison":
+                raise UserError(f"{path} is a comparison report, not a run summary or baseline")
+            return [check_summary(data, str(path))]
         if (path / "run.json").is_file():
             return [compute(load_run(path)).summary]
         runs = sorted(q.parent for q in path.glob("*/run.json"))
@@ -47,6 +53,7 @@ def compare(baseline: Path, candidate: Path, thresholds: Path | None, fmt: str,
     from analysis.verdict import compare as judge_all
     from analysis.verdict_format import FORMATS
 
+    check_output_file(output, "--output")
     try:
         limits = read_thresholds(thresholds)
     except ThresholdsError as e:

@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from analysis.catalog import RANKABLE
-from pollbench.errors import UserError
+from pollbench.errors import UserError, check_number
 from pollbench.paths import SWEEPS_DIR
-from pollbench.records.tomlfile import read_toml
+from pollbench.records.inputs import read_toml
 from pollbench.stack import nginx_config
-from pollbench.stack.loadgen import LoadSpec, parse_duration
+from pollbench.stack.loadgen import MAX_DURATION_S, LoadSpec, parse_duration
 from pollbench.stack.spec import StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
 
@@ -140,8 +140,7 @@ def sweep_path(name_or_path: str) -> Path:
 
 def _duration(where: str, key: str, value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise UserError(f"{where}: {key} must be 0 or more seconds (it is {value})")
+        check_number(f"{where}: {key}", value, 0, MAX_DURATION_S)
         return float(value)
     if isinstance(value, str):
         if value.strip() in ("0", "0s"):

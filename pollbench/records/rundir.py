@@ -20,12 +20,19 @@ def new_run_dir(label: str, out: Path | None = None, results: Path | None = None
         if out.exists():
             raise UserError(f"{out} already exists; pollbench never overwrites a result: "
                             "choose another --out")
-        out.mkdir(parents=True)
+        try:
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot create the folder {out} ({e.strerror}): choose another "
+                            "--out") from None
         return out
     results = paths.results_dir() if results is None else results
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "run"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    results.mkdir(parents=True, exist_ok=True)
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the results folder {results} ({e.strerror})") from None
     for n in range(1, 1000):
         path = results / (f"{stamp}-{safe}" if n == 1 else f"{stamp}-{safe}-{n}")
         try:

@@ -24,7 +24,7 @@ import jinja2
 
 from pollbench.errors import UserError
 from pollbench.paths import MIME_TYPES, NGINX_DIR, PROFILES_DIR, STATIC_ROOT, TEMPLATE
-from pollbench.records.tomlfile import read_toml
+from pollbench.records.inputs import read_toml
 
 PROXY_NEXT_UPSTREAM_CHOICES = ("error", "timeout", "invalid_header", "http_500", "http_502",
                                "http_503", "http_504", "http_403", "http_404", "http_429",

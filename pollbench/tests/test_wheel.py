@@ -42,15 +42,18 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=120)
     python = venv / "bin" / "python"
+    # install first: with the dependencies' path already in place pip could find this
+    # checkout's editable pollbench there and call the wheel "already satisfied"
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                           "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
                               "['purelib'])"], capture_output=True, text=True,
                              check=True).stdout.strip()
+    assert (Path(purelib) / "pollbench" / "paths.py").is_file(), proc.stdout + proc.stderr
     # the dependencies (tornado, locust, pandas ...) from this environment, after the venv's own
     Path(purelib, "deps-from-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
-                           "--no-deps", "--no-index", "-q", str(wheel)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
     work = root / "work"
     work.mkdir()
     return venv / "bin", work

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -85,3 +86,42 @@ def test_sigterm_answers_held_polls_and_exits_within_seconds():
     th.join(10)
     assert time.monotonic() - t0 < 5
     assert result["status"] == 204 and result["held"] < 5
+
+
+def _answer(url: str, data: bytes | None = None) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def test_what_tornado_refuses_is_answered_as_json_not_an_empty_400():
+    proc, url = start()
+    try:
+        query = "&".join(f"p{i}=1" for i in range(1000))
+        code, ctype, body = _answer(f"{url}/channels/q?timeout=0&{query}")
+        assert code == 400 and ctype == "application/json"
+        assert "Max number of fields" in json.loads(body)["error"]
+        code, ctype, body = _answer(f"{url}/channels/big", b"x" * 2_000_000)  # 2 MB
+        assert code == 413 and ctype == "application/json"
+        assert "over the limit" in json.loads(body)["error"]
+        assert _answer(f"{url}/healthz")[0] == 200  # the server is still fine
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_polls_alone_cannot_fill_the_channel_table():
+    proc, url = start("--max-channels", "20")
+    try:
+        for i in range(60):  # three times the limit, each a new name
+            assert _answer(f"{url}/channels/only-polled-{i}?timeout=0")[0] == 204
+        assert json.load(urllib.request.urlopen(f"{url}/stats", timeout=5))["channels"] == 0
+        code, _, body = _answer(f"{url}/channels/published", b'{"hi": 1}')
+        assert code == 201, body
+        assert _answer(f"{url}/channels/published?cursor=0&timeout=0")[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)

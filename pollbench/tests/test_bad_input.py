@@ -1,0 +1,105 @@
+"""Bad input a user may hand pollbench: one line on stderr that says what to fix, exit 2,
+no traceback, and nothing created."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+
+
+def refused(*args: str, cwd=REPO) -> str:
+    proc = subprocess.run(pollbench_cmd(*args), capture_output=True, text=True, cwd=cwd,
+                          timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("content, says", [
+    ("extends = \"{self}\"\n", "extends loops back on itself"),
+    ("extends = 5\n", "extends must be a profile name or a .toml path"),
+    (b"description = \"caf\xe9\"\n", "not UTF-8 text"),
+])
+def test_broken_profiles_are_refused_before_anything_starts(tmp_path, content, says):
+    profile = tmp_path / "mine.toml"
+    if isinstance(content, bytes):
+        profile.write_bytes(content)
+    else:
+        profile.write_text(content.format(self=profile))
+    line = refused("up", "--profile", str(profile), "--out", str(tmp_path / "x"))
+    assert says in line and str(profile) in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_two_profiles_extending_each_other_are_refused(tmp_path):
+    (tmp_path / "a.toml").write_text(f'extends = "{tmp_path / "b.toml"}"\n')
+    (tmp_path / "b.toml").write_text(f'extends = "{tmp_path / "a.toml"}"\n[nginx]\ngzip = false\n')
+    assert "loops back" in refused("up", "--profile", str(tmp_path / "a.toml"))
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line(tmp_path):
+    port, backend_port = free_stack_ports()
+    line = refused("run", "--out", "/dev/null/x", "--port", str(port), "--backend-port",
+                   str(backend_port), "--duration", "1s")
+    assert "cannot create the folder /dev/null/x" in line
+
+
+def summary(value=1.0) -> dict:
+    return {"schema_version": 1, "metrics": {"delivery_latency_p50": {"value": value}}}
+
+
+@pytest.mark.parametrize("side, says", [
+    ({"schema_version": 1, "kind": "baseline"}, 'a baseline needs a non-empty "runs" list'),
+    ({"schema_version": 1, "kind": "baseline", "runs": [1, 2]},
+     'runs[0]: a run summary must be an object with a "metrics" object'),
+    ({"schema_version": 1, "metrics": "x"}, 'must be an object with a "metrics" object'),
+    ({"schema_version": 1, "metrics": {"delivery_latency_p50": {"value": "fast"}}},
+     "metric 'delivery_latency_p50' must be an object with a numeric"),
+])
+def test_compare_refuses_malformed_summaries_and_baselines(tmp_path, side, says):
+    (tmp_path / "bad.json").write_text(json.dumps(side))
+    (tmp_path / "good.json").write_text(json.dumps(summary()))
+    assert says in refused("compare", str(tmp_path / "bad.json"), str(tmp_path / "good.json"))
+
+
+def test_compare_output_into_a_missing_folder_is_refused_before_comparing(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(summary()))
+    line = refused("compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--output",
+                   str(tmp_path / "missing" / "verdict.txt"))
+    assert f"the folder {tmp_path / 'missing'} does not exist" in line
+
+
+def test_check_refuses_a_baseline_that_is_not_an_object(tmp_path):
+    (tmp_path / "b.json").write_text("[1, 2]")
+    port, backend_port = free_stack_ports()
+    line = refused("check", "--baseline", str(tmp_path / "b.json"), "--port", str(port),
+                   "--backend-port", str(backend_port))
+    assert "is not a pollbench baseline" in line
+    assert not list((tmp_path).glob("*check*"))
+
+
+@pytest.mark.parametrize("field, value", [("started_at", "yesterday"), ("parameters", [1]),
+                                          ("status", 3), ("warnings", "none")])
+def test_report_refuses_a_run_json_with_wrong_types(tmp_path, field, value):
+    run = tmp_path / "run"
+    run.mkdir()
+    info = {"schema_version": 1, "kind": "run", "status": "complete", "complete": True,
+            "started_at": 1.0, "ended_at": 2.0, "parameters": {}, "stack": {}, "warnings": []}
+    info[field] = value
+    (run / "run.json").write_text(json.dumps(info))
+    line = refused("report", str(run))
+    assert f"'{field}' must be" in line and "damaged" in line
+    assert not (run / "report").exists()
+
+
+def test_a_sweep_with_an_infinite_duration_is_refused(tmp_path):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text("profile = \"seed\"\n[load]\nduration = inf\n[grid]\nusers = [10, 20]\n")
+    line = refused("sweep", str(sweep), "--check")
+    assert "duration must be a finite number" in line
