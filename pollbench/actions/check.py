@@ -1,14 +1,6 @@
-"""``pollbench check``: the CI performance gate.  Run the CI scenario N times, compare with the
-baseline committed in the repository, exit 0 (pass), 1 (regression) or 2 (broken / void).
-
-    pollbench check                       # compare with results/baselines/ci.json
-    pollbench check --update-baseline     # record a new baseline (refuses to overwrite)
-
-Each repetition is a normal run folder under ``results/<time>-check/``.  The
-baseline file holds the summaries of its repetitions and the configuration they
-ran with; a check whose configuration differs is refused (rerun
-``--update-baseline``).
-"""
+"""The CI gate (``pollbench check``, whose help describes it): the CI scenario repeated,
+against a committed baseline or, with ``--baseline-ref``, against a revision rerun in
+alternation; the verdict's exit code is returned."""
 
 from __future__ import annotations
 

@@ -1,21 +1,6 @@
-"""Sweeps (``pollbench sweep FILE``): run every cell of a sweep, repeated, then a ranked side-by-side report.
-
-    pollbench sweep upstream-keepalive          # a shipped sweep (sweeps/*.toml) or a file
-    pollbench sweep my.toml --resume            # continue the newest unfinished sweep of my.toml
-
-The whole sweep is checked before anything starts: every cell's values, its
-stack and load, and ``nginx -t`` on its rendered config; an error names the
-cell.  Runs go to ``results/<time>-sweep-<name>/<cell>/rep-<k>`` (each a normal
-run folder) beside ``manifest.json`` (the plan, each run's status, timings) and
-a copy of the sweep file; the comparison report, with the ranking, goes to
-``report/``.  Repetitions are interleaved (or shuffled) across cells so that
-drift of the machine is not mistaken for an effect, and between runs the sweep
-waits until the previous run's sockets have left TIME_WAIT.
-
-Ctrl-C stops the running cell's processes and marks it interrupted; ``--resume``
-skips completed runs and reruns the rest (an interrupted run's folder is moved
-to ``aborted/``, never counted, never deleted).
-"""
+"""The sweep runner (``pollbench sweep``, whose help describes it): the plan in a
+manifest, each run a normal run folder, TIME_WAIT cool-downs between runs, interruption
+and ``--resume``, and the ranked comparison report at the end."""
 
 from __future__ import annotations
 
