@@ -34,6 +34,7 @@ RUN_FILES = {
     "locust_json": "locust/stats.json", "latency_hdr": "metrics/latency.hdr.jsonl",
     "counters": "metrics/counters.jsonl", "processes": "samples/processes.csv",
     "stub_status": "samples/stub_status.csv", "backend_stats": "samples/backend_stats.jsonl",
+    "events": "metrics/events.jsonl",
 }
 METRICS_DIR = "metrics"          # what the load generator writes (``--pb-out``)
 PROGRESS_FILE = "progress.json"  # in METRICS_DIR, rewritten every second during a run
@@ -56,7 +57,9 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "throughput_deliveries": ("messages/s", HIGHER, "messages delivered per second"),
     "error_rate": ("fraction", LOWER, "failed requests / all requests"),
     "errors": ("count", LOWER, "failed requests"),
-    "lost_messages": ("count", LOWER, "messages a subscriber never got"),
+    "lost_messages": ("count", LOWER, "messages a subscriber never got (every kind)"),
+    "lost_epoch_messages": ("count", LOWER,
+                            "published before a channel's state was lost, never delivered"),
     "duplicate_messages": ("count", LOWER, "messages delivered twice"),
     "epoch_changes": ("count", LOWER, "channel state lost (backend restart)"),
     "requests_per_connection_client": ("requests/connection", HIGHER, "client -> nginx reuse"),

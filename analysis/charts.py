@@ -39,10 +39,40 @@ def _figure(fig: Figures, title: str, nrows: int = 1, ncols: int = 1, height: fl
     f.suptitle(title, fontsize=13, fontweight="bold", y=1 - 0.08 / total_h)
     f.text(0.5, 1 - 0.40 / total_h, fig.label, ha="center", va="top", fontsize=9, color="#444")
     f._pollbench_top = 1 - 0.70 / total_h  # type: ignore[attr-defined]  # read by _finish
+    f._pollbench_faults = fault_spans(fig)  # type: ignore[attr-defined]  # read by _finish
     return f, axes.ravel()
 
 
+def fault_spans(fig: Figures) -> list[tuple[float, float, str]]:
+    """(start, end, label) of each injected fault, in seconds since the load started."""
+    spans = []
+    for r in fig.run.info.get("faults") or []:
+        if not isinstance(r, dict) or not isinstance(r.get("started_at"), (int, float)):
+            continue
+        t0 = float(r["started_at"]) - fig.run.start
+        end = r.get("ended_at")
+        t1 = float(end) - fig.run.start if isinstance(end, (int, float)) else t0
+        spans.append((t0, max(t1, t0), str(r.get("fault", r.get("action", "fault")))))
+    return spans
+
+
+def _mark_faults(f) -> None:
+    """On every time chart of the figure: a red line at each fault, shaded while it lasts."""
+    spans = getattr(f, "_pollbench_faults", [])
+    if not spans or not any(ax.get_xlabel().startswith("time since start")
+                            for ax in f.axes):
+        return
+    for ax in f.axes:
+        for t0, t1, label in spans:
+            ax.axvline(t0, color="#d62728", lw=1.2, linestyle="-.", zorder=5)
+            if t1 - t0 > 0.2:
+                ax.axvspan(t0, t1, color="#d62728", alpha=0.10, lw=0)
+            ax.text(t0, 1.0, f" {label}", transform=ax.get_xaxis_transform(), rotation=90,
+                    va="top", ha="left", fontsize=7, color="#d62728")
+
+
 def _finish(f):
+    _mark_faults(f)
     f.tight_layout(rect=(0, 0, 1, f._pollbench_top))
     return f
 

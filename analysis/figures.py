@@ -19,6 +19,7 @@ import pandas as pd
 from hdrh.histogram import HdrHistogram
 
 from analysis import catalog
+from analysis.faults import backend_stalls, epoch_loss, per_fault
 from analysis.hdr import new_histogram, percentiles_us, summary_ms
 from analysis.load import RunData
 
@@ -232,8 +233,10 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     metrics["error_rate"] = _m("error_rate", n_errors / (requests + n_errors)
                                if requests + n_errors else 0.0)
     metrics["errors"] = _m("errors", n_errors)
-    lost = all_totals.get("lost_dropped", 0) + all_totals.get("lost_silent", 0)
+    lost_epoch, lost_unknown = epoch_loss(run.events)
+    lost = all_totals.get("lost_dropped", 0) + all_totals.get("lost_silent", 0) + lost_epoch
     metrics["lost_messages"] = _m("lost_messages", lost)
+    metrics["lost_epoch_messages"] = _m("lost_epoch_messages", lost_epoch)
     metrics["duplicate_messages"] = _m("duplicate_messages", all_totals.get("duplicate", 0))
     metrics["epoch_changes"] = _m("epoch_changes", all_totals.get("epoch_changes", 0))
     if creuse:
@@ -256,6 +259,15 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
             for q in ("p50", "p95", "p99"):
                 windows[f"{prefix}_{q}"] = [round(float(x), 4) for x in w[q]]
 
+    warnings = list(info.get("warnings", []))
+    if lost_unknown:
+        warnings.append(f"{lost_unknown} epoch changes with no publisher report of the old "
+                        "epoch's end: their loss is not counted in lost_messages")
+    stalls = backend_stalls(run)
+    for s in stalls:
+        warnings.append(f"backend {s['backend']} did not answer /stats for {s['lasted_s']:g} s "
+                        f"(from {s['from_s']:g} s): stopped, overloaded or down; delivery "
+                        "latency may look normal while polls pile up")
     summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run": str(run.path), "label": run_label(info),
@@ -265,7 +277,8 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         "warmup_s": warmup, "measured_s": round(measured_s, 3),
         "loadgen_saturated": bool(cpu.get("loadgen_saturated", False)),
         "machine_saturated": bool(cpu.get("machine_saturated", False)),
-        "warnings": list(info.get("warnings", [])),
+        "warnings": warnings,
+        "faults": per_fault(run), "backend_stalls": stalls,
         "metrics": metrics,
         "errors_by_cause": errors,
         "windows": {"width_s": WINDOW_S, "series": windows},

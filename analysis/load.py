@@ -55,6 +55,7 @@ class RunData:
     processes: pd.DataFrame
     backend_stats: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # metrics/events.jsonl (faults seen)
 
     @property
     def start(self) -> float:
@@ -225,4 +226,22 @@ def load_run(path: Path | str) -> RunData:
                            ["time", "component", "pid", "cpu_percent", "rss_bytes", "num_fds"])
     backend = _read_optional(f["backend_stats"], read_backend_stats, "backend /stats samples",
                              notes, ["time", "backend", "connections_accepted", "requests"])
-    return RunData(path, info, hdr, counters, history, access, stub, procs, backend, notes)
+    events = read_events(path / catalog.RUN_FILES["events"], notes)
+    return RunData(path, info, hdr, counters, history, access, stub, procs, backend, notes,
+                   events)
+
+
+def read_events(path: Path, notes: list[str]) -> list[dict]:
+    """events.jsonl: a few lines per fault; absent in runs of older versions (no events)."""
+    if not path.exists():
+        return []
+    events = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            notes.append(f"{path.name} line {n} is unreadable: left out")
+            continue
+        if isinstance(event, dict) and isinstance(event.get("t"), (int, float)):
+            events.append(event)
+    return events

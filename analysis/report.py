@@ -31,6 +31,7 @@ HEADLINE = [
     ("repoll_gap_p99", "Re-poll gap p99"), ("publish_lag_p99", "Publish lateness p99"),
     ("throughput_requests", "Requests"), ("throughput_deliveries", "Deliveries"),
     ("error_rate", "Error rate"), ("lost_messages", "Lost messages"),
+    ("lost_epoch_messages", "Lost to channel state loss (epoch changes)"),
     ("duplicate_messages", "Duplicate messages"),
     ("requests_per_connection_client", "Requests/connection, client -> nginx"),
     ("requests_per_connection_upstream", "Requests/connection, nginx -> backend"),
@@ -53,6 +54,28 @@ def headline_rows(summary: dict) -> list[tuple[str, str]]:
     return [(label, fmt_value(metrics[key])) for key, label in HEADLINE if key in metrics]
 
 
+def fault_rows(summary: dict) -> list[list[str]]:
+    """The injected faults as table cells: what, when, and what each cost."""
+    rows = []
+    for f in summary.get("faults") or []:
+        rec = "-" if f["recovery_p50_s"] is None else \
+            f"{f['recovery_p50_s']:.2f} / {f['recovery_max_s']:.2f} s ({f['channels_recovered']})"
+        old = "-" if f.get("old_workers") is None else \
+            f"{f['old_workers']} lingered {f['old_workers_lingered_s']:g} s"
+        lost = str(f["lost_epoch_messages"]) + (
+            f" (+{f['epoch_changes_loss_unknown']} unknown)"
+            if f["epoch_changes_loss_unknown"] else "")
+        rows.append([f"{f['at_s']:g} s", str(f["fault"]), f"{f['lasted_s']:g} s",
+                     str(f["failed_requests"]), str(f["epoch_changes"]), lost, rec, old,
+                     ("" if f.get("ok", True) else "NOT INJECTED: ") + str(f["detail"])])
+    return rows
+
+
+FAULT_HEADER = ["at", "fault", "lasted", "failed requests", "epoch changes",
+                "lost (epoch)", "recovery p50 / max (subscribers)", "old nginx workers",
+                "what happened"]
+
+
 def summary_markdown(fig: Figures) -> str:
     s = fig.summary
     lines = [f"# pollbench run: {s['label']}", "",
@@ -62,6 +85,11 @@ def summary_markdown(fig: Figures) -> str:
              f"- load generator: {'**CPU-saturated: figures not to be trusted**' if s['loadgen_saturated'] else 'not saturated'}",
              "", "| figure | value |", "|---|---|"]
     lines += [f"| {label} | {value} |" for label, value in headline_rows(s)]
+    if s.get("faults"):
+        lines += ["", "## Injected faults (each until the next; red lines in the charts)", "",
+                  "| " + " | ".join(FAULT_HEADER) + " |", "|" + "---|" * len(FAULT_HEADER)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |"
+                  for row in fault_rows(s)]
     if s["errors_by_cause"]:
         lines += ["", "| failed requests, by cause | count |", "|---|---|"]
         lines += [f"| {k} | {v:,} |" for k, v in sorted(s["errors_by_cause"].items())]
@@ -94,6 +122,8 @@ measured {{ s.measured_s }} s after a {{ s.warmup_s }} s warm-up (shaded grey in
 <table><tr><th>figure</th><th>value</th></tr>
 {% for label, value in rows %}<tr><td>{{ label }}</td><td class="v">{{ value }}</td></tr>{% endfor %}
 </table>
+{% if faults %}<h2>Injected faults</h2><p class="note">Each fault's costs count until the next fault; red lines mark them in the time charts.</p><table><tr>{% for h in fault_header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in faults %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 {% if s.errors_by_cause %}<h3>Failed requests by cause</h3><table>
 {% for k, v in s.errors_by_cause.items() %}<tr><td>{{ k }}</td><td class="v">{{ v }}</td></tr>{% endfor %}</table>{% endif %}
 {% for title, img in images %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ img }}">
@@ -132,6 +162,7 @@ def write_run_report(run_dir: Path, out: Path | None = None,
     images, chart_notes = render_charts(fig, out)
     fig.summary["notes"] += chart_notes
     page = HTML.render(s=fig.summary, rows=headline_rows(fig.summary), images=images,
+                       faults=fault_rows(fig.summary), fault_header=FAULT_HEADER,
                        notes=fig.summary["notes"],
                        config=html.escape(json.dumps(fig.summary["config"]))[:4000])
     paths = {"html": out / "report.html", "markdown": out / "summary.md",

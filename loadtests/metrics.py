@@ -33,6 +33,7 @@ from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
 # the files inside --pb-out (the run folder's metrics/), named once in analysis.catalog
 HDR_NAME = Path(RUN_FILES["latency_hdr"]).name
 COUNTERS_NAME = Path(RUN_FILES["counters"]).name
+EVENTS_NAME = Path(RUN_FILES["events"]).name
 
 FLUSH_INTERVAL_S = 1.0
 ROWS_MERGES_PER_FLUSH = 4
@@ -56,6 +57,12 @@ class Recorder:
         self.totals: dict[str, int] = {}
         self.interval_start = time.time()
         self.clock = ""  # how receipt times were taken (loadtests.leanhttp CLOCK_*)
+        self.events: list[dict] = []  # rare events (faults seen): written as they are
+
+    def event(self, kind: str, **fields) -> None:
+        """A rare event (a channel's epoch changed, a subscriber recovered): one line in
+        events.jsonl, never per message."""
+        self.events.append({"t": round(time.time(), 4), "kind": kind, **fields})
 
     def record_ms(self, metric: str, value_ms: float) -> None:
         hist = self.hists.get(metric)
@@ -74,12 +81,13 @@ class Recorder:
             "t0": self.interval_start, "t1": now,
             "hists": {m: (h.get_total_count(), h.encode().decode()) for m, h in self.hists.items()
                       if h.get_total_count()},
-            "counters": self.counters, "clock": self.clock,
+            "counters": self.counters, "clock": self.clock, "events": self.events,
         }
         for k, v in self.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
         self.hists = {}
         self.counters = {}
+        self.events = []
         self.interval_start = now
         return payload
 
@@ -122,8 +130,10 @@ class Sink:
         self.out = out
         self._hdr = open(out / HDR_NAME, "a", buffering=1)
         self._counters = open(out / COUNTERS_NAME, "a", buffering=1)
+        self._events = open(out / EVENTS_NAME, "a", buffering=1)
         self.totals: dict[str, int] = {}
         self.clocks: set[str] = set()
+        self.epoch_loss = EpochLoss()
 
     def write(self, source: str, payload: dict) -> None:
         t0, t1 = payload["t0"], payload["t1"]
@@ -138,6 +148,9 @@ class Sink:
             self.totals[k] = self.totals.get(k, 0) + v
         if payload.get("clock"):
             self.clocks.add(payload["clock"])
+        for event in payload.get("events", ()):
+            self._events.write(json.dumps({**event, "source": source}) + "\n")
+            self.epoch_loss.add(event)
 
     def write_progress(self, progress: dict) -> None:
         tmp = self.out / f".{PROGRESS_FILE}.tmp"
@@ -147,6 +160,31 @@ class Sink:
     def close(self) -> None:
         self._hdr.close()
         self._counters.close()
+        self._events.close()
+
+
+class EpochLoss:
+    """Messages lost when a channel's state was lost (a backend restart), counted exactly.
+
+    A subscriber that sees a new epoch reports its cursor in the old one
+    (``epoch_change``); the publisher reports the last seq it got published in each
+    epoch that ended (``publisher_epoch_end``).  Lost = last published - cursor, per
+    change.  analysis.figures counts the same from events.jsonl."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str, int]] = []
+        self.last_seq: dict[tuple[str, str], int] = {}
+
+    def add(self, event: dict) -> None:
+        if event.get("kind") == "epoch_change" and event.get("old_epoch"):
+            self.changes.append((event["channel"], event["old_epoch"], int(event["cursor"])))
+        elif event.get("kind") == "publisher_epoch_end":
+            key = (event["channel"], event["epoch"])
+            self.last_seq[key] = max(self.last_seq.get(key, 0), int(event["last_seq"]))
+
+    def lost(self) -> int:
+        return sum(max(self.last_seq.get((ch, ep), cursor) - cursor, 0)
+                   for ch, ep, cursor in self.changes)
 
 
 def watch_gc(recorder: Recorder) -> None:
@@ -254,7 +292,9 @@ class MetricsPlumbing:
             "requests_per_s": round((requests - self._last_requests) / dt, 1),
             "deliveries_per_s": round((delivered - self._last_delivered) / dt, 1),
             "delivered": delivered,
-            "lost": totals.get("lost_dropped", 0) + totals.get("lost_silent", 0),
+            "lost": totals.get("lost_dropped", 0) + totals.get("lost_silent", 0)
+            + self.sink.epoch_loss.lost(),
+            "lost_epoch": self.sink.epoch_loss.lost(),
             "duplicates": totals.get("duplicate", 0),
             "clock_source": ", ".join(sorted(self.sink.clocks)),
         }

@@ -182,6 +182,7 @@ class ChannelSubscriber(PollbenchUser):
         self.epoch: str | None = None
         self.expected: int | None = None  # next seq this subscriber must see
         self.last_receipt: float | None = None
+        self.failing_since: float | None = None  # first failure since the last delivery
 
     @task
     def poll_channel(self) -> None:
@@ -199,6 +200,8 @@ class ChannelSubscriber(PollbenchUser):
         if resp is None or resp.status not in (200, 204):
             if resp is not None:
                 self.fail_answer("GET", self.NAME, ms, resp)
+            if self.failing_since is None:
+                self.failing_since = time.time()
             self.last_receipt = None
             gevent.sleep(0.1)  # don't spin on a failing backend
             return
@@ -226,6 +229,12 @@ class ChannelSubscriber(PollbenchUser):
             rec.count("epoch_changes")
             self.fail(DELIVERY, "lost (epoch change)", 0,
                       MessageLost(f"channel {self.channel} restarted"))
+            # what was published after our cursor in the old epoch is lost: counted from
+            # this and the publisher's publisher_epoch_end (loadtests.metrics.EpochLoss)
+            rec.event("epoch_change", channel=self.channel, old_epoch=self.epoch,
+                      cursor=self.cursor or 0, new_epoch=data["epoch"])
+            if self.failing_since is None:
+                self.failing_since = time.time()
             self.expected = None
         self.epoch = data["epoch"]
         dropped = data.get("dropped")
@@ -257,6 +266,10 @@ class ChannelSubscriber(PollbenchUser):
             expected = seq + 1
         self.expected = expected
         rec.count("delivered", delivered)
+        if delivered and self.failing_since is not None:
+            rec.event("recovered", channel=self.channel, since=round(self.failing_since, 4),
+                      at=round(received, 4))
+            self.failing_since = None
         self.cursor = data["cursor"]
 
 
@@ -275,6 +288,8 @@ class Publisher(PollbenchUser):
     def on_start(self) -> None:
         super().on_start()
         self.idle: list[LeanConnection] = [self.conn]
+        self.epochs: dict[str, tuple[str, int]] = {}  # channel -> (epoch, last seq published)
+        self.ended: dict[str, set[str]] = {}          # channel -> epochs reported ended
 
     def on_stop(self) -> None:
         for conn in self.idle:
@@ -300,6 +315,31 @@ class Publisher(PollbenchUser):
             self.recorder.record_ms(PUBLISH_LAG, max((time.time() - scheduled) * 1000, 0.001))
             pool.spawn(self.publish, f"/channels/ch{k % channels}", body)
 
+    def note_published(self, path: str, answer: bytes) -> None:
+        """Track the last seq published in each channel's epoch; when an epoch ends (a new
+        one answers), report its last seq: subscribers' losses are counted against it."""
+        try:
+            got = json.loads(answer)
+            seq, epoch = int(got["seq"]), got.get("epoch")
+        except (ValueError, KeyError, TypeError):
+            return
+        if not epoch:
+            return
+        channel = path.rsplit("/", 1)[1]
+        current = self.epochs.get(channel)
+        if current is None or current[0] == epoch:
+            self.epochs[channel] = (epoch, max(seq, current[1] if current else 0))
+            return
+        if epoch in self.ended.get(channel, ()):
+            # a late answer from an epoch already reported ended: report its new last seq
+            self.recorder.event("publisher_epoch_end", channel=channel, epoch=epoch,
+                                last_seq=seq)
+            return
+        self.recorder.event("publisher_epoch_end", channel=channel, epoch=current[0],
+                            last_seq=current[1])
+        self.ended.setdefault(channel, set()).add(current[0])
+        self.epochs[channel] = (epoch, seq)
+
     def publish(self, path: str, body: bytes) -> None:
         conn = self.idle.pop() if self.idle else self.new_connection()
         try:
@@ -311,5 +351,6 @@ class Publisher(PollbenchUser):
                 return
             self.ok("POST", self.NAME, ms, len(resp.body))
             self.recorder.count("published")
+            self.note_published(path, resp.body)
         finally:
             self.idle.append(conn)

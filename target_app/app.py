@@ -450,7 +450,7 @@ class ChannelHandler(BaseHandler):
         stats = self.service.stats
         stats.messages_published += 1
         ch.waiters.wake_all()
-        self.write_json({"seq": msg.seq, "ts": msg.ts}, status=201)
+        self.write_json({"seq": msg.seq, "ts": msg.ts, "epoch": ch.epoch}, status=201)
 
     async def get(self, name: str) -> None:
         timeout = self.hold_timeout()

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -37,6 +38,7 @@ from pollbench.records.runinfo import (
     software_versions,
 )
 from pollbench.stack import nginx_config
+from pollbench.stack.faults import BACKEND_ACTIONS, Fault, FaultInjector
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.processes import spawn
 from pollbench.stack.sampler import Sampler
@@ -88,6 +90,7 @@ def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
             "channels": load.channels, "publish_rate": load.publish_rate,
             "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
             "cpus_loadgen": list(load.cpus) if load.cpus else None,
+            "faults": list(load.faults),
         },
         "stack": {"profile": spec.profile, "nginx": settings, "backends": settings["backends"],
                   "loop": spec.loop, "port": spec.port, "backend_ports": list(resolved.backend_ports),
@@ -125,8 +128,32 @@ def cpu_summary(sampler: Sampler, load: LoadSpec) -> tuple[dict, list[str]]:
 
 
 def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True) -> int:
-    resolved = spec.resolve()
+    resolved = spec.resolve(claim=True)  # ports held until the run ends
+    try:
+        return _run(resolved, load, out, report)
+    finally:
+        resolved.release()
+
+
+def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
+    """Backends that exist, reload profiles that load with the same backend count."""
+    backends = resolved.settings["backends"]
+    for f in faults:
+        if f.action in BACKEND_ACTIONS and int((f.target or "backend-0").split("-")[1]) >= backends:
+            raise UserError(f"--fault {f.text()}: there is no {f.target} (the stack has "
+                            f"{backends} backends: backend-0 to backend-{backends - 1})")
+        if f.action == "reload" and f.target:
+            other = replace(resolved.spec, profile=f.target).settings()
+            if other["backends"] != backends:
+                raise UserError(f"--fault {f.text()}: profile {f.target} has "
+                                f"{other['backends']} backends, the stack {backends}")
+
+
+def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool) -> int:
+    spec = resolved.spec
     load.validate(spec.max_hold_s)
+    faults = load.fault_schedule()
+    check_fault_targets(resolved, faults)
     label = f"{load.mix and 'mix' or load.scenario}-{spec.profile}-{load.users}u"
     if out is not None:
         nginx_config.safe_path(Path(out).resolve() / "nginx")  # refused before it is created
@@ -136,8 +163,9 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool =
     print(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}", flush=True)
 
     sampler: Sampler | None = None
+    injector: FaultInjector | None = None
     status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
-    stack = Stack(resolved, run_dir)
+    stack = Stack(resolved, run_dir, detach_nginx=any(f.action == "upgrade" for f in faults))
     locust = None
     try:
         stack.start()
@@ -151,6 +179,9 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool =
         record["pids"] = stack.pids()
         sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls)
         sampler.start()
+        if faults:
+            injector = FaultInjector(stack, faults, time.monotonic())
+            injector.start()
         progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s)
         deadline = time.monotonic() + load.duration_s + LOCUST_GRACE_S
         while locust.alive():
@@ -178,7 +209,12 @@ def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool =
         # Ctrl-C again while stopping must not leave processes: ignore it until all are down.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
+            if injector is not None:
+                injector.halt()  # no fault starts while the stack stops
             stack.stop()
+            if injector is not None:
+                injector.stop()
+                record["faults"] = injector.records
             if sampler is not None:
                 sampler.stop()
             finish_record(record, run_dir, status, reason, code, sampler, load, stack,

@@ -61,7 +61,7 @@ LOAD_PARAMS = {
     "shape": ("shape", str), "workers": ("workers", int), "connection": ("connection", str),
     "channels": ("channels", int), "publish_rate": ("publish_rate", float),
     "poll_timeout": ("poll_timeout_s", float), "task_duration_ms": ("task_duration_ms", int),
-    "message_bytes": ("message_bytes", int),
+    "message_bytes": ("message_bytes", int), "faults": ("faults", tuple),
 }
 # Load settings that set the load level: cells at different levels are ranked apart.
 LOAD_LEVEL = ("scenario", "mix", "users", "publish_rate", "channels", "shape", "duration")
@@ -195,6 +195,12 @@ def _apply(where: str, params: dict[str, Any], base_nginx: dict[str, Any],
             raise UserError(f"{where}: unknown load setting {key!r}; known: "
                             + ", ".join(sorted(LOAD_PARAMS)))
         attr, conv = LOAD_PARAMS[key]
+        if conv is tuple:  # faults: a list of --fault texts
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UserError(f"{where}: load setting {key} must be a list of strings such as "
+                                f"[\"20s:kill=3s:backend-1\"] (it is {value!r})")
+            load_kwargs[attr] = tuple(value)
+            continue
         if isinstance(value, bool) or (conv in (int, float) and not isinstance(value, (int, float))):
             raise UserError(f"{where}: load setting {key} must be a number (it is {value!r})")
         if conv is int and isinstance(value, float) and not value.is_integer():

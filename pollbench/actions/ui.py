@@ -17,13 +17,22 @@ from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import answers, port_free
 from pollbench.stack.processes import spawn, wait_until
 from pollbench.stack.sampler import Sampler
-from pollbench.stack.spec import StackSpec
+from pollbench.stack.spec import ResolvedStack, StackSpec
 from pollbench.stack.stack import Stack
 
 
 def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | None = None,
        max_seconds: float | None = None) -> int:
-    resolved = spec.resolve()
+    resolved = spec.resolve(claim=True)  # ports held until the session ends
+    try:
+        return _ui(resolved, web_port, web_host, out, max_seconds)
+    finally:
+        resolved.release()
+
+
+def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
+        max_seconds: float | None) -> int:
+    spec = resolved.spec
     if not 1024 <= web_port <= 65535:
         raise UserError(f"--web-port {web_port} must be from 1024 to 65535")
     if not port_free(web_port, web_host if web_host != "0.0.0.0" else "127.0.0.1"):

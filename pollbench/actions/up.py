@@ -6,12 +6,20 @@ import time
 from pathlib import Path
 
 from pollbench.records.rundir import new_run_dir
-from pollbench.stack.spec import StackSpec
+from pollbench.stack.spec import ResolvedStack, StackSpec
 from pollbench.stack.stack import Stack
 
 
 def up(spec: StackSpec, out: Path | None = None) -> int:
-    resolved = spec.resolve()  # fail before creating anything
+    resolved = spec.resolve(claim=True)  # fail before creating anything; ports held
+    try:
+        return _up(resolved, out)
+    finally:
+        resolved.release()
+
+
+def _up(resolved: ResolvedStack, out: Path | None) -> int:
+    spec = resolved.spec
     run_dir = new_run_dir(f"up-{spec.profile}", out)
     with Stack(resolved, run_dir) as stack:
         print(f"run folder:   {run_dir}")

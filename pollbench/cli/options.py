@@ -58,6 +58,11 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poll-timeout", type=float, default=20.0,
                    help="seconds the server may hold each poll (default 20)")
     g.add_argument("--task-duration-ms", type=int, default=500, help="each task's duration")
+    g.add_argument("--fault", dest="faults", action="append", default=[],
+                   metavar="AT:ACTION[=D][:TARGET]",
+                   help="inject a fault during the run (repeatable): kill=D, stop=D or restart "
+                        "a backend-N, reload[:PROFILE] or upgrade nginx; AT from the load's "
+                        "start, *AT repeats; e.g. 20s:kill=3s:backend-1, '*15s:reload'")
     g.add_argument("--cpus", default=None, metavar="LOADGEN/STACK",
                    help="CPU placement, e.g. 0/1: the load generator on CPU 0, nginx and the "
                         "backends on CPU 1 (default: no placement; see README)")
@@ -68,7 +73,8 @@ def load_from_args(args: argparse.Namespace) -> LoadSpec:
                     spawn_rate=args.spawn_rate, duration_s=parse_duration(args.duration),
                     shape=args.shape, workers=args.workers, connection=args.connection,
                     channels=args.channels, publish_rate=args.publish_rate,
-                    poll_timeout_s=args.poll_timeout, task_duration_ms=args.task_duration_ms)
+                    poll_timeout_s=args.poll_timeout, task_duration_ms=args.task_duration_ms,
+                    faults=tuple(args.faults))
 
 
 def place_cpus(spec: StackSpec, load: LoadSpec, text: str | None) -> tuple[StackSpec, LoadSpec]:

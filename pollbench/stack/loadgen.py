@@ -11,6 +11,7 @@ from loadtests import options as loadtest_options
 from loadtests.options import parse_connection_mode
 from pollbench.errors import UserError, check_number
 from pollbench.paths import LOCUSTFILE, SHAPESFILE
+from pollbench.stack.faults import Fault, parse_fault, schedule
 
 SCENARIOS = {
     "channels": ["ChannelSubscriber", "Publisher"],
@@ -63,6 +64,21 @@ class LoadSpec:
     task_duration_ms: int = 500
     task_payload_bytes: int = 64
     cpus: tuple[int, ...] | None = None  # the load generator runs only here (None: anywhere)
+    faults: tuple[str, ...] = ()  # --fault AT:ACTION[=D][:TARGET] (pollbench.stack.faults)
+
+    def fault_schedule(self) -> list[Fault]:
+        """Every fault occurrence in the run, in time order (refused in one line if bad)."""
+        parsed = []
+        for text in self.faults:
+            try:
+                fault = parse_fault(text)
+            except ValueError as e:
+                raise UserError(f"--fault {e}") from None
+            if fault.at_s >= self.duration_s:
+                raise UserError(f"--fault {text!r}: at {fault.at_s:g} s the run (--duration "
+                                f"{self.duration_s:g} s) is over")
+            parsed.append(fault)
+        return schedule(parsed, self.duration_s)
 
     def effective_spawn_rate(self) -> float:
         return self.spawn_rate if self.spawn_rate is not None else max(self.users / 5.0, 1.0)
@@ -99,6 +115,7 @@ class LoadSpec:
         check_number("--poll-timeout", self.poll_timeout_s, 0, max_hold_s)  # up to --max-hold
         if not 0 <= self.task_duration_ms <= 600000:
             raise UserError("--task-duration-ms must be from 0 to 600000")
+        self.fault_schedule()
         if "Publisher" in self.user_classes() and self.users < 2:
             raise UserError("--users must be at least 2 for the channels scenario "
                             "(one user is the publisher)")

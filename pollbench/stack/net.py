@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import socket
+import tempfile
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
@@ -52,3 +56,46 @@ def find_free_ports(count: int, start: int = 20000, stop: int = 32000) -> int:
         if all(port_free(base + i) for i in range(count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports between {start} and {stop}")
+
+
+LOCK_DIR = Path(tempfile.gettempdir()) / "pollbench-ports"
+
+
+class PortClaim:
+    """Ports claimed for one run with an exclusive lock file each (``flock``), so that two
+    pollbench processes started at the same instant cannot both pass the "port free" check:
+    the second is refused in one line naming the first.  Released by :meth:`release` or when
+    the process ends (the kernel drops the locks with the file descriptors)."""
+
+    def __init__(self, ports: list[int]):
+        self._files: list = []
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            for port in sorted(set(ports)):
+                f = open(LOCK_DIR / f"{port}.lock", "a+")  # noqa: SIM115 (held until release)
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.seek(0)
+                    holder = f.read().strip() or "another process"
+                    f.close()
+                    raise PortTaken(port, holder) from None
+                f.seek(0)
+                f.truncate()
+                f.write(f"pollbench pid {os.getpid()}")
+                f.flush()
+                self._files.append(f)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        for f in self._files:
+            f.close()  # closing drops the lock
+        self._files.clear()
+
+
+class PortTaken(Exception):
+    def __init__(self, port: int, holder: str):
+        super().__init__(f"port {port} is claimed by another pollbench run ({holder})")
+        self.port = port

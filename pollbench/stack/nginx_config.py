@@ -96,6 +96,8 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          nullable=False),
     Knob("worker_rlimit_nofile", "int", "fd limit per worker (cannot pass the hard limit)", 64,
          1048576),
+    Knob("worker_shutdown_timeout", "int", "after a reload, old workers close held connections "
+         "after this many s (unset: they wait for every poll to end)", 1, 3600),
     Knob("use", "choice", "event method; poll/select need an nginx built with them",
          choices=EVENT_METHODS),
     Knob("multi_accept", "bool", "accept all pending connections at once"),

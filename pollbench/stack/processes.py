@@ -85,19 +85,19 @@ class Child:
     def stop(self, timeout: float = 6.0) -> int | None:
         """Ask politely (its stop signal to the whole process group), then SIGKILL."""
         if self.alive():
-            _signal_group(self.popen.pid, self.stop_signal)
+            signal_group(self.popen.pid, self.stop_signal)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                _signal_group(self.popen.pid, signal.SIGKILL)
+                signal_group(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(5)
         # The group may still hold grandchildren (nginx workers, Locust workers).
-        _signal_group(self.popen.pid, signal.SIGKILL)
+        signal_group(self.popen.pid, signal.SIGKILL)
         self.exit_code = self.popen.returncode
         return self.exit_code
 
 
-def _signal_group(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

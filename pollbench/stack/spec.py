@@ -17,7 +17,7 @@ from typing import Any
 
 from pollbench.errors import UserError, check_number
 from pollbench.stack import nginx_build, nginx_config
-from pollbench.stack.net import port_free
+from pollbench.stack.net import PortClaim, PortTaken, port_free
 from target_app.app import AppConfig
 from target_app.server import LOOPS, SELECT_MAX_CONNECTIONS, ConfigError, check_config
 
@@ -82,8 +82,11 @@ class StackSpec:
         cfg.max_waiters = min(cfg.max_waiters, cfg.max_connections)
         return cfg
 
-    def resolve(self, check_ports: bool = True) -> ResolvedStack:
-        """Every check that needs no process, then what the stack needs, resolved once."""
+    def resolve(self, check_ports: bool = True, claim: bool = False) -> ResolvedStack:
+        """Every check that needs no process, then what the stack needs, resolved once.
+
+        ``claim``: also claim the ports for this process (:class:`PortClaim`) before checking
+        that they are free; the caller releases them (``resolved.release()``) when done."""
         if self.loop not in LOOPS:
             raise UserError(f"unknown --loop {self.loop!r}; choose one of {', '.join(LOOPS)}")
         check_number("--max-hold", self.max_hold_s, 0, 3600, above=True)
@@ -109,12 +112,20 @@ class StackSpec:
             raise UserError(str(e)) from None
         nginx_path = find_nginx(self.nginx_name())
         check_event_method(nginx_path, settings["use"])
+        claimed = None
+        if claim:
+            try:
+                claimed = PortClaim([self.port, *ports])
+            except PortTaken as e:
+                raise UserError(f"{e} (wait for it, or choose --port / --backend-port)") from None
         if check_ports:
             for port in [self.port, *ports]:
                 if not port_free(port):
+                    if claimed is not None:
+                        claimed.release()
                     raise UserError(f"port {port} is already in use on 127.0.0.1 "
                                     "(stop what holds it, or choose --port / --backend-port)")
-        return ResolvedStack(self, settings, self.nginx_name(), nginx_path, ports, app)
+        return ResolvedStack(self, settings, self.nginx_name(), nginx_path, ports, app, claimed)
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,12 @@ class ResolvedStack:
     nginx_path: str               # the binary that runs
     backend_ports: tuple[int, ...]
     app_config: AppConfig
+    claim: PortClaim | None = None  # the ports, held for this process (resolve(claim=True))
+
+    def release(self) -> None:
+        """Give the claimed ports back (the run is over)."""
+        if self.claim is not None:
+            self.claim.release()
 
     @property
     def port(self) -> int:

@@ -11,15 +11,23 @@ Layout of the run folder: ``nginx/nginx.conf`` (rendered), ``nginx/logs/``
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from pollbench.errors import RunFailed, UserError
 from pollbench.stack import nginx_config
+from pollbench.stack.faults import BACKEND_ACTIONS, Fault
 from pollbench.stack.net import answers
-from pollbench.stack.processes import Child, ChildGroup, spawn, wait_until
+from pollbench.stack.processes import Child, ChildGroup, signal_group, spawn, wait_until
 from pollbench.stack.spec import ResolvedStack
 
 
@@ -35,13 +43,20 @@ class ConfigRefused(UserError):
 class Stack:
     """Starts backends then nginx from ``run_dir``; stops them on exit, Ctrl-C included."""
 
-    def __init__(self, resolved: ResolvedStack, run_dir: Path):
+    def __init__(self, resolved: ResolvedStack, run_dir: Path, detach_nginx: bool = False):
         self.resolved = resolved
+        # nginx refuses a binary upgrade (USR2) while its parent is the process that started
+        # it: for an upgrade, nginx is started through a shell that exits at once
+        self.detach_nginx = detach_nginx
         self.run_dir = Path(run_dir)
         self.group = ChildGroup()
         self.backends: list[Child] = []
         self.nginx: Child | None = None
         self.exit_codes: dict[str, int | None] = {}
+        self.backend_cmds: list[list[str]] = []
+        # stopped on purpose (a fault): not an unexpected death while it is down
+        self.expected_down: set[str] = set()
+        self.nginx_master: int | None = None  # after a binary upgrade: the new master's pid
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -106,15 +121,48 @@ class Stack:
                    "--max-connections", str(cfg.max_connections),
                    "--max-waiters", str(cfg.max_waiters),
                    "--delivery-delay-ms", str(cfg.delivery_delay_ms)]
-            self.backends.append(self.group.add(
-                spawn(f"backend-{i}", cmd, self.run_dir / "logs" / f"backend-{i}.log",
-                      cpus=spec.cpus)))
+            self.backend_cmds.append(cmd)
+            self.backends.append(self.group.add(self._spawn_backend(i)))
         for child, url in zip(self.backends, self.backend_urls, strict=True):
             self._wait_healthy(child, f"{url}/healthz", 15)
-        self.nginx = self.group.add(spawn("nginx", [*self.nginx_cmd(conf), "-g", "daemon off;"],
-                                          self.run_dir / "logs" / "nginx.log",
+        cmd = [*self.nginx_cmd(conf), "-g", "daemon off;"]
+        log = self.run_dir / "logs" / "nginx.log"
+        if not self.detach_nginx:
+            self.nginx = self.group.add(spawn("nginx", cmd, log, cpus=spec.cpus))
+            self._wait_healthy(self.nginx, f"{self.url}/healthz", 10)
+            return
+        # The shell's process group holds nginx (killed with it at stop).  The shell exits
+        # once nginx has written its pid file: nginx notes its parent at start, and allows an
+        # upgrade only after that parent is gone (bounded: 10 s).
+        pid_file = self.run_dir / "logs" / "nginx-master.pid"
+        nginx_pid = self.prefix / "nginx.pid"
+        nginx_pid.unlink(missing_ok=True)
+        script = (f"{shlex.join(cmd)} & echo $! > {shlex.quote(str(pid_file))}; "
+                  f"for i in $(seq 200); do [ -s {shlex.quote(str(nginx_pid))} ] && break; "
+                  "sleep 0.05; done")
+        self.nginx = self.group.add(spawn("nginx-launcher", ["/bin/sh", "-c", script], log,
                                           cpus=spec.cpus))
-        self._wait_healthy(self.nginx, f"{self.url}/healthz", 10)
+        self.expected_down.add("nginx-launcher")
+        self.nginx.popen.wait(15)
+        try:
+            self.nginx_master = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            raise RunFailed(f"nginx did not start; last lines of {log}:\n"
+                            f"{self.nginx.log_tail()}") from None
+        if not wait_until(lambda: not self._master_alive() or answers(f"{self.url}/healthz"),
+                          10) or not self._master_alive():
+            raise RunFailed(f"nginx did not answer {self.url}/healthz within 10 s; last lines "
+                            f"of {log}:\n{self.nginx.log_tail()}")
+
+    def _master_alive(self) -> bool:
+        try:
+            return psutil.Process(self._master()).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _spawn_backend(self, i: int) -> Child:
+        return spawn(f"backend-{i}", self.backend_cmds[i],
+                     self.run_dir / "logs" / f"backend-{i}.log", cpus=self.resolved.spec.cpus)
 
     def _wait_healthy(self, child: Child, url: str, timeout: float) -> None:
         def healthy() -> bool:
@@ -133,16 +181,129 @@ class Stack:
                             f"last lines of {child.log_path}:\n{child.log_tail()}")
 
     def check_alive(self) -> None:
-        dead = self.group.dead()
+        dead = [c for c in self.group.dead() if c.name not in self.expected_down]
         if dead:
             c = dead[0]
             raise RunFailed(f"{c.name} exited unexpectedly with code {c.popen.returncode}; "
                             f"last lines of {c.log_path}:\n{c.log_tail()}")
+        if self.nginx_master is not None and not self._master_alive():
+            raise RunFailed(f"nginx (master {self.nginx_master}, after the binary upgrade) "
+                            "exited unexpectedly; see nginx/logs/error.log")
 
     def pids(self) -> dict[str, int]:
-        return {c.name: c.pid for c in self.group.children if c.alive()}
+        pids = {c.name: c.pid for c in self.group.children if c.alive()}
+        if self.nginx_master is not None:
+            pids["nginx"] = self.nginx_master
+        return pids
+
+    # -- faults (pollbench.stack.faults) ------------------------------------------------------
+
+    def inject(self, fault: Fault, halt: threading.Event) -> str:
+        """Do one fault; return what happened (for run.json).  ``halt``: the run is ending."""
+        if fault.action in BACKEND_ACTIONS:
+            i = int((fault.target or "backend-0").split("-")[1])
+            if i >= len(self.backends):
+                raise ValueError(f"there is no {fault.target} (this stack has "
+                                 f"{len(self.backends)} backends)")
+            child = self.backends[i]
+            if fault.action == "stop":
+                signal_group(child.pid, signal.SIGSTOP)
+                halt.wait(fault.duration_s or 0)
+                signal_group(child.pid, signal.SIGCONT)
+                return f"backend-{i} (pid {child.pid}) stopped for {fault.duration_s:g} s"
+            self.expected_down.add(child.name)
+            # (a backend is started from this thread, which lives until the run ends)
+            if fault.action == "kill":
+                signal_group(child.pid, signal.SIGKILL)
+                child.popen.wait(10)
+                halt.wait(fault.duration_s or 0)
+            else:  # restart: SIGTERM answers the held polls, then the process exits
+                signal_group(child.pid, signal.SIGTERM)
+                try:
+                    child.popen.wait(15)
+                except subprocess.TimeoutExpired:
+                    signal_group(child.pid, signal.SIGKILL)
+                    child.popen.wait(5)
+            code = child.popen.returncode
+            if halt.is_set():
+                return f"backend-{i} pid {child.pid} exited with {code}; the run ended first"
+            new = self._spawn_backend(i)
+            self.group.children[self.group.children.index(child)] = new
+            self.backends[i] = new
+            self.expected_down.discard(child.name)
+            healthy = wait_until(lambda: not new.alive() or answers(
+                f"{self.backend_urls[i]}/healthz"), 15) and new.alive()
+            return (f"backend-{i} pid {child.pid} exited with {code}; restarted as pid "
+                    f"{new.pid}" + ("" if healthy else " (not healthy within 15 s)"))
+        if fault.action == "reload":
+            return self._reload_nginx(fault.target)
+        return self._upgrade_nginx()
+
+    def _master(self) -> int:
+        if self.nginx_master is not None:
+            return self.nginx_master
+        assert self.nginx is not None
+        return self.nginx.pid
+
+    def _reload_nginx(self, profile: str | None) -> str:
+        conf = self.prefix / "nginx.conf"
+        what = "same config"
+        if profile:
+            spec = replace(self.resolved.spec, profile=profile)
+            settings = spec.settings()
+            if settings["backends"] != self.settings["backends"]:
+                raise ValueError(f"profile {profile} has {settings['backends']} backends; this "
+                                 f"stack has {self.settings['backends']}")
+            conf.write_text(nginx_config.render(
+                settings, nginx_config.RenderPaths.for_prefix(self.prefix), self.resolved.port,
+                list(self.resolved.backend_ports)))
+            self.test_config(conf)
+            what = f"config of profile {profile}"
+        before = self.workers()
+        os.kill(self._master(), signal.SIGHUP)
+        return f"SIGHUP to master {self._master()} ({what}); workers before: {before}"
+
+    def _upgrade_nginx(self) -> str:
+        old = self._master()
+        pid_file, old_file = self.prefix / "nginx.pid", self.prefix / "nginx.pid.oldbin"
+        os.kill(old, signal.SIGUSR2)
+
+        def new_master() -> int | None:
+            try:
+                pid = int(pid_file.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+            return pid if pid != old and old_file.exists() else None
+
+        if not wait_until(lambda: new_master() is not None, 10):
+            raise RuntimeError("no new master after SIGUSR2 (see nginx/logs/error.log)")
+        new = new_master()
+        assert new is not None
+        os.kill(old, signal.SIGWINCH)  # the old workers finish what they hold, then exit
+        os.kill(old, signal.SIGQUIT)   # the old master leaves once its workers have
+        if self.nginx is not None and old == self.nginx.pid:
+            self.expected_down.add(self.nginx.name)
+        self.nginx_master = new
+        return f"master {old} -> {new} (USR2, WINCH, QUIT)"
+
+    def workers(self) -> list[int]:
+        """The nginx worker pids now (old workers of a reload included)."""
+        try:
+            master = psutil.Process(self._master())
+            return [c.pid for c in master.children() if c.pid != self.nginx_master]
+        except psutil.Error:
+            return []
 
     def stop(self) -> dict[str, int | None]:
+        if self.nginx_master is not None:  # after an upgrade: the new master, politely first
+            try:
+                master = psutil.Process(self.nginx_master)
+                master.terminate()
+                master.wait(6)
+            except psutil.TimeoutExpired:
+                pass  # the group's SIGKILL below ends it
+            except psutil.Error:
+                pass
         if self.group.children:
             self.exit_codes.update(self.group.stop_all())
             self.group.children.clear()
