@@ -170,12 +170,12 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     if not isinstance(recorded, dict) or recorded.get("schema_version") != 1 or \
             recorded.get("kind") != "baseline" or not isinstance(recorded.get("config"), dict):
         raise UserError(f"{baseline} is not a pollbench baseline (schema_version 1)")
-    baseline_runs(recorded, baseline)
     wanted = {k: v for k, v in config.items() if k != "delivery_delay_ms"}
     had = {k: v for k, v in recorded.get("config", {}).items() if k != "delivery_delay_ms"}
     if wanted != had:
         raise UserError(f"{baseline} was recorded with another CI scenario ({had}); record a "
                         "new one with pollbench check --update-baseline --force")
+    baseline_runs(recorded, baseline)  # its summaries are usable, before any run
     candidate = run_repetitions(repeat, port, backend_port, delivery_delay_ms, "check")
     return _verdict(recorded["runs"], candidate, limits, fmt, output, str(baseline),
                     f"this checkout ({repeat} repetitions)")

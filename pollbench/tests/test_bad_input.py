@@ -4,7 +4,9 @@ no traceback, and nothing created."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -103,3 +105,42 @@ def test_a_sweep_with_an_infinite_duration_is_refused(tmp_path):
     sweep.write_text("profile = \"seed\"\n[load]\nduration = inf\n[grid]\nusers = [10, 20]\n")
     line = refused("sweep", str(sweep), "--check")
     assert "duration must be a finite number" in line
+
+
+def test_two_runs_on_the_same_ports_at_the_same_instant_one_is_refused(tmp_path):
+    port, backend_port = free_stack_ports()
+    cmds = [pollbench_cmd("up", "--port", str(port), "--backend-port", str(backend_port),
+                          "--out", str(tmp_path / f"up{i}")) for i in range(2)]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=REPO) for c in cmds]
+    try:
+        refused_one = None
+        deadline = time.monotonic() + 40
+        while refused_one is None and time.monotonic() < deadline:
+            for p in procs:
+                if p.poll() is not None:
+                    refused_one = p
+            time.sleep(0.1)
+        assert refused_one is not None, "neither was refused"
+        err = refused_one.stderr.read() if refused_one.stderr else ""
+        assert refused_one.returncode == 2, err
+        assert "claimed by another pollbench run" in err or "already in use" in err, err
+        other = procs[1 - procs.index(refused_one)]
+        assert other.poll() is None  # the first one runs on, healthy
+        assert wait_healthy(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(30)
+
+
+def wait_healthy(url: str, timeout: float = 30) -> bool:
+    from pollbench.stack.net import answers
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answers(url):
+            return True
+        time.sleep(0.2)
+    return False
