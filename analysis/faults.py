@@ -16,32 +16,12 @@ from __future__ import annotations
 
 import statistics
 
+from analysis.epochs import epoch_loss
 from analysis.load import RunData
 
+__all__ = ["backend_stalls", "epoch_loss", "old_workers", "per_fault"]
+
 STALL_GAP_S = 3.0  # a backend whose /stats did not answer for this long (sampled every 1 s)
-
-
-def epoch_loss(events: list[dict]) -> tuple[int, int]:
-    """(messages lost to epoch changes, epoch changes whose loss is unknown).
-
-    Each subscriber's loss is the last seq published in the old epoch minus its cursor
-    there; unknown when the publisher reported no end of that epoch (no publish in it
-    after the subscriber's cursor, so nothing lost, or a publisher that could not tell)."""
-    last: dict[tuple[str, str], int] = {}
-    for e in events:
-        if e.get("kind") == "publisher_epoch_end":
-            key = (e["channel"], e["epoch"])
-            last[key] = max(last.get(key, 0), int(e["last_seq"]))
-    lost = unknown = 0
-    for e in events:
-        if e.get("kind") != "epoch_change" or not e.get("old_epoch"):
-            continue
-        key = (e["channel"], e["old_epoch"])
-        if key in last:
-            lost += max(last[key] - int(e["cursor"]), 0)
-        else:
-            unknown += 1
-    return lost, unknown
 
 
 def _windows(run: RunData) -> list[tuple[dict, float, float]]:

@@ -28,6 +28,7 @@ import gevent
 from hdrh.histogram import HdrHistogram
 
 from analysis.catalog import PROGRESS_FILE, RUN_FILES
+from analysis.epochs import epoch_loss
 from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
 
 # the files inside --pb-out (the run folder's metrics/), named once in analysis.catalog
@@ -166,25 +167,18 @@ class Sink:
 class EpochLoss:
     """Messages lost when a channel's state was lost (a backend restart), counted exactly.
 
-    A subscriber that sees a new epoch reports its cursor in the old one
-    (``epoch_change``); the publisher reports the last seq it got published in each
-    epoch that ended (``publisher_epoch_end``).  Lost = last published - cursor, per
-    change.  analysis.figures counts the same from events.jsonl."""
+    The live count (progress.json): the events of every process, counted by
+    :func:`analysis.epochs.epoch_loss`, the function the report counts with too."""
 
     def __init__(self) -> None:
-        self.changes: list[tuple[str, str, int]] = []
-        self.last_seq: dict[tuple[str, str], int] = {}
+        self.events: list[dict] = []
 
     def add(self, event: dict) -> None:
-        if event.get("kind") == "epoch_change" and event.get("old_epoch"):
-            self.changes.append((event["channel"], event["old_epoch"], int(event["cursor"])))
-        elif event.get("kind") == "publisher_epoch_end":
-            key = (event["channel"], event["epoch"])
-            self.last_seq[key] = max(self.last_seq.get(key, 0), int(event["last_seq"]))
+        if event.get("kind") in ("epoch_change", "publisher_epoch_end"):
+            self.events.append(event)
 
     def lost(self) -> int:
-        return sum(max(self.last_seq.get((ch, ep), cursor) - cursor, 0)
-                   for ch, ep, cursor in self.changes)
+        return epoch_loss(self.events)[0]
 
 
 def watch_gc(recorder: Recorder) -> None:

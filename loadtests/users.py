@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from urllib.parse import urlsplit
 
@@ -36,6 +37,11 @@ from locust import User, constant, task
 from loadtests.leanhttp import HttpError, LeanConnection, Response, build_request
 from loadtests.metrics import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
 from loadtests.options import parse_connection_mode
+
+# POLLBENCH_TRACE=1: subscribers and the publisher log every seq to events.jsonl, so that a
+# test can count lost messages independently of the harness's own accounting.  Never on
+# in a benchmark: it is one event per message.
+TRACE = os.environ.get("POLLBENCH_TRACE") == "1"
 
 _user_ids = itertools.count()
 
@@ -212,6 +218,10 @@ class ChannelSubscriber(PollbenchUser):
                 self.cursor = int(resp.header("x-cursor") or "0")
                 self.epoch = resp.header("x-epoch")
                 self.expected = self.cursor + 1
+                if TRACE:
+                    self.recorder.event("trace_join", user=id(self), channel=self.channel,
+                                        epoch=self.epoch, cursor=self.cursor,
+                                        at=round(resp.received, 4))
             return
         try:
             data = json.loads(resp.body)
@@ -223,6 +233,13 @@ class ChannelSubscriber(PollbenchUser):
 
     def take(self, data: dict, received: float) -> None:
         rec = self.recorder
+        if TRACE:  # every seq seen, for tests that count losses independently
+            if self.cursor is None:
+                rec.event("trace_join", user=id(self), channel=self.channel,
+                          epoch=data["epoch"], cursor=data["messages"][0]["seq"] - 1
+                          if data["messages"] else data["cursor"], at=round(received, 4))
+            rec.event("trace_seen", user=id(self), channel=self.channel, epoch=data["epoch"],
+                      seqs=[m["seq"] for m in data["messages"]], at=round(received, 4))
         if self.epoch is not None and data["epoch"] != self.epoch:
             # The channel's state was lost (a backend restarted): whatever was in flight is
             # gone, and we cannot know how much.  Counted as its own kind of loss.
@@ -336,7 +353,7 @@ class Publisher(PollbenchUser):
                                 last_seq=seq)
             return
         self.recorder.event("publisher_epoch_end", channel=channel, epoch=current[0],
-                            last_seq=current[1])
+                            last_seq=current[1], next_epoch=epoch)
         self.ended.setdefault(channel, set()).add(current[0])
         self.epochs[channel] = (epoch, seq)
 
@@ -352,5 +369,9 @@ class Publisher(PollbenchUser):
             self.ok("POST", self.NAME, ms, len(resp.body))
             self.recorder.count("published")
             self.note_published(path, resp.body)
+            if TRACE:
+                got = json.loads(resp.body)
+                self.recorder.event("trace_published", channel=path.rsplit("/", 1)[1],
+                                    epoch=got.get("epoch"), seq=got["seq"], ts=got["ts"])
         finally:
             self.idle.append(conn)
