@@ -48,7 +48,10 @@ def per_fault(run: RunData) -> list[dict]:
         recovered = [float(e["at"]) - t0 for e in run.events if e.get("kind") == "recovered"
                      and t0 <= float(e.get("since", 0)) < t1]
         failures: dict[str, int] = {}
+        opened = 0
         if not counters.empty:
+            overlap = (counters["t1"] > t0) & (counters["t0"] < t1)
+            opened = int(counters[overlap & (counters["counter"] == "connects")]["value"].sum())
             err = counters[counters["counter"].str.startswith("error:")
                            & (counters["t1"] > t0) & (counters["t0"] < t1)]
             for cause, n in err.groupby("counter")["value"].sum().items():
@@ -61,6 +64,7 @@ def per_fault(run: RunData) -> list[dict]:
             "epoch_changes": len(changes), "lost_epoch_messages": lost,
             "epoch_changes_loss_unknown": unknown,
             "failed_requests": sum(failures.values()), "failures_by_cause": failures,
+            "connections_opened": opened,  # by the clients: reconnects after the fault
             "channels_recovered": len(recovered),
             "recovery_p50_s": round(statistics.median(recovered), 3) if recovered else None,
             "recovery_max_s": round(max(recovered), 3) if recovered else None,

@@ -66,12 +66,13 @@ def fault_rows(summary: dict) -> list[list[str]]:
             f" (+{f['epoch_changes_loss_unknown']} unknown)"
             if f["epoch_changes_loss_unknown"] else "")
         rows.append([f"{f['at_s']:g} s", str(f["fault"]), f"{f['lasted_s']:g} s",
-                     str(f["failed_requests"]), str(f["epoch_changes"]), lost, rec, old,
+                     str(f["failed_requests"]), str(f.get("connections_opened", "-")),
+                     str(f["epoch_changes"]), lost, rec, old,
                      ("" if f.get("ok", True) else "NOT INJECTED: ") + str(f["detail"])])
     return rows
 
 
-FAULT_HEADER = ["at", "fault", "lasted", "failed requests", "epoch changes",
+FAULT_HEADER = ["at", "fault", "lasted", "failed requests", "client reconnects", "epoch changes",
                 "lost (epoch)", "recovery p50 / max (subscribers)", "old nginx workers",
                 "what happened"]
 

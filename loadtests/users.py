@@ -100,13 +100,18 @@ class PollbenchUser(User):
         close = self.close_next()
         raw = build_request(method, target, self.host_header, body, close)
         self.recorder.count("requests")
+        conn = conn or self.conn
+        connects = conn.connects
         sent = time.time()
         try:
-            resp = (conn or self.conn).request(raw, close)
+            resp = conn.request(raw, close)
         except (OSError, HttpError) as e:
             ms = (time.time() - sent) * 1000
             self.fail(method, name, ms, e)
             return None, ms
+        finally:
+            if conn.connects != connects:  # a new TCP connection (first, planned or after a loss)
+                self.recorder.count("connects", conn.connects - connects)
         return resp, (resp.received - sent) * 1000
 
     def ok(self, method: str, name: str, ms: float, length: int) -> None:
