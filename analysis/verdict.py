@@ -71,6 +71,11 @@ def read_thresholds(path: Path | None) -> Thresholds:
         raise ThresholdsError(f"thresholds file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ThresholdsError(f"thresholds file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ThresholdsError(f"thresholds file {path} is not UTF-8 text (byte {e.start}); "
+                              "save it as UTF-8") from None
+    except OSError as e:
+        raise ThresholdsError(f"thresholds file {path} cannot be read ({e.strerror})") from None
     unknown = set(data) - {"defaults", "metrics"}
     if unknown:
         raise ThresholdsError(f"thresholds file {path}: unknown section(s) {sorted(unknown)}; "

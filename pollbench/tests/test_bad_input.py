@@ -144,3 +144,11 @@ def wait_healthy(url: str, timeout: float = 30) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_a_thresholds_file_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(summary()))
+    (tmp_path / "t.toml").write_bytes(b"[defaults]\nthreshold = 0.1 # \xff\n")
+    line = refused("compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
+                   "--thresholds", str(tmp_path / "t.toml"))
+    assert "is not UTF-8 text" in line
