@@ -15,6 +15,11 @@ from pollbench.actions.compare import baseline_runs
 from pollbench.errors import RunFailed, UserError, check_number
 from pollbench.records.inputs import check_output_file, read_json
 from pollbench.records.rundir import new_run_dir, write_atomic, write_json_atomic
+from pollbench.records.runinfo import (
+    fingerprint_differences,
+    machine_fingerprint,
+    software_versions,
+)
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.spec import StackSpec
 
@@ -74,18 +79,27 @@ def ci_run_arguments(port: int, backend_port: int) -> list[str]:
             "--port", str(port), "--backend-port", str(backend_port), "--no-report"]
 
 
-def export_revision(ref: str) -> Path:
-    """The tree of ``ref`` in a temporary folder (git archive: the checkout is not touched)."""
+def resolve_ref(ref: str) -> str:
+    """The commit ``ref`` names in this checkout (refused in one line when none)."""
     import subprocess
-    import tempfile
 
     repo = paths.repository()
     rev = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=repo,
                          capture_output=True, text=True)
     if rev.returncode != 0:
         raise UserError(f"--baseline-ref {ref!r} is not a commit of {repo}")
+    return rev.stdout.strip()
+
+
+def export_revision(ref: str) -> Path:
+    """The tree of ``ref`` in a temporary folder (git archive: the checkout is not touched)."""
+    import subprocess
+    import tempfile
+
+    repo = paths.repository()
+    commit = resolve_ref(ref)
     dest = Path(tempfile.mkdtemp(prefix="pollbench-baseline-"))
-    archive = subprocess.Popen(["git", "archive", rev.stdout.strip()], cwd=repo,
+    archive = subprocess.Popen(["git", "archive", commit], cwd=repo,
                                stdout=subprocess.PIPE)
     subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
     if archive.wait() != 0:
@@ -100,7 +114,18 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
     import shutil
     import subprocess
 
+    repo = paths.repository()
+    resolve_ref(ref)  # an unknown revision is named first
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                           capture_output=True, text=True).stdout.splitlines()
+    if dirty:
+        raise UserError(f"the checkout {repo} has uncommitted changes ({len(dirty)} files): "
+                        "commit or stash them, so that the comparison says what it measured")
     tree = export_revision(ref)
+    if not (tree / "pollbench" / "__main__.py").is_file():
+        shutil.rmtree(tree, ignore_errors=True)
+        raise UserError(f"--baseline-ref {ref} has no pollbench (no pollbench/__main__.py in "
+                        "that revision): choose a revision that has it")
     root = new_run_dir("check-interleaved")
     base, cand = [], []
     try:
@@ -128,10 +153,12 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
 def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output: Path | None,
           update: bool, force: bool, port: int, backend_port: int,
           delivery_delay_ms: float, baseline_ref: str | None = None) -> int:
-    from analysis.verdict import ThresholdsError, read_thresholds
+    from analysis.verdict import MIN_SAMPLES, ThresholdsError, read_thresholds
 
-    if repeat < 1 or repeat > 50:
-        raise UserError(f"--repeat must be from 1 to 50 (it is {repeat})")
+    if not MIN_SAMPLES <= repeat <= 50:
+        raise UserError(f"--repeat must be from {MIN_SAMPLES} to 50 (it is {repeat}): a "
+                        f"verdict needs {MIN_SAMPLES} repetitions a side at least (with fewer, "
+                        "Mann-Whitney cannot reach p < 0.05)")
     check_number("--delivery-delay-ms", delivery_delay_ms, 0, 60_000)
     check_output_file(output, "--output")
     if force and not update:
@@ -144,7 +171,8 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     except ThresholdsError as e:
         raise UserError(str(e)) from None
     config = ci_config(delivery_delay_ms)
-    StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port).resolve()
+    resolved = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port).resolve()
+    here = machine_fingerprint(software_versions(resolved.nginx_path))
     if update:
         if baseline.exists() and not force:
             raise UserError(f"{baseline} exists; pass --force to replace the baseline")
@@ -154,7 +182,7 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
         baseline.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(baseline, {"schema_version": 1, "kind": "baseline",
                                      "created_at": started, "config": config,
-                                     "runs": summaries})
+                                     "machine": here, "runs": summaries})
         print(f"baseline written: {baseline} ({repeat} repetitions)")
         return EXIT_OK
     if baseline_ref is not None:
@@ -175,10 +203,23 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     if wanted != had:
         raise UserError(f"{baseline} was recorded with another CI scenario ({had}); record a "
                         "new one with pollbench check --update-baseline --force")
+    check_same_machine(recorded.get("machine"), here, baseline)
     baseline_runs(recorded, baseline)  # its summaries are usable, before any run
     candidate = run_repetitions(repeat, port, backend_port, delivery_delay_ms, "check")
     return _verdict(recorded["runs"], candidate, limits, fmt, output, str(baseline),
                     f"this checkout ({repeat} repetitions)")
+
+
+def check_same_machine(recorded, here: dict, baseline: Path) -> None:
+    """A committed baseline holds only on the machine that recorded it."""
+    if isinstance(recorded, dict) and recorded.get("fingerprint") == here["fingerprint"]:
+        return
+    why = ("it records no machine fingerprint" if not isinstance(recorded, dict)
+           else "differs in " + "; ".join(fingerprint_differences(recorded, here)[:3]))
+    raise UserError(f"{baseline} was recorded on another machine ({why}): figures of two "
+                    "machines do not compare. Use --baseline-ref REF (both sides measured "
+                    "here, interleaved), or record a baseline on this machine with "
+                    "--update-baseline --force")
 
 
 def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,

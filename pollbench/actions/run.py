@@ -35,6 +35,7 @@ from pollbench.records.runinfo import (
     STATUS_INCOMPLETE,
     STATUS_RUNNING,
     host_info,
+    machine_fingerprint,
     software_versions,
 )
 from pollbench.stack import nginx_config
@@ -97,8 +98,9 @@ def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
                   "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
                   "nginx_binary": resolved.nginx_name,
                   "cpus": list(spec.cpus) if spec.cpus else None},
-        "software": software_versions(resolved.nginx_path),
+        "software": (software := software_versions(resolved.nginx_path)),
         "host": host_info(),
+        "machine": machine_fingerprint(software),
         "warnings": [],
         "files": {},
         "exit": {"code": None, "reason": "running"},

@@ -5,6 +5,7 @@ The format carries one integer version; readers (analysis.load.read_info) check 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -61,6 +62,47 @@ def host_info() -> dict:
         "memory_bytes": psutil.virtual_memory().total,
         "open_files_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
     }
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+# What makes two machines' figures comparable (pyperf's metadata is the model): the
+# machine itself, its CPU and its frequency policy, and the software that is measured.
+FINGERPRINT_FIELDS = ("machine_id", "cpu_model", "cpu_count", "memory_gib", "kernel",
+                      "cpu_governor", "cpu_freq_khz", "python", "nginx", "locust", "pollbench")
+
+
+def machine_fingerprint(software: dict) -> dict:
+    """This machine's fingerprint: its fields and ``fingerprint``, a digest of them.
+
+    ``machine_id`` is a digest of /etc/machine-id (else of the hostname): a baseline is
+    valid only on the machine that recorded it, not on another of the same kind."""
+    host = host_info()
+    ident = _read("/etc/machine-id") or platform.node()
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    low, high = _read(cpufreq + "scaling_min_freq"), _read(cpufreq + "scaling_max_freq")
+    fields = {
+        "machine_id": hashlib.sha256(ident.encode()).hexdigest()[:12],
+        "cpu_model": host["cpu_model"], "cpu_count": host["cpu_count"],
+        "memory_gib": round(host["memory_bytes"] / 2**30, 1), "kernel": host["kernel"],
+        "cpu_governor": _read(cpufreq + "scaling_governor"),
+        "cpu_freq_khz": f"{low}-{high}" if low and high else None,
+        "python": software.get("python"), "nginx": software.get("nginx"),
+        "locust": software.get("locust"), "pollbench": software.get("pollbench"),
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return {"fingerprint": digest, **fields}
+
+
+def fingerprint_differences(recorded: dict, current: dict) -> list[str]:
+    """The fields in which two fingerprints differ, as ``field: recorded -> current``."""
+    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in FINGERPRINT_FIELDS
+            if recorded.get(k) != current.get(k)]
 
 
 def validate_run_json(data: dict) -> None:

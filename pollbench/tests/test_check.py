@@ -85,3 +85,63 @@ def test_baseline_revision_is_exported_without_touching_the_checkout():
         import shutil
 
         shutil.rmtree(tree)
+
+
+def this_machine() -> dict:
+    from pollbench.records.runinfo import machine_fingerprint, software_versions
+    from pollbench.stack.spec import find_nginx
+
+    return machine_fingerprint(software_versions(find_nginx("nginx")))
+
+
+def baseline_with(tmp_path, machine) -> object:
+    runs = [{"schema_version": 1, "metrics": {"delivery_latency_p50": {"value": 1.0}}}] * 4
+    base = tmp_path / "ci.json"
+    body = {"schema_version": 1, "kind": "baseline", "config": ci_config(), "runs": runs}
+    if machine is not None:
+        body["machine"] = machine
+    base.write_text(json.dumps(body))
+    return base
+
+
+def test_a_baseline_from_another_machine_is_refused_naming_what_differs(tmp_path):
+    other = dict(this_machine(), cpu_model="Another CPU @ 9.9GHz", fingerprint="0123456789abcdef")
+    proc = check("--baseline", baseline_with(tmp_path, other))
+    assert proc.returncode == 2, proc.stderr
+    assert "was recorded on another machine" in proc.stderr and "Another CPU" in proc.stderr
+    assert "--baseline-ref" in proc.stderr and "--update-baseline --force" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_baseline_without_a_fingerprint_is_refused(tmp_path):
+    proc = check("--baseline", baseline_with(tmp_path, None))
+    assert proc.returncode == 2 and "records no machine fingerprint" in proc.stderr
+
+
+def test_the_fingerprint_is_stable_and_names_the_machine_and_its_software():
+    a, b = this_machine(), this_machine()
+    assert a == b and len(a["fingerprint"]) == 16
+    assert a["cpu_count"] and a["kernel"] and a["python"] and a["nginx"].startswith("nginx")
+
+
+def test_fewer_repetitions_than_a_verdict_needs_are_refused(tmp_path):
+    proc = check("--baseline", tmp_path / "none.json", "--repeat", "3")
+    assert proc.returncode == 2 and "needs 4 repetitions a side at least" in proc.stderr
+
+
+def test_a_revision_without_pollbench_is_refused(tmp_path):
+    # a commit of the empty tree: an unreferenced object; no branch or file changes
+    empty_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+    commit = subprocess.run(["git", "commit-tree", empty_tree, "-m", "no pollbench here"],
+                            cwd=REPO, capture_output=True, text=True, check=True,
+                            env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                 "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                                 "PATH": "/usr/bin:/bin"}).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    proc = check("--baseline-ref", commit)
+    assert proc.returncode == 2, proc.stderr
+    if dirty:  # a developer's working tree is refused for that first
+        assert "has uncommitted changes" in proc.stderr
+    else:
+        assert "has no pollbench" in proc.stderr
