@@ -141,7 +141,7 @@ def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
     """Backends that exist, reload profiles that load with the same backend count."""
     backends = resolved.settings["backends"]
     for f in faults:
-        if f.action in BACKEND_ACTIONS and int((f.target or "backend-0").split("-")[1]) >= backends:
+        if f.action in BACKEND_ACTIONS and f.backend >= backends:
             raise UserError(f"--fault {f.text()}: there is no {f.target} (the stack has "
                             f"{backends} backends: backend-0 to backend-{backends - 1})")
         if f.action == "reload" and f.target:

@@ -40,6 +40,11 @@ class Fault:
     target: str | None = None      # backend-N (backend actions) or a profile (reload)
     every_s: float | None = None   # repeated every this many seconds
 
+    @property
+    def backend(self) -> int:
+        """The backend index a kill, stop or restart targets."""
+        return int((self.target or "backend-0").split("-")[1])
+
     def text(self) -> str:
         at = f"*{self.every_s:g}s" if self.every_s else f"{self.at_s:g}s"
         action = self.action + (f"={self.duration_s:g}s" if self.duration_s is not None else "")

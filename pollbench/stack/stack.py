@@ -201,7 +201,7 @@ class Stack:
     def inject(self, fault: Fault, halt: threading.Event) -> str:
         """Do one fault; return what happened (for run.json).  ``halt``: the run is ending."""
         if fault.action in BACKEND_ACTIONS:
-            i = int((fault.target or "backend-0").split("-")[1])
+            i = fault.backend
             if i >= len(self.backends):
                 raise ValueError(f"there is no {fault.target} (this stack has "
                                  f"{len(self.backends)} backends)")
