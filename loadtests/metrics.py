@@ -278,6 +278,7 @@ class MetricsPlumbing:
         totals = self.sink.totals
         delivered, requests = totals.get("delivered", 0), totals.get("requests", 0)
         dt = max(now - self._last_t, 1e-6)
+        lost_epoch = self.sink.epoch_loss.lost()
         progress = {
             "time": now, "elapsed_s": round(now - self.started_at, 1),
             "users": self.runner.user_count, "state": str(self.runner.state),
@@ -287,8 +288,8 @@ class MetricsPlumbing:
             "deliveries_per_s": round((delivered - self._last_delivered) / dt, 1),
             "delivered": delivered,
             "lost": totals.get("lost_dropped", 0) + totals.get("lost_silent", 0)
-            + self.sink.epoch_loss.lost(),
-            "lost_epoch": self.sink.epoch_loss.lost(),
+            + lost_epoch,
+            "lost_epoch": lost_epoch,
             "duplicates": totals.get("duplicate", 0),
             "clock_source": ", ".join(sorted(self.sink.clocks)),
         }

@@ -337,30 +337,32 @@ class Publisher(PollbenchUser):
             self.recorder.record_ms(PUBLISH_LAG, max((time.time() - scheduled) * 1000, 0.001))
             pool.spawn(self.publish, f"/channels/ch{k % channels}", body)
 
-    def note_published(self, path: str, answer: bytes) -> None:
+    def note_published(self, path: str, answer: bytes) -> dict | None:
         """Track the last seq published in each channel's epoch; when an epoch ends (a new
-        one answers), report its last seq: subscribers' losses are counted against it."""
+        one answers), report its last seq: subscribers' losses are counted against it.
+        Returns the parsed answer (None if it is not one)."""
         try:
             got = json.loads(answer)
             seq, epoch = int(got["seq"]), got.get("epoch")
         except (ValueError, KeyError, TypeError):
-            return
+            return None
         if not epoch:
-            return
+            return got
         channel = path.rsplit("/", 1)[1]
         current = self.epochs.get(channel)
         if current is None or current[0] == epoch:
             self.epochs[channel] = (epoch, max(seq, current[1] if current else 0))
-            return
+            return got
         if epoch in self.ended.get(channel, ()):
             # a late answer from an epoch already reported ended: report its new last seq
             self.recorder.event("publisher_epoch_end", channel=channel, epoch=epoch,
                                 last_seq=seq)
-            return
+            return got
         self.recorder.event("publisher_epoch_end", channel=channel, epoch=current[0],
                             last_seq=current[1], next_epoch=epoch)
         self.ended.setdefault(channel, set()).add(current[0])
         self.epochs[channel] = (epoch, seq)
+        return got
 
     def publish(self, path: str, body: bytes) -> None:
         conn = self.idle.pop() if self.idle else self.new_connection()
@@ -373,9 +375,8 @@ class Publisher(PollbenchUser):
                 return
             self.ok("POST", self.NAME, ms, len(resp.body))
             self.recorder.count("published")
-            self.note_published(path, resp.body)
-            if TRACE:
-                got = json.loads(resp.body)
+            got = self.note_published(path, resp.body)
+            if TRACE and got is not None:
                 self.recorder.event("trace_published", channel=path.rsplit("/", 1)[1],
                                     epoch=got.get("epoch"), seq=got["seq"], ts=got["ts"])
         finally:

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from pollbench.stack.net import answers
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 
@@ -127,23 +129,13 @@ def test_two_runs_on_the_same_ports_at_the_same_instant_one_is_refused(tmp_path)
         assert "claimed by another pollbench run" in err or "already in use" in err, err
         other = procs[1 - procs.index(refused_one)]
         assert other.poll() is None  # the first one runs on, healthy
-        assert wait_healthy(f"http://127.0.0.1:{port}/healthz")
+        assert wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 30)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
                 p.wait(30)
 
-
-def wait_healthy(url: str, timeout: float = 30) -> bool:
-    from pollbench.stack.net import answers
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if answers(url):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_a_thresholds_file_that_is_not_utf8_is_one_line(tmp_path):
