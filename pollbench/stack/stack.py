@@ -56,6 +56,8 @@ class Stack:
         self.backend_cmds: list[list[str]] = []
         # stopped on purpose (a fault): not an unexpected death while it is down
         self.expected_down: set[str] = set()
+        # the fault injector replaces children while the run loop checks them: one at a time
+        self._children_lock = threading.Lock()
         self.nginx_master: int | None = None  # after a binary upgrade: the new master's pid
 
     @property
@@ -181,12 +183,14 @@ class Stack:
                             f"last lines of {child.log_path}:\n{child.log_tail()}")
 
     def check_alive(self) -> None:
-        dead = [c for c in self.group.dead() if c.name not in self.expected_down]
+        with self._children_lock:
+            dead = [c for c in self.group.dead() if c.name not in self.expected_down]
+            master_gone = self.nginx_master is not None and not self._master_alive()
         if dead:
             c = dead[0]
             raise RunFailed(f"{c.name} exited unexpectedly with code {c.popen.returncode}; "
                             f"last lines of {c.log_path}:\n{c.log_tail()}")
-        if self.nginx_master is not None and not self._master_alive():
+        if master_gone:
             raise RunFailed(f"nginx (master {self.nginx_master}, after the binary upgrade) "
                             "exited unexpectedly; see nginx/logs/error.log")
 
@@ -211,7 +215,8 @@ class Stack:
                 halt.wait(fault.duration_s or 0)
                 signal_group(child.pid, signal.SIGCONT)
                 return f"backend-{i} (pid {child.pid}) stopped for {fault.duration_s:g} s"
-            self.expected_down.add(child.name)
+            with self._children_lock:
+                self.expected_down.add(child.name)
             # (a backend is started from this thread, which lives until the run ends)
             if fault.action == "kill":
                 signal_group(child.pid, signal.SIGKILL)
@@ -228,9 +233,10 @@ class Stack:
             if halt.is_set():
                 return f"backend-{i} pid {child.pid} exited with {code}; the run ended first"
             new = self._spawn_backend(i)
-            self.group.children[self.group.children.index(child)] = new
-            self.backends[i] = new
-            self.expected_down.discard(child.name)
+            with self._children_lock:
+                self.group.children[self.group.children.index(child)] = new
+                self.backends[i] = new
+                self.expected_down.discard(child.name)
             healthy = wait_until(lambda: not new.alive() or answers(
                 f"{self.backend_urls[i]}/healthz"), 15) and new.alive()
             return (f"backend-{i} pid {child.pid} exited with {code}; restarted as pid "
@@ -279,11 +285,12 @@ class Stack:
             raise RuntimeError("no new master after SIGUSR2 (see nginx/logs/error.log)")
         new = new_master()
         assert new is not None
+        with self._children_lock:  # the new master is the one watched before the old goes
+            if self.nginx is not None and old == self.nginx.pid:
+                self.expected_down.add(self.nginx.name)
+            self.nginx_master = new
         os.kill(old, signal.SIGWINCH)  # the old workers finish what they hold, then exit
         os.kill(old, signal.SIGQUIT)   # the old master leaves once its workers have
-        if self.nginx is not None and old == self.nginx.pid:
-            self.expected_down.add(self.nginx.name)
-        self.nginx_master = new
         return f"master {old} -> {new} (USR2, WINCH, QUIT)"
 
     def workers(self) -> list[int]:
