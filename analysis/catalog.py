@@ -38,6 +38,9 @@ RUN_FILES = {
 }
 METRICS_DIR = "metrics"          # what the load generator writes (``--pb-out``)
 PROGRESS_FILE = "progress.json"  # in METRICS_DIR, rewritten every second during a run
+LIVE_FILE = "samples/live.json"  # the latest target-side sample (web UI sessions only)
+UI_TESTS_DIR = "tests"           # a web UI session's tests, one run folder each
+UI_TEST_FILE = "test.json"       # in a test's folder: what the load generator knows of it
 
 # -- metrics ----------------------------------------------------------------------------------
 LOWER, HIGHER = "lower", "higher"

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-from analysis.hdr_format import new_histogram  # re-exported for readers
+from analysis.hdr_format import (  # noqa: F401  (re-exported for readers)
+    new_histogram,
+    percentiles_ms,
+    percentiles_us,
+)
 
 
 def read_hdr_log(path: Path) -> pd.DataFrame:
@@ -40,40 +43,6 @@ def merged(log: pd.DataFrame, metric: str, t_from: float | None = None,
     for encoded in rows["hist"]:
         hist.decode_and_add(encoded)
     return hist
-
-
-_VALUE_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _value_tables(hist: HdrHistogram) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest equivalent value of every counts index (once per histogram layout)."""
-    key = (hist.lowest_trackable_value, hist.highest_trackable_value, hist.significant_figures)
-    if key not in _VALUE_TABLES:
-        values = [hist.get_value_from_index(i) for i in range(hist.counts_len)]
-        _VALUE_TABLES[key] = (
-            np.array([hist.get_lowest_equivalent_value(v) for v in values], dtype=np.int64),
-            np.array([hist.get_highest_equivalent_value(v) for v in values], dtype=np.int64))
-    return _VALUE_TABLES[key]
-
-
-def percentiles_us(hist: HdrHistogram, percentiles) -> np.ndarray:
-    """Values at ``percentiles`` exactly as hdrh's get_value_at_percentile computes them,
-    but in one vectorised pass (hdrh walks the counts array in Python for each one)."""
-    low, high = _value_tables(hist)
-    counts = np.ctypeslib.as_array(hist.counts)[:hist.counts_len]
-    cum = np.cumsum(counts, dtype=np.int64)
-    total = int(cum[-1]) if cum.size else 0
-    p = np.minimum(np.asarray(percentiles, dtype=float), 100.0)
-    targets = np.maximum((p * total / 100 + 0.5).astype(np.int64), 1)
-    idx = np.minimum(np.searchsorted(cum, targets, side="left"), hist.counts_len - 1)
-    return np.where(p > 0, high[idx], low[idx])
-
-
-def percentiles_ms(hist: HdrHistogram, percentiles) -> dict[float, float | None]:
-    if hist.get_total_count() == 0:
-        return {p: None for p in percentiles}
-    values = percentiles_us(hist, percentiles)
-    return {p: float(v) / 1000.0 for p, v in zip(percentiles, values, strict=True)}
 
 
 def summary_ms(hist: HdrHistogram) -> dict:

@@ -35,6 +35,12 @@ def add_options(parser) -> None:
                    help="keepalive, close (new connection per request) or every:K")
     g.add_argument("--pb-mix", default="", include_in_web_ui=False,
                    help="user class weights, e.g. ChannelSubscriber:9,TaskPoller:1")
+    g.add_argument("--pb-tests", default="", include_in_web_ui=False,
+                   help="web UI: a folder per test started in the UI (pollbench ui sets it)")
+    g.add_argument("--pb-live", default="", include_in_web_ui=False,
+                   help="web UI: the target-side sample file (pollbench ui sets it)")
+    g.add_argument("--pb-max-poll-timeout", type=float, default=120.0, include_in_web_ui=False,
+                   help="the longest --pb-poll-timeout the stack holds (its --max-hold)")
 
 
 # Collect less often: with thousands of users a gen-0 pass runs every few hundred
@@ -59,4 +65,10 @@ def on_init(environment, **_kw) -> None:
         classes = {c.__name__: c for c in (ChannelSubscriber, TaskPoller)}
         for name, weight in parse_mix(opts.pb_mix).items():
             classes[name].weight = weight
-    environment.pollbench = MetricsPlumbing(environment, opts.pb_out if opts else None)
+    plumbing = MetricsPlumbing(environment, opts.pb_out if opts else None,
+                               opts.pb_tests if opts else None, opts.pb_live if opts else None)
+    environment.pollbench = plumbing
+    if plumbing.live is not None:
+        from loadtests.webui import install
+
+        install(environment, plumbing.live, plumbing.tests_dir)

@@ -27,7 +27,7 @@ from typing import Any
 import gevent
 from hdrh.histogram import HdrHistogram
 
-from analysis.catalog import PROGRESS_FILE, RUN_FILES
+from analysis.catalog import METRICS_DIR, PROGRESS_FILE, RUN_FILES, UI_TEST_FILE
 from analysis.epochs import epoch_loss
 from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
 
@@ -37,6 +37,9 @@ COUNTERS_NAME = Path(RUN_FILES["counters"]).name
 EVENTS_NAME = Path(RUN_FILES["events"]).name
 
 FLUSH_INTERVAL_S = 1.0
+# A master ends a web UI test this long after it stopped: the workers' last intervals
+# travel after the stop.
+TEST_END_GRACE_S = 2.0
 ROWS_MERGES_PER_FLUSH = 4
 MESSAGE_TYPE = "pollbench_metrics"
 
@@ -135,6 +138,7 @@ class Sink:
         self.totals: dict[str, int] = {}
         self.clocks: set[str] = set()
         self.epoch_loss = EpochLoss()
+        self.last = (0, 0, time.time())  # delivered, requests, time at the last progress write
 
     def write(self, source: str, payload: dict) -> None:
         t0, t1 = payload["t0"], payload["t1"]
@@ -207,10 +211,50 @@ def error_cause(exc) -> str:
     return name
 
 
+class UiTest:
+    """One test started from the web UI: its own metrics folder and ``test.json``.
+
+    The orchestrator (``pollbench ui``) turns each stopped test into a run folder with a
+    report; ``test.json`` says what was started (users, spawn rate, classes, options) and
+    when it started and stopped."""
+
+    def __init__(self, tests_dir: Path, environment, workers: int) -> None:
+        tests_dir.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((int(p.name) for p in tests_dir.iterdir() if p.name.isdigit()),
+                         default=0)
+        self.dir = tests_dir / f"{number:03d}"
+        self.dir.mkdir()
+        self.sink = Sink(self.dir / METRICS_DIR)
+        opts = environment.parsed_options
+        self.info = {
+            "number": number, "status": "running", "started_at": time.time(), "ended_at": None,
+            "users": getattr(opts, "num_users", None), "spawn_rate": getattr(opts, "spawn_rate",
+                                                                            None),
+            "user_classes": sorted(c.__name__ for c in environment.user_classes),
+            "host": environment.host,
+            "workers": workers,
+            "options": {k: v for k, v in sorted(vars(opts).items())
+                        if k.startswith("pb_") and k not in ("pb_out", "pb_tests", "pb_live")},
+        }
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.dir / f".{UI_TEST_FILE}.tmp"
+        tmp.write_text(json.dumps(self.info, indent=1))
+        os.replace(tmp, self.dir / UI_TEST_FILE)
+
+    def end(self, reason: str) -> None:
+        self.info.update(status="stopped", ended_at=self.info["ended_at"] or time.time(),
+                         stop_reason=reason)
+        self.sink.close()
+        self.write()
+
+
 class MetricsPlumbing:
     """Wires a Recorder into one Locust process according to its role."""
 
-    def __init__(self, environment, out: str | None) -> None:
+    def __init__(self, environment, out: str | None, tests_dir: str | None = None,
+                 live_path: str | None = None) -> None:
         from locust.runners import MasterRunner, WorkerRunner
 
         self.env = environment
@@ -220,11 +264,18 @@ class MetricsPlumbing:
         self.is_master = isinstance(self.runner, MasterRunner)
         self.is_worker = isinstance(self.runner, WorkerRunner)
         self.sink = Sink(Path(out)) if out and not self.is_worker else None
+        # web UI sessions: one folder per test, and the "Long polling" tab's live view
+        self.tests_dir = Path(tests_dir) if tests_dir and not self.is_worker else None
+        self.test: UiTest | None = None
+        self.live = None
+        if environment.web_ui is not None and not self.is_worker:
+            from loadtests.live import LiveView
+
+            self.live = LiveView(Path(live_path) if live_path else None)
         self.started_at = time.time()
-        self._last_delivered = self._last_requests = 0
-        self._last_t = time.time()
         self._greenlet = None
         self._stopped = False
+        self._quitting = False
         watch_gc(self.recorder)
 
         events = environment.events
@@ -263,42 +314,70 @@ class MetricsPlumbing:
         payload = self.recorder.cut()
         if self.is_worker:
             self.runner.send_message(MESSAGE_TYPE, payload)
-        elif self.sink is not None:
-            self.sink.write("local", payload)
+        else:
+            self.deliver("local", payload)
             self.write_progress()
 
     def on_worker_metrics(self, environment, msg, **_kw) -> None:
-        if self.sink is not None and not self._stopped:
-            self.sink.write(f"worker-{msg.node_id[-8:]}", msg.data)
+        if not self._stopped:
+            self.deliver(f"worker-{msg.node_id[-8:]}", msg.data)
+
+    def deliver(self, source: str, payload: dict) -> None:
+        """An interval of one process: into the session's files, the test's, the live view."""
+        if self.sink is not None:
+            self.sink.write(source, payload)
+        if self.test is not None:
+            self.test.sink.write(source, payload)
+        if self.live is not None:
+            self.live.add(payload)
+            if self.test is not None:
+                self.live.lost_epoch = self.test.sink.epoch_loss.lost()
 
     def write_progress(self) -> None:
         if self.sink is None:
             return
         now = time.time()
-        totals = self.sink.totals
+        self.sink.write_progress(self.progress(self.sink, now, self.started_at))
+        if self.test is not None:
+            self.test.sink.write_progress(self.progress(self.test.sink, now,
+                                                        self.test.info["started_at"]))
+
+    def progress(self, sink: Sink, now: float, started_at: float) -> dict:
+        totals = sink.totals
         delivered, requests = totals.get("delivered", 0), totals.get("requests", 0)
-        dt = max(now - self._last_t, 1e-6)
-        lost_epoch = self.sink.epoch_loss.lost()
-        progress = {
-            "time": now, "elapsed_s": round(now - self.started_at, 1),
+        last_delivered, last_requests, last_t = sink.last
+        dt = max(now - last_t, 1e-6)
+        sink.last = (delivered, requests, now)
+        lost_epoch = sink.epoch_loss.lost()
+        return {
+            "time": now, "elapsed_s": round(now - started_at, 1),
             "users": self.runner.user_count, "state": str(self.runner.state),
             # HTTP requests only: Locust's total also counts the DELIVERY / TASK rows
             "requests": requests, "failures": self.env.stats.total.num_failures,
-            "requests_per_s": round((requests - self._last_requests) / dt, 1),
-            "deliveries_per_s": round((delivered - self._last_delivered) / dt, 1),
+            "requests_per_s": round((requests - last_requests) / dt, 1),
+            "deliveries_per_s": round((delivered - last_delivered) / dt, 1),
             "delivered": delivered,
             "lost": totals.get("lost_dropped", 0) + totals.get("lost_silent", 0)
             + lost_epoch,
             "lost_epoch": lost_epoch,
             "duplicates": totals.get("duplicate", 0),
-            "clock_source": ", ".join(sorted(self.sink.clocks)),
+            "clock_source": ", ".join(sorted(sink.clocks)),
         }
-        self._last_delivered, self._last_requests, self._last_t = delivered, requests, now
-        self.sink.write_progress(progress)
 
     def on_test_start(self, environment, **_kw) -> None:
         if self.is_master and self._greenlet is None:
             self._greenlet = gevent.spawn(self._progress_loop)
+        if self.tests_dir is not None and not self.is_worker:
+            self.end_test("a new test started")
+            self.test = UiTest(self.tests_dir, environment,
+                               self.runner.worker_count if self.is_master else 0)
+        if self.live is not None:
+            self.live.reset(time.time())
+
+    def end_test(self, reason: str) -> None:
+        test, self.test = self.test, None
+        if test is not None:
+            test.end(reason)
 
     def _progress_loop(self) -> None:
         while True:
@@ -311,10 +390,26 @@ class MetricsPlumbing:
         # interval now too: the message travels ahead of its "stopped" notice.
         if not self.is_master:
             self.flush()
+        if self.live is not None:
+            self.live.stop(time.time())
+        if self.test is not None:
+            self.test.info["ended_at"] = time.time()
+            reason = "the session ended" if self._quitting else "stopped"
+            if self.is_master:  # the workers' last intervals are on their way
+                gevent.spawn_later(TEST_END_GRACE_S, self._end_after_grace, self.test, reason)
+            else:
+                self.write_progress()
+                self.end_test(reason)
+
+    def _end_after_grace(self, test: UiTest, reason: str) -> None:
+        if self.test is test:
+            self.write_progress()
+            self.end_test(reason)
 
     def on_quitting(self, environment, **_kw) -> None:
         # Users may still be running (Locust stops them after this event): flush what is
         # here, keep the files open for what they record until ``quit``.
+        self._quitting = True
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
@@ -330,3 +425,4 @@ class MetricsPlumbing:
                 self.flush()
             self.write_progress()
             self.sink.close()
+        self.end_test("the session ended")

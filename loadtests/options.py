@@ -34,3 +34,61 @@ def parse_mix(text: str) -> dict[str, int]:
                              "and WEIGHT a whole number >= 1, e.g. subscriber:9,tasks:1")
         weights[cls] = int(weight)
     return weights
+
+
+# Bounds of a load: beyond them a run is a typo, not a benchmark (100,000 users need 5
+# Locust processes at this machine's 20,000 descriptors each).
+MAX_USERS = 100_000
+MAX_PUBLISH_RATE = 100_000.0
+MAX_TASK_DURATION_MS = 600_000
+MAX_BODY_BYTES = 1_000_000
+
+
+def check_number(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                 *, above: bool = False) -> None:
+    """The one check for a number a user gives: finite and within [lo, hi] (``above``: > lo).
+
+    Raises ValueError naming the option, the range and the value, e.g.
+    ``--publish-rate must be a finite number from 0 to 100000 (it is nan)``."""
+    ok = value == value and value not in (float("inf"), float("-inf"))  # NaN != NaN
+    if ok and lo is not None:
+        ok = value > lo if above else value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        if lo is not None and hi is not None:
+            what = f" from {lo:g} to {hi:g}" if not above else f" above {lo:g} and at most {hi:g}"
+        elif lo is not None:
+            what = f" above {lo:g}" if above else f", {lo:g} or more"
+        else:
+            what = f" at most {hi:g}" if hi is not None else ""
+        shown = value if isinstance(value, int) else f"{value:g}"
+        raise ValueError(f"{name} must be a finite number{what} (it is {shown})")
+
+
+def check_load(*, users: int, spawn_rate: float | None, user_classes: list[str], channels: int,
+               publish_rate: float, poll_timeout_s: float, max_poll_timeout_s: float,
+               task_duration_ms: int, connection: str, message_bytes: int = 64,
+               task_payload_bytes: int = 64) -> None:
+    """The rules of a load, shared by ``pollbench run`` and the web UI's start form (the same
+    message in both): ValueError naming the first value to fix."""
+    if users < 1:
+        raise ValueError(f"--users must be 1 or more (it is {users})")
+    check_number("--users", users, 1, MAX_USERS)
+    if spawn_rate is not None:
+        check_number("--spawn-rate", spawn_rate, 0, MAX_USERS, above=True)
+    check_number("--publish-rate", publish_rate, 0, MAX_PUBLISH_RATE)
+    try:
+        parse_connection_mode(connection)
+    except ValueError as e:
+        raise ValueError(f"--connection: {e}") from None
+    if channels < 1:
+        raise ValueError(f"--channels must be 1 or more (it is {channels})")
+    check_number("--poll-timeout", poll_timeout_s, 0, max_poll_timeout_s)  # up to --max-hold
+    if not 0 <= task_duration_ms <= MAX_TASK_DURATION_MS:
+        raise ValueError(f"--task-duration-ms must be from 0 to {MAX_TASK_DURATION_MS}")
+    check_number("--message-bytes", message_bytes, 0, MAX_BODY_BYTES)
+    check_number("--task-payload-bytes", task_payload_bytes, 0, MAX_BODY_BYTES)
+    if "Publisher" in user_classes and users < 2:
+        raise ValueError("--users must be at least 2 for the channels scenario "
+                         "(one user is the publisher)")

@@ -12,7 +12,7 @@ from typing import Any
 from analysis.catalog import EXIT_OK
 from pollbench import paths
 from pollbench.actions.compare import baseline_runs
-from pollbench.errors import RunFailed, UserError, check_number
+from pollbench.errors import RunFailed, UserError
 from pollbench.records.inputs import check_output_file, read_json
 from pollbench.records.rundir import new_run_dir, write_atomic, write_json_atomic
 from pollbench.records.runinfo import (
@@ -20,7 +20,7 @@ from pollbench.records.runinfo import (
     machine_fingerprint,
     software_versions,
 )
-from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.loadgen import LoadSpec, check_number
 from pollbench.stack.spec import StackSpec
 
 # The CI scenario: small enough for four repetitions in well under 5 minutes on 2 cores,

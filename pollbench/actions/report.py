@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from analysis.catalog import EXIT_OK
-from pollbench.errors import UserError, check_number
+from pollbench.errors import UserError
 from pollbench.records.manifest import (
     MANIFEST,
     completed_runs,
@@ -16,6 +16,7 @@ from pollbench.records.manifest import (
     run_labels,
 )
 from pollbench.records.rundir import new_run_dir
+from pollbench.stack.loadgen import check_number
 
 
 def expand(paths: list[Path]) -> list[Path]:

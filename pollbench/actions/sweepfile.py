@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from analysis.catalog import RANKABLE
-from pollbench.errors import UserError, check_number
+from pollbench.errors import UserError
 from pollbench.paths import SWEEPS_DIR
 from pollbench.records.inputs import read_toml
 from pollbench.stack import nginx_config
-from pollbench.stack.loadgen import MAX_DURATION_S, LoadSpec, parse_duration
+from pollbench.stack.loadgen import MAX_DURATION_S, LoadSpec, check_number, parse_duration
 from pollbench.stack.spec import StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
 

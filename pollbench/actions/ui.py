@@ -1,14 +1,20 @@
 """The stack plus Locust's web UI (``pollbench ui``), recorded in a run folder of kind "ui";
-Ctrl-C ends the session and stops every process."""
+Ctrl-C ends the session and stops every process.
+
+Each test started and stopped in the UI becomes a run folder of its own under
+``tests/NNN/`` (kind "ui-test") with its report, written when it stops
+(:mod:`pollbench.actions.uitests`); Ctrl-C writes the ones still pending."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
 
-from analysis.catalog import EXIT_OK, METRICS_DIR
+from analysis.catalog import EXIT_OK, LIVE_FILE, METRICS_DIR, UI_TESTS_DIR
 from pollbench.actions.run import base_record
+from pollbench.actions.uitests import finish_test, pending_tests, unfinished_tests
 from pollbench.errors import RunFailed, UserError
 from pollbench.paths import LOCUSTFILE
 from pollbench.records.rundir import new_run_dir, write_json_atomic
@@ -22,64 +28,105 @@ from pollbench.stack.stack import Stack
 
 
 def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | None = None,
-       max_seconds: float | None = None) -> int:
+       max_seconds: float | None = None, load: LoadSpec | None = None) -> int:
+    """``load``: the start form's defaults (users, spawn rate, the custom parameters) and
+    the Locust worker processes; its duration is not used (a test runs until stopped)."""
+    load = load or LoadSpec()
+    load.validate(spec.max_hold_s)
     resolved = spec.resolve(claim=True)  # ports held until the session ends
     try:
-        return _ui(resolved, web_port, web_host, out, max_seconds)
+        return _ui(resolved, web_port, web_host, out, max_seconds, load)
     finally:
         resolved.release()
 
 
+class TestReports:
+    """Turns each test the UI stopped into a run folder with a report, as soon as it stops."""
+
+    def __init__(self, run_dir: Path, record: dict) -> None:
+        self.run_dir, self.record = run_dir, record
+        self.done: set[str] = set()
+
+    def poll(self, final: bool = False) -> None:
+        tests = (unfinished_tests if final else pending_tests)(self.run_dir, self.done)
+        for test in tests:
+            self.done.add(test.name)
+            try:
+                finish_test(test, self.run_dir, self.record)
+                print(f"test {test.name} stopped; report: {test / 'report' / 'report.html'}",
+                      flush=True)
+            except Exception as e:  # one test's report must not end the session
+                print(f"WARNING: test {test.name}: the report could not be written ({e}); try: "
+                      f"pollbench report {test}", file=sys.stderr, flush=True)
+        self.record["tests"] = sorted(f"{UI_TESTS_DIR}/{name}" for name in self.done)
+
+
 def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
-        max_seconds: float | None) -> int:
+        max_seconds: float | None, load: LoadSpec) -> int:
     spec = resolved.spec
     if not 1024 <= web_port <= 65535:
         raise UserError(f"--web-port {web_port} must be from 1024 to 65535")
     if not port_free(web_port, web_host if web_host != "0.0.0.0" else "127.0.0.1"):
         raise UserError(f"port {web_port} is already in use (choose --web-port)")
-    load = LoadSpec(users=10, duration_s=3600.0)
     run_dir = new_run_dir(f"ui-{spec.profile}", out)
     record = base_record("ui", resolved, load)
     write_json_atomic(run_dir / "run.json", record)
     stack = Stack(resolved, run_dir)
     sampler = None
     status = STATUS_INCOMPLETE
+    reports = TestReports(run_dir, record)
     try:
         stack.start()
         (run_dir / "locust").mkdir()
         cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "-H", stack.url,
                "--web-host", web_host, "--web-port", str(web_port), "--class-picker",
                "--csv", str(run_dir / "locust" / "locust"), "--csv-full-history",
-               "--pb-out", str(run_dir / METRICS_DIR), *load.locust_options()]
+               "--pb-out", str(run_dir / METRICS_DIR), "--pb-tests", str(run_dir / UI_TESTS_DIR),
+               "--pb-live", str(run_dir / LIVE_FILE),
+               "--pb-max-poll-timeout", f"{spec.max_hold_s:g}",
+               # the start form opens with pollbench run's defaults
+               "-u", str(load.users), "-r", f"{load.effective_spawn_rate():g}",
+               *load.locust_options()]
+        if load.workers:
+            cmd += ["--processes", str(load.workers)]
         locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log"))
         url = f"http://{web_host}:{web_port}/"
         if not wait_until(lambda: not locust.alive() or answers(url), 20) or not locust.alive():
             raise RunFailed(f"Locust's web UI did not start; last lines of {locust.log_path}:\n"
                             f"{locust.log_tail()}")
         record["pids"] = stack.pids()
-        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls)
+        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
+                          live=True)
         sampler.start()
         print(f"run folder: {run_dir}")
         print(f"target:     {stack.url}/")
-        print(f"web UI:     {url}  (pick the user classes, start, and watch the DELIVERY / TASK "
-              "rows)")
+        print(f"web UI:     {url}  (start a test, then open the \"Long polling\" tab; each "
+              "test stopped in the UI gets its own run folder and report)")
         print("Ctrl-C stops everything.", flush=True)
         started = time.monotonic()
         try:
             while max_seconds is None or time.monotonic() - started < max_seconds:
                 time.sleep(0.5)
                 stack.check_alive()
+                reports.poll()
         except KeyboardInterrupt:
             pass  # Ctrl-C is how a UI session ends
         status = STATUS_COMPLETE
         print("stopping; results are in", run_dir, flush=True)
         return EXIT_OK
     finally:
-        stack.stop()
-        if sampler is not None:
-            sampler.stop()
-        record.update(ended_at=time.time(), status=status, complete=status == STATUS_COMPLETE,
-                      exit={"code": EXIT_OK, "reason": "stopped by the user"})
-        record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
-        write_json_atomic(run_dir / "run.json", record)
+        # Ctrl-C again while stopping and writing the pending reports is ignored
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stack.stop()
+            if sampler is not None:
+                sampler.stop()
+            reports.poll(final=True)  # tests stopped at quit, or never stopped
+            record.update(ended_at=time.time(), status=status,
+                          complete=status == STATUS_COMPLETE,
+                          exit={"code": EXIT_OK, "reason": "stopped by the user"})
+            record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
+            write_json_atomic(run_dir / "run.json", record)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 

@@ -37,17 +37,24 @@ def spec_from_args(args: argparse.Namespace) -> StackSpec:
                      max_hold_s=args.max_hold)
 
 
-def add_load_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("load")
-    g.add_argument("--scenario", default="channels", choices=sorted(SCENARIOS),
-                   help="channels (subscribers + a publisher), tasks (task pollers), or mixed")
-    g.add_argument("--mix", default=None,
-                   help="weights instead of --scenario, e.g. subscriber:9,tasks:1")
+def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None:
+    """The load's options; ``web_ui``: only those the web UI's start form takes as defaults
+    (users, spawn rate, the custom parameters) and its worker processes."""
+    g = p.add_argument_group("load" if not web_ui else "the start form's defaults")
+    if not web_ui:
+        g.add_argument("--scenario", default="channels", choices=sorted(SCENARIOS),
+                       help="channels (subscribers + a publisher), tasks (task pollers), or "
+                            "mixed")
+        g.add_argument("--mix", default=None,
+                       help="weights instead of --scenario, e.g. subscriber:9,tasks:1")
     g.add_argument("--users", type=int, default=200, help="simulated clients (default 200)")
     g.add_argument("--spawn-rate", type=float, default=None,
                    help="users started per second (default: all within 5 s)")
-    g.add_argument("--duration", default="60s", help="run time: 60, 60s, 2m, 1h30m (default 60s)")
-    g.add_argument("--shape", default="constant", choices=SHAPES, help="load shape over the run")
+    if not web_ui:
+        g.add_argument("--duration", default="60s",
+                       help="run time: 60, 60s, 2m, 1h30m (default 60s)")
+        g.add_argument("--shape", default="constant", choices=SHAPES,
+                       help="load shape over the run")
     g.add_argument("--workers", type=int, default=0,
                    help="Locust worker processes (0: one local process)")
     g.add_argument("--connection", default="keepalive",
@@ -58,6 +65,8 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poll-timeout", type=float, default=20.0,
                    help="seconds the server may hold each poll (default 20)")
     g.add_argument("--task-duration-ms", type=int, default=500, help="each task's duration")
+    if web_ui:
+        return
     g.add_argument("--fault", dest="faults", action="append", default=[],
                    metavar="AT:ACTION[=D][:TARGET]",
                    help="inject a fault during the run (repeatable): kill=D, stop=D or restart "
@@ -69,12 +78,17 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace) -> LoadSpec:
-    return LoadSpec(scenario=args.scenario, mix=args.mix, users=args.users,
-                    spawn_rate=args.spawn_rate, duration_s=parse_duration(args.duration),
-                    shape=args.shape, workers=args.workers, connection=args.connection,
-                    channels=args.channels, publish_rate=args.publish_rate,
-                    poll_timeout_s=args.poll_timeout, task_duration_ms=args.task_duration_ms,
-                    faults=tuple(args.faults))
+    """The load of ``add_load_arguments`` (either form: the web UI's takes LoadSpec's
+    defaults for what it does not have)."""
+    web_ui = not hasattr(args, "duration")
+    return LoadSpec(scenario=getattr(args, "scenario", "channels"), mix=getattr(args, "mix", None),
+                    users=args.users, spawn_rate=args.spawn_rate,
+                    duration_s=60.0 if web_ui else parse_duration(args.duration),
+                    shape=getattr(args, "shape", "constant"), workers=args.workers,
+                    connection=args.connection, channels=args.channels,
+                    publish_rate=args.publish_rate, poll_timeout_s=args.poll_timeout,
+                    task_duration_ms=args.task_duration_ms,
+                    faults=tuple(getattr(args, "faults", ())))
 
 
 def place_cpus(spec: StackSpec, load: LoadSpec, text: str | None) -> tuple[StackSpec, LoadSpec]:

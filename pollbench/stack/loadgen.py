@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import options as loadtest_options
-from loadtests.options import parse_connection_mode
-from pollbench.errors import UserError, check_number
+from loadtests.options import check_load
+from pollbench.errors import UserError
 from pollbench.paths import LOCUSTFILE, SHAPESFILE
 from pollbench.stack.faults import Fault, parse_fault, schedule
 
@@ -19,12 +19,20 @@ SCENARIOS = {
     "mixed": ["ChannelSubscriber", "Publisher", "TaskPoller"],
 }
 SHAPES = ("constant", "ramp", "steps", "spike", "soak")  # loadtests/shapes.py STAGES
-# Bounds of a load: beyond them a run is a typo, not a benchmark (100,000 users need 5
-# Locust processes at this machine's 20,000 descriptors each; a week is the longest soak).
-MAX_USERS = 100_000
+# A week is the longest soak (the other bounds of a load: loadtests.options.check_load).
 MAX_DURATION_S = 7 * 24 * 3600.0
-MAX_PUBLISH_RATE = 100_000.0
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def check_number(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                 *, above: bool = False) -> None:
+    """The one check for a number a user gives (:func:`loadtests.options.check_number`, which
+    the web UI's form uses too), refused as a UserError naming the option, the range and the
+    value, e.g. ``--publish-rate must be a finite number from 0 to 100000 (it is nan)``."""
+    try:
+        loadtest_options.check_number(name, value, lo, hi, above=above)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def parse_duration(text: str) -> float:
@@ -95,30 +103,21 @@ class LoadSpec:
                             f"{', '.join(SCENARIOS)}")
         if self.mix:
             parse_mix(self.mix)
-        if self.users < 1:
-            raise UserError(f"--users must be 1 or more (it is {self.users})")
-        check_number("--users", self.users, 1, MAX_USERS)
-        if self.spawn_rate is not None:
-            check_number("--spawn-rate", self.spawn_rate, 0, MAX_USERS, above=True)
         check_number("--duration", self.duration_s, 0, MAX_DURATION_S, above=True)
-        check_number("--publish-rate", self.publish_rate, 0, MAX_PUBLISH_RATE)
         if self.shape not in SHAPES:
             raise UserError(f"unknown shape {self.shape!r}; choose one of {', '.join(SHAPES)}")
         if self.workers < 0 or self.workers > 64:
             raise UserError(f"--workers must be from 0 to 64 (it is {self.workers})")
         try:
-            parse_connection_mode(self.connection)
+            check_load(users=self.users, spawn_rate=self.spawn_rate,
+                       user_classes=self.user_classes(), channels=self.channels,
+                       publish_rate=self.publish_rate, poll_timeout_s=self.poll_timeout_s,
+                       max_poll_timeout_s=max_hold_s, task_duration_ms=self.task_duration_ms,
+                       connection=self.connection, message_bytes=self.message_bytes,
+                       task_payload_bytes=self.task_payload_bytes)
         except ValueError as e:
-            raise UserError(f"--connection: {e}") from None
-        if self.channels < 1:
-            raise UserError(f"--channels must be 1 or more (it is {self.channels})")
-        check_number("--poll-timeout", self.poll_timeout_s, 0, max_hold_s)  # up to --max-hold
-        if not 0 <= self.task_duration_ms <= 600000:
-            raise UserError("--task-duration-ms must be from 0 to 600000")
+            raise UserError(str(e)) from None
         self.fault_schedule()
-        if "Publisher" in self.user_classes() and self.users < 2:
-            raise UserError("--users must be at least 2 for the channels scenario "
-                            "(one user is the publisher)")
 
     def locust_options(self) -> list[str]:
         """The pollbench options the locustfile defines (``--pb-*``)."""

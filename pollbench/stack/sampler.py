@@ -8,15 +8,21 @@ so an interrupted run keeps what was sampled:
   whole machine, 100 = every core busy)
 * ``samples/stub_status.csv``: time,active,accepts,handled,requests,reading,writing,waiting
 * ``samples/backend_stats.jsonl``: {"time", "backend", "stats": <GET /stats>}
+* ``samples/live.json`` (only with ``live=True``, for the web UI's "Long polling" tab):
+  the latest sample, rewritten atomically each second: CPU per component, stub_status,
+  each backend's held polls and connection counters, and which processes are saturated
+  over the last :data:`LIVE_WINDOW` samples.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +36,7 @@ MACHINE_SATURATION_PERCENT = 95.0  # of all cores together
 # A process's first seconds are imports and set-up (Locust: ~1-2 s at 100 % of a core), not
 # load: they are not counted towards saturation (a 5-s run would otherwise always be flagged).
 STARTUP_GRACE_S = 3.0
+LIVE_WINDOW = 30  # samples the live saturation flag looks back on
 
 _STUB = re.compile(rb"Active connections:\s*(\d+)\s*server accepts handled requests\s*(\d+)\s+(\d+)"
                    rb"\s+(\d+)\s*Reading:\s*(\d+)\s*Writing:\s*(\d+)\s*Waiting:\s*(\d+)")
@@ -42,7 +49,7 @@ def parse_stub_status(body: bytes) -> list[int] | None:
 
 class Sampler(threading.Thread):
     def __init__(self, out: Path, components: Callable[[], dict[str, int]], nginx_url: str | None,
-                 backend_urls: list[str], interval: float = 1.0):
+                 backend_urls: list[str], interval: float = 1.0, live: bool = False):
         super().__init__(name="pollbench-sampler", daemon=True)
         self.out = out
         self.components = components  # name -> root pid; children are sampled too
@@ -54,6 +61,9 @@ class Sampler(threading.Thread):
         # per component: [samples, saturated samples]
         self.saturation: dict[str, list[int]] = {}
         self.cpu_seconds: dict[str, float] = {}
+        self.live = live
+        self._recent: dict[str, deque[bool]] = {}
+        self._seq = 0  # samples taken (each is one GET /nginx_status and one GET /stats each)  # name -> saturated? in the last samples
         out.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
@@ -86,13 +96,21 @@ class Sampler(threading.Thread):
             return None
         return proc
 
+    def _count(self, name: str, saturated: bool) -> None:
+        sat = self.saturation.setdefault(name, [0, 0])
+        sat[0] += 1
+        sat[1] += saturated
+        if self.live:
+            self._recent.setdefault(name, deque(maxlen=LIVE_WINDOW)).append(saturated)
+
     def sample(self, pw, sw, bf) -> None:
         now = round(time.time(), 3)
         system_cpu = psutil.cpu_percent(None)
         pw.writerow([now, "system", 0, system_cpu, psutil.virtual_memory().used, 0])
-        sat = self.saturation.setdefault("system", [0, 0])
-        sat[0] += 1
-        sat[1] += system_cpu >= MACHINE_SATURATION_PERCENT
+        self._count("system", system_cpu >= MACHINE_SATURATION_PERCENT)
+        self._seq += 1
+        live: dict = {"time": now, "seq": self._seq, "cpu": {"system": system_cpu}, "stub_status": None,
+                      "backends": []}
         for component, root in self.components().items():
             try:
                 pids = [root] + [c.pid for c in psutil.Process(root).children(recursive=True)]
@@ -113,9 +131,8 @@ class Sampler(threading.Thread):
                 name = component if i == 0 else f"{component}/{pid}"
                 pw.writerow([now, name, pid, cpu, rss, fds])
                 if age >= STARTUP_GRACE_S:
-                    sat = self.saturation.setdefault(name, [0, 0])
-                    sat[0] += 1
-                    sat[1] += cpu >= SATURATION_CPU_PERCENT
+                    self._count(name, cpu >= SATURATION_CPU_PERCENT)
+                live["cpu"][component] = live["cpu"].get(component, 0.0) + cpu
                 self.cpu_seconds[component] = self.cpu_seconds.get(component, 0.0) + \
                     cpu / 100 * self.interval
         if self.nginx_url:
@@ -124,6 +141,8 @@ class Sampler(threading.Thread):
                 row = parse_stub_status(body) if status == 200 else None
                 if row:
                     sw.writerow([now, *row])
+                    live["stub_status"] = dict(zip(("active", "accepts", "handled", "requests",
+                                                    "reading", "writing", "waiting"), row, strict=True))
             except OSError:
                 pass
         for i, url in enumerate(self.backend_urls):
@@ -133,6 +152,17 @@ class Sampler(threading.Thread):
                 continue
             stats.pop("config", None)
             bf.write(json.dumps({"time": now, "backend": i, "stats": stats}) + "\n")
+            live["backends"].append({
+                "backend": i, "long_polls_waiting": stats.get("long_polls_waiting"),
+                "connections_accepted": stats.get("connections", {}).get("accepted"),
+                "requests": stats.get("requests")})
+        if self.live:
+            live["saturated"] = [name for name, recent in self._recent.items()
+                                 if len(recent) >= 3 and sum(recent) / len(recent) >=
+                                 SATURATION_SHARE]
+            tmp = self.out / ".live.json.tmp"
+            tmp.write_text(json.dumps(live))
+            os.replace(tmp, self.out / "live.json")
 
     def saturated(self, prefix: str) -> list[str]:
         """Processes of a component busy >= 90 % of a core in >= 20 % of their samples."""

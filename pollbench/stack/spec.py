@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pollbench.errors import UserError, check_number
+from pollbench.errors import UserError
 from pollbench.stack import nginx_build, nginx_config
+from pollbench.stack.loadgen import check_number
 from pollbench.stack.net import PortClaim, PortTaken, port_free
 from target_app.app import AppConfig
 from target_app.server import LOOPS, SELECT_MAX_CONNECTIONS, ConfigError, check_config

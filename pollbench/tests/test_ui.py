@@ -1,4 +1,7 @@
-"""``pollbench ui`` in a real headless browser: the page loads, a test starts, custom rows appear."""
+"""``pollbench ui`` in a real headless browser, as its user drives it: the form opens with
+``pollbench run``'s defaults and refuses what it refuses, a test starts, the "Long polling"
+tab's figures move and match the lossless data, the stopped test gets its run folder and a
+report the UI links to, and Ctrl-C writes the test still running."""
 
 from __future__ import annotations
 
@@ -6,11 +9,16 @@ import json
 import shutil
 import signal
 import subprocess
+import time
+import urllib.parse
+import urllib.request
 
 import psutil
 import pytest
 
+from analysis.hdr import merged, read_hdr_log, summary_ms
 from pollbench.stack.net import find_free_ports
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -19,7 +27,22 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-quic"]
 
 
-def test_web_ui_starts_a_test_and_shows_delivery_and_task_rows(tmp_path):
+def tab_figures(page) -> dict[str, tuple[str, str]]:
+    """The "Long polling" table as {figure: (now, this test)}."""
+    rows = page.locator("table tbody tr")
+    figures = {}
+    for i in range(rows.count()):
+        cells = rows.nth(i).locator("td").all_inner_texts()
+        if len(cells) >= 3:
+            figures[cells[0]] = (cells[1], cells[2])
+    return figures
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
     if not shutil.which(CHROMIUM):
         pytest.fail("chromium is needed for the web UI test: scripts/bootstrap.sh --test "
                     "installs it (apt-get install -y chromium)")
@@ -28,6 +51,7 @@ def test_web_ui_starts_a_test_and_shows_delivery_and_task_rows(tmp_path):
     port, backend_port = free_stack_ports()
     web_port = find_free_ports(1, 33000, 36000)
     out = tmp_path / "ui"
+    base = f"http://127.0.0.1:{web_port}"
     proc = subprocess.Popen(
         pollbench_cmd("ui", "--port", str(port), "--backend-port", str(backend_port),
                       "--web-port", str(web_port), "--out", str(out)),
@@ -38,30 +62,95 @@ def test_web_ui_starts_a_test_and_shows_delivery_and_task_rows(tmp_path):
             lines.append(line)
             if "Ctrl-C" in line:
                 break
-        assert "web UI:     http://127.0.0.1:" in "".join(lines), "".join(lines)
+        assert f"web UI:     {base}/" in "".join(lines), "".join(lines)
         # the UI listens on loopback only
         listeners = {c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN"}
         assert ("127.0.0.1", web_port) in listeners and ("0.0.0.0", web_port) not in listeners
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"http://127.0.0.1:{web_port}/", timeout=30000)
-            page.fill('input[name="userCount"]', "20")
-            page.fill('input[name="spawnRate"]', "20")
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/", timeout=30000)
+            # the form opens with pollbench run's defaults: 200 users within 5 s
+            assert page.input_value('input[name="userCount"]') == "200"
+            assert page.input_value('input[name="spawnRate"]') == "40"
+            # what pollbench run refuses, the form refuses in the same words
+            page.fill('input[name="userCount"]', "1")
+            page.click('button[type="submit"]')
+            page.wait_for_selector("text=--users must be at least 2 for the channels scenario",
+                                   timeout=10000)
+            assert not (out / "tests").exists()  # nothing started
+
+            page.fill('input[name="userCount"]', "30")
+            page.fill('input[name="spawnRate"]', "30")
             page.click('button[type="submit"]')
             page.wait_for_selector("td:has-text('DELIVERY')", timeout=45000)
             page.wait_for_selector("td:has-text('TASK')", timeout=45000)
-            page.screenshot(path=str(out / "ui-screenshot.png"), full_page=True)
-            text = page.inner_text("body")
+            page.click("text=Long polling")
+            page.wait_for_selector("td:has-text('delivery latency p99 (ms)')", timeout=20000)
+            wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
+                       ("-", "0"), 20)
+            first = number(tab_figures(page)["deliveries"][1])
+            time.sleep(5)  # the tab follows the test (Locust's UI polls every 2 s)
+            figures = tab_figures(page)
+            assert number(figures["deliveries"][1]) > first
+            assert number(figures["deliveries/s"][0]) > 0
+            assert number(figures["HTTP requests/s (real requests only)"][0]) > 0
+            assert figures["duplicate messages"][1] == "0"
+            assert any(k.startswith("held polls, backend-") for k in figures)
+            assert "nginx connections active / reading / writing / waiting" in figures
+            assert "CPU % loadgen (one core = 100)" in figures
+            page.screenshot(path=str(out / "ui-long-polling-tab.png"), full_page=True)
+
+            page.click("text=Stop")
+            test_dir = out / "tests" / "001"
+            assert wait_until(lambda: (test_dir / "report" / "report.html").exists(), 60), \
+                "the stopped test got no report"
+            # after the stop the tab holds the test's final figures: those of the lossless log
+            page.reload()
+            page.click("text=Long polling")
+            page.wait_for_selector("td:has-text('delivery latency p99 (ms)')", timeout=20000)
+            wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
+                       ("-", "0"), 10)
+            figures = tab_figures(page)
+            lossless = summary_ms(merged(read_hdr_log(test_dir / "metrics" /
+                                                      "latency.hdr.jsonl"), "DELIVERY"))
+            assert number(figures["deliveries"][1]) == lossless["count"]
+            for q in ("p50", "p95", "p99", "max"):
+                shown = number(figures[f"delivery latency {q} (ms)"][1])
+                assert abs(shown - lossless[q]) <= 0.0051, (q, shown, lossless[q])
+
+            # the UI links to the finished test's report (Download Data -> the reports page)
+            page.click("text=Download Data")
+            page.click("text=Long-poll reports of this session's finished tests")
+            page.click("text=test 001")
+            page.wait_for_load_state()
+            assert page.url.endswith("/pollbench/reports/001/report.html")
+            assert "Delivery latency" in page.inner_text("body")
             browser.close()
-        assert "publish -> receive" in text and "submit -> result" in text
+
+        record = json.loads((test_dir / "run.json").read_text())
+        assert record["kind"] == "ui-test" and record["complete"]
+        assert record["parameters"]["users"] == 30
+        assert record["exit"]["reason"] == "stopped in the web UI"
+        summary = json.loads((test_dir / "report" / "summary.json").read_text())
+        assert summary["metrics"]["delivery_latency_count"]["value"] > 0
+
+        # a second test, still running at Ctrl-C, is written too
+        form = urllib.parse.urlencode({"user_count": 10, "spawn_rate": 10,
+                                       "user_classes": "TaskPoller"}).encode()
+        with urllib.request.urlopen(f"{base}/swarm", form, timeout=10) as answer:
+            assert json.loads(answer.read())["success"]
+        assert wait_until(lambda: (out / "tests" / "002" / "test.json").exists(), 10)
+        time.sleep(3)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-    assert proc.returncode == 0
-    record = json.loads((out / "run.json").read_text())
-    assert record["kind"] == "ui"
-    assert not [p for p in record["pids"].values() if psutil.pid_exists(p)]
-    # what the browser started was recorded losslessly too
-    assert "DELIVERY" in (out / "metrics" / "latency.hdr.jsonl").read_text()
+        tail = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, tail
+    second = json.loads((out / "tests" / "002" / "run.json").read_text())
+    assert second["exit"]["reason"] == "ended: the session ended"
+    assert second["parameters"]["user_classes"] == ["TaskPoller"]
+    assert (out / "tests" / "002" / "report" / "report.html").exists()
+    session = json.loads((out / "run.json").read_text())
+    assert session["kind"] == "ui" and session["tests"] == ["tests/001", "tests/002"]
+    assert not [p for p in session["pids"].values() if psutil.pid_exists(p)]

@@ -1,0 +1,142 @@
+"""The web UI's "Long polling" tab: figures from the lossless data, and the start form's checks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from werkzeug.datastructures import MultiDict
+
+from analysis.hdr_format import new_histogram, percentiles_ms
+from loadtests.live import WINDOW_S, LiveView, sparkline
+from loadtests.webui import form_problem
+from pollbench.errors import UserError
+from pollbench.stack.loadgen import LoadSpec
+
+
+def payload(t1: float, delivery_us: list[int], **counters: int) -> tuple[dict, object]:
+    hist = new_histogram()
+    for v in delivery_us:
+        hist.record_value(v)
+    return ({"t0": t1 - 1, "t1": t1, "hists": {"DELIVERY": (len(delivery_us),
+                                                          hist.encode().decode())},
+             "counters": counters}, hist)
+
+
+def test_percentiles_are_those_of_the_merged_lossless_intervals():
+    clock = [1_800_000_000.5]
+    view = LiveView(None, clock=lambda: clock[0])
+    merged = new_histogram()
+    # two processes, 30 s of intervals arriving as they do: the tab's "this test" is their
+    # exact merge
+    for i in range(1, 31):
+        clock[0] += 1
+        for worker in range(2):
+            values = [500 + 37 * ((i * 7 + j * 13 + worker) % 101) for j in range(50)]
+            p, h = payload(clock[0] - 0.1 * (worker + 1), values, delivered=50, requests=60)
+            view.add(p)
+            merged.add(h)
+    # an interval that arrives 5 s late counts for the test, not for an already drawn point
+    late, h = payload(clock[0] - 5, [1000], delivered=1)
+    view.add(late)
+    merged.add(h)
+    snap = view.snapshot()
+    expected = percentiles_ms(merged, [50, 95, 99])
+    test = snap["delivery"]["test"]
+    assert test["count"] == 3001
+    assert (test["p50"], test["p95"], test["p99"]) == (expected[50], expected[95], expected[99])
+    assert test["max"] == merged.get_max_value() / 1000
+    # "now" is the last WINDOW_S seconds only, and the rates are per second of it
+    assert snap["delivery"]["now"]["count"] == 100 * WINDOW_S
+    assert snap["rates"]["now"]["deliveries_per_s"] == 100.0
+    assert snap["rates"]["test"]["deliveries_per_s"] == pytest.approx(3001 / 30, rel=0.01)
+    # one point per second, each with both processes' intervals, drawn once
+    seconds = [p[0] for p in snap["series"]]
+    assert seconds == sorted(set(seconds)) and len(seconds) == 27
+    assert {p[5] for p in snap["series"]} == {100}
+
+
+def test_losses_duplicates_and_errors_reach_the_table():
+    view = LiveView(None)
+    p, _ = payload(time.time(), [1000], delivered=1, lost_dropped=2, lost_silent=3, duplicate=4,
+                   epoch_changes=1, **{"error:GET /channels/[name]: HTTP 503": 5})
+    view.add(p)
+    view.lost_epoch = 6
+    table = {r["figure"]: r for r in view.rows("/pollbench/reports")}
+    assert table["lost: dropped by the server (slow reader)"]["test"] == "2"
+    assert table["lost: never delivered (gap in seq)"]["test"] == "3"
+    assert table["lost: channel state lost (backend restart)"]["test"] == "6"
+    assert table["duplicate messages"]["test"] == "4"
+    assert table["epoch changes"]["test"] == "1"
+    assert table["errors: GET /channels/[name]: HTTP 503"]["test"] == "5"
+    assert table["reports of finished tests"]["now"] == "/pollbench/reports"
+    # Locust sorts the rows by "name": it keeps the tab's order
+    names = [r["name"] for r in view.rows()]
+    assert names == sorted(names)
+
+
+def test_target_side_figures_and_the_saturation_warning(tmp_path):
+    live = tmp_path / "live.json"
+
+    def sample(seq, handled, requests, b_conns, b_reqs, saturated=()):
+        live.write_text(json.dumps({
+            "time": time.time(), "seq": seq,
+            "cpu": {"loadgen": 97.0, "nginx": 10.0, "backend-0": 5.0, "backend-1": 7.0,
+                    "system": 60.0},
+            "stub_status": {"active": 11, "accepts": handled, "handled": handled,
+                            "requests": requests, "reading": 0, "writing": 10, "waiting": 1},
+            "backends": [{"backend": 0, "long_polls_waiting": 4, "connections_accepted": b_conns,
+                          "requests": b_reqs},
+                         {"backend": 1, "long_polls_waiting": 6, "connections_accepted": b_conns,
+                          "requests": b_reqs}],
+            "saturated": list(saturated)}))
+
+    sample(seq=10, handled=100, requests=1000, b_conns=50, b_reqs=500)
+    view = LiveView(live)  # the sample before the test is the baseline
+    # 10 samples later: the sampler's own 10 requests on 10 connections (per hop) are not
+    # the load's; the load made 20 connections and 400 requests to nginx
+    sample(seq=20, handled=100 + 20 + 10, requests=1000 + 400 + 10, b_conns=50 + 4 + 10,
+           b_reqs=500 + 400 + 10, saturated=["loadgen"])
+    target = view.target()
+    assert target["requests_per_connection"]["client"] == pytest.approx(20.0)
+    assert target["requests_per_connection"]["upstream"] == pytest.approx(800 / 8)
+    assert target["held_polls"] == {"backend-0": 4, "backend-1": 6}
+    assert target["nginx"] == {"active": 11, "reading": 0, "writing": 10, "waiting": 1}
+    assert target["cpu_percent"]["backends"] == 12.0
+    table = {r["figure"]: r for r in view.rows()}
+    assert "load generator CPU-saturated (loadgen" in table["WARNING"]["now"]
+    assert view.rows()[0]["figure"] == "WARNING"  # first, where it is seen
+
+
+def test_sparkline():
+    assert sparkline([]) == ""
+    assert sparkline([1, None, 3]) == "▁ █"
+    assert sparkline([2, 2]) == "▁▁"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("user_count", "1"), ("pb_poll_timeout", "500"), ("pb_channels", "0"),
+    ("pb_connection", "every:0"), ("pb_publish_rate", "nan"), ("spawn_rate", "1e9"),
+    ("pb_task_duration_ms", "700000"),
+])
+def test_the_start_form_refuses_what_pollbench_run_refuses_in_the_same_words(field, value):
+    form = {"user_count": "200", "spawn_rate": "40", "pb_channels": "10",
+            "pb_publish_rate": "20", "pb_poll_timeout": "20", "pb_task_duration_ms": "500",
+            "pb_message_bytes": "64", "pb_task_payload_bytes": "64", "pb_connection": "keepalive"}
+    classes = ["ChannelSubscriber", "Publisher"]
+    opts = type("Opts", (), {k: v for k, v in form.items() if k.startswith("pb_")})
+    good = MultiDict([*form.items(), *(("user_classes", c) for c in classes)])
+    assert form_problem(good, opts, classes, 120.0) is None
+    form[field] = value
+    bad = MultiDict([*form.items(), *(("user_classes", c) for c in classes)])
+    problem = form_problem(bad, opts, classes, 120.0)
+    assert problem
+    spec = LoadSpec(users=int(form["user_count"]), spawn_rate=float(form["spawn_rate"]),
+                    channels=int(form["pb_channels"]), publish_rate=float(form["pb_publish_rate"]),
+                    poll_timeout_s=float(form["pb_poll_timeout"]),
+                    task_duration_ms=int(form["pb_task_duration_ms"]),
+                    connection=form["pb_connection"])
+    with pytest.raises(UserError) as refused:
+        spec.validate(120.0)
+    assert str(refused.value) == problem

@@ -1,0 +1,175 @@
+"""A test started and stopped in the web UI -> a run folder of its own, with a report.
+
+The load generator writes ``tests/NNN/metrics/`` and ``tests/NNN/test.json`` (what
+was started, when it started and stopped; :class:`loadtests.metrics.UiTest`).  This
+module adds what the orchestrator recorded for the whole session, cut to the test's
+time span (process samples, stub_status, backend stats, the nginx access log,
+Locust's history), writes the test's run.json (kind "ui-test") and its report.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import time
+from pathlib import Path
+
+from analysis.catalog import (
+    EXIT_OK,
+    METRICS_DIR,
+    PROGRESS_FILE,
+    RUN_FILES,
+    UI_TEST_FILE,
+    UI_TESTS_DIR,
+)
+from pollbench.records.rundir import write_json_atomic
+from pollbench.records.runinfo import STATUS_COMPLETE
+from pollbench.stack.sampler import (
+    MACHINE_SATURATION_PERCENT,
+    SATURATION_CPU_PERCENT,
+    SATURATION_SHARE,
+)
+
+MARGIN_S = 1.0  # samples this close outside a test's span still belong to it
+
+
+def pending_tests(session_dir: Path, done: set[str]) -> list[Path]:
+    """Tests the load generator has stopped and that have no run.json yet."""
+    tests = session_dir / UI_TESTS_DIR
+    found = []
+    for test in sorted(tests.iterdir()) if tests.is_dir() else []:
+        if test.name in done or not test.name.isdigit():
+            continue
+        try:
+            info = json.loads((test / UI_TEST_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("status") == "stopped":
+            found.append(test)
+    return found
+
+
+def unfinished_tests(session_dir: Path, done: set[str]) -> list[Path]:
+    """Every test folder without a run.json (at the session's end: whatever its state)."""
+    tests = session_dir / UI_TESTS_DIR
+    return [t for t in sorted(tests.iterdir()) if tests.is_dir()
+            and t.name.isdigit() and t.name not in done and (t / UI_TEST_FILE).exists()]
+
+
+def _slice_csv(src: Path, dst: Path, t0: float, t1: float, column: str) -> list[dict]:
+    rows: list[dict] = []
+    if not src.exists():
+        return rows
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, newline="") as f, open(dst, "w", newline="") as out:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(out, fieldnames=reader.fieldnames or [])
+        writer.writeheader()
+        for row in reader:
+            try:
+                t = float(row[column])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if t0 - MARGIN_S <= t <= t1 + MARGIN_S:
+                writer.writerow(row)
+                rows.append(row)
+    return rows
+
+
+def _slice_lines(src: Path, dst: Path, t0: float, t1: float, time_of) -> None:
+    if not src.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src) as f, open(dst, "w") as out:
+        for line in f:
+            try:
+                t = time_of(line)
+            except (ValueError, KeyError):
+                continue
+            if t0 - MARGIN_S <= t <= t1 + MARGIN_S:
+                out.write(line)
+
+
+def _access_time(line: str) -> float:
+    # nginx's pollbench log_format starts every line with {"msec":"<epoch s>", ...
+    return float(line[9:line.index('"', 9)])
+
+
+def cpu_of(rows: list[dict]) -> dict:
+    """run.json's "cpu" for a test, from its process samples (the thresholds of
+    :class:`pollbench.stack.sampler.Sampler`; 1-s samples)."""
+    seconds: dict[str, float] = {}
+    share: dict[str, list[int]] = {}
+    for row in rows:
+        name, cpu = row["component"], float(row["cpu_percent"])
+        limit = MACHINE_SATURATION_PERCENT if name == "system" else SATURATION_CPU_PERCENT
+        n = share.setdefault(name, [0, 0])
+        n[0] += 1
+        n[1] += cpu >= limit
+        if name != "system":
+            group = name.split("/", 1)[0]
+            seconds[group] = seconds.get(group, 0.0) + cpu / 100
+    saturated = {k: s / n for k, (n, s) in share.items() if n}
+    return {"cpu_seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "saturated_share": {k: round(v, 3) for k, v in saturated.items()},
+            "loadgen_saturated": any(k.startswith("loadgen") and v >= SATURATION_SHARE
+                                     and share[k][0] >= 3 for k, v in saturated.items()),
+            "machine_saturated": saturated.get("system", 0) >= SATURATION_SHARE}
+
+
+def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: bool = True) -> Path:
+    """Write the test's run.json (and its report); returns the run folder."""
+    info = json.loads((test_dir / UI_TEST_FILE).read_text())
+    try:
+        progress = json.loads((test_dir / METRICS_DIR / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        progress = {}
+    started = float(info["started_at"])
+    ended = float(info.get("ended_at") or progress.get("time") or time.time())
+    _slice_csv(session_dir / RUN_FILES["stub_status"], test_dir / RUN_FILES["stub_status"],
+               started, ended, "time")
+    rows = _slice_csv(session_dir / RUN_FILES["processes"], test_dir / RUN_FILES["processes"],
+                      started, ended, "time")
+    _slice_lines(session_dir / RUN_FILES["backend_stats"], test_dir / RUN_FILES["backend_stats"],
+                 started, ended, lambda line: float(json.loads(line)["time"]))
+    _slice_lines(session_dir / RUN_FILES["nginx_access_log"],
+                 test_dir / RUN_FILES["nginx_access_log"], started, ended, _access_time)
+    _slice_csv(session_dir / RUN_FILES["locust_history"], test_dir / RUN_FILES["locust_history"],
+               started, ended, "Timestamp")
+
+    opts = info.get("options", {})
+    record = copy.deepcopy(session)
+    record.pop("pids", None)
+    record.pop("tests", None)
+    stopped_in_ui = info.get("stop_reason") == "stopped"
+    record.update(kind="ui-test", started_at=started, ended_at=ended,
+                  duration_s=round(ended - started, 3), status=STATUS_COMPLETE, complete=True,
+                  session=str(session_dir), test=info,
+                  exit={"code": EXIT_OK, "reason": "stopped in the web UI" if stopped_in_ui else
+                        f"ended: {info.get('stop_reason') or 'the session ended'}"},
+                  loadgen=progress, cpu=cpu_of(rows), warnings=[])
+    p = record["parameters"]
+    classes = info.get("user_classes", [])
+    p.update(users=info.get("users"), spawn_rate=info.get("spawn_rate"), user_classes=classes,
+             scenario="ui:" + "+".join(classes), duration_s=round(ended - started, 3),
+             workers=info.get("workers", 0), faults=[])
+    for key, opt in (("connection", "pb_connection"), ("channels", "pb_channels"),
+                     ("publish_rate", "pb_publish_rate"), ("poll_timeout_s", "pb_poll_timeout"),
+                     ("task_duration_ms", "pb_task_duration_ms")):
+        if opt in opts:
+            p[key] = opts[opt]
+    if record["cpu"]["loadgen_saturated"]:
+        record["warnings"].append(
+            "load generator CPU-saturated (>= 90% of a core in >= 20% of samples): its "
+            "latencies and rates are not to be trusted; add --workers or lower the users")
+    if progress.get("lost") or progress.get("duplicates"):
+        record["warnings"].append(f"{progress.get('lost', 0)} messages lost and "
+                                  f"{progress.get('duplicates', 0)} duplicated")
+    record["files"] = {k: v for k, v in RUN_FILES.items() if (test_dir / v).exists()}
+    write_json_atomic(test_dir / "run.json", record)
+    if make_report:
+        from pollbench.actions.report import report
+
+        report([test_dir], quiet=True)
+    return test_dir
