@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from analysis.hdr import merged, read_hdr_log, summary_ms
+from pollbench.records.runinfo import validate_run_json
 from pollbench.stack.net import find_free_ports
 from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
@@ -130,6 +131,7 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
             browser.close()
 
         record = json.loads((test_dir / "run.json").read_text())
+        validate_run_json(record)
         assert record["kind"] == "ui-test" and record["complete"]
         assert record["parameters"]["users"] == 30
         assert record["exit"]["reason"] == "stopped in the web UI"
@@ -152,5 +154,6 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
     assert second["parameters"]["user_classes"] == ["TaskPoller"]
     assert (out / "tests" / "002" / "report" / "report.html").exists()
     session = json.loads((out / "run.json").read_text())
+    validate_run_json(session)
     assert session["kind"] == "ui" and session["tests"] == ["tests/001", "tests/002"]
     assert not [p for p in session["pids"].values() if psutil.pid_exists(p)]
