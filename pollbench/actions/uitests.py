@@ -53,8 +53,10 @@ def pending_tests(session_dir: Path, done: set[str]) -> list[Path]:
 def unfinished_tests(session_dir: Path, done: set[str]) -> list[Path]:
     """Every test folder without a run.json (at the session's end: whatever its state)."""
     tests = session_dir / UI_TESTS_DIR
-    return [t for t in sorted(tests.iterdir()) if tests.is_dir()
-            and t.name.isdigit() and t.name not in done and (t / UI_TEST_FILE).exists()]
+    if not tests.is_dir():  # a session in which no test was started
+        return []
+    return [t for t in sorted(tests.iterdir())
+            if t.name.isdigit() and t.name not in done and (t / UI_TEST_FILE).exists()]
 
 
 def _slice_csv(src: Path, dst: Path, t0: float, t1: float, column: str) -> list[dict]:
