@@ -38,6 +38,11 @@ RUN_FILES = {
 }
 METRICS_DIR = "metrics"          # what the load generator writes (``--pb-out``)
 PROGRESS_FILE = "progress.json"  # in METRICS_DIR, rewritten every second during a run
+# The warning of a run (or a web UI test, or the web UI's tab) whose load generator was
+# CPU-saturated: one wording everywhere.  {names}: its processes; {span}: which samples.
+LOADGEN_SATURATED = ("load generator CPU-saturated ({names} at >= 90% of a core in >= 20% of "
+                     "{span}): its latencies and rates are not to be trusted; add --workers or "
+                     "lower --users")
 LIVE_FILE = "samples/live.json"  # the latest target-side sample (web UI sessions only)
 UI_TESTS_DIR = "tests"           # a web UI session's tests, one run folder each
 UI_TEST_FILE = "test.json"       # in a test's folder: what the load generator knows of it

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
+from analysis.catalog import LOADGEN_SATURATED
 from analysis.hdr_format import new_histogram, percentiles_ms
 
 WINDOW_S = 10          # "now" = the last 10 s
@@ -32,10 +33,6 @@ TREND_POINTS = 60      # points in the tab's text sparkline
 SPARK = "▁▂▃▄▅▆▇█"
 QUANTILES = (50, 95, 99)
 DELIVERY = "DELIVERY"
-# The load generator's saturation warning, worded as pollbench run's (pollbench.actions.run).
-SATURATION_WARNING = ("load generator CPU-saturated ({names} at >= 90% of a core in >= 20% of "
-                      "the last 30 s): its latencies and rates are not to be trusted; add "
-                      "--workers or lower the users")
 
 
 def sparkline(values: list[float | None]) -> str:
@@ -200,7 +197,8 @@ class LiveView:
                 if any(k.startswith("backend-") for k in cpu) else None,
                 "system": cpu.get("system")},
             "loadgen_saturated": loadgen,
-            "warning": SATURATION_WARNING.format(names=", ".join(loadgen)) if loadgen else None,
+            "warning": LOADGEN_SATURATED.format(names=", ".join(loadgen), span="the last 30 s")
+            if loadgen else None,
         }
 
     def rows(self, reports_href: str | None = None) -> list[dict]:

@@ -22,6 +22,7 @@ from analysis.catalog import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_RUN_FAILED,
+    LOADGEN_SATURATED,
     METRICS_DIR,
     PROGRESS_FILE,
     RUN_FILES,
@@ -42,7 +43,7 @@ from pollbench.stack import nginx_config
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault, FaultInjector
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.processes import spawn
-from pollbench.stack.sampler import Sampler
+from pollbench.stack.sampler import Sampler, saturated
 from pollbench.stack.spec import ResolvedStack, StackSpec
 from pollbench.stack.stack import Stack
 
@@ -107,24 +108,24 @@ def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
     }
 
 
-def cpu_summary(sampler: Sampler, load: LoadSpec) -> tuple[dict, list[str]]:
+def cpu_summary(saturation: dict[str, list[int]], cpu_seconds: dict[str, float]
+                ) -> tuple[dict, list[str]]:
+    """run.json's "cpu" and its warnings, from the samples' saturation counts (name ->
+    [samples, saturated samples]) and CPU seconds per component."""
     warnings = []
-    saturated = sampler.saturated("loadgen")
-    if saturated:
-        warnings.append(
-            f"load generator CPU-saturated ({', '.join(saturated)} at >= 90% of a core in >= 20% "
-            "of samples): its latencies and rates are not to be trusted; add --workers or "
-            "lower --users")
-    machine = sampler.saturated("system")
+    loadgen = saturated(saturation, "loadgen")
+    if loadgen:
+        warnings.append(LOADGEN_SATURATED.format(names=", ".join(loadgen), span="samples"))
+    machine = saturated(saturation, "system")
     if machine:
         warnings.append(
             "the machine's CPU was saturated (all cores >= 95% busy in >= 20% of samples): the "
             "load generator, nginx and the backends share it, so latencies include CPU queueing")
     summary = {
         "machine_saturated": bool(machine),
-        "cpu_seconds": {k: round(v, 2) for k, v in sampler.cpu_seconds.items()},
-        "saturated_share": {k: round(s / n, 3) for k, (n, s) in sampler.saturation.items() if n},
-        "loadgen_saturated": bool(saturated),
+        "cpu_seconds": {k: round(v, 2) for k, v in cpu_seconds.items()},
+        "saturated_share": {k: round(s / n, 3) for k, (n, s) in saturation.items() if n},
+        "loadgen_saturated": bool(loadgen),
     }
     return summary, warnings
 
@@ -219,7 +220,7 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
                 record["faults"] = injector.records
             if sampler is not None:
                 sampler.stop()
-            finish_record(record, run_dir, status, reason, code, sampler, load, stack,
+            finish_record(record, run_dir, status, reason, code, sampler, stack,
                           report and status == STATUS_COMPLETE)
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -244,7 +245,7 @@ def latency_lines(hdr_log: Path) -> list[str]:
 
 
 def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: int,
-                  sampler: Sampler | None, load: LoadSpec, stack: Stack,
+                  sampler: Sampler | None, stack: Stack,
                   make_report: bool = False) -> None:
     record["ended_at"] = time.time()
     record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
@@ -256,7 +257,7 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     if missing and status == STATUS_COMPLETE:
         record["warnings"].append(f"files missing from a complete run: {', '.join(missing)}")
     if sampler is not None:
-        record["cpu"], warnings = cpu_summary(sampler, load)
+        record["cpu"], warnings = cpu_summary(sampler.saturation, sampler.cpu_seconds)
         record["warnings"] += warnings
     try:
         record["loadgen"] = json.loads((run_dir / METRICS_DIR / PROGRESS_FILE).read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from analysis.catalog import EXIT_OK, LIVE_FILE, METRICS_DIR, UI_TESTS_DIR
 from pollbench.actions.run import base_record
-from pollbench.actions.uitests import finish_test, pending_tests, unfinished_tests
+from pollbench.actions.uitests import finish_test, unwritten_tests
 from pollbench.errors import RunFailed, UserError
 from pollbench.paths import LOCUSTFILE
 from pollbench.records.rundir import new_run_dir, write_json_atomic
@@ -48,8 +48,7 @@ class TestReports:
         self.done: set[str] = set()
 
     def poll(self, final: bool = False) -> None:
-        tests = (unfinished_tests if final else pending_tests)(self.run_dir, self.done)
-        for test in tests:
+        for test in unwritten_tests(self.run_dir, self.done, stopped_only=not final):
             self.done.add(test.name)
             try:
                 finish_test(test, self.run_dir, self.record)

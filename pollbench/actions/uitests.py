@@ -23,40 +23,31 @@ from analysis.catalog import (
     UI_TEST_FILE,
     UI_TESTS_DIR,
 )
+from pollbench.actions.run import cpu_summary
 from pollbench.records.rundir import write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE
-from pollbench.stack.sampler import (
-    MACHINE_SATURATION_PERCENT,
-    SATURATION_CPU_PERCENT,
-    SATURATION_SHARE,
-)
+from pollbench.stack.sampler import MACHINE_SATURATION_PERCENT, SATURATION_CPU_PERCENT
 
 MARGIN_S = 1.0  # samples this close outside a test's span still belong to it
 
 
-def pending_tests(session_dir: Path, done: set[str]) -> list[Path]:
-    """Tests the load generator has stopped and that have no run.json yet."""
+def unwritten_tests(session_dir: Path, done: set[str], stopped_only: bool = True) -> list[Path]:
+    """Test folders without a run.json yet: those the load generator has stopped, or at the
+    session's end (``stopped_only=False``) every one, whatever its state."""
     tests = session_dir / UI_TESTS_DIR
+    if not tests.is_dir():  # a session in which no test was started
+        return []
     found = []
-    for test in sorted(tests.iterdir()) if tests.is_dir() else []:
+    for test in sorted(tests.iterdir()):
         if test.name in done or not test.name.isdigit():
             continue
         try:
             info = json.loads((test / UI_TEST_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if info.get("status") == "stopped":
+        if info.get("status") == "stopped" or not stopped_only:
             found.append(test)
     return found
-
-
-def unfinished_tests(session_dir: Path, done: set[str]) -> list[Path]:
-    """Every test folder without a run.json (at the session's end: whatever its state)."""
-    tests = session_dir / UI_TESTS_DIR
-    if not tests.is_dir():  # a session in which no test was started
-        return []
-    return [t for t in sorted(tests.iterdir())
-            if t.name.isdigit() and t.name not in done and (t / UI_TEST_FILE).exists()]
 
 
 def _slice_csv(src: Path, dst: Path, t0: float, t1: float, column: str) -> list[dict]:
@@ -98,26 +89,21 @@ def _access_time(line: str) -> float:
     return float(line[9:line.index('"', 9)])
 
 
-def cpu_of(rows: list[dict]) -> dict:
-    """run.json's "cpu" for a test, from its process samples (the thresholds of
-    :class:`pollbench.stack.sampler.Sampler`; 1-s samples)."""
+def cpu_of(rows: list[dict]) -> tuple[dict, list[str]]:
+    """run.json's "cpu" and its warnings for a test, from its 1-s process samples (the
+    sampler's thresholds, and :func:`pollbench.actions.run.cpu_summary`)."""
     seconds: dict[str, float] = {}
-    share: dict[str, list[int]] = {}
+    counts: dict[str, list[int]] = {}
     for row in rows:
         name, cpu = row["component"], float(row["cpu_percent"])
         limit = MACHINE_SATURATION_PERCENT if name == "system" else SATURATION_CPU_PERCENT
-        n = share.setdefault(name, [0, 0])
+        n = counts.setdefault(name, [0, 0])
         n[0] += 1
         n[1] += cpu >= limit
         if name != "system":
             group = name.split("/", 1)[0]
             seconds[group] = seconds.get(group, 0.0) + cpu / 100
-    saturated = {k: s / n for k, (n, s) in share.items() if n}
-    return {"cpu_seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "saturated_share": {k: round(v, 3) for k, v in saturated.items()},
-            "loadgen_saturated": any(k.startswith("loadgen") and v >= SATURATION_SHARE
-                                     and share[k][0] >= 3 for k, v in saturated.items()),
-            "machine_saturated": saturated.get("system", 0) >= SATURATION_SHARE}
+    return cpu_summary(counts, seconds)
 
 
 def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: bool = True) -> Path:
@@ -150,7 +136,8 @@ def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: b
                   session=str(session_dir), test=info,
                   exit={"code": EXIT_OK, "reason": "stopped in the web UI" if stopped_in_ui else
                         f"ended: {info.get('stop_reason') or 'the session ended'}"},
-                  loadgen=progress, cpu=cpu_of(rows), warnings=[])
+                  loadgen=progress)
+    record["cpu"], record["warnings"] = cpu_of(rows)
     p = record["parameters"]
     classes = info.get("user_classes", [])
     p.update(users=info.get("users"), spawn_rate=info.get("spawn_rate"), user_classes=classes,
@@ -161,10 +148,6 @@ def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: b
                      ("task_duration_ms", "pb_task_duration_ms")):
         if opt in opts:
             p[key] = opts[opt]
-    if record["cpu"]["loadgen_saturated"]:
-        record["warnings"].append(
-            "load generator CPU-saturated (>= 90% of a core in >= 20% of samples): its "
-            "latencies and rates are not to be trusted; add --workers or lower the users")
     if progress.get("lost") or progress.get("duplicates"):
         record["warnings"].append(f"{progress.get('lost', 0)} messages lost and "
                                   f"{progress.get('duplicates', 0)} duplicated")

@@ -42,6 +42,13 @@ _STUB = re.compile(rb"Active connections:\s*(\d+)\s*server accepts handled reque
                    rb"\s+(\d+)\s*Reading:\s*(\d+)\s*Writing:\s*(\d+)\s*Waiting:\s*(\d+)")
 
 
+def saturated(counts: dict[str, list[int]], prefix: str = "") -> list[str]:
+    """The one saturation rule: processes (names starting with ``prefix``) saturated in
+    >= 20 % of at least 3 samples; ``counts``: name -> [samples, saturated samples]."""
+    return sorted(name for name, (n, sat) in counts.items()
+                  if name.startswith(prefix) and n >= 3 and sat / n >= SATURATION_SHARE)
+
+
 def parse_stub_status(body: bytes) -> list[int] | None:
     m = _STUB.search(body)
     return [int(x) for x in m.groups()] if m else None
@@ -157,14 +164,12 @@ class Sampler(threading.Thread):
                 "connections_accepted": stats.get("connections", {}).get("accepted"),
                 "requests": stats.get("requests")})
         if self.live:
-            live["saturated"] = [name for name, recent in self._recent.items()
-                                 if len(recent) >= 3 and sum(recent) / len(recent) >=
-                                 SATURATION_SHARE]
+            live["saturated"] = saturated({name: [len(recent), sum(recent)]
+                                           for name, recent in self._recent.items()})
             tmp = self.out / ".live.json.tmp"
             tmp.write_text(json.dumps(live))
             os.replace(tmp, self.out / "live.json")
 
     def saturated(self, prefix: str) -> list[str]:
         """Processes of a component busy >= 90 % of a core in >= 20 % of their samples."""
-        return [name for name, (n, sat) in self.saturation.items()
-                if name.startswith(prefix) and n >= 3 and sat / n >= SATURATION_SHARE]
+        return saturated(self.saturation, prefix)

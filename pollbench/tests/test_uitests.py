@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pollbench.actions.uitests import finish_test, pending_tests, unfinished_tests
+from pollbench.actions.uitests import finish_test, unwritten_tests
 
 
 def session_record() -> dict:
@@ -16,7 +16,8 @@ def session_record() -> dict:
 
 
 def test_a_session_without_tests_has_nothing_to_write(tmp_path):
-    assert pending_tests(tmp_path, set()) == [] and unfinished_tests(tmp_path, set()) == []
+    assert unwritten_tests(tmp_path, set()) == []
+    assert unwritten_tests(tmp_path, set(), stopped_only=False) == []
 
 
 def test_a_stopped_test_gets_the_session_records_of_its_span(tmp_path):
@@ -46,7 +47,7 @@ def test_a_stopped_test_gets_the_session_records_of_its_span(tmp_path):
         "users": 30, "spawn_rate": 30.0, "user_classes": ["ChannelSubscriber", "Publisher"],
         "workers": 2, "stop_reason": "stopped",
         "options": {"pb_channels": 5, "pb_connection": "close"}}))
-    assert pending_tests(session, set()) == [test]
+    assert unwritten_tests(session, set()) == [test]
 
     finish_test(test, session, session_record(), make_report=False)
     record = json.loads((test / "run.json").read_text())  # (schema: test_ui, on real runs)
