@@ -3,6 +3,9 @@
 in ``/stats/requests``, Flask routes; see Locust's examples/extend_web_ui.py):
 
 * a "Long polling" tab (:mod:`loadtests.live`), refreshed with the UI's own 2-s poll;
+  Locust draws an extended tab as a table only, so a small script
+  (``static/long-polling-chart.js``, added to Locust's page) draws delivery latency over
+  time above that table from ``/pollbench/live.json``;
 * the start form refuses what ``pollbench run`` refuses, with the same message
   (:func:`loadtests.options.check_load`);
 * ``/pollbench/live.json``: the tab's figures as numbers (and 15 min of per-second points);
@@ -20,6 +23,9 @@ from loadtests.live import LiveView
 from loadtests.options import check_load
 
 TAB_KEY = "long-polling"
+STATIC = Path(__file__).resolve().parent / "static"
+CHART_SCRIPT = '<script src="/pollbench/static/long-polling-chart.js"></script>\n'
+
 REPORTS_HREF = "/pollbench/reports"
 TABLE = [{"key": "figure", "title": "Figure"},
          {"key": "now", "title": "Now (last 10 s)"},
@@ -83,6 +89,11 @@ def install(environment, live: LiveView, tests_dir: Path | None) -> None:
 
     @app.after_request
     def add_long_poll_figures(response):
+        if request.path == "/" and response.status_code == 200 and \
+                response.mimetype == "text/html":
+            page = response.get_data(as_text=True)
+            response.set_data(page.replace("</body>", CHART_SCRIPT + "</body>", 1))
+            return response
         if request.path != "/stats/requests" or response.status_code != 200:
             return response
         body = response.get_json(silent=True)
@@ -91,6 +102,10 @@ def install(environment, live: LiveView, tests_dir: Path | None) -> None:
                 REPORTS_HREF if tests_dir is not None else None)}]
             response.set_data(json.dumps(body))
         return response
+
+    @app.route("/pollbench/static/<path:name>")
+    def static_file(name: str):
+        return send_from_directory(STATIC, name)
 
     @app.route("/pollbench/live.json")
     def live_json():

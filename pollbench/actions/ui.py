@@ -74,6 +74,7 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
     sampler = None
     status = STATUS_INCOMPLETE
     reports = TestReports(run_dir, record)
+    original = signal.getsignal(signal.SIGINT)
     try:
         stack.start()
         (run_dir / "locust").mkdir()
@@ -109,13 +110,15 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
                 stack.check_alive()
                 reports.poll()
         except KeyboardInterrupt:
-            pass  # Ctrl-C is how a UI session ends
+            # Ctrl-C is how a UI session ends; a second one (or a signal forwarded twice)
+            # must not cut the ending short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         status = STATUS_COMPLETE
         print("stopping; results are in", run_dir, flush=True)
         return EXIT_OK
     finally:
         # Ctrl-C again while stopping and writing the pending reports is ignored
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             stack.stop()
             if sampler is not None:
@@ -127,5 +130,5 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
             record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
             write_json_atomic(run_dir / "run.json", record)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, original)
 

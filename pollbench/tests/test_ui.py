@@ -101,6 +101,10 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
             assert any(k.startswith("held polls, backend-") for k in figures)
             assert "nginx connections active / reading / writing / waiting" in figures
             assert "CPU % loadgen (one core = 100)" in figures
+            # above the table, a drawn chart of delivery latency over time
+            chart = page.locator("#pollbench-chart svg polyline[data-quantile='p99']")
+            chart.first.wait_for(timeout=10000)
+            assert len(chart.first.get_attribute("points").split()) >= 2
             page.screenshot(path=str(out / "ui-long-polling-tab.png"), full_page=True)
 
             page.click("text=Stop")

@@ -61,19 +61,22 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_the_wheel_carries_its_data_and_runs_from_its_install(installed):
     bin_dir, work = installed
-    probe = ("import json, pollbench, pollbench.paths as p; print(json.dumps({"
+    probe = ("import json, pollbench, pollbench.paths as p, loadtests.webui as w; "
+             "print(json.dumps({"
              "'module': pollbench.__file__, 'checkout': p.CHECKOUT, "
              "'template': p.TEMPLATE.is_file(), 'mime': p.MIME_TYPES.is_file(), "
              "'profiles': sorted(x.stem for x in p.PROFILES_DIR.glob('*.toml')), "
              "'sweeps': sorted(x.stem for x in p.SWEEPS_DIR.glob('*.toml')), "
              "'static': (p.STATIC_ROOT / 'static' / 'robots.txt').is_file(), "
-             "'schema': (p.SCHEMAS_DIR / 'run.schema.json').is_file()}, default=str))")
+             "'schema': (p.SCHEMAS_DIR / 'run.schema.json').is_file(), "
+             "'chart': (w.STATIC / 'long-polling-chart.js').is_file()}, default=str))")
     proc = subprocess.run([bin_dir / "python", "-c", probe], capture_output=True, text=True,
                           cwd=work, timeout=60)
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
     assert found["module"].startswith(str(bin_dir.parent)) and found["checkout"] is None
     assert found["template"] and found["mime"] and found["static"] and found["schema"]
+    assert found["chart"]  # the web UI tab's chart script
     shipped = lambda folder: sorted(x.stem for x in (REPO / folder).glob("*.toml"))  # noqa: E731
     assert found["profiles"] == shipped("nginx/profiles")
     assert found["sweeps"] == shipped("sweeps")
