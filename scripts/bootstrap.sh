@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a machine for pollbench: nginx (Debian's nginx-light) when it is missing, and a
 # virtualenv in .venv with the pinned dependencies from pyproject.toml.  Safe to rerun.
-#   --test   also install what the test suite needs (Debian's chromium for the web UI test)
+#   --test   also install what the test suite needs (Debian's chromium for the web UI test,
+#            Debian's postgresql for the results-history tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ done
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bootstrap: missing ${missing[*]}; run as root or: apt-get install -y ${missing[*]}" >&2

@@ -4,6 +4,7 @@ alternation; the verdict's exit code is returned."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from analysis.catalog import EXIT_OK
 from pollbench import paths
 from pollbench.actions.compare import baseline_runs
 from pollbench.errors import RunFailed, UserError
+from pollbench.records.history import HISTORY_OFF
 from pollbench.records.inputs import check_output_file, read_json
 from pollbench.records.rundir import new_run_dir, write_atomic, write_json_atomic
 from pollbench.records.runinfo import (
@@ -52,7 +54,7 @@ def run_candidate(out: Path, port: int, backend_port: int, delivery_delay_ms: fl
 
     spec = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port,
                      delivery_delay_ms=delivery_delay_ms)
-    code = run(spec, LoadSpec(**CI_LOAD), out=out, report=False)
+    code = run(spec, LoadSpec(**CI_LOAD), out=out, report=False, history_source="check")
     if code != EXIT_OK:
         raise RunFailed(f"{out.name} ended with code {code}")
     return _summary(out)
@@ -68,6 +70,14 @@ def run_repetitions(repeat: int, port: int, backend_port: int, delivery_delay_ms
         summaries.append(run_candidate(root / f"rep-{i + 1}", port, backend_port,
                                        delivery_delay_ms))
     return summaries
+
+
+def record_base_run(out: Path, git: dict) -> None:
+    """Append a base revision's repetition to the history, as the revision it ran."""
+    from pollbench.actions.run import store_in_history
+
+    record = json.loads((out / "run.json").read_text())
+    store_in_history(record, out, "check", git=git)
 
 
 def ci_run_arguments(port: int, backend_port: int) -> list[str]:
@@ -115,7 +125,7 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
     import subprocess
 
     repo = paths.repository()
-    resolve_ref(ref)  # an unknown revision is named first
+    commit = resolve_ref(ref)  # an unknown revision is named first
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                            capture_output=True, text=True).stdout.splitlines()
     if dirty:
@@ -133,7 +143,9 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
             out = root / "baseline" / f"rep-{i + 1}"
             out.parent.mkdir(exist_ok=True)
             print(f"== baseline ({ref}) {i + 1} of {repeat}", flush=True)
-            env = dict(os.environ, PYTHONPATH=str(tree))
+            # the base revision's run is appended to the history by this check, with the
+            # revision it ran (its exported tree is no git checkout)
+            env = dict(os.environ, PYTHONPATH=str(tree), POLLBENCH_HISTORY=HISTORY_OFF)
             proc = subprocess.run([sys.executable, "-m", "pollbench", "run",
                                    *ci_run_arguments(port, backend_port), "--out", str(out)],
                                   cwd=tree, env=env, capture_output=True, text=True)
@@ -141,6 +153,7 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
                 raise RunFailed(f"the baseline revision {ref} failed its run (exit "
                                 f"{proc.returncode}): {proc.stderr.strip()[-300:]}")
             base.append(_summary(out))
+            record_base_run(out, {"commit": commit, "branch": ref, "dirty": False})
             print(f"== candidate {i + 1} of {repeat}", flush=True)
             (root / "candidate").mkdir(exist_ok=True)
             cand.append(run_candidate(root / "candidate" / f"rep-{i + 1}", port, backend_port,
@@ -224,7 +237,7 @@ def check_same_machine(recorded, here: dict, baseline: Path) -> None:
 
 def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
              output: Path | None, base_name: str, cand_name: str) -> int:
-    from analysis.verdict import compare, exit_code
+    from analysis.verdict import GATE_FAILED, REGRESSION, compare, exit_code
     from analysis.verdict_format import FORMATS
 
     verdicts = compare(base_runs, candidate, limits)
@@ -233,4 +246,11 @@ def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
         write_atomic(output, text)
         print(f"verdict written to {output}")
     sys.stdout.write(text if not output or fmt == "text" else "")
+    flagged = [v.metric for v in verdicts if v.status in (REGRESSION, GATE_FAILED)]
+    if flagged:
+        # where the history saw these metrics step before (best effort: no history, no line)
+        from pollbench.actions.history import last_steps
+
+        for metric, line in last_steps(flagged, CI_LOAD["scenario"]).items():
+            print(f"history: last step of {metric}: {line}", file=sys.stderr)
     return exit_code(verdicts)

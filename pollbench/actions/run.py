@@ -29,12 +29,14 @@ from analysis.catalog import (
     RUN_SCHEMA_VERSION,
 )
 from pollbench.errors import RunFailed, UserError
+from pollbench.paths import CHECKOUT
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import (
     STATUS_COMPLETE,
     STATUS_FAILED,
     STATUS_INCOMPLETE,
     STATUS_RUNNING,
+    git_info,
     host_info,
     machine_fingerprint,
     software_versions,
@@ -102,6 +104,7 @@ def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
         "software": (software := software_versions(resolved.nginx_path)),
         "host": host_info(),
         "machine": machine_fingerprint(software),
+        "git": git_info(CHECKOUT),
         "warnings": [],
         "files": {},
         "exit": {"code": None, "reason": "running"},
@@ -130,10 +133,13 @@ def cpu_summary(saturation: dict[str, list[int]], cpu_seconds: dict[str, float]
     return summary, warnings
 
 
-def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True) -> int:
+def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True,
+        history_source: str = "run") -> int:
+    """``history_source``: what the results history records as the run's origin (run,
+    check, sweep); the history is $POLLBENCH_HISTORY, else results/history.sqlite."""
     resolved = spec.resolve(claim=True)  # ports held until the run ends
     try:
-        return _run(resolved, load, out, report)
+        return _run(resolved, load, out, report, history_source)
     finally:
         resolved.release()
 
@@ -152,7 +158,8 @@ def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
                                 f"{other['backends']} backends, the stack {backends}")
 
 
-def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool) -> int:
+def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool,
+         history_source: str) -> int:
     spec = resolved.spec
     load.validate(spec.max_hold_s)
     faults = load.fault_schedule()
@@ -221,10 +228,22 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
             if sampler is not None:
                 sampler.stop()
             finish_record(record, run_dir, status, reason, code, sampler, stack,
-                          report and status == STATUS_COMPLETE)
+                          report and status == STATUS_COMPLETE,
+                          history_source if status == STATUS_COMPLETE else None)
         finally:
             signal.signal(signal.SIGINT, previous)
     return code
+
+
+def store_in_history(record: dict, run_dir: Path, source: str, git: dict | None = None) -> None:
+    """Append the complete run to the results history; a failure costs the run nothing: it
+    is said in one line and in run.json ("history"), and ``history import`` backfills."""
+    from pollbench.records.history import record_run
+
+    record["history"] = record_run(run_dir, source, git=git)
+    write_json_atomic(run_dir / "run.json", record)
+    if record["history"].get("error"):
+        print(f"WARNING: {record['history']['error']}", file=sys.stderr, flush=True)
 
 
 def latency_lines(hdr_log: Path) -> list[str]:
@@ -246,7 +265,7 @@ def latency_lines(hdr_log: Path) -> list[str]:
 
 def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: int,
                   sampler: Sampler | None, stack: Stack,
-                  make_report: bool = False) -> None:
+                  make_report: bool = False, history_source: str | None = None) -> None:
     record["ended_at"] = time.time()
     record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
     record["status"] = status
@@ -285,5 +304,7 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
         except Exception as e:  # the run's record matters more than its report
             print(f"WARNING: the report could not be written ({e}); "
                   f"try: pollbench report {run_dir}", file=sys.stderr, flush=True)
+    if history_source is not None:
+        store_in_history(record, run_dir, history_source)
     print(f"status: {status}" + ("" if status == STATUS_COMPLETE else f" ({reason})"), flush=True)
     print(run_dir, flush=True)

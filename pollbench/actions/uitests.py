@@ -23,7 +23,7 @@ from analysis.catalog import (
     UI_TEST_FILE,
     UI_TESTS_DIR,
 )
-from pollbench.actions.run import cpu_summary
+from pollbench.actions.run import cpu_summary, store_in_history
 from pollbench.records.rundir import write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE
 from pollbench.stack.sampler import MACHINE_SATURATION_PERCENT, SATURATION_CPU_PERCENT
@@ -106,8 +106,10 @@ def cpu_of(rows: list[dict]) -> tuple[dict, list[str]]:
     return cpu_summary(counts, seconds)
 
 
-def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: bool = True) -> Path:
-    """Write the test's run.json (and its report); returns the run folder."""
+def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: bool = True,
+                history_source: str | None = "ui") -> Path:
+    """Write the test's run.json (and its report), and append it to the results history;
+    returns the run folder."""
     info = json.loads((test_dir / UI_TEST_FILE).read_text())
     try:
         progress = json.loads((test_dir / METRICS_DIR / PROGRESS_FILE).read_text())
@@ -157,4 +159,6 @@ def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: b
         from pollbench.actions.report import report
 
         report([test_dir], quiet=True)
+    if history_source is not None:
+        store_in_history(record, test_dir, history_source)
     return test_dir

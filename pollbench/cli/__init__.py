@@ -30,13 +30,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pollbench.cli import check, compare, nginx, report, run, sweep, ui, up
+    from pollbench.cli import check, compare, history, nginx, report, run, sweep, ui, up
 
     parser = OneLineErrorParser(
         prog="pollbench", description="Benchmark long-polling services behind nginx.")
     parser.add_argument("--version", action="version", version=f"pollbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, run, ui, report, compare, check, sweep, nginx):
+    for module in (up, run, ui, report, compare, check, sweep, nginx, history):
         module.add_parser(sub)
     return parser
 
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
+        if args.command in ("run", "check", "sweep", "ui"):
+            from pollbench.cli.history import use_history
+
+            use_history(args)
         return args.func(args)
     except UserError as e:
         print(f"pollbench: error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.verdict_format import FORMATS
+from pollbench.cli.history import add_history_argument
 
 
 def add_parser(sub) -> None:
@@ -36,6 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline-ref", default=None, metavar="GIT_REF",
                    help="interleave: rerun this git revision as the baseline, alternating with "
                         "this checkout, and compare with those runs (cancels machine drift)")
+    add_history_argument(p)
     p.set_defaults(func=handle)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pollbench.cli.history import add_history_argument
 from pollbench.cli.options import (
     add_load_arguments,
     add_stack_arguments,
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML report at the end (pollbench report RUN makes it later)")
+    add_history_argument(p)
     p.set_defaults(func=handle)
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pollbench.cli.history import add_history_argument
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a matrix of settings, repeated, and rank them in a "
@@ -35,6 +37,7 @@ def add_parser(sub) -> None:
                    help="only check the sweep (every cell, nginx -t) and print its plan")
     p.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
     p.add_argument("--backend-port", type=int, default=8000, help="first backend port")
+    add_history_argument(p)
     p.set_defaults(func=handle)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pollbench.cli.history import add_history_argument
 from pollbench.cli.options import (
     add_load_arguments,
     add_stack_arguments,
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--web-host", default="127.0.0.1",
                    help="address the web UI binds (default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
+    add_history_argument(p)
     p.set_defaults(func=handle)
 
 

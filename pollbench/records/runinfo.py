@@ -77,6 +77,28 @@ FINGERPRINT_FIELDS = ("machine_id", "cpu_model", "cpu_count", "memory_gib", "ker
                       "cpu_governor", "cpu_freq_khz", "python", "nginx", "locust", "pollbench")
 
 
+def git_info(repo: Path | None) -> dict | None:
+    """The checkout's commit, branch and whether tracked files were changed (None outside a
+    git checkout, e.g. an installed wheel)."""
+    if repo is None:
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                  timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": bool(status) if status is not None else None}
+
+
 def machine_fingerprint(software: dict) -> dict:
     """This machine's fingerprint: its fields and ``fingerprint``, a digest of them.
 

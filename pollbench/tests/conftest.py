@@ -15,6 +15,21 @@ from pollbench.stack.net import find_free_ports
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def history_of_the_tests(tmp_path_factory):
+    """Runs made by tests go to a history of their own, never to the checkout's results/."""
+    import os
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('history') / 'history.sqlite'}"
+    previous = os.environ.get("POLLBENCH_HISTORY")
+    os.environ["POLLBENCH_HISTORY"] = url
+    yield url
+    if previous is None:
+        os.environ.pop("POLLBENCH_HISTORY", None)
+    else:
+        os.environ["POLLBENCH_HISTORY"] = previous
+
+
 def pollbench_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pollbench", *args]
 

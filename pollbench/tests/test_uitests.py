@@ -49,7 +49,7 @@ def test_a_stopped_test_gets_the_session_records_of_its_span(tmp_path):
         "options": {"pb_channels": 5, "pb_connection": "close"}}))
     assert unwritten_tests(session, set()) == [test]
 
-    finish_test(test, session, session_record(), make_report=False)
+    finish_test(test, session, session_record(), make_report=False, history_source=None)
     record = json.loads((test / "run.json").read_text())  # (schema: test_ui, on real runs)
     assert record["kind"] == "ui-test" and record["complete"] and "pids" not in record
     assert (record["started_at"], record["ended_at"], record["duration_s"]) == (1000, 1010, 10)
