@@ -29,12 +29,15 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the profile's nginx_binary, else nginx on PATH)")
     g.add_argument("--max-hold", type=float, default=120.0,
                    help="longest poll hold in the backends, s (below proxy_read_timeout)")
+    g.add_argument("--delivery-delay-ms", type=float, default=0.0,
+                   help="the backends delay every delivery by this much (a known regression, "
+                        "to see that a check or the history catches it; default 0)")
 
 
 def spec_from_args(args: argparse.Namespace) -> StackSpec:
     return StackSpec(profile=args.profile, backends=args.backends, loop=args.loop, port=args.port,
                      backend_port=args.backend_port, nginx_binary=args.nginx_binary,
-                     max_hold_s=args.max_hold)
+                     max_hold_s=args.max_hold, delivery_delay_ms=args.delivery_delay_ms)
 
 
 def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None:
