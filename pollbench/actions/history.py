@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 from pollbench.errors import UserError
-from pollbench.records.history import History, HistoryRun, run_rows
+from pollbench.records.history import History, HistoryRun, run_rows, shown_url
 from pollbench.records.rundir import write_atomic
 
 DEFAULT_METRICS = ["delivery_latency_p50", "delivery_latency_p99", "throughput_deliveries"]
@@ -17,14 +17,12 @@ def run_folders(paths: list[Path]) -> list[Path]:
     check's repetitions, a ui session's tests)."""
     found: list[Path] = []
     for path in paths:
-        if (path / "run.json").is_file():
-            found.append(path)
-        elif path.is_dir():
-            found += sorted(p.parent for p in path.glob("*/run.json"))
-            found += sorted(p.parent for p in path.glob("*/*/run.json"))
-            found += sorted(p.parent for p in path.glob("*/*/*/run.json"))
-        else:
+        if not path.is_dir():
             raise UserError(f"{path} is neither a run folder nor a folder of runs")
+        if (path / "run.json").is_file():
+            found.append(path)  # (a ui session is one too: its tests are inside)
+        for depth in ("*", "*/*", "*/*/*"):
+            found += sorted(p.parent for p in path.glob(f"{depth}/run.json"))
     return found
 
 
@@ -42,7 +40,7 @@ def import_runs(paths: list[Path], url: str | None) -> int:
     new = store.add_rows(rows) if rows else 0
     store.close()
     print(f"{new} runs added, {len(rows) - new} stored already, {len(skipped)} skipped "
-          f"({store.url if '@' not in store.url else 'the history'})")
+          f"({shown_url(store.url)})")
     for line in skipped[:20]:
         print(f"  skipped: {line}")
     return 0

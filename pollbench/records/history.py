@@ -179,14 +179,14 @@ class History:
                     conn.execute(sa.text("INSERT INTO pollbench_meta (key, value) VALUES "
                                          "('schema_version', :v)"), {"v": str(SCHEMA_VERSION)})
                 elif "pollbench_meta" not in tables:
-                    raise UserError(f"--history {_shown(url)} is a database of another program "
+                    raise UserError(f"--history {shown_url(url)} is a database of another program "
                                     f"(tables: {', '.join(sorted(tables)[:5])}): name another")
                 else:
                     version = int(conn.execute(sa.text(
                         "SELECT value FROM pollbench_meta WHERE key = 'schema_version'"))
                         .scalar_one())
                     if version > SCHEMA_VERSION:
-                        raise UserError(f"--history {_shown(url)} has schema version {version}; "
+                        raise UserError(f"--history {shown_url(url)} has schema version {version}; "
                                         f"this pollbench reads up to {SCHEMA_VERSION}: upgrade "
                                         "pollbench")
                     while version < SCHEMA_VERSION:
@@ -195,9 +195,9 @@ class History:
                         conn.execute(sa.text("UPDATE pollbench_meta SET value = :v WHERE key = "
                                              "'schema_version'"), {"v": str(version)})
         except OperationalError as e:
-            raise OSError(f"history {_shown(url)} unreachable: {_first_line(e)}") from None
+            raise OSError(f"history {shown_url(url)} unreachable: {_first_line(e)}") from None
         except DatabaseError as e:
-            raise UserError(f"--history {_shown(url)} is not a pollbench history "
+            raise UserError(f"--history {shown_url(url)} is not a pollbench history "
                             f"({_first_line(e)})") from None
         return cls(engine, url)
 
@@ -246,7 +246,7 @@ class History:
                     conn.execute(t_figs.insert(), rows)
                 return len(new)
         except OperationalError as e:
-            raise OSError(f"history {_shown(self.url)}: {_first_line(e)}") from None
+            raise OSError(f"history {shown_url(self.url)}: {_first_line(e)}") from None
 
     # --- reading
     def query(self, scenario: str | None = None, profile: str | None = None,
@@ -287,7 +287,7 @@ class History:
         return found
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """The URL without its password."""
     try:
         import sqlalchemy as sa
@@ -315,6 +315,8 @@ def run_rows(folder: Path, source: str) -> tuple[dict, dict]:
         raise ValueError(f"{folder}: no readable run.json ({e})") from None
     if not info.get("complete"):
         raise ValueError(f"{folder}: the run is not complete (status {info.get('status')})")
+    if info.get("kind") == "ui":
+        raise ValueError(f"{folder}: a web UI session; its tests (tests/NNN) are the runs")
     try:
         summary = json.loads((folder / "report" / "summary.json").read_text())
     except (OSError, ValueError):
@@ -357,8 +359,8 @@ def record_run(run_dir: Path, source: str, url: str | None = None,
         return {"stored": False, "off": True}
     problem = _record(run_dir, source, url, git)
     if problem is None:
-        return {"stored": True, "url": _shown(url)}
-    return {"stored": False, "url": _shown(url), "error": problem}
+        return {"stored": True, "url": shown_url(url)}
+    return {"stored": False, "url": shown_url(url), "error": problem}
 
 
 def _record(run_dir: Path, source: str, url: str, git: dict | None) -> str | None:
