@@ -46,6 +46,7 @@ class Step:
     at_time: float       # first run of after_commit
     before: float        # median of the commits before (up to the previous step)
     after: float         # median of the commits after (up to the next step)
+    machine_changed: bool = False  # the runs before and after ran on different machines
 
     @property
     def change(self) -> float:
@@ -64,7 +65,8 @@ class Step:
         verdict = {True: "worse", False: "better", None: "changed"}[self.worse()]
         return (f"{self.metric}: {self.before:.4g} -> {self.after:.4g} {unit} "
                 f"({self.change:+.1%}, {verdict}) between {self.before_commit[:12]} and "
-                f"{self.after_commit[:12]}")
+                f"{self.after_commit[:12]}"
+                + ("; the machine changed there too" if self.machine_changed else ""))
 
 
 def per_commit(runs: pd.DataFrame) -> pd.DataFrame:
@@ -114,7 +116,8 @@ def steps(metric: str, runs: pd.DataFrame) -> list[Step]:
                 abs(after - before) < MIN_STEP * max(abs(before), 1e-12):
             continue
         found.append(Step(metric, str(commits["commit"][b - 1]), str(commits["commit"][b]),
-                          float(commits["first"][b]), before, after))
+                          float(commits["first"][b]), before, after,
+                          commits["machine"][b - 1] != commits["machine"][b]))
     return found
 
 

@@ -300,3 +300,28 @@ def test_check_names_the_last_step_of_a_flagged_metric(tmp_path, monkeypatch):
     monkeypatch.setenv("POLLBENCH_HISTORY", f"sqlite:///{tmp_path / 'none' / 'x.txt'}")
     assert last_steps(["delivery_latency_p50"]) == {}  # no history: no line, no error
     assert not (tmp_path / "none").exists()  # and none made
+
+
+def test_a_checks_base_revision_runs_are_stored_as_that_revision(tmp_path, monkeypatch):
+    from pollbench.actions.check import record_base_run
+
+    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    monkeypatch.setenv("POLLBENCH_HISTORY", url)
+    run = fake_run(tmp_path / "runs", "rep-1", 1_700_000_000, "", 3.0)  # no git of its own
+    record_base_run(run, {"commit": "f" * 40, "branch": "origin/main", "dirty": False})
+    [stored] = History.open(url).query()
+    assert (stored.commit, stored.branch, stored.source) == ("f" * 40, "origin/main", "check")
+    assert json.loads((run / "run.json").read_text())["history"]["stored"] is True
+
+
+def test_a_step_where_the_machine_changed_says_so():
+    import pandas as pd
+
+    from analysis.trends import steps
+
+    rows = [{"run_key": f"r{i}", "started_at": float(i), "commit": f"c{i // 2:02d}",
+             "machine": "m1" if i < 12 else "m2",
+             "value": 3.0 + (0.5 if i >= 12 else 0) + (i % 2) * 0.05} for i in range(24)]
+    [step] = steps("delivery_latency_p50", pd.DataFrame(rows))
+    assert (step.before_commit, step.after_commit) == ("c05", "c06")
+    assert step.line().endswith("; the machine changed there too")
