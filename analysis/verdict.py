@@ -5,13 +5,22 @@ A metric regresses only when both hold:
 1. its change exceeds its threshold (default 10 %) in the worse direction; the
    change is relative, of the medians: (candidate - baseline) / baseline;
 2. the difference is significant: a two-sided Mann-Whitney U test (as asv uses)
-   at ``alpha`` (default 0.05) over the samples of each side.
+   over the samples of each side, its p-value adjusted by Holm's step-down
+   method over every compared metric measured on both sides, below ``alpha``
+   (default 0.05).  So the chance that a check with no real change flags any of
+   its metrics stays under ``alpha``, however many metrics it compares.
 
-Samples: one value per repetition when both sides have at least ``MIN_SAMPLES``
-repetitions; otherwise, for latency percentiles, the per-10-s-window values of
-every repetition pooled.  With fewer than ``MIN_SAMPLES`` samples a side cannot
-show significance at 0.05 (four against four is the smallest that can), so the
-verdict is "insufficient data", never a guess.
+Samples: one value per repetition when both sides have enough repetitions for
+Holm's strictest level (``alpha / metrics``; 6 a side at 0.05 over 11 metrics);
+otherwise, for latency percentiles, the per-10-s-window values of every
+repetition pooled.  A side too small to ever reach that level makes a change
+beyond the threshold "insufficient data", never a guess.
+
+Every metric also gets the smallest change the comparison could have detected
+(``detectable``): the relative shift that Mann-Whitney finds at Holm's strictest
+level with 80 % power, for normal noise with the measured pooled spread.  A
+"no regression" verdict thus says how large a regression it could have missed:
+the larger of that and the threshold.
 
 Absolute gates need no baseline: any lost or duplicate message, an error rate
 above its cap; and a CPU-saturated load generator voids the measurement.
@@ -23,6 +32,7 @@ above its cap; and a CPU-saturated load generator voids the measurement.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import tomllib
@@ -34,7 +44,8 @@ from analysis import catalog
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.05
 DEFAULT_ERROR_RATE_CAP = 0.001
-MIN_SAMPLES = 4
+MIN_SAMPLES = 4  # the fewest a side for one test at 0.05 (2 / C(8, 4) = 0.029)
+DEFAULT_POWER = 0.8
 
 # metric -> (which way is better, summary window series usable as samples or None)
 COMPARED_METRICS: dict[str, tuple[str, str | None]] = {
@@ -122,6 +133,9 @@ class Verdict:
     n_baseline: int
     n_candidate: int
     explanation: str
+    p_adjusted: float | None = None  # Holm, over the compared metrics
+    detectable: float | None = None  # relative change found with 80 % power (see module doc)
+    family: int = 1  # how many metrics the p-value was adjusted over
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -133,37 +147,161 @@ def relative_change(base: float, cand: float) -> float:
     return (cand - base) / abs(base)
 
 
+def min_p_value(n1: int, n2: int, paired: bool = False) -> float:
+    """The smallest two-sided p-value an exact Mann-Whitney test of n1 vs n2 samples gives
+    (paired: the Wilcoxon signed-rank test of n1 pairs)."""
+    if paired:
+        return 2 / 2 ** n1 if n1 else 1.0
+    return 2 / math.comb(n1 + n2, n1) if n1 and n2 else 1.0
+
+
+def min_samples(level: float, paired: bool = False) -> int:
+    """The fewest samples a side (equal sides) for which the test can reach ``level``."""
+    n = 1
+    while min_p_value(n, n, paired) >= level:
+        n += 1
+    return n
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given (family-wise error control)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@functools.lru_cache(maxsize=256)
+def detectable_factor(n1: int, n2: int, level: float, power: float = DEFAULT_POWER,
+                      paired: bool = False) -> float:
+    """The shift, in standard deviations of normal noise, that a two-sided Mann-Whitney test
+    of n1 vs n2 samples finds at ``level`` with probability ``power``; inf when the sizes
+    cannot reach ``level`` at all.  Paired: the Wilcoxon signed-rank test of n1 pairs, in
+    standard deviations of the pairs' differences.  Simulated (fixed seed: the answer is
+    reproducible) for small samples, where the textbook normal approximation promises too
+    much power."""
+    if min_p_value(n1, n2, paired) >= level:
+        return math.inf
+    from scipy.stats import mannwhitneyu, norm, wilcoxon
+
+    if n1 + n2 > 60:  # large samples: the asymptotic formula is accurate (ARE 3/pi)
+        spread = 1 / math.sqrt(n1) if paired else math.sqrt(1 / n1 + 1 / n2)
+        return (norm.ppf(1 - level / 2) + norm.ppf(power)) * spread / math.sqrt(3 / math.pi)
+    import numpy as np
+
+    rng = np.random.default_rng(20261128)
+    x = rng.standard_normal((2000, n1))
+    y = rng.standard_normal((2000, n2))
+
+    def found(shift: float) -> bool:
+        p = wilcoxon(x + shift, axis=1).pvalue if paired else \
+            mannwhitneyu(x, y + shift, axis=1).pvalue
+        return float(np.mean(p < level)) >= power
+
+    lo, hi = 0.0, 1.0
+    while not found(hi):
+        lo, hi = hi, hi * 2
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if found(mid) else (mid, hi)
+    return hi
+
+
+def detectable_change(base: list[float], cand: list[float], level: float,
+                      power: float = DEFAULT_POWER, paired: bool = False) -> float | None:
+    """The relative change (of the baseline median) these samples could have shown at
+    ``level`` with ``power``, from their pooled spread (paired: the spread of the pairs'
+    differences); None when it cannot be estimated."""
+    n1, n2 = len(base), len(cand)
+    if n1 < 2 or n2 < 2:
+        return None
+    b = statistics.median(base)
+    if b == 0:
+        return None
+    factor = detectable_factor(n1, n2, level, power, paired)
+    if paired:
+        spread = statistics.stdev([c - a for a, c in zip(base, cand)])
+    else:
+        spread = math.sqrt(((n1 - 1) * statistics.variance(base) +
+                            (n2 - 1) * statistics.variance(cand)) / (n1 + n2 - 2))
+    if spread == 0:
+        return 0.0
+    return factor * spread / abs(b)
+
+
+def _p_value(base: list[float], cand: list[float], paired: bool = False) -> float:
+    """Two-sided: Mann-Whitney U of the two samples, or (paired) Wilcoxon's signed-rank test
+    of the pairs' differences (base[i] and cand[i] ran next to each other)."""
+    if paired:
+        differences = [c - b for b, c in zip(base, cand)]
+        if not any(differences):
+            return 1.0
+        from scipy.stats import wilcoxon
+
+        return float(wilcoxon(differences).pvalue)
+    if len(set(base) | set(cand)) == 1:
+        return 1.0
+    from scipy.stats import mannwhitneyu  # here: scipy costs 0.4 s to import
+
+    return float(mannwhitneyu(base, cand, alternative="two-sided").pvalue)
+
+
+def _missable(v: Verdict) -> str:
+    if v.detectable is None:
+        return ""
+    if math.isinf(v.detectable):
+        return "; too few samples to detect any change"
+    return f"; could have missed up to {max(v.threshold or 0.0, v.detectable):.0%}"
+
+
 def judge(metric: str, base: list[float], cand: list[float], better: str, threshold: float,
-          alpha: float, method: str = "repetitions") -> Verdict:
+          alpha: float, method: str = "repetitions", family: int = 1,
+          p_adjusted: float | None = None, paired: bool = False) -> Verdict:
+    """One metric's verdict.  ``family`` metrics are compared together; ``p_adjusted`` is
+    this metric's Holm-adjusted p-value among them (None: computed here, for a family of 1).
+    ``paired``: base[i] and cand[i] are one interleaved round (equal lengths)."""
     if not base or not cand:
         return Verdict(metric, NOT_MEASURED, None, None, None, threshold, None, method,
                        len(base), len(cand), "not measured on both sides")
     b, c = statistics.median(base), statistics.median(cand)
     change = relative_change(b, c)
+    level = alpha / family  # Holm's strictest step: what a lone change must reach
+    paired = paired and len(base) == len(cand)
+    p = _p_value(base, cand, paired) if len(base) >= 2 and len(cand) >= 2 else None
+    if p_adjusted is None and p is not None:
+        p_adjusted = min(1.0, p * family)
+    v = Verdict(metric, OK, b, c, change, threshold, p, method, len(base), len(cand), "",
+                p_adjusted, detectable_change(base, cand, level, paired=paired), family)
+    test = "Wilcoxon signed-rank" if paired else "Mann-Whitney"
     worse = change > threshold if better == "lower" else change < -threshold
     better_by = change < -threshold if better == "lower" else change > threshold
+    holm_note = f" after Holm over {family} metrics" if family > 1 else ""
     if not worse and not better_by:
-        return Verdict(metric, OK, b, c, change, threshold, None, method, len(base), len(cand),
-                       f"change {change:+.1%} is within the {threshold:.0%} threshold")
-    if len(base) < MIN_SAMPLES or len(cand) < MIN_SAMPLES:
-        return Verdict(metric, INSUFFICIENT, b, c, change, threshold, None, method, len(base),
-                       len(cand), f"change {change:+.1%} exceeds {threshold:.0%}, but "
-                       f"{len(base)} vs {len(cand)} samples cannot show significance (need "
-                       f"{MIN_SAMPLES} per side): repeat the runs")
-    if len(set(base) | set(cand)) == 1:
-        p = 1.0
-    else:
-        from scipy.stats import mannwhitneyu  # here: scipy costs 0.4 s to import
-
-        p = float(mannwhitneyu(base, cand, alternative="two-sided").pvalue)
-    if p >= alpha:
-        return Verdict(metric, OK, b, c, change, threshold, p, method, len(base), len(cand),
-                       f"change {change:+.1%} exceeds {threshold:.0%} but is not significant "
-                       f"(Mann-Whitney p={p:.3g} >= {alpha:g}): within noise")
-    status = REGRESSION if worse else IMPROVEMENT
-    return Verdict(metric, status, b, c, change, threshold, p, method, len(base), len(cand),
-                   f"{'worse' if worse else 'better'} by {abs(change):.1%} (threshold "
-                   f"{threshold:.0%}), significant (Mann-Whitney p={p:.3g} < {alpha:g})")
+        v.explanation = f"change {change:+.1%} is within the {threshold:.0%} threshold" + \
+            _missable(v)
+        return v
+    if min_p_value(len(base), len(cand), paired) >= level or p is None:
+        need = min_samples(level, paired)
+        v.status = INSUFFICIENT
+        v.explanation = (f"change {change:+.1%} exceeds {threshold:.0%}, but {len(base)} vs "
+                         f"{len(cand)} samples cannot show significance at {level:.2g} (need "
+                         f"{need} per side): repeat the runs")
+        return v
+    assert p_adjusted is not None
+    if p_adjusted >= alpha:
+        v.explanation = (f"change {change:+.1%} exceeds {threshold:.0%} but is not "
+                         f"significant ({test} p={p:.3g}, {p_adjusted:.3g}{holm_note} "
+                         f">= {alpha:g}): within noise" + _missable(v))
+        return v
+    v.status = REGRESSION if worse else IMPROVEMENT
+    v.explanation = (f"{'worse' if worse else 'better'} by {abs(change):.1%} (threshold "
+                     f"{threshold:.0%}), significant ({test} p={p:.3g}, "
+                     f"{p_adjusted:.3g}{holm_note} < {alpha:g})")
+    return v
 
 
 def samples(summaries: list[dict], metric: str, window_series: str | None,
@@ -181,16 +319,34 @@ def samples(summaries: list[dict], metric: str, window_series: str | None,
     return out
 
 
-def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds) -> list[Verdict]:
-    """Every compared metric, then the absolute gates, then the void check."""
+def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
+            paired: bool = False) -> list[Verdict]:
+    """Every compared metric (Holm over those measured on both sides), then the absolute
+    gates, then the void check.  ``paired``: baseline[i] and candidate[i] ran next to each
+    other (an interleaved check), so each metric is tested on the pairs' differences, which
+    cancels the machine's drift between rounds."""
     verdicts = []
-    per_repetition = len(baseline) >= MIN_SAMPLES and len(candidate) >= MIN_SAMPLES
+    family = sum(1 for metric in COMPARED_METRICS
+                 if samples(baseline, metric, None, False) and
+                 samples(candidate, metric, None, False)) or 1
+    paired = paired and len(baseline) == len(candidate)
+    needed = min_samples(thresholds.alpha / family, paired)
+    per_repetition = len(baseline) >= needed and len(candidate) >= needed
+    paired = paired and per_repetition
+    sides = {}
     for metric, (better, series) in COMPARED_METRICS.items():
         use_windows = not per_repetition and series is not None
-        method = "10-s windows, pooled" if use_windows else "repetitions"
-        v = judge(metric, samples(baseline, metric, series, use_windows),
-                  samples(candidate, metric, series, use_windows), better,
-                  thresholds.for_metric(metric), thresholds.alpha, method)
+        sides[metric] = (samples(baseline, metric, series, use_windows),
+                         samples(candidate, metric, series, use_windows), use_windows)
+    tested = [m for m, (b, c, _) in sides.items() if len(b) >= 2 and len(c) >= 2]
+    pair = {m: paired and len(sides[m][0]) == len(sides[m][1]) for m in tested}
+    adjusted = dict(zip(tested, holm([_p_value(*sides[m][:2], pair[m]) for m in tested])))
+    for metric, (better, series) in COMPARED_METRICS.items():
+        base, cand, use_windows = sides[metric]
+        method = "10-s windows, pooled" if use_windows else \
+            "interleaved pairs" if pair.get(metric) else "repetitions"
+        v = judge(metric, base, cand, better, thresholds.for_metric(metric), thresholds.alpha,
+                  method, family, adjusted.get(metric), pair.get(metric, False))
         # the medians shown are those of the headline figure, not of the windows
         if use_windows and v.status != NOT_MEASURED:
             hb, hc = samples(baseline, metric, None, False), samples(candidate, metric, None,

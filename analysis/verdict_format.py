@@ -32,19 +32,42 @@ def _change(v: Verdict) -> str:
 
 
 def _p(v: Verdict) -> str:
-    return "-" if v.p_value is None else f"{v.p_value:.3g}"
+    if v.p_value is None:
+        return "-"
+    if v.p_adjusted is None or v.family <= 1:
+        return f"{v.p_value:.3g}"
+    return f"{v.p_adjusted:.3g}"
+
+
+def _detect(v: Verdict) -> str:
+    """The smallest change the comparison could have caught (80 % power), or the threshold
+    when that is larger: a change this size or more would not have passed unnoticed."""
+    if v.detectable is None:
+        return "-"
+    if v.detectable == float("inf"):
+        return "none"
+    return f"{max(v.detectable, v.threshold or 0.0):.0%}"
+
+
+def _family(verdicts: list[Verdict]) -> str:
+    family = max((v.family for v in verdicts), default=1)
+    test = "Wilcoxon signed-rank's over the interleaved pairs" if any(
+        v.method == "interleaved pairs" for v in verdicts) else "Mann-Whitney's"
+    return (f"p is {test}, Holm-adjusted over {family} metrics; 'caught' is the "
+            "smallest change this comparison would catch with 80 % power (or the threshold, "
+            "if larger): a smaller one can pass unnoticed")
 
 
 def format_text(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
     code = exit_code(verdicts)
     lines = [f"pollbench compare: {HEADLINE[code]} (exit {code})",
-             f"baseline:  {baseline}", f"candidate: {candidate}", ""]
+             f"baseline:  {baseline}", f"candidate: {candidate}", _family(verdicts), ""]
     w = max(len(v.metric) for v in verdicts)
     lines.append(f"{'metric':{w}}  {'verdict':10} {'baseline':>10} {'candidate':>10} "
-                 f"{'change':>8} {'p':>7}  n       why")
+                 f"{'change':>8} {'p':>7} {'caught':>6}  n       why")
     for v in verdicts:
         lines.append(f"{v.metric:{w}}  {MARK[v.status]:10} {_num(v.baseline):>10} "
-                     f"{_num(v.candidate):>10} {_change(v):>8} {_p(v):>7}  "
+                     f"{_num(v.candidate):>10} {_change(v):>8} {_p(v):>7} {_detect(v):>6}  "
                      f"{v.n_baseline}/{v.n_candidate:<4} {v.explanation} [{v.method}]")
     return "\n".join(lines) + "\n"
 
@@ -55,15 +78,15 @@ def format_markdown(verdicts: list[Verdict], baseline: str, candidate: str) -> s
     lines = [f"### {icon} pollbench: {HEADLINE[code]}", "",
              f"Baseline `{baseline}` vs candidate `{candidate}`. A metric regresses only when "
              "its change exceeds its threshold **and** a Mann-Whitney U test finds it "
-             "significant.", "",
-             "| metric | verdict | baseline | candidate | change | p | why |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             f"significant. {_family(verdicts)}.", "",
+             "| metric | verdict | baseline | candidate | change | p | caught | why |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     flagged = [v for v in verdicts if v.status not in ("ok", NOT_MEASURED)]
     rest = [v for v in verdicts if v.status in ("ok", NOT_MEASURED)]
     for v in flagged + rest:
         verdict = f"**{MARK[v.status]}**" if v in flagged else MARK[v.status]
         lines.append(f"| {v.metric} | {verdict} | {_num(v.baseline)} | {_num(v.candidate)} | "
-                     f"{_change(v)} | {_p(v)} | {v.explanation.replace('|', '/')} |")
+                     f"{_change(v)} | {_p(v)} | {_detect(v)} | {v.explanation.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,7 +109,7 @@ def format_junit(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
     for v in verdicts:
         case = ET.SubElement(suite, "testcase", classname="pollbench.compare", name=v.metric)
         message = (f"baseline {_num(v.baseline)}, candidate {_num(v.candidate)}, change "
-                   f"{_change(v)}, p {_p(v)}: {v.explanation}")
+                   f"{_change(v)}, p {_p(v)}, caught from {_detect(v)}: {v.explanation}")
         if v.status in (REGRESSION, GATE_FAILED):
             ET.SubElement(case, "failure", message=message, type=v.status).text = message
         elif v.status in (VOID, INSUFFICIENT):

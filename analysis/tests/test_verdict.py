@@ -165,3 +165,124 @@ def test_cli_exit_codes_and_malformed_thresholds(tmp_path):
     assert proc.returncode == 2 and "must be a number" in proc.stderr
     proc = run(base, tmp_path / "missing")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+# -- many metrics at once: Holm, and what a passing check could have missed -------------------
+
+def eleven_metric_side(rng, n: int, shift: dict | None = None, spread: float = 0.05) -> list[dict]:
+    """``n`` repetitions of every compared metric: independent noise around 100 (or a
+    throughput of 1000), each metric moved by ``shift[metric]`` (relative)."""
+    from analysis.catalog import COMPARED
+
+    out = []
+    for i in range(n):
+        metrics = {"lost_messages": {"value": 0}, "duplicate_messages": {"value": 0}}
+        for m in COMPARED:
+            center = 0.0005 if m == "error_rate" else 100.0
+            center *= 1 + (shift or {}).get(m, 0.0)
+            metrics[m] = {"value": float(center * (1 + rng.normal(0, spread)))}
+        out.append({"schema_version": 1, "run": f"r{i}", "metrics": metrics,
+                    "loadgen_saturated": False})
+    return out
+
+
+def test_holm_keeps_the_false_alarm_rate_of_a_whole_check_under_alpha():
+    # A/A checks of 11 noisy metrics with no threshold to hide behind: tested one by one at
+    # 0.05, some metric of most checks would look significant; Holm keeps whole checks at 5 %.
+    rng = np.random.default_rng(7)
+    limits = Thresholds(default=0.0)
+    alarms = unadjusted = 0
+    trials = 200
+    for _ in range(trials):
+        verdicts = compare(eleven_metric_side(rng, 8), eleven_metric_side(rng, 8), limits)
+        tested = [v for v in verdicts if v.family > 1]
+        assert len(tested) == 11 and all(v.family == 11 for v in tested)
+        alarms += any(v.status in (REGRESSION, "improvement") for v in tested)
+        unadjusted += any(v.p_value is not None and v.p_value < 0.05 for v in tested)
+    assert alarms / trials <= 0.08
+    assert unadjusted / trials >= 0.25  # what the adjustment saves us from
+
+
+def test_holm_adjusted_p_values():
+    from analysis.verdict import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+
+
+def test_a_real_regression_in_one_of_eleven_metrics_is_still_caught():
+    rng = np.random.default_rng(8)
+    verdicts = {v.metric: v for v in compare(
+        eleven_metric_side(rng, 8, spread=0.02),
+        eleven_metric_side(rng, 8, {"delivery_latency_p95": 0.20}, spread=0.02), Thresholds())}
+    v = verdicts["delivery_latency_p95"]
+    assert v.status == REGRESSION and v.p_adjusted < 0.05 and "Holm over 11" in v.explanation
+    assert exit_code(list(verdicts.values())) == 1
+
+
+def test_the_detectable_change_has_the_power_it_claims():
+    # a shift of the claimed size, in fresh noise, is found about 80 % of the time
+    from scipy.stats import mannwhitneyu
+
+    from analysis.verdict import detectable_factor
+
+    rng = np.random.default_rng(9)
+    for n, level in ((8, 0.05 / 11), (6, 0.05)):
+        factor = detectable_factor(n, n, level)
+        hits = sum(mannwhitneyu(rng.normal(0, 1, n), rng.normal(factor, 1, n)).pvalue < level
+                   for _ in range(1000))
+        assert 0.72 <= hits / 1000 <= 0.88, (n, level, hits)
+    assert detectable_factor(5, 5, 0.05 / 11) == float("inf")  # 2/C(10,5) = 0.008 > 0.0045
+
+
+def test_a_pass_says_how_large_a_regression_it_could_have_missed():
+    rng = np.random.default_rng(10)
+    quiet = compare(eleven_metric_side(rng, 8, spread=0.01),
+                    eleven_metric_side(rng, 8, spread=0.01), Thresholds())
+    noisy_check = compare(eleven_metric_side(rng, 8, spread=0.15),
+                          eleven_metric_side(rng, 8, spread=0.15), Thresholds())
+    q = {v.metric: v for v in quiet}["delivery_latency_p95"]
+    n = {v.metric: v for v in noisy_check}["delivery_latency_p95"]
+    assert q.status == OK and q.detectable < 0.10 and "could have missed up to 10%" in \
+        q.explanation  # the threshold, not the noise, bounds a quiet check
+    assert n.detectable > 0.25  # noise of 15 % hides changes of 25 % and more
+    text = FORMATS["text"](noisy_check, "b", "c")
+    assert "Holm-adjusted over 11 metrics" in text
+    row = next(line for line in text.splitlines() if line.startswith("delivery_latency_p95"))
+    assert f"{n.detectable:.0%}" in row
+
+
+def test_six_repetitions_are_the_fewest_that_can_flag_one_of_eleven_metrics():
+    from analysis.verdict import min_samples
+
+    assert min_samples(0.05) == 4 and min_samples(0.05 / 11) == 6
+    rng = np.random.default_rng(11)
+    base, cand = list(100 + rng.normal(0, 1, 5)), list(150 + rng.normal(0, 1, 5))
+    v = judge("delivery_latency_p95", base, cand, "lower", 0.10, 0.05, family=11)
+    assert v.status == INSUFFICIENT and "need 6 per side" in v.explanation
+    assert judge("delivery_latency_p95", base + [100.0], cand + [150.0], "lower", 0.10, 0.05,
+                 family=11).status == REGRESSION
+
+
+def test_interleaved_pairs_cancel_drift_that_hides_a_regression_from_an_unpaired_test():
+    # each round's machine speed drifts by 15 %; both runs of a round share it
+    rng = np.random.default_rng(12)
+    from analysis.catalog import COMPARED
+
+    base, cand = [], []
+    for i in range(12):
+        speed = 1 + rng.normal(0, 0.15)
+        for side_runs, shift in ((base, 0.0), (cand, 0.20)):
+            metrics = {m: {"value": float(100 * speed * (1 + rng.normal(0, 0.01)) *
+                                          (1 + (shift if m == "delivery_latency_p95" else 0)))}
+                       for m in COMPARED}
+            side_runs.append({"schema_version": 1, "run": f"r{i}", "metrics": metrics})
+    unpaired = {v.metric: v for v in compare(base, cand, Thresholds())}
+    paired = {v.metric: v for v in compare(base, cand, Thresholds(), paired=True)}
+    assert unpaired["delivery_latency_p95"].status == OK  # lost in the drift
+    v = paired["delivery_latency_p95"]
+    assert v.status == REGRESSION and v.method == "interleaved pairs"
+    assert "Wilcoxon signed-rank" in v.explanation
+    assert paired["delivery_latency_p95"].detectable < unpaired["delivery_latency_p95"].detectable
+    assert all(paired[m].status == OK for m in COMPARED if m != "delivery_latency_p95")
+    assert "Wilcoxon signed-rank's over the interleaved pairs" in FORMATS["text"](
+        list(paired.values()), "b", "c")

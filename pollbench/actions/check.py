@@ -27,10 +27,13 @@ from pollbench.stack.spec import StackSpec
 
 # The CI scenario: small enough for four repetitions in well under 5 minutes on 2 cores,
 # busy enough that delivery latency means something.
-CI_LOAD: dict[str, Any] = dict(scenario="channels", users=100, spawn_rate=100.0, duration_s=30.0, channels=10,
-               publish_rate=50.0, poll_timeout_s=10.0)
+# Many short repetitions beat few long ones (benchmarks/check_design.py: 8-s runs, about
+# 9.6 s each with the stack's start and stop; 12 interleaved rounds take about 4 minutes).
+CI_LOAD: dict[str, Any] = dict(scenario="channels", users=100, spawn_rate=100.0, duration_s=8.0,
+                               channels=10, publish_rate=50.0, poll_timeout_s=10.0)
 CI_PROFILE = "keepalive"
-CI_WARMUP_S = 5.0
+CI_WARMUP_S = 2.0
+CI_REPEAT = 12
 
 
 def default_baseline() -> Path:
@@ -101,6 +104,53 @@ def resolve_ref(ref: str) -> str:
     return rev.stdout.strip()
 
 
+def _git(*args: str) -> str | None:
+    """``git args`` in the checkout: its output, or None when git fails."""
+    import subprocess
+
+    proc = subprocess.run(["git", *args], cwd=paths.repository(), capture_output=True,
+                          text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def default_branch() -> str | None:
+    """The default branch's ref: origin's HEAD, else origin/main or master, else a local
+    main or master."""
+    head = _git("symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD")
+    if head:
+        return head
+    for ref in ("origin/main", "origin/master", "main", "master"):
+        if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"):
+            return ref
+    return None
+
+
+def default_base() -> tuple[str, str]:
+    """The revision ``check`` compares with when given none, and why: the merge-base of this
+    checkout with the default branch; on the default branch itself (merge-base = HEAD), the
+    commit before HEAD."""
+    if _git("rev-parse", "--is-inside-work-tree") != "true":
+        raise UserError(f"{paths.repository()} is not a git checkout, so there is no base "
+                        "revision to compare with: pass --baseline-ref REF, or --baseline "
+                        "FILE recorded on this machine")
+    branch = default_branch()
+    if branch is None:
+        raise UserError("no default branch found (no origin/HEAD, origin/main, main or "
+                        "master): pass --baseline-ref REF")
+    head = _git("rev-parse", "HEAD")
+    base = _git("merge-base", "HEAD", branch)
+    if base is None:
+        raise UserError(f"this checkout shares no history with {branch} (a shallow clone? "
+                        "fetch with depth 0): pass --baseline-ref REF")
+    if base != head:
+        return base, f"the merge-base with {branch}"
+    parent = _git("rev-parse", "--verify", "--quiet", "HEAD^")
+    if parent is None:
+        raise UserError(f"HEAD is the first commit of {branch}: there is nothing before it to "
+                        "compare with; pass --baseline-ref REF")
+    return parent, f"HEAD^ (HEAD is on {branch})"
+
+
 def export_revision(ref: str) -> Path:
     """The tree of ``ref`` in a temporary folder (git archive: the checkout is not touched)."""
     import subprocess
@@ -163,15 +213,15 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
     return base, cand
 
 
-def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output: Path | None,
-          update: bool, force: bool, port: int, backend_port: int,
+def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fmt: str,
+          output: Path | None, update: bool, force: bool, port: int, backend_port: int,
           delivery_delay_ms: float, baseline_ref: str | None = None) -> int:
-    from analysis.verdict import MIN_SAMPLES, ThresholdsError, read_thresholds
+    """The gate.  Which baseline: ``--update-baseline`` records a file; ``--baseline FILE``
+    compares with a recorded file (this machine's only); ``--baseline-ref REF`` reruns REF
+    interleaved; with none of them, the default base revision (:func:`default_base`) is
+    rerun interleaved."""
+    from analysis.verdict import ThresholdsError, read_thresholds
 
-    if not MIN_SAMPLES <= repeat <= 50:
-        raise UserError(f"--repeat must be from {MIN_SAMPLES} to 50 (it is {repeat}): a "
-                        f"verdict needs {MIN_SAMPLES} repetitions a side at least (with fewer, "
-                        "Mann-Whitney cannot reach p < 0.05)")
     check_number("--delivery-delay-ms", delivery_delay_ms, 0, 60_000)
     check_output_file(output, "--output")
     if force and not update:
@@ -179,14 +229,19 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
     if baseline_ref is not None and update:
         raise UserError("--baseline-ref reruns a revision as the baseline; it does not "
                         "go with --update-baseline")
+    if baseline_ref is not None and baseline is not None:
+        raise UserError("--baseline FILE and --baseline-ref REF are two baselines: give one")
     try:
         limits = read_thresholds(thresholds)
     except ThresholdsError as e:
         raise UserError(str(e)) from None
+    interleaved = update is False and baseline is None
+    repeat = check_repeat(repeat, limits.alpha, paired=interleaved)
     config = ci_config(delivery_delay_ms)
     resolved = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port).resolve()
     here = machine_fingerprint(software_versions(resolved.nginx_path))
     if update:
+        baseline = baseline or default_baseline()
         if baseline.exists() and not force:
             raise UserError(f"{baseline} exists; pass --force to replace the baseline")
         started = time.time()
@@ -198,12 +253,17 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
                                      "machine": here, "runs": summaries})
         print(f"baseline written: {baseline} ({repeat} repetitions)")
         return EXIT_OK
-    if baseline_ref is not None:
+    if baseline is None:
+        why = "given"
+        if baseline_ref is None:
+            baseline_ref, why = default_base()
+        print(f"baseline: revision {baseline_ref[:12]} ({why}), rerun here, interleaved with "
+              f"this checkout, {repeat} repetitions a side", flush=True)
         base_runs, candidate = run_interleaved(baseline_ref, repeat, port, backend_port,
                                                delivery_delay_ms)
         return _verdict(base_runs, candidate, limits, fmt, output,
                         f"revision {baseline_ref} ({repeat} interleaved repetitions)",
-                        f"this checkout ({repeat} interleaved repetitions)")
+                        f"this checkout ({repeat} interleaved repetitions)", paired=True)
     if not baseline.is_file():
         raise UserError(f"no baseline at {baseline}: record one with pollbench check "
                         "--update-baseline")
@@ -217,10 +277,34 @@ def check(baseline: Path, repeat: int, thresholds: Path | None, fmt: str, output
         raise UserError(f"{baseline} was recorded with another CI scenario ({had}); record a "
                         "new one with pollbench check --update-baseline --force")
     check_same_machine(recorded.get("machine"), here, baseline)
-    baseline_runs(recorded, baseline)  # its summaries are usable, before any run
+    runs = baseline_runs(recorded, baseline)  # its summaries are usable, before any run
+    if len(runs) < repeat:
+        raise UserError(f"{baseline} holds {len(runs)} repetitions, fewer than the {repeat} a "
+                        "side this verdict needs: record it again with --update-baseline "
+                        "--force")
     candidate = run_repetitions(repeat, port, backend_port, delivery_delay_ms, "check")
     return _verdict(recorded["runs"], candidate, limits, fmt, output, str(baseline),
                     f"this checkout ({repeat} repetitions)")
+
+
+def check_repeat(repeat: int | None, alpha: float, paired: bool) -> int:
+    """The repetitions a side: the default, or ``repeat`` when Holm's strictest level over
+    the compared metrics can be reached with it (paired: Wilcoxon signed-rank over the
+    interleaved rounds; else Mann-Whitney)."""
+    from analysis.catalog import COMPARED
+    from analysis.verdict import min_samples
+
+    family = len(COMPARED)
+    need = min_samples(alpha / family, paired)
+    if repeat is None:
+        return max(CI_REPEAT, need)
+    if not need <= repeat <= 50:
+        test = "Wilcoxon's signed-rank test over interleaved pairs" if paired else \
+            "Mann-Whitney"
+        raise UserError(f"--repeat must be from {need} to 50 (it is {repeat}): with {family} "
+                        f"metrics tested at alpha {alpha:g} (Holm), {test} needs {need} "
+                        f"repetitions a side to reach p < {alpha / family:.2g}")
+    return repeat
 
 
 def check_same_machine(recorded, here: dict, baseline: Path) -> None:
@@ -236,11 +320,11 @@ def check_same_machine(recorded, here: dict, baseline: Path) -> None:
 
 
 def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
-             output: Path | None, base_name: str, cand_name: str) -> int:
+             output: Path | None, base_name: str, cand_name: str, paired: bool = False) -> int:
     from analysis.verdict import GATE_FAILED, REGRESSION, compare, exit_code
     from analysis.verdict_format import FORMATS
 
-    verdicts = compare(base_runs, candidate, limits)
+    verdicts = compare(base_runs, candidate, limits, paired=paired)
     text = FORMATS[fmt](verdicts, base_name, cand_name)
     if output:
         write_atomic(output, text)

@@ -1,13 +1,15 @@
-"""``pollbench check``: the CI performance gate.  Run the CI scenario N times, compare with the
-baseline committed in the repository, exit 0 (pass), 1 (regression) or 2 (broken / void).
+"""``pollbench check``: the CI performance gate.  Rerun a base revision of this checkout and
+this checkout in alternation, compare, exit 0 (pass), 1 (regression) or 2 (broken / void).
 
-    pollbench check                       # compare with results/baselines/ci.json
-    pollbench check --update-baseline     # record a new baseline (refuses to overwrite)
+    pollbench check                        # base: the merge-base with the default branch
+    pollbench check --baseline-ref v1.2    # base: that revision
+    pollbench check --baseline FILE        # base: a baseline recorded on this machine
+    pollbench check --update-baseline      # record one (refuses to overwrite)
 
-Each repetition is a normal run folder under ``results/<time>-check/``.  The
-baseline file holds the summaries of its repetitions and the configuration they
-ran with; a check whose configuration differs is refused (rerun
-``--update-baseline``).
+Each repetition is a normal run folder under ``results/<time>-check-interleaved/``.  A
+metric regresses when it is worse by more than its threshold and Mann-Whitney, Holm-adjusted
+over the compared metrics, finds it significant; every metric also says how large a change
+the check could have missed.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from pollbench.cli.history import add_history_argument
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("check", help="CI gate: run the CI scenario N times and compare with the "
-                       "committed baseline (exit 0/1/2)", description=__doc__)
+    p = sub.add_parser("check", help="CI gate: rerun a base revision and this checkout in alternation and "
+                       "compare (exit 0/1/2)", description=__doc__)
     p.add_argument("--baseline", type=Path, default=None,
-                   help="baseline file (default results/baselines/ci.json)")
-    p.add_argument("--repeat", type=int, default=4,
-                   help="repetitions (4 is the fewest a Mann-Whitney test can decide on)")
+                   help="compare with this baseline file, recorded on this machine, instead of "
+                        "rerunning a revision (with --update-baseline: where to write it; "
+                        "default results/baselines/ci.json)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="repetitions a side (default 8; at least 6: Holm over 11 metrics at "
+                        "alpha 0.05 needs them)")
     p.add_argument("--thresholds", type=Path, default=None)
     p.add_argument("--format", choices=sorted(FORMATS), default="text")
     p.add_argument("--output", type=Path, default=None, help="verdict file (default stdout)")
@@ -35,15 +40,16 @@ def add_parser(sub) -> None:
     p.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="inject a fixed delay into every delivery (to prove the gate works)")
     p.add_argument("--baseline-ref", default=None, metavar="GIT_REF",
-                   help="interleave: rerun this git revision as the baseline, alternating with "
-                        "this checkout, and compare with those runs (cancels machine drift)")
+                   help="the revision rerun as the baseline, alternating with this checkout "
+                        "(default: the merge-base with the default branch; on that branch, "
+                        "HEAD^)")
     add_history_argument(p)
     p.set_defaults(func=handle)
 
 
 def handle(a) -> int:
-    from pollbench.actions.check import check, default_baseline
+    from pollbench.actions.check import check
 
-    return check(a.baseline or default_baseline(), a.repeat, a.thresholds, a.format, a.output,
+    return check(a.baseline, a.repeat, a.thresholds, a.format, a.output,
                  a.update_baseline, a.force, a.port, a.backend_port, a.delivery_delay_ms,
                  a.baseline_ref)
