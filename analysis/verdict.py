@@ -224,7 +224,7 @@ def detectable_change(base: list[float], cand: list[float], level: float,
         return None
     factor = detectable_factor(n1, n2, level, power, paired)
     if paired:
-        spread = statistics.stdev([c - a for a, c in zip(base, cand)])
+        spread = statistics.stdev([c - a for a, c in zip(base, cand, strict=True)])
     else:
         spread = math.sqrt(((n1 - 1) * statistics.variance(base) +
                             (n2 - 1) * statistics.variance(cand)) / (n1 + n2 - 2))
@@ -237,7 +237,7 @@ def _p_value(base: list[float], cand: list[float], paired: bool = False) -> floa
     """Two-sided: Mann-Whitney U of the two samples, or (paired) Wilcoxon's signed-rank test
     of the pairs' differences (base[i] and cand[i] ran next to each other)."""
     if paired:
-        differences = [c - b for b, c in zip(base, cand)]
+        differences = [c - b for b, c in zip(base, cand, strict=True)]
         if not any(differences):
             return 1.0
         from scipy.stats import wilcoxon
@@ -334,14 +334,15 @@ def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
     per_repetition = len(baseline) >= needed and len(candidate) >= needed
     paired = paired and per_repetition
     sides = {}
-    for metric, (better, series) in COMPARED_METRICS.items():
+    for metric, (_better, series) in COMPARED_METRICS.items():
         use_windows = not per_repetition and series is not None
         sides[metric] = (samples(baseline, metric, series, use_windows),
                          samples(candidate, metric, series, use_windows), use_windows)
     tested = [m for m, (b, c, _) in sides.items() if len(b) >= 2 and len(c) >= 2]
     pair = {m: paired and len(sides[m][0]) == len(sides[m][1]) for m in tested}
-    adjusted = dict(zip(tested, holm([_p_value(*sides[m][:2], pair[m]) for m in tested])))
-    for metric, (better, series) in COMPARED_METRICS.items():
+    raw = [_p_value(*sides[m][:2], pair[m]) for m in tested]
+    adjusted = dict(zip(tested, holm(raw), strict=True))
+    for metric, (better, _series) in COMPARED_METRICS.items():
         base, cand, use_windows = sides[metric]
         method = "10-s windows, pooled" if use_windows else \
             "interleaved pairs" if pair.get(metric) else "repetitions"
