@@ -176,7 +176,7 @@ def eleven_metric_side(rng, n: int, shift: dict | None = None, spread: float = 0
 
     out = []
     for i in range(n):
-        metrics = {"lost_messages": {"value": 0}, "duplicate_messages": {"value": 0}}
+        metrics: dict[str, dict[str, float]] = {"lost_messages": {"value": 0}, "duplicate_messages": {"value": 0}}
         for m in COMPARED:
             center = 0.0005 if m == "error_rate" else 100.0
             center *= 1 + (shift or {}).get(m, 0.0)
