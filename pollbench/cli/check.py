@@ -28,8 +28,9 @@ def add_parser(sub) -> None:
                         "rerunning a revision (with --update-baseline: where to write it; "
                         "default results/baselines/ci.json)")
     p.add_argument("--repeat", type=int, default=None,
-                   help="repetitions a side (default 8; at least 6: Holm over 11 metrics at "
-                        "alpha 0.05 needs them)")
+                   help="repetitions a side (default 22 rounds of 4-s runs, about 4 minutes; "
+                        "at least 9 interleaved, or 6 against a --baseline file: Holm over 11 "
+                        "metrics at alpha 0.05 needs them)")
     p.add_argument("--thresholds", type=Path, default=None)
     p.add_argument("--format", choices=sorted(FORMATS), default="text")
     p.add_argument("--output", type=Path, default=None, help="verdict file (default stdout)")

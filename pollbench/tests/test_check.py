@@ -124,9 +124,9 @@ def test_fewer_repetitions_than_a_verdict_needs_are_refused(tmp_path):
 
 
 def test_a_baseline_file_with_fewer_repetitions_than_the_check_is_refused(tmp_path):
-    proc = check("--baseline", baseline_with(tmp_path, this_machine()))  # 4 runs, 12 needed
+    proc = check("--baseline", baseline_with(tmp_path, this_machine()))  # 4 runs, 22 needed
     assert proc.returncode == 2, proc.stderr
-    assert "holds 4 repetitions, fewer than the 12" in proc.stderr
+    assert "holds 4 repetitions, fewer than the 22" in proc.stderr
 
 
 def test_a_baseline_file_and_a_baseline_ref_together_are_refused(tmp_path):
