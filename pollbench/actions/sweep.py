@@ -1,5 +1,5 @@
 """The sweep runner (``pollbench sweep``, whose help describes it): the plan in a
-manifest, each run a normal run folder, TIME_WAIT cool-downs between runs, interruption
+manifest, each run a normal run folder, each on ports no TIME_WAIT socket holds, interruption
 and ``--resume``, and the ranked comparison report at the end."""
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ import psutil
 
 from analysis.catalog import EXIT_BROKEN, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED
 from pollbench import paths
-from pollbench.actions.sweepfile import Sweep, check_cells, load_sweep
+from pollbench.actions.sweepfile import (
+    FRESH_PORTS_SETTLE_S,
+    PORT_SETS,
+    Sweep,
+    check_cells,
+    load_sweep,
+)
 from pollbench.errors import RunFailed, UserError
 from pollbench.records.manifest import (
     COMPLETE,
@@ -48,6 +54,52 @@ def time_wait_count(ports: set[int]) -> int:
         if (c.laddr and c.laddr.port in ports) or (c.raddr and c.raddr.port in ports):
             n += 1
     return n
+
+
+def port_sets(sweep: Sweep, port: int, backend_port: int) -> list[tuple[int, int]]:
+    """The (nginx port, first backend port) sets a sweep's runs rotate through: one set
+    with a fixed cool-down or "time-wait", ``PORT_SETS`` disjoint ones with "fresh-ports"."""
+    most = max(c.stack.settings()["backends"] for c in sweep.cells)
+    count = PORT_SETS if sweep.cooldown == "fresh-ports" else 1
+    sets = [(port + i, backend_port + i * most) for i in range(count)]
+    used = [p for n, b in sets for p in (n, *range(b, b + most))]
+    if len(set(used)) != len(used) or max(used) > 65535:
+        raise UserError(f"cooldown = \"fresh-ports\" rotates over {count} port sets (nginx "
+                        f"{port}..{port + count - 1}, backends {backend_port}.."
+                        f"{backend_port + count * most - 1}), and they overlap: choose --port "
+                        f"and --backend-port further apart")
+    return sets
+
+
+def fresh_ports(sweep: Sweep, sets: list[tuple[int, int]], last: int, log=print) -> \
+        tuple[int, dict]:
+    """The next port set after ``last`` that no TIME_WAIT socket holds (waiting, at most
+    cooldown_max, for the one used longest ago when every set still has some), then a short
+    settle: a run never meets the previous runs' sockets, and no run waits 60 s for them."""
+    most = max(c.stack.settings()["backends"] for c in sweep.cells)
+    started = time.monotonic()
+    order = [(last + i) % len(sets) for i in range(1, len(sets) + 1)]
+
+    def held(i: int) -> int:
+        n, b = sets[i]
+        return time_wait_count({n, *range(b, b + most)})
+
+    counts = {i: held(i) for i in order}
+    choice = next((i for i in order if counts[i] == 0), None)
+    left = 0
+    if choice is None:  # every set was used within the last minute: wait for the oldest
+        choice = order[0]
+        left = counts[choice]
+        while left and time.monotonic() - started < sweep.cooldown_max_s:
+            time.sleep(1.0)
+            left = held(choice)
+        if left:
+            log(f"   cool-down: {left} sockets still in TIME_WAIT on ports {sets[choice]} "
+                f"after {time.monotonic() - started:.0f} s (cooldown_max); going on")
+    time.sleep(FRESH_PORTS_SETTLE_S)
+    return choice, {"mode": "fresh-ports", "ports": list(sets[choice]),
+                    "time_wait_on_port_sets": sum(counts.values()),
+                    "time_wait_left": left, "waited_s": round(time.monotonic() - started, 1)}
 
 
 def cool_down(sweep: Sweep, ports: set[int], log=print) -> dict:
@@ -125,9 +177,11 @@ def find_unfinished(sweep: Sweep) -> Path:
 
 
 def stack_ports(sweep: Sweep, port: int, backend_port: int) -> set[int]:
-    """Every port a cell of the sweep listens on (nginx, and the most backends any cell has)."""
+    """Every port a run of the sweep may listen on (nginx, and the most backends any cell has,
+    in every port set the sweep rotates through)."""
     most = max(c.stack.settings()["backends"] for c in sweep.cells)
-    return {port, *range(backend_port, backend_port + most)}
+    return {p for n, b in port_sets(sweep, port, backend_port)
+            for p in (n, *range(b, b + most))}
 
 
 # -- running ------------------------------------------------------------------------------
@@ -162,6 +216,8 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
     todo = [e for e in manifest["plan"] if e["status"] != COMPLETE]
     total = len(manifest["plan"])
     ports = stack_ports(sweep, port, backend_port)
+    sets = port_sets(sweep, port, backend_port)
+    current = manifest.get("last_port_set", len(sets) - 1)
     run_s: list[float] = []
     cool_s: list[float] = []
     for k, entry in enumerate(todo):
@@ -176,11 +232,17 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
               f"{sweep.repetitions}); about {_fmt_s(per_run * (len(todo) - k))} left", flush=True)
         if entry["status"] != PLANNED:
             move_aside(root, entry)
-        if k > 0 or manifest.get("last_run_ended_at"):
+        if sweep.cooldown == "fresh-ports":
+            current, entry["cooldown"] = fresh_ports(sweep, sets, current)
+            cool_s.append(entry["cooldown"]["waited_s"])
+            manifest["last_port_set"] = current
+        elif k > 0 or manifest.get("last_run_ended_at"):
             entry["cooldown"] = cool_down(sweep, ports)
             cool_s.append(entry["cooldown"]["waited_s"])
         started = time.monotonic()
-        spec = replace(cell.stack, port=port, backend_port=backend_port)
+        run_port, run_backend_port = sets[current] if sweep.cooldown == "fresh-ports" else \
+            (port, backend_port)
+        spec = replace(cell.stack, port=run_port, backend_port=run_backend_port)
         entry.update(status=RUNNING, started_at=time.time(), attempts=entry["attempts"] + 1)
         save(root, manifest)
         (root / cell.folder).mkdir(exist_ok=True)

@@ -3,10 +3,10 @@
 A sweep file is TOML (see ``sweeps/example.toml`` for every key, commented)::
 
     profile = "seed"                # base nginx profile
-    repetitions = 2
+    repetitions = 4
     order = "shuffled"              # shuffled (default) | interleaved | sequential
     warmup = "5s"                   # left out of every figure
-    cooldown = "time-wait"          # or a duration: "10s"
+    cooldown = "fresh-ports"        # or "time-wait", or a duration: "10s"
     rank_by = "delivery_latency_p99"
 
     [load]                          # the load of every cell (pollbench run's options)
@@ -49,6 +49,13 @@ from pollbench.stack.spec import StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
 
 ORDERS = ("shuffled", "interleaved", "sequential")
+# Four repetitions a cell: the fewest for which a cell's figures can be compared one value
+# per repetition (Mann-Whitney: 2 / C(8, 4) = 0.029 < 0.05).
+DEFAULT_REPETITIONS = 4
+# "fresh-ports": each run on a set of ports (of PORT_SETS) that no TIME_WAIT socket holds,
+# after this settle (the previous stack's processes gone, its sockets closed).
+FRESH_PORTS_SETTLE_S = 2.0
+PORT_SETS = 4
 TOP_KEYS = {"description", "profile", "nginx_binary", "loop", "max_hold", "repetitions", "order",
             "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "rank_threshold", "rank_within",
             "nginx",
@@ -100,7 +107,7 @@ class Sweep:
     order: str
     seed: int | None
     warmup_s: float
-    cooldown: str | float  # "time-wait" or seconds
+    cooldown: str | float  # "fresh-ports", "time-wait" or seconds
     cooldown_max_s: float
     rank_by: str
     rank_threshold: float
@@ -114,7 +121,10 @@ class Sweep:
                               ).hexdigest()[:16]
 
     def estimate_cooldown_s(self) -> float:
-        """Linux keeps a socket in TIME_WAIT for 60 s after the run's last connections close."""
+        """Linux keeps a socket in TIME_WAIT for 60 s after the run's last connections close;
+        with fresh ports a run starts on ports no such socket holds, after a 2-s settle."""
+        if self.cooldown == "fresh-ports":
+            return FRESH_PORTS_SETTLE_S
         if self.cooldown == "time-wait":
             return min(62.0, self.cooldown_max_s)
         return float(self.cooldown)
@@ -276,7 +286,7 @@ def load_sweep(name_or_path: str) -> Sweep:
             seen[key] = index
             cells.append(Cell(index, params, name or f"cell-{index}", stack, load))
 
-    repetitions = data.get("repetitions", 2)
+    repetitions = data.get("repetitions", DEFAULT_REPETITIONS)
     if isinstance(repetitions, bool) or not isinstance(repetitions, int) or \
             not 1 <= repetitions <= MAX_REPETITIONS:
         raise UserError(f"{where}: repetitions must be a whole number from 1 to "
@@ -288,8 +298,8 @@ def load_sweep(name_or_path: str) -> Sweep:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise UserError(f"{where}: seed must be a whole number")
     warmup = _duration(where, "warmup", data.get("warmup", 5))
-    cooldown: str | float = data.get("cooldown", "time-wait")
-    if cooldown != "time-wait":
+    cooldown: str | float = data.get("cooldown", "fresh-ports")
+    if cooldown not in ("time-wait", "fresh-ports"):
         cooldown = _duration(where, "cooldown", cooldown)
     cooldown_max = _duration(where, "cooldown_max", data.get("cooldown_max", "90s"))
     rank_by = data.get("rank_by", "delivery_latency_p99")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pollbench.actions.sweep import cool_down, make_plan, time_wait_count
+from pollbench.actions.sweep import cool_down, fresh_ports, make_plan, port_sets, time_wait_count
 from pollbench.actions.sweepfile import SWEEPS_DIR, check_cells, load_sweep
 from pollbench.errors import UserError
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
@@ -165,9 +165,11 @@ def test_plan_orders(tmp_path):
     assert Counter(e["run"] for e in plans[0]).most_common(1)[0][1] == 1
 
 
-def test_time_wait_sockets_are_counted_and_waited_for(tmp_path):
+def leave_time_wait(port: int = 0) -> int:
+    """A closed connection to ``port`` (0: any free one) left in TIME_WAIT; its port."""
     server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
     server.listen()
     port = server.getsockname()[1]
     client = socket.create_connection(("127.0.0.1", port))
@@ -179,6 +181,11 @@ def test_time_wait_sockets_are_counted_and_waited_for(tmp_path):
     while time_wait_count({port}) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert time_wait_count({port}) >= 1
+    return port
+
+
+def test_time_wait_sockets_are_counted_and_waited_for(tmp_path):
+    port = leave_time_wait()
     s = load_sweep(str(write(tmp_path, "[grid]\nusers = [20, 40]\n")))
     s.cooldown, s.cooldown_max_s = "time-wait", 0.6
     notes = []
@@ -189,6 +196,45 @@ def test_time_wait_sockets_are_counted_and_waited_for(tmp_path):
     # machine with thousands of them)
     nothing = cool_down(s, {1}, log=notes.append)
     assert nothing["time_wait_at_start"] == 0 and nothing["waited_s"] < 1.0
+
+
+def test_fresh_ports_skip_the_port_sets_that_time_wait_sockets_hold(tmp_path, monkeypatch):
+    import pollbench.actions.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "FRESH_PORTS_SETTLE_S", 0.0)
+    s = load_sweep(str(write(tmp_path, "[grid]\nusers = [20, 40]\n").replace(
+        'cooldown = "1s"\n', "")))
+    assert s.cooldown == "fresh-ports" and s.repetitions == 2  # this file says 2
+    port, backend = free_stack_ports()
+    sets = port_sets(s, port + 10, backend + 20)
+    assert sets == [(port + 10 + i, backend + 20 + 4 * i) for i in range(4)]
+    leave_time_wait(sets[1][1] + 2)  # a backend port of set 1 still holds a socket
+    notes: list[str] = []
+    choice, note = fresh_ports(s, sets, 0, log=notes.append)
+    assert choice == 2 and note["ports"] == list(sets[2]) and note["waited_s"] < 2
+    assert note["time_wait_on_port_sets"] >= 1 and not notes
+    # every set held: wait for the one used longest ago, at most cooldown_max
+    for n, _ in sets:
+        leave_time_wait(n)
+    s.cooldown_max_s = 0.5
+    choice, note = fresh_ports(s, sets, 3, log=notes.append)
+    assert choice == 0 and note["time_wait_left"] >= 1 and 0.4 <= note["waited_s"] < 4
+    assert "cooldown_max" in notes[-1]
+
+
+def test_fresh_port_sets_that_overlap_are_refused(tmp_path):
+    s = load_sweep(str(write(tmp_path, "[grid]\nusers = [20, 40]\n").replace(
+        'cooldown = "1s"\n', "")))
+    with pytest.raises(UserError, match="rotates over 4 port sets .* overlap"):
+        port_sets(s, 8080, 8078)
+    s.cooldown = "time-wait"
+    assert port_sets(s, 8080, 8078) == [(8080, 8078)]
+
+
+def test_shipped_sweeps_repeat_every_cell_at_least_four_times():
+    for path in sorted(SWEEPS_DIR.glob("*.toml")):
+        s = load_sweep(str(path))
+        assert s.repetitions >= 4 and s.cooldown == "fresh-ports", path.name
 
 
 def test_cells_are_ranked_within_their_load_level(tmp_path):

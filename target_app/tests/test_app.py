@@ -288,3 +288,25 @@ def test_channel_read_after_handles_limit_and_dropped():
     assert res.dropped == (1, 2) and [m.seq for m in res.messages] == [3, 4] and res.cursor == 4
     body, count = ch.render_after(5, 10)
     assert count == 1 and json.loads(body)["messages"][0]["data"] == 5
+
+
+def test_an_injected_delivery_delay_below_a_millisecond_is_what_was_asked():
+    # asyncio.sleep rounds a wait up to ~1 ms: an injected +0.3 ms must not read as +1 ms
+    import asyncio
+    import statistics
+    import time
+
+    from target_app.app import precise_sleep
+
+    async def timed(seconds: float) -> list[float]:
+        out = []
+        for _ in range(30):
+            t = time.perf_counter()
+            await precise_sleep(seconds)
+            out.append(time.perf_counter() - t)
+        return out
+
+    short = statistics.median(asyncio.run(timed(0.0003)))
+    assert 0.0003 <= short < 0.0006, short
+    long = statistics.median(asyncio.run(timed(0.005)))
+    assert 0.005 <= long < 0.0065, long

@@ -1,0 +1,102 @@
+"""The target host's agent: token, the run's own files only, the clock; and clock offsets."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pollbench.stack.agent import AGENT_FILES, Agent, new_token
+from pollbench.stack.clock import combine, estimate, measure, too_uncertain
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with OPENER.open(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    run = tmp_path / "run"
+    (run / "nginx" / "logs").mkdir(parents=True)
+    (run / "nginx" / "logs" / "access.jsonl").write_text('{"status": 200}\n' * 3)
+    (run / "nginx" / "nginx.conf").write_text("events {}\n")
+    (tmp_path / "secret.txt").write_text("not for the controller")
+    token = new_token()
+    with Agent(run, token, {"pollbench": "test", "backends": 4}) as a:
+        yield a, token
+
+
+def test_every_endpoint_needs_the_token(agent):
+    a, token = agent
+    for path in ("/v1/time", "/v1/info", "/v1/files/nginx_access_log"):
+        assert get(a.url + path)[0] == 401
+        assert get(a.url + path, "wrong-" + token)[0] == 401
+        assert get(a.url + path, token)[0] == 200
+    status, body = get(a.url + "/v1/time")
+    assert status == 401 and b"Authorization: Bearer" in body
+
+
+def test_only_the_runs_known_files_are_served_read_only(agent):
+    a, token = agent
+    status, body = get(a.url + "/v1/files/nginx_access_log", token)
+    assert status == 200 and body == b'{"status": 200}\n' * 3
+    assert get(a.url + "/v1/files/nginx_access_log?offset=16", token)[1] == \
+        b'{"status": 200}\n' * 2
+    assert json.loads(get(a.url + "/v1/info", token)[1]) == {"pollbench": "test", "backends": 4}
+    for path in ("/v1/files/../secret.txt", "/v1/files/..%2Fsecret.txt", "/v1/files/secret.txt",
+                 "/v1/files/%2Fetc%2Fpasswd", "/etc/passwd", "/v1/files/"):
+        status, body = get(a.url + path, token)
+        assert status == 404 and b"not for the controller" not in body, path
+    assert get(a.url + "/v1/files/processes", token)[0] == 404  # known, not written yet
+    assert get(a.url + "/v1/files/nginx_access_log?offset=-1", token)[0] == 400
+    assert get(a.url + "/v1/files/nginx_access_log", token, method="POST")[0] == 405
+    assert set(AGENT_FILES) >= {"nginx_access_log", "nginx_error_log", "nginx_conf", "processes",
+                                "stub_status", "backend_stats"}
+
+
+def test_the_agent_binds_loopback_unless_told_and_refuses_short_tokens(tmp_path):
+    with Agent(tmp_path, new_token(), {}) as a:
+        assert a.url.startswith("http://127.0.0.1:")
+    with pytest.raises(ValueError, match="16 characters"):
+        Agent(tmp_path, "short", {})
+
+
+def test_the_offset_is_the_shortest_round_trips_midpoint():
+    # the remote clock is 250 ms ahead; delays are asymmetric, the shortest exchange wins
+    exchanges = [(0.0, 0.25 + 0.030, 0.040), (1.0, 1.25 + 0.001, 1.004), (2.0, 2.25 + 0.02, 2.1)]
+    o = estimate(exchanges)
+    assert abs(o.offset_s - 0.25) <= o.uncertainty_s == pytest.approx(0.002)
+    assert o.exchanges == 3
+    with pytest.raises(ValueError, match="no usable clock exchange"):
+        estimate([(1.0, 5.0, 0.5)])
+
+
+def test_offsets_before_and_after_a_run_combine_with_their_drift():
+    before = estimate([(0.0, 0.1005, 0.001)])
+    after = estimate([(100.0, 100.1025, 100.001)])  # drifted 2 ms apart during the run
+    both = combine(before, after)
+    assert both.offset_s == pytest.approx(0.1015)
+    assert both.uncertainty_s == pytest.approx(0.0005 + 0.001)
+
+
+def test_the_offset_to_an_agent_on_this_host_is_zero_within_its_uncertainty(agent):
+    a, token = agent
+    o = measure(lambda: json.loads(get(a.url + "/v1/time", token)[1])["time"], count=8)
+    assert abs(o.offset_s) <= o.uncertainty_s + 1e-4 and o.uncertainty_s < 0.05
+
+
+def test_an_uncertain_clock_is_flagged_against_the_p50():
+    o = estimate([(0.0, 0.0, 0.004)])  # +-2 ms
+    assert too_uncertain(o, 10.0) is not None and "+-2.00 ms" in too_uncertain(o, 10.0)
+    assert too_uncertain(o, 40.0) is None
