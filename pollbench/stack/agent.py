@@ -62,6 +62,7 @@ class Agent:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}"
 
     def start(self) -> Agent:
