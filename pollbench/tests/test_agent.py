@@ -100,3 +100,26 @@ def test_an_uncertain_clock_is_flagged_against_the_p50():
     o = estimate([(0.0, 0.0, 0.004)])  # +-2 ms
     assert too_uncertain(o, 10.0) is not None and "+-2.00 ms" in too_uncertain(o, 10.0)
     assert too_uncertain(o, 40.0) is None
+
+
+def test_the_controller_pulls_the_target_side_and_says_what_is_wrong(agent, tmp_path):
+    from pollbench.errors import UserError
+    from pollbench.stack.net import find_free_ports
+    from pollbench.stack.remote import AgentClient
+
+    a, token = agent
+    client = AgentClient(a.url, token)
+    assert client.info()["pollbench"] == "test"
+    assert abs(client.clock_offset(4).offset_s) < 0.05
+    local = tmp_path / "local-run"
+    got = client.fetch_all(local)
+    assert got["nginx_access_log"] == "nginx/logs/access.jsonl" and got["processes"] is None
+    assert (local / "nginx" / "logs" / "access.jsonl").read_text() == '{"status": 200}\n' * 3
+    assert not list(local.rglob("*.part"))
+    with pytest.raises(UserError, match="refused the token"):
+        AgentClient(a.url, "x" * 20).info()
+    with pytest.raises(UserError, match="does not answer"):
+        AgentClient(f"http://127.0.0.1:{find_free_ports(1)}", token, timeout=1).info()
+    for bad in ("ftp://h:1", "http://h", "http://h:1/x", "h:1"):
+        with pytest.raises(UserError, match="is not an agent URL"):
+            AgentClient(bad, token)
