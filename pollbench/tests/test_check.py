@@ -189,3 +189,40 @@ def test_a_revision_without_pollbench_is_refused(tmp_path):
         assert "has uncommitted changes" in proc.stderr
     else:
         assert "has no pollbench" in proc.stderr
+
+
+def test_an_interleaved_check_catches_an_injected_delay_pair_by_pair(tmp_path):
+    """A real check, 9 rounds (the fewest the signed-rank test decides on with Holm): this
+    working tree, committed into a repository of its own, against its own HEAD, with a
+    3-ms delay injected into every delivery of the candidate only."""
+    import os
+    import shutil
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    tree = tmp_path / "tree"
+    for name in files:
+        if (REPO / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tree / name)
+    git(tree, "init", "-q", "-b", "main")
+    git(tree, "add", "-A")
+    git(tree, "commit", "-q", "-m", "the working tree")
+    port, backend_port = free_stack_ports()
+    env = dict(os.environ, POLLBENCH_RESULTS=str(tmp_path / "results"))
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*pollbench_cmd("check", "--baseline-ref", "HEAD", "--repeat", "9",
+                        "--delivery-delay-ms", "3", "--format", "json", "--port", str(port),
+                        "--backend-port", str(backend_port))],
+        cwd=tree, env=env, capture_output=True, text=True, timeout=400)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    verdict = json.loads(proc.stdout[proc.stdout.index("{"):])
+    metrics = {m["metric"]: m for m in verdict["metrics"]}
+    p95 = metrics["delivery_latency_p95"]
+    assert p95["status"] == "regression" and p95["method"] == "interleaved pairs"
+    assert p95["p_adjusted"] < 0.05 and p95["family"] >= 9 and p95["detectable"] is not None
+    assert metrics["lost_messages"]["status"] == "ok"
+    runs = sorted((tmp_path / "results").glob("*-check-interleaved/*/rep-*"))
+    assert len(runs) == 18 and elapsed < 300
