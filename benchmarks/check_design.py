@@ -31,7 +31,7 @@ from analysis.catalog import COMPARED  # noqa: E402
 from analysis.figures import compute  # noqa: E402
 from analysis.load import load_run  # noqa: E402
 from analysis.verdict import DEFAULT_ALPHA, detectable_factor  # noqa: E402
-from pollbench.actions.check import CI_LOAD, CI_PROFILE  # noqa: E402
+from pollbench.actions.check import ci_run_arguments  # noqa: E402
 from pollbench.stack.net import find_free_ports  # noqa: E402
 
 SHOWN = ("delivery_latency_p50", "delivery_latency_p95", "delivery_latency_p99",
@@ -41,16 +41,11 @@ SHOWN = ("delivery_latency_p50", "delivery_latency_p95", "delivery_latency_p99",
 def one_run(duration: float, warmup: float, out: Path) -> tuple[float, dict]:
     port = find_free_ports(5)
     backend = port + 1
-    load = CI_LOAD
-    args = ["--profile", CI_PROFILE, "--scenario", load["scenario"], "--users",
-            str(load["users"]), "--spawn-rate", f"{load['spawn_rate']:g}", "--duration",
-            f"{duration:g}s", "--channels", str(load["channels"]), "--publish-rate",
-            f"{load['publish_rate']:g}", "--poll-timeout", f"{load['poll_timeout_s']:g}",
-            "--port", str(port), "--backend-port", str(backend), "--no-report",
-            "--out", str(out)]
+    args = [*ci_run_arguments(port, backend, duration), "--out", str(out)]
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pollbench", "run", *args], cwd=REPO,
-                          capture_output=True, text=True, env=dict(os.environ, POLLBENCH_HISTORY="off"))
+                          capture_output=True, text=True,
+                          env=dict(os.environ, POLLBENCH_HISTORY="off"))
     if proc.returncode != 0:
         raise SystemExit(f"run failed: {proc.stderr[-400:]}")
     summary = compute(load_run(out), warmup).summary

@@ -85,11 +85,12 @@ def record_base_run(out: Path, git: dict) -> None:
     store_in_history(record, out, "check", git=git)
 
 
-def ci_run_arguments(port: int, backend_port: int) -> list[str]:
+def ci_run_arguments(port: int, backend_port: int, duration_s: float | None = None) -> list[str]:
+    """``pollbench run``'s options for the CI scenario (``duration_s``: another length)."""
     load = CI_LOAD
     return ["--profile", CI_PROFILE, "--scenario", load["scenario"], "--users",
             str(load["users"]), "--spawn-rate", f"{load['spawn_rate']:g}", "--duration",
-            f"{load['duration_s']:g}s", "--channels", str(load["channels"]), "--publish-rate",
+            f"{duration_s or load['duration_s']:g}s", "--channels", str(load["channels"]), "--publish-rate",
             f"{load['publish_rate']:g}", "--poll-timeout", f"{load['poll_timeout_s']:g}",
             "--port", str(port), "--backend-port", str(backend_port), "--no-report"]
 
