@@ -97,6 +97,17 @@ def main() -> int:
     print(f"injected (+{', '.join(sorted({str(r['delay_ms']) for r in inj}))} ms): "
           f"{sum(r['exit'] == 1 for r in inj)} of {len(inj)} caught (exit 1); exits "
           f"{[r['exit'] for r in inj]}")
+    p95_flagged = sum(any(f.startswith("delivery_latency_p95 ") for f in r.get("flagged", []))
+                      for r in inj)
+    changes = sorted(r["p95_change"] for r in inj if r.get("p95_change") is not None)
+    if changes:
+        print(f"injected: delivery p95 itself flagged in {p95_flagged} of {len(inj)}; its "
+              f"measured change median {statistics.median(changes):+.1%} (min {changes[0]:+.1%},"
+              f" max {changes[-1]:+.1%})")
+    caught = sorted(r["p95_caught_from"] for r in rows if r.get("p95_caught_from") is not None)
+    if caught:
+        print(f"p95 'caught from' (80 % power): median {statistics.median(caught):.1%}, range "
+              f"{caught[0]:.1%}..{caught[-1]:.1%}")
     print(f"time per check: median {statistics.median(times):.0f} s, max {max(times):.0f} s")
     return 0
 
