@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,8 @@ def one_check(delay_ms: float, port: int, backend_port: int, ref: str) -> dict:
                           capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, POLLBENCH_HISTORY="off"))
     elapsed = time.perf_counter() - t
-    record = {"exit": proc.returncode, "seconds": round(elapsed, 1), "delay_ms": delay_ms}
+    record: dict[str, Any] = {"exit": proc.returncode, "seconds": round(elapsed, 1),
+                              "delay_ms": delay_ms}
     try:
         out = json.loads(proc.stdout[proc.stdout.index("{"):])
         metrics = {m["metric"]: m for m in out["metrics"]}
