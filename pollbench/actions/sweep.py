@@ -56,10 +56,14 @@ def time_wait_count(ports: set[int]) -> int:
     return n
 
 
+def most_backends(sweep: Sweep) -> int:
+    return max(c.stack.settings()["backends"] for c in sweep.cells)
+
+
 def port_sets(sweep: Sweep, port: int, backend_port: int) -> list[tuple[int, int]]:
     """The (nginx port, first backend port) sets a sweep's runs rotate through: one set
     with a fixed cool-down or "time-wait", ``PORT_SETS`` disjoint ones with "fresh-ports"."""
-    most = max(c.stack.settings()["backends"] for c in sweep.cells)
+    most = most_backends(sweep)
     count = PORT_SETS if sweep.cooldown == "fresh-ports" else 1
     sets = [(port + i, backend_port + i * most) for i in range(count)]
     used = [p for n, b in sets for p in (n, *range(b, b + most))]
@@ -76,7 +80,7 @@ def fresh_ports(sweep: Sweep, sets: list[tuple[int, int]], last: int, log=print)
     """The next port set after ``last`` that no TIME_WAIT socket holds (waiting, at most
     cooldown_max, for the one used longest ago when every set still has some), then a short
     settle: a run never meets the previous runs' sockets, and no run waits 60 s for them."""
-    most = max(c.stack.settings()["backends"] for c in sweep.cells)
+    most = most_backends(sweep)
     started = time.monotonic()
     order = [(last + i) % len(sets) for i in range(1, len(sets) + 1)]
 
@@ -179,7 +183,7 @@ def find_unfinished(sweep: Sweep) -> Path:
 def stack_ports(sweep: Sweep, port: int, backend_port: int) -> set[int]:
     """Every port a run of the sweep may listen on (nginx, and the most backends any cell has,
     in every port set the sweep rotates through)."""
-    most = max(c.stack.settings()["backends"] for c in sweep.cells)
+    most = most_backends(sweep)
     return {p for n, b in port_sets(sweep, port, backend_port)
             for p in (n, *range(b, b + most))}
 
@@ -240,8 +244,7 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
             entry["cooldown"] = cool_down(sweep, ports)
             cool_s.append(entry["cooldown"]["waited_s"])
         started = time.monotonic()
-        run_port, run_backend_port = sets[current] if sweep.cooldown == "fresh-ports" else \
-            (port, backend_port)
+        run_port, run_backend_port = sets[current]  # one set unless "fresh-ports"
         spec = replace(cell.stack, port=run_port, backend_port=run_backend_port)
         entry.update(status=RUNNING, started_at=time.time(), attempts=entry["attempts"] + 1)
         save(root, manifest)

@@ -13,12 +13,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
-        with _opener.open(url, timeout=timeout) as resp:
+        with OPENER.open(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()

@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 from pollbench.errors import UserError
 from pollbench.stack.agent import AGENT_FILES, API
 from pollbench.stack.clock import Offset, measure
-
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+from pollbench.stack.net import OPENER
 
 
 def check_agent_url(url: str) -> str:
@@ -43,7 +42,7 @@ class AgentClient:
         req = urllib.request.Request(self.url + path,
                                      headers={"Authorization": f"Bearer {self.token}"})
         try:
-            return _opener.open(req, timeout=self.timeout)
+            return OPENER.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:
             if e.code == 401:
                 raise UserError(f"the agent at {self.url} refused the token: pass the one "

@@ -18,7 +18,7 @@ import pytest
 
 from pollbench.actions.sweepfile import check_cells, load_sweep
 from pollbench.stack import nginx_build
-from pollbench.stack.net import _opener, http_get
+from pollbench.stack.net import OPENER, http_get
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 
@@ -68,7 +68,7 @@ def test_built_nginx_serves_through_the_stack_with_poll_and_select(
     t.start()
     time.sleep(0.5)
     req = urllib.request.Request(f"{up.url}/channels/ev", data=b'{"hi": 1}', method="POST")
-    assert _opener.open(req, timeout=5).status == 201
+    assert OPENER.open(req, timeout=5).status == 201
     t.join(15)
     status, body = answer["r"]
     assert status == 200 and json.loads(body)["messages"][0]["data"] == {"hi": 1}
