@@ -43,6 +43,10 @@ PROGRESS_FILE = "progress.json"  # in METRICS_DIR, rewritten every second during
 LOADGEN_SATURATED = ("load generator CPU-saturated ({names} at >= 90% of a core in >= 20% of "
                      "{span}): its latencies and rates are not to be trusted; add --workers or "
                      "lower --users")
+# Several hosts: the lines a Locust worker logs (loadtests.metrics) that pollbench worker
+# watches for in its output
+WORKER_CONNECTED_MARK = "pollbench worker connected to the master"
+WORKER_REFUSED_MARK = "refused by the master:"
 LIVE_FILE = "samples/live.json"  # the latest target-side sample (web UI sessions only)
 UI_TESTS_DIR = "tests"           # a web UI session's tests, one run folder each
 UI_TEST_FILE = "test.json"       # in a test's folder: what the load generator knows of it

@@ -39,6 +39,11 @@ def add_options(parser) -> None:
                    help="web UI: a folder per test started in the UI (pollbench ui sets it)")
     g.add_argument("--pb-live", default="", include_in_web_ui=False,
                    help="web UI: the target-side sample file (pollbench ui sets it)")
+    g.add_argument("--pb-agent", default="", include_in_web_ui=False,
+                   help="the target host's agent (pollbench run --agent): each worker measures "
+                        "its clock offset to it")
+    g.add_argument("--pb-agent-token", default="", include_in_web_ui=False,
+                   help="the agent's token")
     g.add_argument("--pb-max-poll-timeout", type=float, default=120.0, include_in_web_ui=False,
                    help="the longest --pb-poll-timeout the stack holds (its --max-hold)")
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,14 @@ from typing import Any
 import gevent
 from hdrh.histogram import HdrHistogram
 
-from analysis.catalog import METRICS_DIR, PROGRESS_FILE, RUN_FILES, UI_TEST_FILE
+from analysis.catalog import (
+    METRICS_DIR,
+    PROGRESS_FILE,
+    RUN_FILES,
+    UI_TEST_FILE,
+    WORKER_CONNECTED_MARK,
+    WORKER_REFUSED_MARK,
+)
 from analysis.epochs import epoch_loss
 from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
 
@@ -42,6 +51,14 @@ FLUSH_INTERVAL_S = 1.0
 TEST_END_GRACE_S = 2.0
 ROWS_MERGES_PER_FLUSH = 4
 MESSAGE_TYPE = "pollbench_metrics"
+# Several hosts (pollbench worker / pollbench run --expect-workers): each worker says which
+# pollbench it runs; the master refuses one that differs.
+HELLO_TYPE = "pollbench_hello"
+REFUSE_TYPE = "pollbench_refuse"
+REFUSED_MARK = WORKER_REFUSED_MARK  # pollbench worker looks for these in Locust's log
+CONNECTED_MARK = WORKER_CONNECTED_MARK
+CLOCK_EXCHANGES = 32
+log = logging.getLogger("pollbench")
 
 # Metric names (also Locust request types for the custom rows in the UI and CSVs).
 DELIVERY = "DELIVERY"          # publish (server ts) -> message received by a subscriber
@@ -61,6 +78,9 @@ class Recorder:
         self.totals: dict[str, int] = {}
         self.interval_start = time.time()
         self.clock = ""  # how receipt times were taken (loadtests.leanhttp CLOCK_*)
+        # added to every receipt time before delivery latency is taken: this host's clock
+        # offset to the target's (0 on one machine; see measure_clock)
+        self.clock_offset_s = 0.0
         self.events: list[dict] = []  # rare events (faults seen): written as they are
 
     def event(self, kind: str, **fields) -> None:
@@ -157,6 +177,11 @@ class Sink:
             self._events.write(json.dumps({**event, "source": source}) + "\n")
             self.epoch_loss.add(event)
 
+    def event(self, source: str, event: dict) -> None:
+        """An event of the master itself (a worker joined, was refused or was lost)."""
+        self._events.write(json.dumps({"t": round(time.time(), 4), **event,
+                                       "source": source}) + "\n")
+
     def write_progress(self, progress: dict) -> None:
         tmp = self.out / f".{PROGRESS_FILE}.tmp"
         tmp.write_text(json.dumps(progress))
@@ -183,6 +208,16 @@ class EpochLoss:
 
     def lost(self) -> int:
         return epoch_loss(self.events)[0]
+
+
+def pollbench_version() -> str:
+    """The installed pollbench's version (read from its metadata: nothing of it is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pollbench")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def watch_gc(recorder: Recorder) -> None:
@@ -284,10 +319,105 @@ class MetricsPlumbing:
         events.test_stop.add_listener(self.on_test_stop)
         events.quitting.add_listener(self.on_quitting)
         events.quit.add_listener(self.on_quit)
+        self.workers: dict[str, dict] = {}  # master: node id -> what it said, its state
+        self.workers_lost: list[str] = []
+        self.workers_cpu: dict[str, list[int]] = {}  # master: worker -> [samples, >= 90 %]
         if self.is_master:
             self.runner.register_message(MESSAGE_TYPE, self.on_worker_metrics)
+            self.runner.register_message(HELLO_TYPE, self.on_worker_hello)
+        if self.is_worker:
+            self.runner.register_message(REFUSE_TYPE, self.on_refused)
+            self.runner.send_message(HELLO_TYPE, {"pollbench": pollbench_version(),
+                                                  "host": socket.gethostname(),
+                                                  "pid": os.getpid()})
+            log.info("%s %s:%s (pollbench %s)", CONNECTED_MARK, self.runner.master_host,
+                     self.runner.master_port, pollbench_version())
         if not self.is_master:
             self._greenlet = gevent.spawn(self._flush_loop)
+
+    # --- several hosts: versions, lost workers, clocks
+    def on_worker_hello(self, environment, msg, **_kw) -> None:
+        data = msg.data if isinstance(msg.data, dict) else {}
+        theirs, mine = data.get("pollbench"), pollbench_version()
+        node = f"worker-{msg.node_id[-8:]}"
+        self.workers[msg.node_id] = {"host": data.get("host"), "pollbench": theirs,
+                                     "lost": False}
+        if theirs != mine:
+            reason = (f"pollbench {theirs} on {data.get('host')} but {mine} on the master: "
+                      "install the same pollbench on every host")
+            log.error("worker %s %s %s", node, REFUSED_MARK, reason)
+            self.runner.send_message(REFUSE_TYPE, {"reason": reason}, client_id=msg.node_id)
+            event: dict[str, Any] = {"kind": "worker_refused", "node": node, "reason": reason}
+        else:
+            event = {"kind": "worker_joined", "node": node, "host": data.get("host")}
+        if self.sink is not None:
+            self.sink.event("master", event)
+
+    def on_refused(self, environment, msg, **_kw) -> None:
+        log.error("%s %s", REFUSED_MARK, (msg.data or {}).get("reason"))
+        gevent.spawn(self.runner.quit)
+
+    def watch_workers(self) -> None:
+        """Master, during a test: a worker that went missing or quit is lost (once each)."""
+        from locust.runners import STATE_MISSING
+
+        present = {c.id: c.state for c in self.runner.clients.values()}
+        for c in self.runner.clients.values():  # each worker's own CPU, from its heartbeats
+            n_sat = self.workers_cpu.setdefault(f"worker-{c.id[-8:]}", [0, 0])
+            n_sat[0] += 1
+            n_sat[1] += c.cpu_usage >= 90
+        for node, info in self.workers.items():
+            gone = node not in present or present[node] == STATE_MISSING
+            if gone and not info["lost"] and not self._stopped:
+                info["lost"] = True
+                name = f"worker-{node[-8:]}"
+                self.workers_lost.append(name)
+                log.error("worker %s (%s) was lost mid-run", name, info.get("host"))
+                if self.sink is not None:
+                    self.sink.event("master", {"kind": "worker_lost", "node": name,
+                                               "host": info.get("host")})
+
+    def measure_clock(self, phase: str) -> bool:
+        """This process's clock offset to the target (the agent's /v1/time), before the
+        test (then applied to receipt times) and after it (drift), as "clock" events."""
+        opts = self.env.parsed_options
+        url = getattr(opts, "pb_agent", "") if opts is not None else ""
+        if not url or self.is_master:
+            return False
+        import http.client
+        from urllib.parse import urlsplit
+
+        from analysis.clock import measure
+
+        parts = urlsplit(url)
+        headers = {"Authorization": f"Bearer {getattr(opts, 'pb_agent_token', '')}"}
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=2)
+
+        def remote() -> float:  # one keep-alive connection: no handshake in the round trips
+            conn.request("GET", "/v1/time", headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                raise OSError(f"the agent answered {resp.status}")
+            return float(json.loads(body)["time"])
+
+        try:  # before: spread over ~0.3 s of a busy start; after: at once (the master waits
+            # for nobody once it quits)
+            offset = measure(remote, CLOCK_EXCHANGES if phase == "before" else 12,
+                             pause=(lambda: gevent.sleep(0.01)) if phase == "before" else None)
+        except Exception as e:  # no offset: latency stays uncorrected, and it is said
+            self.recorder.event("clock", phase=phase, error=f"{type(e).__name__}: {e}",
+                                host=socket.gethostname())
+            return True
+        finally:
+            conn.close()
+        if phase == "before":
+            # corrected only when the offset is known to be non-zero
+            self.recorder.clock_offset_s = (offset.offset_s if abs(offset.offset_s)
+                                            > offset.uncertainty_s else 0.0)
+        self.recorder.event("clock", phase=phase, host=socket.gethostname(),
+                            applied_s=self.recorder.clock_offset_s, **offset.as_dict())
+        return True
 
     # --- one call per fired request: failures (successes go through self.rows)
     def on_request(self, request_type, name, response_time, response_length, exception=None,
@@ -362,11 +492,15 @@ class MetricsPlumbing:
             "lost_epoch": lost_epoch,
             "duplicates": totals.get("duplicate", 0),
             "clock_source": ", ".join(sorted(sink.clocks)),
+            **({"workers": self.runner.worker_count, "workers_lost": list(self.workers_lost),
+                "workers_cpu": self.workers_cpu} if self.is_master else {}),
         }
 
     def on_test_start(self, environment, **_kw) -> None:
         if self.is_master and self._greenlet is None:
             self._greenlet = gevent.spawn(self._progress_loop)
+        if not self.is_master:  # in the background: spawning goes on meanwhile
+            gevent.spawn(self.measure_clock, "before")
         if self.tests_dir is not None and not self.is_worker:
             self.end_test("a new test started")
             self.test = UiTest(self.tests_dir, environment,
@@ -382,6 +516,7 @@ class MetricsPlumbing:
     def _progress_loop(self) -> None:
         while True:
             gevent.sleep(FLUSH_INTERVAL_S)
+            self.watch_workers()
             self.write_progress()
 
     def on_test_stop(self, environment, **_kw) -> None:
@@ -390,6 +525,8 @@ class MetricsPlumbing:
         # interval now too: the message travels ahead of its "stopped" notice.
         if not self.is_master:
             self.flush()
+            if self.measure_clock("after"):
+                self.flush()  # the "after" event, right behind the last interval
         if self.live is not None:
             self.live.stop(time.time())
         if self.test is not None:

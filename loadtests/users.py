@@ -238,6 +238,7 @@ class ChannelSubscriber(PollbenchUser):
 
     def take(self, data: dict, received: float) -> None:
         rec = self.recorder
+        clock_offset = rec.clock_offset_s  # this host's clock to the target's (0: one host)
         if TRACE:  # every seq seen, for tests that count losses independently
             if self.cursor is None:
                 rec.event("trace_join", user=id(self), channel=self.channel,
@@ -281,7 +282,7 @@ class ChannelSubscriber(PollbenchUser):
                     rec.count("lost_silent", seq - expected)
                     self.fail(DELIVERY, "lost (silent gap)", 0,
                               MessageLost(f"seqs {expected}..{seq - 1} never arrived"))
-            latency_ms = (received - msg["ts"]) * 1000
+            latency_ms = (received + clock_offset - msg["ts"]) * 1000
             rec.record_ms(DELIVERY, latency_ms)
             log_row(DELIVERY, "publish -> receive", latency_ms)
             delivered += 1

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -79,32 +80,44 @@ class Progress:
               file=self.stream, flush=True)
 
 
-def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
+def target_record(resolved: ResolvedStack) -> dict:
+    """What run.json says of the stack and the host it runs on (the agent serves it too)."""
     spec, settings = resolved.spec, resolved.settings
     return {
-        "schema_version": RUN_SCHEMA_VERSION, "kind": kind, "status": STATUS_RUNNING,
-        # who writes the end: a reader finding "running" with this process gone says "crashed"
-        "writer": {"pid": os.getpid(), "started_at": psutil.Process().create_time()},
-        "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
-        "parameters": {
-            "scenario": load.mix and f"mix:{load.mix}" or load.scenario,
-            "user_classes": load.user_classes(), "users": load.users,
-            "spawn_rate": load.effective_spawn_rate(), "duration_s": load.duration_s,
-            "shape": load.shape, "workers": load.workers, "connection": load.connection,
-            "channels": load.channels, "publish_rate": load.publish_rate,
-            "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
-            "cpus_loadgen": list(load.cpus) if load.cpus else None,
-            "faults": list(load.faults),
-        },
         "stack": {"profile": spec.profile, "nginx": settings, "backends": settings["backends"],
                   "loop": spec.loop, "port": spec.port, "backend_ports": list(resolved.backend_ports),
                   "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
-                  "nginx_binary": resolved.nginx_name,
+                  "nginx_binary": resolved.nginx_name, "bind": spec.bind,
                   "cpus": list(spec.cpus) if spec.cpus else None},
         "software": (software := software_versions(resolved.nginx_path)),
         "host": host_info(),
         "machine": machine_fingerprint(software),
         "git": git_info(CHECKOUT),
+    }
+
+
+def base_parameters(load: LoadSpec) -> dict:
+    """run.json's "parameters": the load as asked."""
+    return {
+        "scenario": load.mix and f"mix:{load.mix}" or load.scenario,
+        "user_classes": load.user_classes(), "users": load.users,
+        "spawn_rate": load.effective_spawn_rate(), "duration_s": load.duration_s,
+        "shape": load.shape, "workers": load.workers, "connection": load.connection,
+        "channels": load.channels, "publish_rate": load.publish_rate,
+        "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
+        "cpus_loadgen": list(load.cpus) if load.cpus else None,
+        "faults": list(load.faults),
+    }
+
+
+def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
+    return {
+        "schema_version": RUN_SCHEMA_VERSION, "kind": kind, "status": STATUS_RUNNING,
+        # who writes the end: a reader finding "running" with this process gone says "crashed"
+        "writer": {"pid": os.getpid(), "started_at": psutil.Process().create_time()},
+        "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
+        "parameters": base_parameters(load),
+        **target_record(resolved),
         "warnings": [],
         "files": {},
         "exit": {"code": None, "reason": "running"},
@@ -264,7 +277,7 @@ def latency_lines(hdr_log: Path) -> list[str]:
 
 
 def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: int,
-                  sampler: Sampler | None, stack: Stack,
+                  sampler: Sampler | Any | None, stack: Stack | Any,
                   make_report: bool = False, history_source: str | None = None) -> None:
     record["ended_at"] = time.time()
     record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)

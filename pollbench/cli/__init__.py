@@ -30,13 +30,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pollbench.cli import check, compare, history, nginx, report, run, sweep, ui, up
+    from pollbench.cli import check, compare, history, nginx, report, run, sweep, ui, up, worker
 
     parser = OneLineErrorParser(
         prog="pollbench", description="Benchmark long-polling services behind nginx.")
     parser.add_argument("--version", action="version", version=f"pollbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, run, ui, report, compare, check, sweep, nginx, history):
+    for module in (up, run, worker, ui, report, compare, check, sweep, nginx, history):
         module.add_parser(sub)
     return parser
 

@@ -30,10 +30,43 @@ def add_parser(sub) -> None:
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML report at the end (pollbench report RUN makes it later)")
     add_history_argument(p)
+    g = p.add_argument_group(
+        "the target on another host (see README, \"Several machines\"); the stack options "
+        "above are then the target's, set by its pollbench up")
+    g.add_argument("--target", default=None,
+                   help="nginx on the target host, http://ADDR:PORT (pollbench up --bind ADDR)")
+    g.add_argument("--agent", default=None, help="the target's agent, http://ADDR:PORT")
+    g.add_argument("--agent-token", default=None,
+                   help="the agent's token (default $POLLBENCH_AGENT_TOKEN)")
+    g.add_argument("--expect-workers", type=int, default=None,
+                   help="Locust workers to wait for (pollbench worker on the load hosts)")
+    g.add_argument("--master-bind", default="127.0.0.1",
+                   help="address the Locust master listens on for workers (default 127.0.0.1: "
+                        "give an address the load hosts reach)")
+    g.add_argument("--master-port", type=int, default=5557,
+                   help="the Locust master's port (default 5557)")
+    g.add_argument("--workers-timeout", type=float, default=60.0,
+                   help="seconds to wait for the workers before giving up (default 60)")
     p.set_defaults(func=handle)
 
 
 def handle(a) -> int:
+    import os
+
+    from pollbench.errors import UserError
+
+    remote_opts = (a.target, a.agent, a.expect_workers)
+    if any(v is not None for v in remote_opts):
+        if any(v is None for v in remote_opts):
+            raise UserError("a run on another host needs --target, --agent and "
+                            "--expect-workers together")
+        from pollbench.actions.remote_run import RemoteTarget, run_remote
+
+        remote = RemoteTarget(a.target, a.agent,
+                              a.agent_token or os.environ.get("POLLBENCH_AGENT_TOKEN", ""),
+                              a.expect_workers, a.master_bind, a.master_port,
+                              a.workers_timeout)
+        return run_remote(remote, load_from_args(a), out=a.out, report=a.report)
     from pollbench.actions.run import run
 
     spec, load = place_cpus(spec_from_args(a), load_from_args(a), a.cpus)

@@ -7,6 +7,9 @@ read-only, to whoever holds its token:
     GET /v1/info             the agent's pollbench version and the stack it serves (JSON)
     GET /v1/time             this host's clock, {"time": <unix seconds>}: the controller
                              measures each clock offset with NTP-style round trips to it
+    GET /v1/files            each target-side file's size now ({key: bytes or null}): the
+                             controller notes them at a run's start and later fetches
+                             only what was written since
     GET /v1/files/<key>      one of the run folder's target-side files, by key
                              (:data:`AGENT_FILES`); ``?offset=N`` from byte N on
 
@@ -23,6 +26,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -46,14 +50,14 @@ def new_token() -> str:
 class Agent:
     """The agent's HTTP server, in a daemon thread of the process that owns the stack."""
 
-    def __init__(self, run_dir: Path, token: str, info: dict[str, Any],
+    def __init__(self, run_dir: Path, token: str, info: dict[str, Any] | Callable[[], dict],
                  host: str = "127.0.0.1", port: int = 0):
         if len(token) < 16:
             raise ValueError("an agent token needs at least 16 characters")
         self.run_dir = Path(run_dir)
         handler = type("Handler", (_Handler,), {"agent": self})
         self._token = token.encode()
-        self.info = dict(info)
+        self.info_source = info  # set later by whoever builds the stack after binding
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="pollbench-agent",
@@ -80,6 +84,24 @@ class Agent:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def info(self) -> dict[str, Any]:
+        """What /v1/info answers (a callable is asked each time: the stack's state now)."""
+        src = self.info_source
+        return dict(src() if callable(src) else src)
+
+    def sizes(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for key, rel in AGENT_FILES.items():
+            try:
+                out[key] = (self.run_dir / rel).stat().st_size
+            except OSError:
+                out[key] = None
+        return out
+
+    @property
+    def token(self) -> str:
+        return self._token.decode()
+
     def authorised(self, header: str | None) -> bool:
         if not header or not header.startswith("Bearer "):
             return False
@@ -89,6 +111,9 @@ class Agent:
 class _Handler(BaseHTTPRequestHandler):
     agent: Agent
     server_version = "pollbench-agent"
+    # keep-alive: a clock measurement's round trips then hold no TCP handshake
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40-ms delayed ACK
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
         pass  # the agent is quiet; the stack's own logs say what happened
@@ -114,7 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
         if parts.path == f"{API}/time":
             self._json(200, {"time": time.time()})
         elif parts.path == f"{API}/info":
-            self._json(200, self.agent.info)
+            self._json(200, self.agent.info())
+        elif parts.path == f"{API}/files":
+            self._json(200, self.agent.sizes())
         elif parts.path.startswith(f"{API}/files/"):
             self._file(parts.path[len(f"{API}/files/"):], parse_qs(parts.query))
         else:

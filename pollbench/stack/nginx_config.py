@@ -284,12 +284,26 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def check_listen_address(address: str) -> str:
+    """The address nginx listens on (``--bind``): one IPv4 address, as nginx writes it."""
+    import ipaddress
+
+    try:
+        parsed = ipaddress.IPv4Address(str(address))
+    except ValueError:
+        raise UserError(f"--bind {address!r} is not an IPv4 address of this host (e.g. "
+                        "10.0.0.5; 0.0.0.0 for every interface)") from None
+    return str(parsed)
+
+
 def render(settings: Mapping[str, Any], paths: RenderPaths, listen_port: int,
-           backend_ports: list[int], run_as_root: bool | None = None) -> str:
+           backend_ports: list[int], run_as_root: bool | None = None,
+           listen_address: str = "127.0.0.1") -> str:
     """Render nginx.conf from validated settings (call :func:`validate` first)."""
     import os
 
     settings = validate(settings)  # idempotent; guarantees nothing unchecked is rendered
+    listen_address = check_listen_address(listen_address)
     for port in [listen_port, *backend_ports]:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise UserError(f"port {port!r} must be a whole number from 1 to 65535")
@@ -304,4 +318,5 @@ def render(settings: Mapping[str, Any], paths: RenderPaths, listen_port: int,
     if run_as_root is None:
         run_as_root = os.geteuid() == 0
     return template.render(s=settings, paths=paths, listen_port=listen_port,
-                           backend_ports=backend_ports, run_as_root=run_as_root)
+                           backend_ports=backend_ports, run_as_root=run_as_root,
+                           listen_address=listen_address)

@@ -9,17 +9,20 @@ looks complete).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from analysis.clock import Offset, measure
 from pollbench.errors import UserError
 from pollbench.stack.agent import AGENT_FILES, API
-from pollbench.stack.clock import Offset, measure
 from pollbench.stack.net import OPENER
 
 
@@ -82,14 +85,23 @@ class AgentClient:
         """The agent's clock minus this host's, by ``count`` round trips."""
         return measure(self.remote_time, count)
 
-    def fetch(self, key: str, run_dir: Path) -> Path | None:
-        """Download one target-side file into ``run_dir`` at its usual place; None when the
-        agent has not written it (a run without an error log, say)."""
-        dest = run_dir / AGENT_FILES[key]
+    def sizes(self) -> dict[str, int | None]:
+        """Each target-side file's size now (key -> bytes, None: not written yet)."""
+        sizes = self.get_json(f"{API}/files")
+        if not isinstance(sizes, dict):
+            raise UserError(f"{self.url} is not a pollbench agent (its /files is no mapping)")
+        return sizes
+
+    def fetch(self, key: str, run_dir: Path, offset: int = 0, dest: Path | None = None
+              ) -> Path | None:
+        """Download one target-side file (from byte ``offset`` on) into ``run_dir`` at its
+        usual place, or to ``dest``; None when the agent has not written it."""
+        dest = dest or run_dir / AGENT_FILES[key]
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         try:
-            with self._open(f"{API}/files/{key}") as resp, part.open("wb") as f:
+            with self._open(f"{API}/files/{key}?offset={int(offset)}") as resp, \
+                    part.open("wb") as f:
                 while chunk := resp.read(1 << 16):
                     f.write(chunk)
         except FileNotFoundError:
@@ -104,3 +116,62 @@ class AgentClient:
             path = self.fetch(key, run_dir)
             got[key] = None if path is None else str(path.relative_to(run_dir))
         return got
+
+
+# the sample files a run keeps only the run's span of (the agent samples from up's start)
+TIMED = {"processes": "csv", "stub_status": "csv", "backend_stats": "jsonl"}
+# the logs a run keeps from the byte where they stood at its start
+LOGS = ("nginx_access_log", "nginx_error_log")
+SPAN_MARGIN_S = 2.0
+
+
+def pull_run(client: AgentClient, run_dir: Path, at_start: dict[str, int | None],
+             t0: float, t1: float) -> dict[str, str | None]:
+    """The target side of a run that went from ``t0`` to ``t1`` into ``run_dir``: the
+    rendered config, the logs written since ``at_start`` (:meth:`AgentClient.sizes`), and
+    the samples taken in the run's span (2 s margin), merged with the local samples (this
+    host's ``system`` row becomes ``controller-system``)."""
+    got: dict[str, str | None] = {}
+    staging = run_dir / ".agent"
+    for key in AGENT_FILES:
+        if key == "live":
+            continue
+        offset = (at_start.get(key) or 0) if key in LOGS else 0
+        dest = staging / key if key in TIMED else None
+        path = client.fetch(key, run_dir, offset=offset, dest=dest)
+        if path is not None and key in TIMED:
+            path = _keep_span(key, path, run_dir / AGENT_FILES[key], t0 - SPAN_MARGIN_S,
+                              t1 + SPAN_MARGIN_S)
+        got[key] = None if path is None else str(path.relative_to(run_dir))
+    shutil.rmtree(staging, ignore_errors=True)
+    return got
+
+
+def _keep_span(key: str, fetched: Path, dest: Path, t0: float, t1: float) -> Path:
+    if TIMED[key] == "jsonl":
+        lines = [ln for ln in fetched.read_text().splitlines()
+                 if ln.strip() and t0 <= json.loads(ln).get("time", 0) <= t1]
+        _write_atomic(dest, "".join(ln + "\n" for ln in lines))
+        return dest
+    with fetched.open(newline="") as f:
+        remote = list(csv.reader(f))
+    header, rows = remote[0], [r for r in remote[1:] if r and t0 <= float(r[0]) <= t1]
+    if key == "processes" and dest.exists():  # this host's own samples (the load side)
+        with dest.open(newline="") as f:
+            local = list(csv.reader(f))[1:]
+        rows += [[r[0], "controller-system" if r[1] == "system" else r[1], *r[2:]]
+                 for r in local if r]
+        rows.sort(key=lambda r: float(r[0]))
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(header)
+    w.writerows(rows)
+    _write_atomic(dest, out.getvalue())
+    return dest
+
+
+def _write_atomic(dest: Path, text: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    part.write_text(text)
+    os.replace(part, dest)

@@ -173,3 +173,26 @@ class Sampler(threading.Thread):
     def saturated(self, prefix: str) -> list[str]:
         """Processes of a component busy >= 90 % of a core in >= 20 % of their samples."""
         return saturated(self.saturation, prefix)
+
+
+def summary_from_rows(rows: list[list[str]], interval: float = 1.0
+                      ) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """The saturation counts and CPU seconds a :class:`Sampler` keeps, recomputed from
+    processes.csv rows (time, component, pid, cpu_percent, ...): for a run whose samples
+    come from several hosts.  A process's first :data:`STARTUP_GRACE_S` of rows are not
+    counted towards saturation, as in the sampler."""
+    saturation: dict[str, list[int]] = {}
+    cpu_seconds: dict[str, float] = {}
+    first: dict[str, float] = {}
+    for row in rows:
+        t, name, cpu = float(row[0]), row[1], float(row[3])
+        first.setdefault(name, t)
+        machine = name.endswith("system")
+        if machine or t - first[name] >= STARTUP_GRACE_S:
+            sat = saturation.setdefault(name, [0, 0])
+            sat[0] += 1
+            sat[1] += cpu >= (MACHINE_SATURATION_PERCENT if machine else SATURATION_CPU_PERCENT)
+        if not machine:
+            component = name.split("/")[0]
+            cpu_seconds[component] = cpu_seconds.get(component, 0.0) + cpu / 100 * interval
+    return saturation, cpu_seconds

@@ -55,6 +55,8 @@ class StackSpec:
     delivery_delay_ms: float = 0.0
     backend_max_connections: int | None = None
     cpus: tuple[int, ...] | None = None  # nginx and backends run only here (None: anywhere)
+    # the address nginx listens on (backends stay on 127.0.0.1): pollbench up --bind
+    bind: str = "127.0.0.1"
 
     @cached_property
     def _profile(self) -> nginx_config.Profile:
@@ -92,6 +94,7 @@ class StackSpec:
             raise UserError(f"unknown --loop {self.loop!r}; choose one of {', '.join(LOOPS)}")
         check_number("--max-hold", self.max_hold_s, 0, 3600, above=True)
         check_number("--delivery-delay-ms", self.delivery_delay_ms, 0, 60_000)
+        nginx_config.check_listen_address(self.bind)
         settings = self.settings()
         for what, port in (("--port", self.port), ("--backend-port", self.backend_port)):
             if not 1024 <= port <= 65535:
@@ -120,11 +123,11 @@ class StackSpec:
             except PortTaken as e:
                 raise UserError(f"{e} (wait for it, or choose --port / --backend-port)") from None
         if check_ports:
-            for port in [self.port, *ports]:
-                if not port_free(port):
+            for host, port in [(self.bind, self.port), *(("127.0.0.1", p) for p in ports)]:
+                if not port_free(port, host):
                     if claimed is not None:
                         claimed.release()
-                    raise UserError(f"port {port} is already in use on 127.0.0.1 "
+                    raise UserError(f"port {port} is already in use on {host} "
                                     "(stop what holds it, or choose --port / --backend-port)")
         return ResolvedStack(self, settings, self.nginx_name(), nginx_path, ports, app, claimed)
 
@@ -151,7 +154,9 @@ class ResolvedStack:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.spec.port}"
+        """Where this host reaches nginx (all interfaces: through loopback)."""
+        host = "127.0.0.1" if self.spec.bind == "0.0.0.0" else self.spec.bind
+        return f"http://{host}:{self.spec.port}"
 
     @property
     def backend_urls(self) -> list[str]:

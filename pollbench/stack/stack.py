@@ -96,7 +96,8 @@ class Stack:
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         text = nginx_config.render(self.settings, nginx_config.RenderPaths.for_prefix(self.prefix),
-                                   self.resolved.port, list(self.resolved.backend_ports))
+                                   self.resolved.port, list(self.resolved.backend_ports),
+                                   listen_address=self.resolved.spec.bind)
         conf = self.prefix / "nginx.conf"
         conf.write_text(text)
         return conf
@@ -262,7 +263,7 @@ class Stack:
                                  f"stack has {self.settings['backends']}")
             conf.write_text(nginx_config.render(
                 settings, nginx_config.RenderPaths.for_prefix(self.prefix), self.resolved.port,
-                list(self.resolved.backend_ports)))
+                list(self.resolved.backend_ports), listen_address=self.resolved.spec.bind))
             self.test_config(conf)
             what = f"config of profile {profile}"
         before = self.workers()

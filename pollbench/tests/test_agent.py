@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
+from analysis.clock import combine, estimate, measure, too_uncertain
 from pollbench.stack.agent import AGENT_FILES, Agent, new_token
-from pollbench.stack.clock import combine, estimate, measure, too_uncertain
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

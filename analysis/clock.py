@@ -1,5 +1,8 @@
 """How far a load host's clock is from the target's: NTP-style round trips to the agent.
 
+Pure arithmetic: the exchanges are made by the caller (:mod:`pollbench.stack.remote` on
+the controller, :mod:`loadtests.metrics` in each Locust worker).
+
 Delivery latency compares the target's ``ts`` (its clock, at publish) with the receipt time
 on a load host (that host's clock).  On one machine both are one clock; across hosts the
 difference of the clocks adds to every latency.  Each exchange sends at local ``t0``, the
@@ -41,10 +44,15 @@ def estimate(exchanges: list[tuple[float, float, float]]) -> Offset:
 
 
 def measure(read_remote: Callable[[], float], count: int = 16,
-            clock: Callable[[], float] = time.time) -> Offset:
-    """``count`` exchanges with ``read_remote`` (a call that returns the remote clock)."""
+            clock: Callable[[], float] = time.time,
+            pause: Callable[[], object] | None = None) -> Offset:
+    """``count`` exchanges with ``read_remote`` (a call that returns the remote clock);
+    ``pause`` is called between two (spreading them out finds a quiet moment on a busy
+    host: only the shortest round trip counts)."""
     exchanges = []
-    for _ in range(count):
+    for i in range(count):
+        if pause is not None and i:
+            pause()
         t0 = clock()
         server = read_remote()
         t1 = clock()
@@ -69,3 +77,24 @@ def too_uncertain(offset: Offset, delivery_p50_ms: float) -> str | None:
     return (f"clock offset to the target is uncertain by +-{offset.uncertainty_s * 1000:.2f} "
             f"ms, more than 10 % of the delivery p50 ({delivery_p50_ms:.2f} ms): sync the "
             "clocks (chrony/NTP) or read delivery latency as bounded, not exact")
+
+
+def run_offsets(events: list[dict]) -> dict[str, dict]:
+    """Per load process (``source``), its offset to the target for a run, from the events
+    its Locust process logged (``kind`` "clock", ``phase`` before/after, with the fields of
+    :class:`Offset`, and ``applied_s``: what it added to every receipt time)."""
+    phases: dict[str, dict[str, dict]] = {}
+    for e in events:
+        if e.get("kind") == "clock" and e.get("phase") in ("before", "after"):
+            phases.setdefault(e.get("source", "?"), {})[e["phase"]] = e
+    out = {}
+    for source, got in sorted(phases.items()):
+        parts = [Offset(float(e["offset_s"]), float(e["uncertainty_s"]),
+                        float(e["round_trip_s"]), int(e["exchanges"]))
+                 for e in (got.get("before"), got.get("after")) if e is not None]
+        offset = combine(*parts) if len(parts) == 2 else parts[0]
+        first = got.get("before") or got.get("after") or {}
+        out[source] = {**offset.as_dict(), "host": first.get("host"),
+                       "applied_s": first.get("applied_s", 0.0),
+                       "measured": sorted(got)}
+    return out

@@ -1,0 +1,327 @@
+"""A run whose stack is on another host (``pollbench run --target ... --agent ...``).
+
+This host is the controller: it runs the Locust master, waits for the workers that
+``pollbench worker`` started on the load hosts, runs the load, then pulls the target side
+(samples, logs, the rendered config) from the target's agent, and writes the same run folder
+as a local run (:func:`pollbench.actions.run.run`), so ``report``, ``compare``, ``sweep``
+and ``check`` read it unchanged.  run.json adds ``distributed`` (the target, the agent, the
+workers: expected, joined, lost) and ``clock`` (each worker's offset to the target's clock,
+and this host's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+
+from analysis.catalog import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    METRICS_DIR,
+    PROGRESS_FILE,
+    RUN_FILES,
+    RUN_SCHEMA_VERSION,
+)
+from analysis.clock import Offset, combine, run_offsets, too_uncertain
+from pollbench import __version__
+from pollbench.errors import RunFailed, UserError
+from pollbench.records.rundir import new_run_dir, write_json_atomic
+from pollbench.records.runinfo import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_INCOMPLETE,
+    STATUS_RUNNING,
+    host_info,
+)
+from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.net import OPENER, port_free
+from pollbench.stack.nginx_config import check_listen_address
+from pollbench.stack.processes import ChildGroup, spawn
+from pollbench.stack.remote import AgentClient, pull_run
+from pollbench.stack.sampler import Sampler, summary_from_rows
+
+LOCUST_GRACE_S = 60  # as a local run: Locust's time to stop users and write its reports
+DEFAULT_MASTER_PORT = 5557
+AGENT_CHECK_EVERY_S = 5.0
+_WAITING = re.compile(r"Waiting for workers to be ready, (\d+) of (\d+) connected")
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    target: str  # http://ADDR:PORT: nginx on the target host, as the load hosts reach it
+    agent: str  # http://ADDR:PORT: the target's agent
+    token: str
+    expect_workers: int
+    master_bind: str = "127.0.0.1"
+    master_port: int = DEFAULT_MASTER_PORT
+    workers_timeout_s: float = 60.0
+
+    def check(self, load: LoadSpec) -> None:
+        """Every refusal that needs no process and no network, one line each."""
+        _check_http_url("--target", self.target)
+        _check_http_url("--agent", self.agent)
+        if not self.token:
+            raise UserError("--agent needs the agent's token: --agent-token TOKEN (what pollbench "
+                            "up printed) or $POLLBENCH_AGENT_TOKEN")
+        if not 1 <= self.expect_workers <= 256:
+            raise UserError(f"--expect-workers must be from 1 to 256 (it is "
+                            f"{self.expect_workers})")
+        check_listen_address(self.master_bind)
+        if not 1024 <= self.master_port <= 65535:
+            raise UserError(f"--master-port {self.master_port} must be from 1024 to 65535")
+        if not 1 <= self.workers_timeout_s <= 3600:
+            raise UserError("--workers-timeout must be from 1 to 3600 s")
+        if load.workers:
+            raise UserError("--workers starts worker processes on this host; with "
+                            "--expect-workers they run on the load hosts (pollbench worker "
+                            "--processes N there)")
+        if load.faults:
+            raise UserError("--fault acts on the stack's processes, which are on the target "
+                            "host: faults need a local run")
+        host = "127.0.0.1" if self.master_bind == "0.0.0.0" else self.master_bind
+        if not port_free(self.master_port, host):
+            raise UserError(f"--master-port {self.master_port} is in use on {host}: choose "
+                            "another (and give it to pollbench worker --master HOST:PORT)")
+
+
+def _check_http_url(option: str, url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or not port or \
+            parts.path not in ("", "/") or parts.query:
+        raise UserError(f"{option} {url!r} must be http://HOST:PORT (what pollbench up printed)")
+    return f"http://{parts.hostname}:{port}"
+
+
+def check_target(url: str) -> None:
+    """The target answers /healthz as a pollbench stack does (through nginx)."""
+    try:
+        with OPENER.open(f"{url}/healthz", timeout=5) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--target {url} does not answer /healthz ({e}): is pollbench up "
+                        "--bind running there, and its port open?") from None
+    if not isinstance(body, dict) or "backend_index" not in body:
+        raise UserError(f"--target {url} is not a pollbench stack (its /healthz is not the "
+                        "target app's)")
+
+
+def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
+               report: bool = True, history_source: str = "run") -> int:
+    remote.check(load)
+    load.validate(120.0)
+    target = _check_http_url("--target", remote.target)
+    client = AgentClient(remote.agent, remote.token)
+    info = client.info()
+    if info.get("pollbench") != __version__:
+        raise UserError(f"the target's agent runs pollbench {info.get('pollbench')}, this host "
+                        f"{__version__}: install the same pollbench on every host")
+    if not info.get("alive", True):
+        raise UserError(f"the target's stack is down: {info.get('problem')}")
+    load.validate(float(info.get("stack", {}).get("max_hold_s", 120.0)))
+    check_target(target)
+    label = f"{load.mix and 'mix' or load.scenario}-{info['stack']['profile']}-{load.users}u"
+    run_dir = new_run_dir(label, out)
+    from pollbench.actions.run import base_parameters
+
+    record: dict[str, Any] = {
+        "schema_version": RUN_SCHEMA_VERSION, "kind": "run", "status": STATUS_RUNNING,
+        "writer": {"pid": os.getpid(), "started_at": psutil.Process().create_time()},
+        "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
+        "parameters": {**base_parameters(load), "workers": remote.expect_workers},
+        # the target host's stack, software and machine, as its agent describes them
+        **{k: info.get(k) for k in ("stack", "software", "host", "machine", "git")},
+        "distributed": {"target": target, "agent": client.url,
+                        "master": f"{remote.master_bind}:{remote.master_port}",
+                        "expect_workers": remote.expect_workers, "controller": host_info()},
+        "warnings": [], "files": {}, "exit": {"code": None, "reason": "running"},
+    }
+    write_json_atomic(run_dir / "run.json", record)
+    print(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
+          f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "
+          f"{run_dir}", flush=True)
+    return _run(remote, load, client, target, run_dir, record, report, history_source)
+
+
+def _run(remote: RemoteTarget, load: LoadSpec, client: AgentClient, target: str,
+         run_dir: Path, record: dict, report: bool, history_source: str) -> int:
+    from pollbench.actions.run import Progress, finish_record
+
+    group = ChildGroup()
+    sampler: Sampler | None = None
+    status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
+    controller_before = client.clock_offset()
+    at_start = client.sizes()
+    t0 = time.time()
+    locust = None
+    try:
+        (run_dir / "locust").mkdir()
+        cmd = load.headless_cmd(target, run_dir / METRICS_DIR, run_dir / "locust" / "locust",
+                                run_dir / "locust" / "report.html", run_dir / "locust" / "stats")
+        cmd = cmd[:-len(load.user_classes())] + [
+            "--master", "--master-bind-host", remote.master_bind,
+            "--master-bind-port", str(remote.master_port),
+            "--expect-workers", str(remote.expect_workers),
+            "--expect-workers-max-wait", f"{remote.workers_timeout_s:g}",
+            "--pb-agent", client.url, "--pb-agent-token", remote.token,
+        ] + load.user_classes()
+        record["locust_command"] = [a if a != remote.token else "<agent token>" for a in cmd]
+        locust = group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
+                                 stop_signal=signal.SIGTERM, cpus=load.cpus))
+        record["pids"] = {"loadgen": locust.pid}
+        pids = {"loadgen": locust.pid}
+        sampler = Sampler(run_dir / "samples", lambda: pids, None, [])
+        sampler.start()
+        progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s)
+        deadline = time.monotonic() + remote.workers_timeout_s + load.duration_s + LOCUST_GRACE_S
+        next_check = time.monotonic() + AGENT_CHECK_EVERY_S
+        while locust.alive():
+            if time.monotonic() > deadline:
+                raise RunFailed(f"Locust did not finish within {LOCUST_GRACE_S} s of the run "
+                                f"time; see {locust.log_path}")
+            if time.monotonic() > next_check:
+                next_check += AGENT_CHECK_EVERY_S
+                state = client.info()
+                if not state.get("alive", True):
+                    raise RunFailed(f"the target's stack went down: {state.get('problem')}")
+            progress.poll()
+            time.sleep(0.2)
+        rc = locust.popen.returncode
+        log_text = locust.log_path.read_text(errors="replace")
+        if "Gave up waiting for workers to connect" in log_text:
+            seen = _WAITING.findall(log_text)
+            joined = int(seen[-1][0]) if seen else 0
+            refused = _refusals(run_dir)
+            raise RunFailed(
+                f"only {joined} of {remote.expect_workers} workers connected within "
+                f"{remote.workers_timeout_s:g} s" + (f"; refused: {refused[0]}" if refused else
+                f": run `pollbench worker --master {remote.master_bind}:{remote.master_port}` on "
+                f"each load host (and open port {remote.master_port} to them)"))
+        if rc not in (0, 1):
+            raise RunFailed(f"Locust exited with code {rc}; last lines of {locust.log_path}:\n"
+                            f"{locust.log_tail()}")
+        status, reason, code = STATUS_COMPLETE, "complete", EXIT_OK
+    except KeyboardInterrupt:
+        status, reason, code = STATUS_INCOMPLETE, "interrupted (Ctrl-C or SIGTERM)", EXIT_INTERRUPTED
+        raise
+    except (RunFailed, UserError) as e:
+        reason = f"failed: {str(e).splitlines()[0]}"
+        raise
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            exit_codes = group.stop_all()
+            if sampler is not None:
+                sampler.stop()
+            t1 = time.time()
+            cpu_source = _collect(client, run_dir, record, at_start, t0, t1, controller_before,
+                                  sampler)
+            finish_record(record, run_dir, status, reason, code, cpu_source,
+                          SimpleNamespace(exit_codes=exit_codes),
+                          report and status == STATUS_COMPLETE,
+                          history_source if status == STATUS_COMPLETE else None)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return code
+
+
+def _refusals(run_dir: Path) -> list[str]:
+    return [e.get("reason", "") for e in _events(run_dir) if e.get("kind") == "worker_refused"]
+
+
+def _events(run_dir: Path) -> list[dict]:
+    try:
+        lines = (run_dir / RUN_FILES["events"]).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for ln in lines:
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            continue
+    return out
+
+
+def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t0: float,
+             t1: float, controller_before: Offset, sampler: Sampler | None):
+    """After the load: the target side from the agent, the clocks, who joined and who was
+    lost; returns what :func:`finish_record` reads the CPU summary from."""
+    import csv
+
+    warnings = record["warnings"]
+    try:
+        record["distributed"]["pulled"] = pull_run(client, run_dir, at_start, t0, t1)
+        controller = combine(controller_before, client.clock_offset())
+    except UserError as e:
+        warnings.append(f"the target side could not be fetched from the agent: {e}")
+        controller = controller_before
+    events = _events(run_dir)
+    joined = [e for e in events if e.get("kind") == "worker_joined"]
+    lost = [e for e in events if e.get("kind") == "worker_lost"]
+    refused = [e for e in events if e.get("kind") == "worker_refused"]
+    record["distributed"].update(
+        workers_joined=[{"node": e.get("node"), "host": e.get("host")} for e in joined],
+        workers_lost=[{"node": e.get("node"), "host": e.get("host")} for e in lost],
+        workers_refused=[e.get("reason") for e in refused])
+    if lost:
+        warnings.append(f"{len(lost)} Locust worker(s) lost mid-run ("
+                        + ", ".join(f"{e.get('node')} on {e.get('host')}" for e in lost)
+                        + "): their users stopped, so rates and counts cover less load than "
+                          "asked")
+    try:
+        progress = json.loads((run_dir / METRICS_DIR / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        progress = {}
+    worker_cpu = {k: v for k, v in (progress.get("workers_cpu") or {}).items()
+                  if isinstance(v, list) and len(v) == 2}
+    record["distributed"]["workers_cpu_saturated_share"] = {
+        k: round(sat / n, 3) for k, (n, sat) in worker_cpu.items() if n}
+    workers = run_offsets(events)
+    record["clock"] = {"controller": controller.as_dict(), "workers": workers}
+    p50 = _delivery_p50(run_dir)
+    for source, off in workers.items():
+        warning = too_uncertain(Offset(off["offset_s"], off["uncertainty_s"],
+                                       off["round_trip_s"], off["exchanges"]), p50)
+        if warning:
+            warnings.append(f"{source} ({off.get('host')}): {warning}")
+    for ev in events:
+        if ev.get("kind") == "clock" and ev.get("error"):
+            warnings.append(f"{ev.get('source')} could not measure its clock offset to the "
+                            f"target ({ev['error']}): its delivery latency is uncorrected and "
+                            "unbounded")
+    processes = run_dir / RUN_FILES["processes"]
+    if not processes.exists():
+        return sampler
+    with processes.open(newline="") as f:
+        rows = [r for r in list(csv.reader(f))[1:] if r]
+    saturation, cpu_seconds = summary_from_rows(rows)
+    # the workers' CPU (their heartbeats to the master, once a second) counts as the load
+    # generator's: a saturated worker flags the run as a saturated local Locust does
+    saturation.update({f"loadgen-{k}": v for k, v in worker_cpu.items()})
+    return SimpleNamespace(saturation=saturation, cpu_seconds=cpu_seconds)
+
+
+def _delivery_p50(run_dir: Path) -> float:
+    from analysis.hdr import merged, read_hdr_log, summary_ms
+
+    try:
+        s = summary_ms(merged(read_hdr_log(run_dir / RUN_FILES["latency_hdr"]), "DELIVERY"))
+    except (OSError, ValueError):
+        return 0.0
+    return float(s["p50"]) if s.get("count") else 0.0
