@@ -359,19 +359,29 @@ def resources(fig: Figures):
         return None
     run = fig.run
     p = p.assign(component=p["component"].map(component_of), t=p["time"] - run.start)
-    system = p[p["component"] == "system"]
-    comps = p[p["component"] != "system"]
+    # "system": the machine of the stack; "controller-system": the controller's, when the
+    # stack ran on another host (their samples are not at the same instants)
+    is_machine = p["component"].str.endswith("system")
+    machines, comps = p[is_machine], p[~is_machine]
     cpu = comps.pivot_table(index="t", columns="component", values="cpu_percent", aggfunc="sum")
     rss = comps.pivot_table(index="t", columns="component", values="rss_bytes",
                             aggfunc="sum") / 2**20
     f, axes = _figure(fig, "CPU and memory per component", nrows=2, height=3.6, sharex=True)
     ax = axes[0]
     for col in cpu.columns:
-        ax.plot(cpu.index, cpu[col], label=col, lw=1.6 if col in ("loadgen", "nginx") else 1.0)
-    cores = fig.run.info.get("host", {}).get("cpu_count") or 1
-    if not system.empty:
-        ax.plot(system["t"], system["cpu_percent"] * cores, color="black", linestyle=":",
-                label=f"whole machine ({cores} cores)")
+        series = cpu[col].dropna()
+        ax.plot(series.index, series, label=col, lw=1.6 if col in ("loadgen", "nginx") else 1.0)
+    distributed = fig.run.info.get("distributed") or {}
+    peaks = [float(np.nanmax(cpu.to_numpy())) if cpu.size else 0.0]
+    for name, g in machines.groupby("component"):
+        host = distributed.get("controller", {}) if name != "system" else \
+            fig.run.info.get("host", {})
+        cores = (host or {}).get("cpu_count") or 1
+        what = ("whole machine" if not distributed else
+                "target host" if name == "system" else "controller host")
+        ax.plot(g["t"], g["cpu_percent"] * cores, color="black",
+                linestyle=":" if name == "system" else "-.", label=f"{what} ({cores} cores)")
+        peaks.append(float(g["cpu_percent"].max()) * cores)
     ax.axhline(SATURATION, color="#d62728", linestyle="--", lw=1)
     ax.text(0.995, SATURATION, "90% of a core: load generator saturated above",
             transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
@@ -384,14 +394,12 @@ def resources(fig: Figures):
     sat = "SATURATED" if fig.summary["loadgen_saturated"] else "not saturated"
     ax.set_title(f"CPU (100% = one core); load generator {sat}", fontsize=9, loc="left")
     ax.set_ylabel("CPU (% of one core)")
-    peaks = [float(np.nanmax(cpu.to_numpy())) if cpu.size else 0.0]
-    if not system.empty:
-        peaks.append(float(system["cpu_percent"].max()) * cores)
     ax.set_ylim(0, max(110.0, *peaks) * 1.08)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax = axes[1]
     for col in rss.columns:
-        ax.plot(rss.index, rss[col], label=col)
+        series = rss[col].dropna()
+        ax.plot(series.index, series, label=col)
     ax.set_ylabel("resident memory (MiB)")
     ax.set_xlabel("time since start (s)")
     ax.set_ylim(bottom=0)

@@ -175,7 +175,8 @@ def measured_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
     if p.empty:
         return {}
     end = float(run.hdr["t1"].max()) if not run.hdr.empty else run.end  # load, not teardown
-    p = p[(p["time"] - run.start >= warmup_s) & (p["time"] <= end) & (p["component"] != "system")]
+    p = p[(p["time"] - run.start >= warmup_s) & (p["time"] <= end)
+          & ~p["component"].str.endswith("system")]
     if p.empty:
         return {}
     group = p["component"].str.split("/", n=1).str[0].str.replace(r"^backend-\d+$", "backends",

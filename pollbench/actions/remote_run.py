@@ -110,10 +110,17 @@ def _check_http_url(option: str, url: str) -> str:
 
 def check_target(url: str) -> None:
     """The target answers /healthz as a pollbench stack does (through nginx)."""
+    import urllib.error
+
     try:
         with OPENER.open(f"{url}/healthz", timeout=5) as resp:
             body = json.loads(resp.read())
-    except (OSError, ValueError) as e:
+    except urllib.error.HTTPError as e:
+        raise UserError(f"--target {url} is not a pollbench stack (its /healthz answered "
+                        f"{e.code})") from None
+    except ValueError:
+        body = None
+    except OSError as e:
         raise UserError(f"--target {url} does not answer /healthz ({e}): is pollbench up "
                         "--bind running there, and its port open?") from None
     if not isinstance(body, dict) or "backend_index" not in body:

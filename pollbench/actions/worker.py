@@ -23,6 +23,7 @@ from pollbench import __version__
 from pollbench.errors import RunFailed, UserError
 from pollbench.paths import LOCUSTFILE
 from pollbench.stack.nginx_config import check_listen_address
+from pollbench.stack.processes import die_with_parent
 
 DEFAULT_MASTER_PORT = 5557
 MARKS = {  # Locust's log line -> what pollbench worker says
@@ -82,8 +83,10 @@ def worker(master: str, processes: int = 1, max_runs: int = 1000, once: bool = F
 
 def _round(cmd: list[str]) -> str:
     """One Locust worker session; returns "ran", "refused" or "no master"."""
+    # its own group (Ctrl-C here stops it in order), and it ends if this process is killed
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=die_with_parent)
     connected, refused = 0, False
     try:
         assert proc.stdout is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
@@ -111,7 +111,7 @@ def spawn(name: str, cmd: list[str], log_path: Path, *, env: dict | None = None,
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def setup() -> None:  # in the child, before exec: children inherit the affinity
-        _die_with_parent()
+        die_with_parent()
         if cpus:
             os.sched_setaffinity(0, cpus)
 

@@ -1,0 +1,184 @@
+"""Runs across hosts: the target on its own host (up --bind + agent), Locust workers on load
+hosts (pollbench worker), the controller (run --target --agent --expect-workers).
+
+The proof runs in network namespaces joined by a bridge (root, as CI is): one "host" each
+for the target, the controller and two workers, each with its own address; everything is
+torn down when the test ends, failed or not.  Bad input is refused in one line, before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pollbench.stack import netns
+from pollbench.stack.agent import Agent, new_token
+from pollbench.stack.net import find_free_ports
+from pollbench.tests.conftest import REPO, pollbench_cmd
+
+TOKEN = "test-token-" + "x" * 16
+
+
+def refused(*args: str, env: dict | None = None) -> str:
+    """Run pollbench, expect exit 2 with one line on stderr; return that line."""
+    proc = subprocess.run(pollbench_cmd(*args), capture_output=True, text=True, cwd=REPO,
+                          timeout=60, env=env)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def remote_args(target: str, agent: str, *extra: str) -> list[str]:
+    return ["run", "--target", target, "--agent", agent, "--agent-token", TOKEN,
+            "--expect-workers", "1", "--users", "4", "--duration", "2s", *extra]
+
+
+def test_bad_input_is_refused_in_one_line_before_anything_starts(tmp_path):
+    free = find_free_ports(2)
+    target, agent = f"http://127.0.0.1:{free}", f"http://127.0.0.1:{free + 1}"
+    assert "--target, --agent and --expect-workers together" in refused(
+        "run", "--target", target, "--users", "4")
+    assert "must be http://HOST:PORT" in refused(*remote_args("127.0.0.1:80", agent))
+    assert "must be http://HOST:PORT" in refused(*remote_args(target, f"{agent}/v1"))
+    assert "--expect-workers must be from 1" in refused(
+        *remote_args(target, agent)[:-6], "--expect-workers", "0")
+    assert "--workers starts worker processes on this host" in refused(
+        *remote_args(target, agent, "--workers", "2"))
+    assert "is not an IPv4 address" in refused(*remote_args(target, agent, "--master-bind",
+                                                             "example.com"))
+    env = {k: v for k, v in os.environ.items() if k != "POLLBENCH_AGENT_TOKEN"}
+    args = remote_args(target, agent)
+    args.remove("--agent-token")
+    args.remove(TOKEN)
+    assert "needs the agent's token" in refused(*args, env=env)
+    assert "does not answer" in refused(*remote_args(target, agent))
+    assert "is not an IPv4 address" in refused("up", "--bind", "localhost")
+    assert "at least 16 characters" in refused("up", "--bind", "127.0.0.1",
+                                               "--agent-token", "short")
+    assert "--master" in refused("worker", "--master", "host:notaport")
+    assert not list(Path(REPO / "results").glob("*-channels-*4u*"))  # no run folder
+
+
+def test_a_wrong_token_and_a_target_that_is_not_pollbench_are_refused(tmp_path):
+    token = new_token()
+    with Agent(tmp_path, token, {"pollbench": "0.1.0", "alive": True}) as a:
+        args = remote_args(a.url, a.url)
+        args[args.index(TOKEN)] = "y" * 20
+        assert "refused the token" in refused(*args)
+        # the agent's own port as the "target": it answers, but not as a pollbench stack
+        args = remote_args(a.url, a.url)
+        args[args.index(TOKEN)] = token
+        assert "is not a pollbench stack" in refused(*args)
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args} exited with {proc.returncode}:\n{path.read_text()}")
+        time.sleep(0.2)
+    pytest.fail(f"no {text!r} in {path} within {timeout} s:\n{path.read_text()}")
+
+
+@pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+def test_a_run_across_four_namespaces(tmp_path):
+    """Target, controller and two workers, each in its own namespace: the run delivers
+    exactly once and in order, its folder holds the target's samples and access log pulled
+    from the agent, and report works on it; a second run that loses a worker says so."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs: list[subprocess.Popen] = []
+
+    def start(hosts, host: str, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        proc = subprocess.Popen(hosts.cmd(host, pollbench_cmd(*args)), cwd=REPO, env=env,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append(proc)
+        return proc, log
+
+    with netns.Hosts(["target", "controller", "w1", "w2"]) as hosts:
+        try:
+            t, c = hosts.address("target"), hosts.address("controller")
+            up, up_log = start(hosts, "target", "up", "up", "--bind", t, "--port", "8080",
+                               "--backend-port", "8000", "--agent-port", "9100",
+                               "--agent-token", TOKEN, "--out", str(tmp_path / "up"))
+            workers = [start(hosts, w, w, "worker", "--master", f"{c}:5557", "--max-runs", "2")
+                       for w in ("w1", "w2")]
+            _wait_for(up_log, "Ctrl-C stops everything", up, 60)
+            remote = ["--target", f"http://{t}:8080", "--agent", f"http://{t}:9100",
+                      "--agent-token", TOKEN, "--expect-workers", "2", "--master-bind", c,
+                      "--users", "40", "--spawn-rate", "40", "--channels", "4",
+                      "--publish-rate", "20", "--poll-timeout", "2"]
+            run = tmp_path / "run"
+            proc = subprocess.run(hosts.cmd("controller", pollbench_cmd(
+                "run", *remote, "--duration", "6s", "--out", str(run))), cwd=REPO, env=env,
+                capture_output=True, text=True, timeout=180)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            info = json.loads((run / "run.json").read_text())
+            assert info["status"] == "complete"
+            lg = info["loadgen"]
+            assert lg["delivered"] > 200
+            assert (lg["lost"], lg["duplicates"], lg["failures"]) == (0, 0, 0)
+            assert len(info["distributed"]["workers_joined"]) == 2
+            assert info["distributed"]["workers_lost"] == []
+            assert set(info["clock"]["workers"]) == {
+                w["node"] for w in info["distributed"]["workers_joined"]}
+            for off in info["clock"]["workers"].values():  # one machine: one clock
+                assert abs(off["offset_s"]) <= off["uncertainty_s"] + 0.002
+                assert off["measured"] == ["after", "before"]
+            with (run / "samples" / "processes.csv").open() as f:
+                components = {row["component"] for row in csv.DictReader(f)}
+            assert {"nginx", "backend-0", "system", "loadgen", "controller-system"} <= components
+            access = (run / "nginx" / "logs" / "access.jsonl").read_text().splitlines()
+            assert len(access) > 100 and '"status"' in access[0]
+            assert (run / "samples" / "stub_status.csv").read_text().count("\n") > 2
+            assert (run / "report" / "charts" / "resources.png").exists()
+            report = subprocess.run(pollbench_cmd("report", str(run), "--out",
+                                                  str(tmp_path / "report")),
+                                    cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert report.returncode == 0, report.stderr
+            assert (tmp_path / "report" / "charts" / "connection_reuse.png").exists()
+
+            # the second run loses w2 mid-run: said in run.json and in the report
+            run2 = tmp_path / "run2"
+            ctl = subprocess.Popen(hosts.cmd("controller", pollbench_cmd(
+                "run", *remote, "--duration", "12s", "--out", str(run2))), cwd=REPO, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            procs.append(ctl)
+            _wait_for(run2 / "metrics" / "progress.json", '"users": 40', ctl, 90)
+            w2 = workers[1][0]
+            os.killpg(w2.pid, signal.SIGKILL)
+            out, _ = ctl.communicate(timeout=180)
+            info = json.loads((run2 / "run.json").read_text())
+            assert info["status"] == "complete", out
+            assert len(info["distributed"]["workers_lost"]) == 1, out
+            assert any("lost mid-run" in w for w in info["warnings"])
+            summary = (run2 / "report" / "summary.md").read_text()
+            assert "lost mid-run" in summary
+            assert workers[0][0].wait(60) == 0  # w1 served its 2 runs and left
+            assert "the master ended the run" in workers[0][1].read_text()
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    try:
+                        os.killpg(p.pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+    assert sys.platform.startswith("linux")
