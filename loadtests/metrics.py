@@ -322,6 +322,7 @@ class MetricsPlumbing:
         self.workers: dict[str, dict] = {}  # master: node id -> what it said, its state
         self.workers_lost: list[str] = []
         self.workers_cpu: dict[str, list[int]] = {}  # master: worker -> [samples, >= 90 %]
+        self.workers_cpu_sum: dict[str, float] = {}  # master: worker -> sum of its CPU %
         if self.is_master:
             self.runner.register_message(MESSAGE_TYPE, self.on_worker_metrics)
             self.runner.register_message(HELLO_TYPE, self.on_worker_hello)
@@ -363,9 +364,11 @@ class MetricsPlumbing:
 
         present = {c.id: c.state for c in self.runner.clients.values()}
         for c in self.runner.clients.values():  # each worker's own CPU, from its heartbeats
-            n_sat = self.workers_cpu.setdefault(f"worker-{c.id[-8:]}", [0, 0])
+            name = f"worker-{c.id[-8:]}"
+            n_sat = self.workers_cpu.setdefault(name, [0, 0])
             n_sat[0] += 1
             n_sat[1] += c.cpu_usage >= 90
+            self.workers_cpu_sum[name] = self.workers_cpu_sum.get(name, 0.0) + c.cpu_usage
         for node, info in self.workers.items():
             gone = node not in present or present[node] == STATE_MISSING
             if gone and not info["lost"] and not self._stopped:
@@ -493,7 +496,10 @@ class MetricsPlumbing:
             "duplicates": totals.get("duplicate", 0),
             "clock_source": ", ".join(sorted(sink.clocks)),
             **({"workers": self.runner.worker_count, "workers_lost": list(self.workers_lost),
-                "workers_cpu": self.workers_cpu} if self.is_master else {}),
+                "workers_cpu": self.workers_cpu,
+                "workers_cpu_mean": {k: round(v / max(self.workers_cpu[k][0], 1), 1)
+                                     for k, v in self.workers_cpu_sum.items()}}
+               if self.is_master else {}),
         }
 
     def on_test_start(self, environment, **_kw) -> None:

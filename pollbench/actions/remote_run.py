@@ -299,6 +299,8 @@ def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t
                   if isinstance(v, list) and len(v) == 2}
     record["distributed"]["workers_cpu_saturated_share"] = {
         k: round(sat / n, 3) for k, (n, sat) in worker_cpu.items() if n}
+    # mean CPU of each worker process (% of one core, from its heartbeats, once a second)
+    record["distributed"]["workers_cpu_mean_percent"] = progress.get("workers_cpu_mean") or {}
     workers = run_offsets(events)
     record["clock"] = {"controller": controller.as_dict(), "workers": workers}
     p50 = _delivery_p50(run_dir)

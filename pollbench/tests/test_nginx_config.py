@@ -129,3 +129,18 @@ def test_profile_names_its_nginx_binary_and_children_inherit_it(tmp_path):
     bad.write_text('extends = "seed"\nnginx_bin = "x"\n')
     with pytest.raises(UserError, match="unknown key.*nginx_bin"):
         nc.load_profile(str(bad))
+
+
+def test_bind_address_goes_into_listen_and_the_status_page_allow_list(tmp_path):
+    seed = nc.load_profile("seed")
+    default = nc.render(seed, nc.RenderPaths.for_prefix(tmp_path), 8080, PORTS)
+    assert "listen 127.0.0.1:8080" in default and "allow 10." not in default
+    text = nc.render(seed, nc.RenderPaths.for_prefix(tmp_path), 8080, PORTS,
+                     listen_address="10.1.2.3")
+    assert "listen 10.1.2.3:8080" in text
+    assert re.search(r"allow 10\.1\.2\.3;", text)  # the host's own sampler, through --bind
+    assert "server 127.0.0.1:" in text  # the backends stay on loopback
+    for bad in ("localhost", "10.1.2.3; include /etc/passwd", "::1", "300.1.1.1"):
+        with pytest.raises(UserError, match="--bind"):
+            nc.render(seed, nc.RenderPaths.for_prefix(tmp_path), 8080, PORTS,
+                      listen_address=bad)

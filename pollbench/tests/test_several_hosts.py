@@ -182,3 +182,40 @@ def test_a_run_across_four_namespaces(tmp_path):
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
     assert sys.platform.startswith("linux")
+
+
+def test_the_master_refuses_a_worker_of_another_pollbench_version():
+    """The master's side of the version check (loadtests.metrics), without a master."""
+    from types import SimpleNamespace
+
+    from loadtests.metrics import REFUSE_TYPE, MetricsPlumbing, pollbench_version
+
+    sent = []
+    master = SimpleNamespace(workers={}, sink=None, runner=SimpleNamespace(
+        send_message=lambda kind, data, client_id: sent.append((kind, data, client_id))))
+    same = SimpleNamespace(node_id="a" * 32, data={"pollbench": pollbench_version(),
+                                                   "host": "load-1"})
+    MetricsPlumbing.on_worker_hello(master, None, same)
+    assert sent == [] and master.workers["a" * 32]["host"] == "load-1"
+    other = SimpleNamespace(node_id="b" * 32, data={"pollbench": "0.0.1", "host": "load-2"})
+    MetricsPlumbing.on_worker_hello(master, None, other)
+    (kind, data, client), = sent
+    assert (kind, client) == (REFUSE_TYPE, "b" * 32)
+    assert "pollbench 0.0.1 on load-2" in data["reason"]
+    assert f"{pollbench_version()} on the master" in data["reason"]
+
+
+def test_pollbench_worker_stops_with_exit_2_when_refused(tmp_path, capsys):
+    """What the worker prints and returns when its Locust says the master refused it."""
+    from pollbench.actions import worker as w
+
+    script = tmp_path / "fake_locust.py"
+    script.write_text(
+        "import sys\n"
+        f"print('[x] INFO/pollbench: {w.CONNECTED_MARK} 10.0.0.7:5557 (pollbench 9)')\n"
+        f"print('[x] ERROR/pollbench: {w.REFUSED_MARK} pollbench 9 on h but 1 on the master')\n")
+    assert w._round([sys.executable, str(script)]) == "refused"
+    out = capsys.readouterr().out
+    assert "pollbench worker: refused by the master: pollbench 9 on h but 1" in out
+    script.write_text("print('nothing')\n")
+    assert w._round([sys.executable, str(script)]) == "no master"
