@@ -169,6 +169,17 @@ def test_a_run_across_four_namespaces(tmp_path):
             assert "lost mid-run" in summary
             assert workers[0][0].wait(60) == 0  # w1 served its 2 runs and left
             assert "the master ended the run" in workers[0][1].read_text()
+
+            # no worker comes: the controller gives up after --workers-timeout, in one line
+            proc = subprocess.run(hosts.cmd("controller", pollbench_cmd(
+                "run", *remote, "--workers-timeout", "3", "--duration", "5s",
+                "--out", str(tmp_path / "run3"))), cwd=REPO, env=env, capture_output=True,
+                text=True, timeout=120)
+            assert proc.returncode == 3, proc.stdout + proc.stderr
+            assert (f"only 0 of 2 workers connected within 3 s: run `pollbench worker "
+                    f"--master {c}:5557` on each load host") in proc.stderr
+            assert json.loads((tmp_path / "run3" / "run.json").read_text())["status"] == \
+                "failed"
         finally:
             for p in procs:
                 if p.poll() is None:
