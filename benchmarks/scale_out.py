@@ -12,7 +12,7 @@ round runs, in rotated order: the load on 1 worker process (on w1), the same loa
 on w1) as the yardstick of fidelity.  Prints per run and as medians over rounds:
 deliveries per second, delivery p50 / p99 (harness: after the 5-s warm-up, lossless log;
 reference: its kernel-stamped window), their ratio to the reference's, the master's CPU
-(% of one core, mean over the run), each worker's mean CPU (its heartbeats) and the
+(% of one core, mean over the run), each worker's mean CPU (its own count, each second) and the
 target's.  The namespaces share this machine's 2 cores: the figures say what the split
 costs and buys here, not what separate machines would give.  Every run is bounded.
 """
@@ -88,10 +88,11 @@ def harness_run(hosts, a, root: Path, name: str, workers: list[str]) -> dict:
     run_s = info["duration_s"] or a.seconds
     return {
         "deliveries_per_s": round(info["loadgen"]["delivered"] / a.seconds, 1),
-        "p50": m.get("delivery_latency_p50"), "p99": m.get("delivery_latency_p99"),
+        "p50": m["delivery_latency_p50"]["value"], "p99": m["delivery_latency_p99"]["value"],
         "master_cpu": round(cpu.get("loadgen", 0.0) / run_s * 100, 1),
-        "workers_cpu": info["distributed"].get("workers_cpu_mean_percent", {}),
-        "target_cpu": round(sum(v for k, v in cpu.items() if k != "loadgen") / run_s * 100, 1),
+        "workers_cpu": info["distributed"].get("workers_cpu_percent", {}),
+        "target_cpu": round(sum(v for k, v in cpu.items() if not k.startswith("loadgen"))
+                            / run_s * 100, 1),
         "lost": info["loadgen"]["lost"], "duplicates": info["loadgen"]["duplicates"],
         "warnings": info["warnings"],
     }
@@ -102,6 +103,7 @@ def reference_run(hosts, a) -> dict:
     warmup = a.subscribers / max(a.subscribers / 3, 1) + 5
     proc = subprocess.run(hosts.cmd("w1", [
         PY, str(REPO / "benchmarks" / "reference_client.py"), "--url", f"http://{t}:8080",
+        "--namespace-target",
         "--users", str(a.subscribers), "--channels", str(a.channels),
         "--publish-rate", str(a.rate), "--spawn-seconds", "3", "--warmup", f"{warmup:g}",
         "--seconds", str(a.seconds)]), capture_output=True, text=True,

@@ -321,8 +321,7 @@ class MetricsPlumbing:
         events.quit.add_listener(self.on_quit)
         self.workers: dict[str, dict] = {}  # master: node id -> what it said, its state
         self.workers_lost: list[str] = []
-        self.workers_cpu: dict[str, list[int]] = {}  # master: worker -> [samples, >= 90 %]
-        self.workers_cpu_sum: dict[str, float] = {}  # master: worker -> sum of its CPU %
+        self._cpu_mark = time.process_time()  # worker: its CPU time at the last interval
         if self.is_master:
             self.runner.register_message(MESSAGE_TYPE, self.on_worker_metrics)
             self.runner.register_message(HELLO_TYPE, self.on_worker_hello)
@@ -363,12 +362,6 @@ class MetricsPlumbing:
         from locust.runners import STATE_MISSING
 
         present = {c.id: c.state for c in self.runner.clients.values()}
-        for c in self.runner.clients.values():  # each worker's own CPU, from its heartbeats
-            name = f"worker-{c.id[-8:]}"
-            n_sat = self.workers_cpu.setdefault(name, [0, 0])
-            n_sat[0] += 1
-            n_sat[1] += c.cpu_usage >= 90
-            self.workers_cpu_sum[name] = self.workers_cpu_sum.get(name, 0.0) + c.cpu_usage
         for node, info in self.workers.items():
             gone = node not in present or present[node] == STATE_MISSING
             if gone and not info["lost"] and not self._stopped:
@@ -446,6 +439,11 @@ class MetricsPlumbing:
         self.rows.merge()
         payload = self.recorder.cut()
         if self.is_worker:
+            # its own CPU in the interval (ms), for the controller's record: a worker on
+            # another host is sampled by nobody else
+            now = time.process_time()
+            payload["counters"]["cpu_ms"] = round((now - self._cpu_mark) * 1000)
+            self._cpu_mark = now
             self.runner.send_message(MESSAGE_TYPE, payload)
         else:
             self.deliver("local", payload)
@@ -495,10 +493,7 @@ class MetricsPlumbing:
             "lost_epoch": lost_epoch,
             "duplicates": totals.get("duplicate", 0),
             "clock_source": ", ".join(sorted(sink.clocks)),
-            **({"workers": self.runner.worker_count, "workers_lost": list(self.workers_lost),
-                "workers_cpu": self.workers_cpu,
-                "workers_cpu_mean": {k: round(v / max(self.workers_cpu[k][0], 1), 1)
-                                     for k, v in self.workers_cpu_sum.items()}}
+            **({"workers": self.runner.worker_count, "workers_lost": list(self.workers_lost)}
                if self.is_master else {}),
         }
 

@@ -291,16 +291,11 @@ def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t
                         + ", ".join(f"{e.get('node')} on {e.get('host')}" for e in lost)
                         + "): their users stopped, so rates and counts cover less load than "
                           "asked")
-    try:
-        progress = json.loads((run_dir / METRICS_DIR / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        progress = {}
-    worker_cpu = {k: v for k, v in (progress.get("workers_cpu") or {}).items()
-                  if isinstance(v, list) and len(v) == 2}
+    worker_cpu, worker_cpu_s, span = workers_cpu(run_dir)
+    record["distributed"]["workers_cpu_percent"] = {
+        k: round(v / span[k] * 100, 1) for k, v in worker_cpu_s.items() if span[k] > 0}
     record["distributed"]["workers_cpu_saturated_share"] = {
         k: round(sat / n, 3) for k, (n, sat) in worker_cpu.items() if n}
-    # mean CPU of each worker process (% of one core, from its heartbeats, once a second)
-    record["distributed"]["workers_cpu_mean_percent"] = progress.get("workers_cpu_mean") or {}
     workers = run_offsets(events)
     record["clock"] = {"controller": controller.as_dict(), "workers": workers}
     p50 = _delivery_p50(run_dir)
@@ -320,10 +315,41 @@ def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t
     with processes.open(newline="") as f:
         rows = [r for r in list(csv.reader(f))[1:] if r]
     saturation, cpu_seconds = summary_from_rows(rows)
-    # the workers' CPU (their heartbeats to the master, once a second) counts as the load
-    # generator's: a saturated worker flags the run as a saturated local Locust does
+    # the workers' CPU (their own count, each second) is the load generator's too: a
+    # saturated worker flags the run as a saturated local Locust does
     saturation.update({f"loadgen-{k}": v for k, v in worker_cpu.items()})
+    cpu_seconds.update({f"loadgen-{k}": v for k, v in worker_cpu_s.items()})
     return SimpleNamespace(saturation=saturation, cpu_seconds=cpu_seconds)
+
+
+def workers_cpu(run_dir: Path) -> tuple[dict[str, list[int]], dict[str, float],
+                                        dict[str, float]]:
+    """Each worker's CPU, from the ``cpu_ms`` it counts per 1-s interval (counters.jsonl):
+    (worker -> [intervals, intervals at >= 90 % of a core], worker -> CPU seconds,
+    worker -> seconds covered)."""
+    counts: dict[str, list[int]] = {}
+    seconds: dict[str, float] = {}
+    span: dict[str, float] = {}
+    try:
+        lines = (run_dir / RUN_FILES["counters"]).read_text().splitlines()
+    except OSError:
+        return counts, seconds, span
+    for ln in lines:
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            continue
+        cpu_ms = row.get("counters", {}).get("cpu_ms")
+        dt = float(row.get("t1", 0)) - float(row.get("t0", 0))
+        if cpu_ms is None or dt <= 0:
+            continue
+        src = row.get("source", "?")
+        n_sat = counts.setdefault(src, [0, 0])
+        n_sat[0] += 1
+        n_sat[1] += cpu_ms / 1000 / dt >= 0.9
+        seconds[src] = seconds.get(src, 0.0) + cpu_ms / 1000
+        span[src] = span.get(src, 0.0) + dt
+    return counts, seconds, span
 
 
 def _delivery_p50(run_dir: Path) -> float:

@@ -87,7 +87,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> 
         if path.exists() and text in path.read_text(errors="replace"):
             return
         if proc.poll() is not None:
-            pytest.fail(f"{proc.args} exited with {proc.returncode}:\n{path.read_text()}")
+            pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{path.read_text()}")
         time.sleep(0.2)
     pytest.fail(f"no {text!r} in {path} within {timeout} s:\n{path.read_text()}")
 
@@ -133,6 +133,8 @@ def test_a_run_across_four_namespaces(tmp_path):
             assert (lg["lost"], lg["duplicates"], lg["failures"]) == (0, 0, 0)
             assert len(info["distributed"]["workers_joined"]) == 2
             assert info["distributed"]["workers_lost"] == []
+            for worker, cpu in info["distributed"]["workers_cpu_percent"].items():
+                assert 1 < cpu < 100, (worker, cpu)  # each worker's own count, per second
             assert set(info["clock"]["workers"]) == {
                 w["node"] for w in info["distributed"]["workers_joined"]}
             for off in info["clock"]["workers"].values():  # one machine: one clock
