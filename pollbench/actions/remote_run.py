@@ -131,7 +131,7 @@ def check_target(url: str) -> None:
 def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
                report: bool = True, history_source: str = "run") -> int:
     remote.check(load)
-    load.validate(120.0)
+    load.validate(3600.0)  # the target's own --max-hold is checked once the agent says it
     target = _check_http_url("--target", remote.target)
     client = AgentClient(remote.agent, remote.token)
     info = client.info()
