@@ -373,6 +373,14 @@ def resources(fig: Figures):
         ax.plot(series.index, series, label=col, lw=1.6 if col in ("loadgen", "nginx") else 1.0)
     distributed = fig.run.info.get("distributed") or {}
     peaks = [float(np.nanmax(cpu.to_numpy())) if cpu.size else 0.0]
+    c = run.counters
+    # (a last partial interval of a few ms holds the worker's shutdown: not plotted)
+    worker_cpu = c[(c["counter"] == "cpu_ms") & (c["t1"] - c["t0"] >= 0.5)] if not c.empty \
+        else c
+    for source, g in worker_cpu.groupby("source"):  # Locust workers: their own count
+        pct = g["value"] / ((g["t1"] - g["t0"]).clip(lower=1e-3) * 1000) * 100
+        ax.plot(g["t1"] - run.start, pct, lw=1.0, linestyle="--", label=f"loadgen {source}")
+        peaks.append(float(pct.max()))
     for name, g in machines.groupby("component"):
         host = distributed.get("controller", {}) if name != "system" else \
             fig.run.info.get("host", {})

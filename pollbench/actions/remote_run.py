@@ -341,7 +341,7 @@ def workers_cpu(run_dir: Path) -> tuple[dict[str, list[int]], dict[str, float],
             continue
         cpu_ms = row.get("counters", {}).get("cpu_ms")
         dt = float(row.get("t1", 0)) - float(row.get("t0", 0))
-        if cpu_ms is None or dt <= 0:
+        if cpu_ms is None or dt < 0.5:  # a last partial interval holds the shutdown
             continue
         src = row.get("source", "?")
         n_sat = counts.setdefault(src, [0, 0])
