@@ -47,7 +47,7 @@ from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import OPENER, port_free
 from pollbench.stack.nginx_config import check_listen_address
 from pollbench.stack.processes import ChildGroup, spawn
-from pollbench.stack.remote import AgentClient, pull_run
+from pollbench.stack.remote import AgentClient, check_http_url, pull_run
 from pollbench.stack.sampler import Sampler, summary_from_rows
 
 LOCUST_GRACE_S = 60  # as a local run: Locust's time to stop users and write its reports
@@ -68,8 +68,8 @@ class RemoteTarget:
 
     def check(self, load: LoadSpec) -> None:
         """Every refusal that needs no process and no network, one line each."""
-        _check_http_url("--target", self.target)
-        _check_http_url("--agent", self.agent)
+        check_http_url("--target", self.target)
+        check_http_url("--agent", self.agent)
         if not self.token:
             raise UserError("--agent needs the agent's token: --agent-token TOKEN (what pollbench "
                             "up printed) or $POLLBENCH_AGENT_TOKEN")
@@ -92,20 +92,6 @@ class RemoteTarget:
         if not port_free(self.master_port, host):
             raise UserError(f"--master-port {self.master_port} is in use on {host}: choose "
                             "another (and give it to pollbench worker --master HOST:PORT)")
-
-
-def _check_http_url(option: str, url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not parts.hostname or not port or \
-            parts.path not in ("", "/") or parts.query:
-        raise UserError(f"{option} {url!r} must be http://HOST:PORT (what pollbench up printed)")
-    return f"http://{parts.hostname}:{port}"
 
 
 def check_target(url: str) -> None:
@@ -132,7 +118,7 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
                report: bool = True, history_source: str = "run") -> int:
     remote.check(load)
     load.validate(3600.0)  # the target's own --max-hold is checked once the agent says it
-    target = _check_http_url("--target", remote.target)
+    target = check_http_url("--target", remote.target)
     client = AgentClient(remote.agent, remote.token)
     info = client.info()
     if info.get("pollbench") != __version__:

@@ -26,18 +26,23 @@ from pollbench.stack.agent import AGENT_FILES, API
 from pollbench.stack.net import OPENER
 
 
-def check_agent_url(url: str) -> str:
+def check_http_url(option: str, url: str) -> str:
+    """``http://HOST:PORT`` (nothing more), normalised; refused in one line naming
+    ``option`` otherwise."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or not parts.port or \
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or not port or \
             parts.path not in ("", "/") or parts.query:
-        raise UserError(f"--agent {url!r} is not an agent URL: give http://HOST:PORT (what "
-                        "pollbench up printed)")
-    return f"http://{parts.hostname}:{parts.port}"
+        raise UserError(f"{option} {url!r} must be http://HOST:PORT (what pollbench up printed)")
+    return f"http://{parts.hostname}:{port}"
 
 
 class AgentClient:
     def __init__(self, url: str, token: str, timeout: float = 5.0):
-        self.url = check_agent_url(url)
+        self.url = check_http_url("--agent", url)
         self.token = token
         self.timeout = timeout
 

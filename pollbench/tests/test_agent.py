@@ -121,5 +121,5 @@ def test_the_controller_pulls_the_target_side_and_says_what_is_wrong(agent, tmp_
     with pytest.raises(UserError, match="does not answer"):
         AgentClient(f"http://127.0.0.1:{find_free_ports(1)}", token, timeout=1).info()
     for bad in ("ftp://h:1", "http://h", "http://h:1/x", "h:1"):
-        with pytest.raises(UserError, match="is not an agent URL"):
+        with pytest.raises(UserError, match="must be http://HOST:PORT"):
             AgentClient(bad, token)
