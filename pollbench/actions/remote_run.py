@@ -12,16 +12,12 @@ and this host's).
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
-
-import psutil
 
 from analysis.catalog import (
     EXIT_INTERRUPTED,
@@ -30,7 +26,6 @@ from analysis.catalog import (
     METRICS_DIR,
     PROGRESS_FILE,
     RUN_FILES,
-    RUN_SCHEMA_VERSION,
 )
 from analysis.clock import Offset, combine, run_offsets, too_uncertain
 from pollbench import __version__
@@ -40,7 +35,6 @@ from pollbench.records.runinfo import (
     STATUS_COMPLETE,
     STATUS_FAILED,
     STATUS_INCOMPLETE,
-    STATUS_RUNNING,
     host_info,
 )
 from pollbench.stack.loadgen import LoadSpec
@@ -130,20 +124,16 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
     check_target(target)
     label = f"{load.mix and 'mix' or load.scenario}-{info['stack']['profile']}-{load.users}u"
     run_dir = new_run_dir(label, out)
-    from pollbench.actions.run import base_parameters
+    from pollbench.actions.run import record_start
 
-    record: dict[str, Any] = {
-        "schema_version": RUN_SCHEMA_VERSION, "kind": "run", "status": STATUS_RUNNING,
-        "writer": {"pid": os.getpid(), "started_at": psutil.Process().create_time()},
-        "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
-        "parameters": {**base_parameters(load), "workers": remote.expect_workers},
-        # the target host's stack, software and machine, as its agent describes them
-        **{k: info.get(k) for k in ("stack", "software", "host", "machine", "git")},
-        "distributed": {"target": target, "agent": client.url,
-                        "master": f"{remote.master_bind}:{remote.master_port}",
-                        "expect_workers": remote.expect_workers, "controller": host_info()},
-        "warnings": [], "files": {}, "exit": {"code": None, "reason": "running"},
-    }
+    # the target host's stack, software and machine, as its agent describes them
+    record = record_start("run", load, {k: info.get(k) for k in
+                                        ("stack", "software", "host", "machine", "git")})
+    record["parameters"]["workers"] = remote.expect_workers
+    record["distributed"] = {"target": target, "agent": client.url,
+                             "master": f"{remote.master_bind}:{remote.master_port}",
+                             "expect_workers": remote.expect_workers,
+                             "controller": host_info()}
     write_json_atomic(run_dir / "run.json", record)
     print(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
           f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "
@@ -164,20 +154,18 @@ def _run(remote: RemoteTarget, load: LoadSpec, client: AgentClient, target: str,
     locust = None
     try:
         (run_dir / "locust").mkdir()
+        master = ("--master", "--master-bind-host", remote.master_bind,
+                  "--master-bind-port", str(remote.master_port),
+                  "--expect-workers", str(remote.expect_workers),
+                  "--expect-workers-max-wait", f"{remote.workers_timeout_s:g}",
+                  "--pb-agent", client.url, "--pb-agent-token", remote.token)
         cmd = load.headless_cmd(target, run_dir / METRICS_DIR, run_dir / "locust" / "locust",
-                                run_dir / "locust" / "report.html", run_dir / "locust" / "stats")
-        cmd = cmd[:-len(load.user_classes())] + [
-            "--master", "--master-bind-host", remote.master_bind,
-            "--master-bind-port", str(remote.master_port),
-            "--expect-workers", str(remote.expect_workers),
-            "--expect-workers-max-wait", f"{remote.workers_timeout_s:g}",
-            "--pb-agent", client.url, "--pb-agent-token", remote.token,
-        ] + load.user_classes()
+                                run_dir / "locust" / "report.html", run_dir / "locust" / "stats",
+                                extra=master)
         record["locust_command"] = [a if a != remote.token else "<agent token>" for a in cmd]
         locust = group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
                                  stop_signal=signal.SIGTERM, cpus=load.cpus))
-        record["pids"] = {"loadgen": locust.pid}
-        pids = {"loadgen": locust.pid}
+        pids = record["pids"] = {"loadgen": locust.pid}
         sampler = Sampler(run_dir / "samples", lambda: pids, None, [])
         sampler.start()
         progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s)
@@ -238,17 +226,9 @@ def _refusals(run_dir: Path) -> list[str]:
 
 
 def _events(run_dir: Path) -> list[dict]:
-    try:
-        lines = (run_dir / RUN_FILES["events"]).read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for ln in lines:
-        try:
-            out.append(json.loads(ln))
-        except ValueError:
-            continue
-    return out
+    from analysis.load import read_events
+
+    return read_events(run_dir / RUN_FILES["events"], [])
 
 
 def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t0: float,

@@ -110,18 +110,24 @@ def base_parameters(load: LoadSpec) -> dict:
     }
 
 
-def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
+def record_start(kind: str, load: LoadSpec, target: dict) -> dict:
+    """run.json as first written (status running), around ``target`` (what is known of the
+    stack and its host: :func:`target_record`, or a remote target's agent)."""
     return {
         "schema_version": RUN_SCHEMA_VERSION, "kind": kind, "status": STATUS_RUNNING,
         # who writes the end: a reader finding "running" with this process gone says "crashed"
         "writer": {"pid": os.getpid(), "started_at": psutil.Process().create_time()},
         "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
         "parameters": base_parameters(load),
-        **target_record(resolved),
+        **target,
         "warnings": [],
         "files": {},
         "exit": {"code": None, "reason": "running"},
     }
+
+
+def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
+    return record_start(kind, load, target_record(resolved))
 
 
 def cpu_summary(saturation: dict[str, list[int]], cpu_seconds: dict[str, float]

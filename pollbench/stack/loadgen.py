@@ -132,7 +132,8 @@ class LoadSpec:
         return opts
 
     def headless_cmd(self, host: str, out: Path, csv_prefix: Path, html: Path,
-                     json_file: Path) -> list[str]:
+                     json_file: Path, extra: tuple[str, ...] = ()) -> list[str]:
+        """``extra``: more Locust options (a master's, for workers on other hosts)."""
         files = str(LOCUSTFILE)
         cmd = [sys.executable, "-m", "locust"]
         if self.shape != "constant":
@@ -151,4 +152,4 @@ class LoadSpec:
                 "--pb-out", str(out), *self.locust_options()]
         if self.workers:
             cmd += ["--processes", str(self.workers)]
-        return cmd + self.user_classes()
+        return cmd + list(extra) + self.user_classes()

@@ -114,14 +114,6 @@ class AgentClient:
         os.replace(part, dest)
         return dest
 
-    def fetch_all(self, run_dir: Path) -> dict[str, str | None]:
-        """Every target-side file the agent serves; key -> local path (None: not written)."""
-        got = {}
-        for key in AGENT_FILES:
-            path = self.fetch(key, run_dir)
-            got[key] = None if path is None else str(path.relative_to(run_dir))
-        return got
-
 
 # the sample files a run keeps only the run's span of (the agent samples from up's start)
 TIMED = {"processes": "csv", "stub_status": "csv", "backend_stats": "jsonl"}

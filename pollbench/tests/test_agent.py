@@ -103,18 +103,24 @@ def test_an_uncertain_clock_is_flagged_against_the_p50():
 
 
 def test_the_controller_pulls_the_target_side_and_says_what_is_wrong(agent, tmp_path):
+    import time
+
     from pollbench.errors import UserError
     from pollbench.stack.net import find_free_ports
-    from pollbench.stack.remote import AgentClient
+    from pollbench.stack.remote import AgentClient, pull_run
 
     a, token = agent
     client = AgentClient(a.url, token)
     assert client.info()["pollbench"] == "test"
     assert abs(client.clock_offset(4).offset_s) < 0.05
     local = tmp_path / "local-run"
-    got = client.fetch_all(local)
+    at_start = client.sizes()  # the run starts: the logs so far are not its own
+    with (a.run_dir / "nginx" / "logs" / "access.jsonl").open("a") as f:
+        f.write('{"status": 204}\n')
+    got = pull_run(client, local, at_start, time.time() - 5, time.time() + 5)
     assert got["nginx_access_log"] == "nginx/logs/access.jsonl" and got["processes"] is None
-    assert (local / "nginx" / "logs" / "access.jsonl").read_text() == '{"status": 200}\n' * 3
+    assert (local / "nginx" / "logs" / "access.jsonl").read_text() == '{"status": 204}\n'
+    assert (local / "nginx" / "nginx.conf").read_text() == "events {}\n"
     assert not list(local.rglob("*.part"))
     with pytest.raises(UserError, match="refused the token"):
         AgentClient(a.url, "x" * 20).info()
