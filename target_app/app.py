@@ -108,13 +108,29 @@ class Stats:
     open_connections: dict[object, int] = field(default_factory=dict)
 
 
-class PollHTTPServer(HTTPServer):
-    """HTTPServer that counts connections and requests per connection, and caps connections."""
+# A body over the server's limit is refused with a 413 before it is read.  Closing at once
+# while the client is still sending makes the kernel answer the unread bytes with a reset,
+# and the reset can destroy the 413 before the client reads it (what nginx's lingering_close
+# prevents).  So the refused body is read and thrown away, up to this many bytes and within
+# REFUSED_BODY_TIMEOUT_S, and the connection closes after it; a larger body is cut at once.
+REFUSED_BODY_DRAIN_BYTES = 16 << 20
+REFUSED_BODY_TIMEOUT_S = 30.0
 
-    def initialize(self, *args, stats: Stats, max_connections: int, **kwargs) -> None:  # type: ignore[override]
+
+class PollHTTPServer(HTTPServer):
+    """HTTPServer that counts connections and requests per connection, and caps connections.
+
+    ``refuse_body_above``: bodies larger than this are answered 413 before they are read
+    (drained, bounded, then the connection closes)."""
+
+    def initialize(self, *args, stats: Stats, max_connections: int,  # type: ignore[override]
+                   refuse_body_above: int = 1 << 20, **kwargs) -> None:
+        kwargs.setdefault("max_body_size", max(REFUSED_BODY_DRAIN_BYTES, refuse_body_above))
+        kwargs.setdefault("body_timeout", REFUSED_BODY_TIMEOUT_S)
         super().initialize(*args, **kwargs)
         self.stats = stats
         self.max_connections = max_connections
+        self.refuse_body_above = refuse_body_above
 
     def handle_stream(self, stream, address) -> None:
         if len(self.stats.open_connections) >= self.max_connections:
@@ -134,7 +150,7 @@ class PollHTTPServer(HTTPServer):
         # count on headers_received, not here.
         return _CountingDelegate(super().start_request(server_conn, request_conn),
                                  self.stats, server_conn.stream, request_conn,
-                                 self.conn_params.max_body_size)
+                                 self.refuse_body_above, self.conn_params.max_body_size)
 
     def on_close(self, server_conn) -> None:
         super().on_close(server_conn)
@@ -148,11 +164,14 @@ class _CountingDelegate(httputil.HTTPMessageDelegate):
     """Counts requests per connection, and answers what Tornado would refuse with an empty
     400 (too many query fields, a body over the server's limit) as JSON, like the API."""
 
-    __slots__ = ("_inner", "_stats", "_stream", "_conn", "_max_body", "_refused")
+    __slots__ = ("_inner", "_stats", "_stream", "_conn", "_max_body", "_drain_limit",
+                 "_refused", "_draining")
 
-    def __init__(self, inner, stats: Stats, stream, conn, max_body: int | None):
+    def __init__(self, inner, stats: Stats, stream, conn, max_body: int | None,
+                 drain_limit: int | None):
         self._inner, self._stats, self._stream = inner, stats, stream
-        self._conn, self._max_body, self._refused = conn, max_body, False
+        self._conn, self._max_body, self._drain_limit = conn, max_body, drain_limit
+        self._refused = self._draining = False
 
     def headers_received(self, start_line, headers):
         stats = self._stats
@@ -160,29 +179,38 @@ class _CountingDelegate(httputil.HTTPMessageDelegate):
         stats.open_connections[self._stream] = stats.open_connections.get(self._stream, 0) + 1
         length = headers.get("Content-Length", "")
         if self._max_body is not None and length.isdigit() and int(length) > self._max_body:
-            # refused before the body is read; the connection closes after the answer
+            # refused before the body is read; the body is drained (bounded) so the client
+            # reads the answer instead of a reset, then the connection closes
+            drain = self._drain_limit is not None and int(length) <= self._drain_limit
             return self._refuse(413, "Payload Too Large", f"body of {length} bytes is over "
-                                f"the limit of {self._max_body}")
+                                f"the limit of {self._max_body}", finish=not drain)
         try:
             return self._inner.headers_received(start_line, headers)
         except httputil.HTTPInputError as e:
             return self._refuse(400, "Bad Request", f"malformed request: {e}")
 
-    def _refuse(self, code: int, reason: str, message: str) -> None:
+    def _refuse(self, code: int, reason: str, message: str, finish: bool = True) -> None:
         self._refused = True
-        body = json.dumps({"error": message}).encode()
+        body = json.dumps({"error": message, "status": code}).encode()
         self._conn.write_headers(
             httputil.ResponseStartLine("HTTP/1.1", code, reason),
             httputil.HTTPHeaders({"Content-Type": "application/json",
                                   "Content-Length": str(len(body)), "Connection": "close"}),
             body)
-        self._conn.finish()
+        if finish:
+            self._conn.finish()
+        else:  # finished (and closed) once the body has been read and dropped
+            self._draining = True
         return None
 
     def data_received(self, chunk):
         return None if self._refused else self._inner.data_received(chunk)
 
     def finish(self):
+        if self._draining:
+            self._draining = False
+            self._conn.finish()
+            return None
         return None if self._refused else self._inner.finish()
 
     def on_connection_close(self):

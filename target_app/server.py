@@ -95,7 +95,7 @@ async def serve(config: AppConfig, port: int, address: str, backlog: int) -> Non
     service = app.settings["service"]
     server = PollHTTPServer(app, xheaders=True, stats=service.stats,
                             max_connections=config.max_connections,
-                            max_body_size=max(config.max_body_bytes * 4, 1 << 20),
+                            refuse_body_above=max(config.max_body_bytes * 4, 1 << 20),
                             idle_connection_timeout=3600)
     sockets = tornado.netutil.bind_sockets(port, address=address, backlog=backlog)
     server.add_sockets(sockets)

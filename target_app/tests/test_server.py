@@ -55,8 +55,16 @@ def test_default_is_four_processes_on_consecutive_ports():
     proc = subprocess.Popen([sys.executable, "-m", "target_app", "--port", str(base)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        ready = [next(proc.stdout) for _ in range(8)]  # a log line and a ready line each
-        ports = sorted(int(line.rsplit(":", 1)[1]) for line in ready if line.startswith("ready"))
+        assert proc.stdout is not None
+        ready, seen = [], []
+        for line in proc.stdout:  # log lines and a ready line per child, in any order
+            seen.append(line)
+            if line.startswith("ready "):
+                ready.append(line)
+                if len(ready) == 4:
+                    break
+        assert len(ready) == 4, "".join(seen)
+        ports = sorted(int(line.rsplit(":", 1)[1]) for line in ready)
         assert ports == [base, base + 1, base + 2, base + 3]
         indexes = {json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/stats", timeout=5))
                    ["backend_index"] for p in ports}
