@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a machine for pollbench: nginx (Debian's nginx-light) when it is missing, and a
-# virtualenv in .venv with the pinned dependencies from pyproject.toml.  Safe to rerun.
+# Set up a machine for pollbench: nginx (Debian's nginx-light) and Redis (Debian's
+# redis-server, for --state redis) when they are missing, and a virtualenv in .venv with the
+# pinned dependencies from pyproject.toml.  Safe to rerun.
 #   --test   also install what the test suite needs (Debian's chromium for the web UI test,
 #            Debian's postgresql for the results-history tests)
 set -euo pipefail
@@ -16,6 +17,7 @@ done
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
@@ -35,4 +37,4 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test,lint]' tox==4.67.13
-echo "bootstrap: ready (nginx: $(nginx -v 2>&1 | cut -d/ -f2); python: .venv/bin/python)"
+echo "bootstrap: ready (nginx: $(nginx -v 2>&1 | cut -d/ -f2); redis: $(redis-server --version | cut -d' ' -f3); python: .venv/bin/python)"

@@ -23,13 +23,18 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import tornado.web
 from tornado import httputil
 from tornado.httpserver import HTTPServer
 
 from target_app.state import Channel, LimitExceeded, TaskStore
+
+STATES = ("local", "redis")
+
+if TYPE_CHECKING:
+    from target_app.shared import SharedState
 
 STATIC_PATH = Path(__file__).parent / "static"
 _CHANNEL_NAME = r"[A-Za-z0-9_.\-]{1,64}"
@@ -81,6 +86,12 @@ class AppConfig:
     Used to inject a known regression (CI checks); 0 in every real benchmark."""
     loop_name: str = "asyncio"
     backend_index: int = 0
+    state: str = "local"
+    """Where channels and tasks live: "local" (this process; nginx must route by key) or
+    "redis" (shared by every process through ``redis_url``; any backend answers)."""
+    redis_url: str = ""
+    redis_prefix: str = "pb:"
+    """Every key this target makes starts with this (one run never meets another's keys)."""
 
 
 @dataclass
@@ -230,6 +241,13 @@ class Service:
         # Channel state lives as long as this process: one epoch for all its channels, so a
         # channel dropped while it had no message (below) comes back as the same state.
         self.epoch = secrets.token_hex(6)
+        self.shared: SharedState | None = None
+        if config.state == "redis":
+            from target_app.shared import SharedState
+
+            self.shared = SharedState(config.redis_url, config.redis_prefix,
+                                      config.channel_buffer_len, config.max_channels,
+                                      config.result_ttl_s, config.backend_index)
 
     @overload
     def channel(self, name: str, create: Literal[True]) -> Channel: ...
@@ -260,6 +278,8 @@ class Service:
             ch.waiters.wake_all()
         for task in list(self.tasks.running.values()):
             task.waiters.wake_all()
+        if self.shared is not None:
+            self.shared.wake_everyone()
 
     def snapshot(self) -> dict:
         s = self.stats
@@ -287,14 +307,17 @@ class Service:
             },
             "responses_by_status": {str(k): v for k, v in sorted(s.responses_by_status.items())},
             "long_polls_waiting": self.waiting,
-            "channels": len(self.channels),
+            "state": self.config.state,
+            # with shared state: the channels this process follows (has a view of)
+            "channels": len(self.channels) if self.shared is None else len(self.shared.views),
             "messages_published": s.messages_published,
             "messages_delivered": s.messages_delivered,
             "polls_answered_with_messages": s.polls_answered_with_messages,
             "polls_timed_out": s.polls_timed_out,
             "tasks_submitted": s.tasks_submitted,
             "tasks_done": s.tasks_done,
-            "tasks_running": len(self.tasks.running),
+            "tasks_running": len(self.tasks.running) if self.shared is None
+            else self.shared.running_tasks,
             "gc": {
                 "collections": {str(k): v for k, v in s.gc_collections.items()},
                 "pause_max_ms": round(s.gc_pause_max_ms, 3),
@@ -303,6 +326,7 @@ class Service:
                 "thresholds": list(gc.get_threshold()),
             },
             "config": asdict(self.config),
+            **({"shared": self.shared.snapshot()} if self.shared is not None else {}),
         }
 
 
@@ -427,24 +451,32 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class TasksHandler(BaseHandler):
-    def post(self) -> None:
+    def task_request(self) -> tuple[str, int, int]:
+        """(task id, duration_ms, payload_bytes) of a POST /tasks, validated."""
         body = self.json_body()
         if not isinstance(body, dict):
             raise JsonError(400, "body must be a JSON object like {\"duration_ms\": 100}")
         cfg = self.service.config
         duration_ms = _bounded_int(body, "duration_ms", 0, cfg.max_task_duration_ms, 0)
         payload_bytes = _bounded_int(body, "payload_bytes", 0, cfg.max_payload_bytes, 0)
-        # Behind nginx the task id is nginx's $request_id: nginx hashed on that same value to
-        # pick this backend, so GET /tasks/<id> hashes back here (see nginx/README section).
+        # Behind nginx the task id is nginx's $request_id: with key-hash routing nginx hashed
+        # on that same value to pick this backend, so GET /tasks/<id> hashes back here.
         rid = self.request.headers.get("X-Request-Id", "")
         task_id = rid if _NGINX_REQUEST_ID.match(rid) else secrets.token_hex(16)
+        return task_id, duration_ms, payload_bytes
+
+    def accepted(self, task_id: str) -> None:
+        self.service.stats.tasks_submitted += 1
+        self.write_json({"id": task_id, "poll": f"/tasks/{task_id}"}, status=202)
+
+    def post(self) -> None:
+        task_id, duration_ms, payload_bytes = self.task_request()
         try:
             task = self.service.tasks.submit(task_id, duration_ms, payload_bytes)
         except LimitExceeded as e:
             raise JsonError(503, str(e)) from None
-        self.service.stats.tasks_submitted += 1
         asyncio.get_running_loop().call_later(duration_ms / 1000.0, self._finish, task)
-        self.write_json({"id": task.id, "poll": f"/tasks/{task.id}"}, status=202)
+        self.accepted(task.id)
 
     def _finish(self, task) -> None:
         self.service.tasks.finish(task)
@@ -452,6 +484,20 @@ class TasksHandler(BaseHandler):
 
 
 class TaskHandler(BaseHandler):
+    def not_yet(self) -> None:
+        self.service.stats.polls_timed_out += 1
+        self.set_status(204)
+        self.finish()
+
+    def result(self, task_id: str, payload_bytes: int, duration_ms: int, submitted_at: float,
+               finished_at: float | None) -> None:
+        self.write_json({
+            "id": task_id,
+            "result": {"payload": "x" * payload_bytes, "duration_ms": duration_ms},
+            "submitted_at": submitted_at,
+            "finished_at": finished_at,
+        })
+
     async def get(self, task_id: str) -> None:
         timeout = self.hold_timeout()
         task = self.service.tasks.get(task_id)
@@ -462,16 +508,10 @@ class TaskHandler(BaseHandler):
         if self.client_gone:
             return
         if not task.done:
-            self.service.stats.polls_timed_out += 1
-            self.set_status(204)
-            self.finish()
+            self.not_yet()
             return
-        self.write_json({
-            "id": task.id,
-            "result": {"payload": "x" * task.payload_bytes, "duration_ms": task.duration_ms},
-            "submitted_at": task.submitted_at,
-            "finished_at": task.finished_at,
-        })
+        self.result(task.id, task.payload_bytes, task.duration_ms, task.submitted_at,
+                    task.finished_at)
 
 
 class ChannelHandler(BaseHandler):
@@ -483,19 +523,72 @@ class ChannelHandler(BaseHandler):
             raise JsonError(400, f"channel name {self.path_args[0]!r} is refused: nginx "
                                  "normalises '.' and '..' away before routing; choose another")
 
-    def post(self, name: str) -> None:
+    def message_body(self) -> bytes:
         body = self.request.body
         self.json_body()  # validates size and syntax; the bytes are kept verbatim
-        data = body.strip() or b"null"
+        return body.strip() or b"null"
+
+    def published(self, seq: int, ts: float, epoch: str) -> None:
+        self.service.stats.messages_published += 1
+        self.write_json({"seq": seq, "ts": ts, "epoch": epoch}, status=201)
+
+    def post(self, name: str) -> None:
+        data = self.message_body()
         try:
             ch = self.service.channel(name, create=True)
         except LimitExceeded as e:
             raise JsonError(503, str(e)) from None
         msg = ch.publish(data)
-        stats = self.service.stats
-        stats.messages_published += 1
         ch.waiters.wake_all()
-        self.write_json({"seq": msg.seq, "ts": msg.ts, "epoch": ch.epoch}, status=201)
+        self.published(msg.seq, msg.ts, ch.epoch)
+
+    def client_position(self) -> tuple[int | None, str | None]:
+        """The poll's ``cursor`` (None: "from now on") and ``epoch``, validated."""
+        raw_cursor = self.get_query_argument("cursor", None)
+        epoch = self.get_query_argument("epoch", None)
+        if raw_cursor is None or raw_cursor == "":
+            return None, epoch
+        try:
+            cursor = int(raw_cursor)
+        except ValueError:
+            raise JsonError(400, f"cursor must be a whole number, not {raw_cursor!r}") from None
+        if cursor < 0:
+            raise JsonError(400, "cursor must be 0 or more")
+        return cursor, epoch
+
+    @staticmethod
+    def resolve_cursor(name: str, cursor: int | None, epoch: str | None, last_seq: int,
+                       current_epoch: str) -> int:
+        """Where the poll reads from, against the channel's last seq and epoch."""
+        if cursor is None:
+            return last_seq  # "from now on"
+        if epoch is not None and epoch != current_epoch:
+            # The client's cursor belongs to a previous life of this channel: everything it
+            # may have missed is reported through the epoch change; start from 0.
+            return 0
+        if cursor > last_seq:
+            raise JsonError(400, f"cursor {cursor} is ahead of channel {name!r} (last seq "
+                                 f"{last_seq}, epoch {current_epoch}): the channel restarted; "
+                                 "poll without a cursor")
+        return cursor
+
+    def timed_out(self, cursor: int, epoch: str) -> None:
+        self.service.stats.polls_timed_out += 1
+        self.set_status(204)
+        # A 204 has no body: the cursor and epoch travel in headers so that a first poll
+        # "from now on" that times out still tells the client where "now" is.
+        self.set_header("X-Cursor", str(cursor))
+        self.set_header("X-Epoch", epoch)
+        self.finish()
+
+    async def delivered(self, body: bytes, count: int) -> None:
+        service = self.service
+        if service.config.delivery_delay_ms > 0:
+            await precise_sleep(service.config.delivery_delay_ms / 1000.0)
+        service.stats.messages_delivered += count
+        service.stats.polls_answered_with_messages += 1
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
 
     async def get(self, name: str) -> None:
         timeout = self.hold_timeout()
@@ -505,47 +598,156 @@ class ChannelHandler(BaseHandler):
         except LimitExceeded as e:
             raise JsonError(503, str(e)) from None
         try:
-            raw_cursor = self.get_query_argument("cursor", None)
-            epoch = self.get_query_argument("epoch", None)
-            if raw_cursor is None or raw_cursor == "":
-                cursor = ch.last_seq  # "from now on"
-            else:
-                try:
-                    cursor = int(raw_cursor)
-                except ValueError:
-                    raise JsonError(400, f"cursor must be a whole number, not {raw_cursor!r}") from None
-                if cursor < 0:
-                    raise JsonError(400, "cursor must be 0 or more")
-                if epoch is not None and epoch != ch.epoch:
-                    # The client's cursor belongs to a previous life of this channel: everything
-                    # it may have missed is reported through the epoch change; start from 0.
-                    cursor = 0
-                elif cursor > ch.last_seq:
-                    raise JsonError(400, f"cursor {cursor} is ahead of channel {name!r} (last seq "
-                                         f"{ch.last_seq}, epoch {ch.epoch}): the channel restarted; "
-                                         "poll without a cursor")
+            client_cursor, epoch = self.client_position()
+            cursor = self.resolve_cursor(name, client_cursor, epoch, ch.last_seq, ch.epoch)
             if cursor >= ch.last_seq and timeout > 0:
                 await self.wait(ch.waiters, timeout)
             if self.client_gone:
                 return
             if cursor >= ch.last_seq:
-                service.stats.polls_timed_out += 1
-                self.set_status(204)
-                # A 204 has no body: the cursor and epoch travel in headers so that a first poll
-                # "from now on" that times out still tells the client where "now" is.
-                self.set_header("X-Cursor", str(cursor))
-                self.set_header("X-Epoch", ch.epoch)
-                self.finish()
+                self.timed_out(cursor, ch.epoch)
                 return
-            if service.config.delivery_delay_ms > 0:
-                await precise_sleep(service.config.delivery_delay_ms / 1000.0)
-            body, count = ch.render_after(cursor, service.config.max_messages_per_poll)
-            service.stats.messages_delivered += count
-            service.stats.polls_answered_with_messages += 1
-            self.set_header("Content-Type", "application/json")
-            self.finish(body)
+            await self.delivered(*ch.render_after(cursor, service.config.max_messages_per_poll))
         finally:
             service.forget_if_unused(ch)
+
+
+# -- shared state (--state redis): the same API, any backend answers (target_app.shared) ------
+
+def _shared(handler: BaseHandler) -> SharedState:
+    shared = handler.service.shared
+    assert shared is not None  # these handlers are routed only with --state redis
+    return shared
+
+
+class SharedTasksHandler(TasksHandler):
+    async def post(self) -> None:  # type: ignore[override]
+        from target_app.shared import Unavailable
+
+        shared = _shared(self)
+        task_id, duration_ms, payload_bytes = self.task_request()
+        cfg = self.service.config
+        if shared.running_tasks >= cfg.max_running_tasks:
+            raise JsonError(503, f"too many running tasks (limit {cfg.max_running_tasks})")
+        try:
+            while not await shared.submit_task(task_id, duration_ms, payload_bytes, time.time()):
+                task_id = secrets.token_hex(16)  # the id was taken
+        except Unavailable as e:
+            raise JsonError(503, str(e)) from None
+        shared.running_tasks += 1
+        asyncio.get_running_loop().call_later(duration_ms / 1000.0, self._finish_shared,
+                                              shared, task_id)
+        self.accepted(task_id)
+
+    def _finish_shared(self, shared: SharedState, task_id: str) -> None:
+        shared.running_tasks -= 1
+        self.service.stats.tasks_done += 1
+        asyncio.ensure_future(shared.finish_task(task_id))
+
+
+class SharedTaskHandler(TaskHandler):
+    async def get(self, task_id: str) -> None:
+        from target_app.shared import Unavailable
+
+        shared = _shared(self)
+        timeout = self.hold_timeout()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        view = shared.acquire_task(task_id)  # before the read: its completion wakes us
+        try:
+            while True:
+                try:
+                    rec = await shared.get_task(task_id)
+                except Unavailable as e:
+                    raise JsonError(503, str(e)) from None
+                if self.client_gone:
+                    return
+                if rec is None:
+                    raise JsonError(404, f"unknown or expired task {task_id!r}")
+                if rec["s"] == "d":
+                    self.result(task_id, int(rec["pay"]), int(rec["dur"]), float(rec["sub"]),
+                                float(rec["fin"]))
+                    return
+                if rec["s"] == "l":
+                    raise JsonError(500, f"task {task_id} was lost: the backend running it "
+                                         f"({rec['o']}) stopped before it finished; submit "
+                                         "it again")
+                view.owner = rec["o"]
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.service.shutting_down:
+                    self.not_yet()
+                    return
+                await self.wait(view.waiters, remaining)
+                if self.client_gone:
+                    return
+        finally:
+            shared.release_task(task_id, view)
+
+
+class SharedChannelHandler(ChannelHandler):
+    async def post(self, name: str) -> None:  # type: ignore[override]
+        from target_app.shared import ChannelLimit, Unavailable
+
+        data = self.message_body()
+        try:
+            seq, ts, epoch = await _shared(self).publish(name, data)
+        except (ChannelLimit, Unavailable) as e:
+            raise JsonError(503, str(e)) from None
+        self.published(seq, ts, epoch)
+
+    async def get(self, name: str) -> None:
+        from target_app.shared import Unavailable
+
+        shared = _shared(self)
+        timeout = self.hold_timeout()
+        client_cursor, client_epoch = self.client_position()
+        limit = self.service.config.max_messages_per_poll
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        view = shared.acquire(name)  # before any read: the fan-out fills it from now on
+        cursor: int | None = None
+        refreshed = False
+        try:
+            while True:
+                try:
+                    if not view.synced:
+                        await shared.sync(view)
+                        refreshed = True
+                        continue  # (a reconnect may have unsynced it again)
+                    if cursor is None and client_cursor is not None and not refreshed and \
+                            client_cursor > view.known_last and client_epoch in (None, view.epoch):
+                        # The client may have read from a process whose fan-out ran ahead of
+                        # this one's: ask Redis before calling the cursor ahead of the channel.
+                        await shared.sync(view)
+                        refreshed = True
+                        continue
+                    if cursor is None or client_epoch != view.epoch:
+                        cursor = self.resolve_cursor(name, client_cursor, client_epoch,
+                                                     view.known_last, view.epoch)
+                        client_cursor, client_epoch = cursor, view.epoch
+                    if cursor < view.known_last:
+                        if view.covers(cursor):
+                            shared.counters.polls_answered_from_view += 1
+                            await self.delivered(*view.render_after(cursor, limit))
+                            return
+                        got = await shared.read(name, cursor, limit)
+                        if got.epoch != view.epoch:
+                            view.synced = False  # Redis restarted since the view synced
+                            continue
+                        if got.messages or got.dropped(cursor):
+                            await self.delivered(*shared.render_read(got, cursor, view))
+                            return
+                except Unavailable as e:
+                    raise JsonError(503, str(e)) from None
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.service.shutting_down:
+                    self.timed_out(cursor, view.epoch)
+                    return
+                await self.wait(view.waiters, remaining)
+                if self.client_gone:
+                    return
+        finally:
+            shared.release(view)
 
 
 class HealthHandler(BaseHandler):
@@ -587,11 +789,13 @@ def make_app(config: AppConfig | None = None) -> tornado.web.Application:
     config = config or AppConfig()
     service = Service(config)
     args = {"service": service}
+    shared = config.state == "redis"
     app = tornado.web.Application(
         [
-            (r"/tasks", TasksHandler, args),
-            (r"/tasks/([0-9a-f]{1,64})", TaskHandler, args),
-            (rf"/channels/({_CHANNEL_NAME})", ChannelHandler, args),
+            (r"/tasks", SharedTasksHandler if shared else TasksHandler, args),
+            (r"/tasks/([0-9a-f]{1,64})", SharedTaskHandler if shared else TaskHandler, args),
+            (rf"/channels/({_CHANNEL_NAME})", SharedChannelHandler if shared else ChannelHandler,
+             args),
             (r"/healthz", HealthHandler, args),
             (r"/stats", StatsHandler, args),
             (r"/(favicon\.ico|robots\.txt)", StaticHandler, {"path": STATIC_PATH}),

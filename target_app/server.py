@@ -21,7 +21,7 @@ import time
 
 import tornado.netutil
 
-from target_app.app import AppConfig, PollHTTPServer, make_app
+from target_app.app import STATES, AppConfig, PollHTTPServer, make_app
 
 LOOPS = ("asyncio", "asyncio-poll", "asyncio-select", "uvloop")
 # select() cannot watch a descriptor numbered FD_SETSIZE (1024) or above.  A process has a
@@ -59,6 +59,10 @@ def check_config(config: AppConfig) -> None:
     if config.max_waiters > config.max_connections:
         raise ConfigError(f"--max-waiters ({config.max_waiters}) cannot exceed --max-connections "
                           f"({config.max_connections}): every waiting poll holds a connection")
+    if config.state not in STATES:
+        raise ConfigError(f"unknown --state {config.state!r}; choose one of {', '.join(STATES)}")
+    if config.state == "redis" and not config.redis_url:
+        raise ConfigError("--state redis needs --redis-url redis://HOST:PORT[/DB]")
     if config.default_hold_s > config.max_hold_s:
         raise ConfigError(f"--default-hold ({config.default_hold_s}) exceeds --max-hold "
                           f"({config.max_hold_s})")
@@ -93,6 +97,13 @@ def watch_gc(stats) -> None:
 async def serve(config: AppConfig, port: int, address: str, backlog: int) -> None:
     app = make_app(config)
     service = app.settings["service"]
+    if service.shared is not None:
+        from target_app.shared import Unavailable
+
+        try:
+            await service.shared.start()
+        except Unavailable as e:
+            raise ConfigError(str(e)) from None
     server = PollHTTPServer(app, xheaders=True, stats=service.stats,
                             max_connections=config.max_connections,
                             refuse_body_above=max(config.max_body_bytes * 4, 1 << 20),
@@ -125,6 +136,8 @@ async def serve(config: AppConfig, port: int, address: str, backlog: int) -> Non
         await asyncio.wait_for(server.close_all_connections(), timeout=3)
     except TimeoutError:
         log.warning("some connections did not close within 3 s")
+    if service.shared is not None:
+        await service.shared.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-results", type=int, default=d.max_results)
     p.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="inject a fixed delay into every delivery (regression tests only)")
+    p.add_argument("--state", default=d.state, choices=STATES,
+                   help="where channels and tasks live: local (this process) or redis (shared "
+                        "by every process; needs --redis-url)")
+    p.add_argument("--redis-url", default=d.redis_url,
+                   help="redis://HOST:PORT[/DB] for --state redis")
+    p.add_argument("--redis-prefix", default=d.redis_prefix,
+                   help="prefix of every Redis key (default pb:)")
     return p
 
 
@@ -160,7 +180,8 @@ def config_from_args(args: argparse.Namespace, index: int) -> AppConfig:
         max_channels=args.max_channels, channel_buffer_len=args.channel_buffer,
         max_body_bytes=args.max_body_bytes, result_ttl_s=args.result_ttl,
         max_results=args.max_results, delivery_delay_ms=args.delivery_delay_ms,
-        loop_name=args.loop, backend_index=index)
+        loop_name=args.loop, backend_index=index, state=args.state,
+        redis_url=args.redis_url, redis_prefix=args.redis_prefix)
 
 
 def supervise(args: argparse.Namespace, argv: list[str]) -> int:
@@ -202,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config, args.port, args.address, args.backlog))
+    except ConfigError as e:  # found at start: Redis unreachable
+        print(f"target_app: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"target_app: error: cannot listen on {args.address}:{args.port}: {e.strerror}",
               file=sys.stderr)

@@ -101,6 +101,31 @@ class Channel:
         self.buffer.append(msg)
         return msg
 
+    def append(self, msg: Message) -> bool:
+        """Add a message made elsewhere (shared state: another process published it).  A seq
+        at or below the last is ignored (already here); one that skips seqs starts the buffer
+        again from it, so the buffer always holds consecutive seqs.  True if it was added."""
+        if msg.seq <= self.last_seq:
+            return False
+        if msg.seq != self.last_seq + 1:
+            self.buffer.clear()
+        self.buffer.append(msg)
+        self.last_seq = msg.seq
+        self._rendered.clear()
+        return True
+
+    def covers(self, cursor: int) -> bool:
+        """Whether the buffer holds every message after ``cursor`` (and there is one)."""
+        return bool(self.buffer) and self.buffer[0].seq <= cursor + 1 <= self.last_seq
+
+    def reset(self, epoch: str | None) -> None:
+        """Forget every buffered message (the shared state may have changed under us)."""
+        self.buffer.clear()
+        self.last_seq = 0
+        self._rendered.clear()
+        if epoch is not None:
+            self.epoch = epoch
+
     @property
     def first_buffered_seq(self) -> int:
         return self.buffer[0].seq if self.buffer else self.last_seq + 1
@@ -136,13 +161,20 @@ class Channel:
         if cached is not None:
             return cached
         res = self.read_after(cursor, limit)
-        dropped = b"[%d,%d]" % res.dropped if res.dropped else b"null"
-        body = b'{"messages":[%s],"cursor":%d,"epoch":"%s","dropped":%s}' % (
-            b",".join(m.encoded for m in res.messages), res.cursor, self.epoch.encode(), dropped)
+        body = render_answer([m.encoded for m in res.messages], res.cursor, self.epoch,
+                             res.dropped)
         if len(self._rendered) >= 64:
             self._rendered.clear()
         self._rendered[key] = (body, len(res.messages))
         return body, len(res.messages)
+
+
+def render_answer(encoded: list[bytes], cursor: int, epoch: str,
+                  dropped: tuple[int, int] | None) -> bytes:
+    """The JSON body of a poll's 200 answer (the one place its format is written)."""
+    dropped_text = b"[%d,%d]" % dropped if dropped else b"null"
+    return b'{"messages":[%s],"cursor":%d,"epoch":"%s","dropped":%s}' % (
+        b",".join(encoded), cursor, epoch.encode(), dropped_text)
 
 
 class Task:

@@ -88,12 +88,26 @@ def target_record(resolved: ResolvedStack) -> dict:
                   "loop": spec.loop, "port": spec.port, "backend_ports": list(resolved.backend_ports),
                   "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
                   "nginx_binary": resolved.nginx_name, "bind": spec.bind,
-                  "cpus": list(spec.cpus) if spec.cpus else None},
-        "software": (software := software_versions(resolved.nginx_path)),
+                  "cpus": list(spec.cpus) if spec.cpus else None,
+                  "state": resolved.state,
+                  "redis": None if resolved.state != "redis" else {
+                      "started": resolved.redis_port is not None,
+                      "port": resolved.redis_port, "settings": resolved.redis_settings,
+                      # an external server's URL may carry a password: keep only where it is
+                      "external": None if spec.redis_url is None else _redact(spec.redis_url)}},
+        "software": (software := software_versions(resolved.nginx_path,
+                                                   resolved.redis_binary)),
         "host": host_info(),
         "machine": machine_fingerprint(software),
         "git": git_info(CHECKOUT),
     }
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}"
 
 
 def base_parameters(load: LoadSpec) -> dict:
@@ -167,6 +181,11 @@ def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
     """Backends that exist, reload profiles that load with the same backend count."""
     backends = resolved.settings["backends"]
     for f in faults:
+        if f.target == "redis":
+            if resolved.redis_port is None:
+                raise UserError(f"--fault {f.text()}: this stack starts no Redis (it needs "
+                                "--state redis, and no --redis URL)")
+            continue
         if f.action in BACKEND_ACTIONS and f.backend >= backends:
             raise UserError(f"--fault {f.text()}: there is no {f.target} (the stack has "
                             f"{backends} backends: backend-0 to backend-{backends - 1})")
@@ -206,7 +225,8 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
         locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
                                        stop_signal=signal.SIGTERM, cpus=load.cpus))
         record["pids"] = stack.pids()
-        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls)
+        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
+                          redis_url=stack.redis_url)
         sampler.start()
         if faults:
             injector = FaultInjector(stack, faults, time.monotonic())

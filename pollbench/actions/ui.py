@@ -96,7 +96,7 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
                             f"{locust.log_tail()}")
         record["pids"] = stack.pids()
         sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
-                          live=True)
+                          live=True, redis_url=stack.redis_url)
         sampler.start()
         print(f"run folder: {run_dir}")
         print(f"target:     {stack.url}/")

@@ -92,7 +92,8 @@ def _serve(resolved: ResolvedStack, run_dir: Path, stack: Stack, agent: Agent,
 
     agent.run_dir = run_dir
     agent.info_source = info
-    sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls)
+    sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
+                      redis_url=stack.redis_url)
     sampler.start()
     agent.start()
     host = resolved.spec.bind if resolved.spec.bind != "0.0.0.0" else "ADDR"

@@ -32,12 +32,22 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="the backends delay every delivery by this much (a known regression, "
                         "to see that a check or the history catches it; default 0)")
+    g.add_argument("--state", default=None, choices=("local", "redis"),
+                   help="where channels and tasks live: local (one backend each; nginx routes "
+                        "by key) or redis (shared; any backend answers). Default: the "
+                        "profile's state, else local")
+    g.add_argument("--redis", dest="redis_url", default=None, metavar="URL",
+                   help="with --state redis: use this Redis (redis://HOST:PORT[/DB]) instead of "
+                        "starting one; keys get a per-run prefix")
+    g.add_argument("--redis-port", type=int, default=None,
+                   help="port of the Redis the stack starts (default: --backend-port - 1)")
 
 
 def spec_from_args(args: argparse.Namespace) -> StackSpec:
     return StackSpec(profile=args.profile, backends=args.backends, loop=args.loop, port=args.port,
                      backend_port=args.backend_port, nginx_binary=args.nginx_binary,
-                     max_hold_s=args.max_hold, delivery_delay_ms=args.delivery_delay_ms)
+                     max_hold_s=args.max_hold, delivery_delay_ms=args.delivery_delay_ms,
+                     state=args.state, redis_url=args.redis_url, redis_port=args.redis_port)
 
 
 def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None:

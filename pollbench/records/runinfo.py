@@ -31,17 +31,28 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def software_versions(nginx_binary: str) -> dict:
+def software_versions(nginx_binary: str, redis_binary: str | None = None) -> dict:
+    """Versions of what the run used; ``redis_binary``: the redis-server it started."""
     try:
         nginx_v = subprocess.run([nginx_binary, "-V"], capture_output=True, text=True,
                                  timeout=10).stderr.strip()
     except OSError as e:
         nginx_v = f"unavailable: {e}"
+    redis_v = None
+    if redis_binary is not None:
+        try:  # "Redis server v=7.0.15 sha=... malloc=jemalloc-5.3.0 bits=64 build=..."
+            out = subprocess.run([redis_binary, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout
+            redis_v = next((w[2:] for w in out.split() if w.startswith("v=")), out.strip())
+        except (OSError, subprocess.SubprocessError) as e:
+            redis_v = f"unavailable: {e}"
     return {
         "pollbench": _version("pollbench"), "python": sys.version.split()[0],
         "tornado": _version("tornado"), "locust": _version("locust"),
         "uvloop": _version("uvloop"), "hdrhistogram": _version("hdrhistogram"),
+        "redis_py": _version("redis"),
         "nginx": nginx_v.splitlines()[0] if nginx_v else None, "nginx_V": nginx_v,
+        "redis_server": redis_v,
     }
 
 

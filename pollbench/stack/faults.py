@@ -6,6 +6,7 @@
     --fault 30s:reload                nginx reload (SIGHUP to the master), same config
     --fault 30s:reload:keepalive      nginx reload into another profile's config (a changed config)
     --fault 40s:upgrade               nginx binary upgrade: USR2, WINCH the old master, QUIT it
+    --fault 20s:kill=2s:redis         SIGKILL the stack's Redis (--state redis), start it again
     --fault '*15s:reload'             every 15 s (15 s, 30 s, ...) until the run ends
 
 AT counts from the start of the load (Locust's launch).  The run goes on through every
@@ -20,9 +21,9 @@ import time
 from dataclasses import dataclass
 
 ACTIONS = {
-    "kill": "SIGKILL a backend, start it again after D (default 2 s)",
-    "stop": "SIGSTOP a backend for D (default 5 s), then SIGCONT",
-    "restart": "graceful backend restart: SIGTERM, then start it again",
+    "kill": "SIGKILL a backend (or redis), start it again after D (default 2 s)",
+    "stop": "SIGSTOP a backend (or redis) for D (default 5 s), then SIGCONT",
+    "restart": "graceful backend (or redis) restart: SIGTERM, then start it again",
     "reload": "nginx reload (SIGHUP); TARGET: a profile to reload into",
     "upgrade": "nginx binary upgrade (USR2, WINCH, QUIT: nginx's documented procedure)",
 }
@@ -37,7 +38,7 @@ class Fault:
     at_s: float
     action: str
     duration_s: float | None = None
-    target: str | None = None      # backend-N (backend actions) or a profile (reload)
+    target: str | None = None      # backend-N or redis (process actions), a profile (reload)
     every_s: float | None = None   # repeated every this many seconds
 
     @property
@@ -86,8 +87,9 @@ def parse_fault(text: str) -> Fault:
         duration = DEFAULT_DURATION_S[action]
     if action in BACKEND_ACTIONS:
         target = target or "backend-0"
-        if not re.fullmatch(r"backend-\d{1,2}", target):
-            raise ValueError(f"{text!r}: the target of {action} is a backend, e.g. backend-1")
+        if not re.fullmatch(r"backend-\d{1,2}|redis", target):
+            raise ValueError(f"{text!r}: the target of {action} is a backend, e.g. backend-1, "
+                             "or redis")
     elif action == "upgrade" and target:
         raise ValueError(f"{text!r}: upgrade takes no target")
     elif action == "reload" and target and not re.fullmatch(r"[A-Za-z0-9_-]+|.+\.toml", target):

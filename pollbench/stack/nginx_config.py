@@ -42,38 +42,39 @@ class Knob:
     hi: int | None = None
     choices: tuple[str, ...] = ()
     nullable: bool = True  # None = directive not written; nginx's own default applies
+    component: str = "nginx"  # named in every refusal: "nginx knob X: ..."
 
     def check(self, value: Any) -> Any:
         """Return the value normalised, or raise UserError naming the knob and what is allowed."""
         if value is None:
             if self.nullable:
                 return None
-            raise UserError(f"nginx knob {self.name}: a value is required ({self.allowed()})")
+            raise UserError(f"{self.component} knob {self.name}: a value is required ({self.allowed()})")
         if self.kind in ("int", "int-or-auto"):
             if self.kind == "int-or-auto" and value == "auto":
                 return "auto"
             if isinstance(value, bool) or not isinstance(value, int):
-                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; "
+                raise UserError(f"{self.component} knob {self.name}: {value!r} is not allowed; "
                                 f"{self.allowed()}")
             assert self.lo is not None and self.hi is not None  # every int knob has a range
             if not self.lo <= value <= self.hi:
-                raise UserError(f"nginx knob {self.name}: {value} is out of range; {self.allowed()}")
+                raise UserError(f"{self.component} knob {self.name}: {value} is out of range; {self.allowed()}")
             return value
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; {self.allowed()}")
+                raise UserError(f"{self.component} knob {self.name}: {value!r} is not allowed; {self.allowed()}")
             return value
         if self.kind == "choice":
             if value not in self.choices:
-                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; {self.allowed()}")
+                raise UserError(f"{self.component} knob {self.name}: {value!r} is not allowed; {self.allowed()}")
             return value
         if self.kind == "choices":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not value or any(v not in self.choices for v in value):
-                raise UserError(f"nginx knob {self.name}: {value!r} is not allowed; {self.allowed()}")
+                raise UserError(f"{self.component} knob {self.name}: {value!r} is not allowed; {self.allowed()}")
             if "off" in value and len(value) > 1:
-                raise UserError(f"nginx knob {self.name}: 'off' cannot be combined with others")
+                raise UserError(f"{self.component} knob {self.name}: 'off' cannot be combined with others")
             return list(dict.fromkeys(value))
         raise AssertionError(self.kind)
 
@@ -175,7 +176,8 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 
 
-PROFILE_KEYS = {"description", "extends", "nginx_binary", "nginx"}
+PROFILE_KEYS = {"description", "extends", "nginx_binary", "state", "nginx", "redis"}
+STATES = ("local", "redis")
 
 
 @dataclass(frozen=True)
@@ -184,12 +186,18 @@ class Profile:
     path: Path
     knobs: dict[str, Any]
     nginx_binary: str | None  # the nearest nginx_binary along the chain
+    state: str | None = None  # the nearest state along the chain ("local" / "redis")
+    redis: dict[str, Any] | None = None  # [redis] knobs along the chain, not yet validated
 
 
 def _read_profile_toml(path: Path) -> dict[str, Any]:
     data = read_toml(path, f"profile {path}", PROFILE_KEYS)
-    if not isinstance(data.get("nginx", {}), dict):
-        raise UserError(f"profile {path}: [nginx] must be a table of knobs")
+    for table in ("nginx", "redis"):
+        if not isinstance(data.get(table, {}), dict):
+            raise UserError(f"profile {path}: [{table}] must be a table of knobs")
+    if data.get("state") is not None and data["state"] not in STATES:
+        raise UserError(f"profile {path}: state {data['state']!r} is not allowed; allowed: "
+                        + ", ".join(STATES))
     binary = data.get("nginx_binary")
     if binary is not None and (not isinstance(binary, str) or not binary):
         raise UserError(f"profile {path}: nginx_binary must be a path or \"built\"")
@@ -217,10 +225,13 @@ def read_profile(name_or_path: str) -> Profile:
             break
         path = profile_path(data["extends"])
     knobs: dict[str, Any] = {}
+    redis: dict[str, Any] = {}
     for data in reversed(chain):  # the base first, each child overriding it
         knobs.update(data.get("nginx", {}))
+        redis.update(data.get("redis", {}))
     binary = next((d["nginx_binary"] for d in chain if d.get("nginx_binary")), None)
-    return Profile(profile_path(name_or_path), knobs, binary)
+    state = next((d["state"] for d in chain if d.get("state")), None)
+    return Profile(profile_path(name_or_path), knobs, binary, state, redis)
 
 
 def profile_nginx_binary(name_or_path: str) -> str | None:

@@ -8,6 +8,8 @@ so an interrupted run keeps what was sampled:
   whole machine, 100 = every core busy)
 * ``samples/stub_status.csv``: time,active,accepts,handled,requests,reading,writing,waiting
 * ``samples/backend_stats.jsonl``: {"time", "backend", "stats": <GET /stats>}
+* ``samples/redis_info.jsonl`` (with shared state): {"time", "info": <INFO's ops, clients,
+  memory, pub/sub channels, CPU>} or {"time", "error": <why INFO went unanswered>}
 * ``samples/live.json`` (only with ``live=True``, for the web UI's "Long polling" tab):
   the latest sample, rewritten atomically each second: CPU per component, stub_status,
   each backend's held polls and connection counters, and which processes are saturated
@@ -56,9 +58,11 @@ def parse_stub_status(body: bytes) -> list[int] | None:
 
 class Sampler(threading.Thread):
     def __init__(self, out: Path, components: Callable[[], dict[str, int]], nginx_url: str | None,
-                 backend_urls: list[str], interval: float = 1.0, live: bool = False):
+                 backend_urls: list[str], interval: float = 1.0, live: bool = False,
+                 redis_url: str | None = None):
         super().__init__(name="pollbench-sampler", daemon=True)
         self.out = out
+        self.redis_url = redis_url
         self.components = components  # name -> root pid; children are sampled too
         self.nginx_url = nginx_url
         self.backend_urls = backend_urls
@@ -80,7 +84,10 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         with open(self.out / "processes.csv", "w", newline="", buffering=1) as pf, \
                 open(self.out / "stub_status.csv", "w", newline="", buffering=1) as sf, \
-                open(self.out / "backend_stats.jsonl", "w", buffering=1) as bf:
+                open(self.out / "backend_stats.jsonl", "w", buffering=1) as bf, \
+                open(self.out / "redis_info.jsonl", "w", buffering=1) if self.redis_url \
+                else open(os.devnull, "w") as rf:
+            self._redis_out = rf
             pw, sw = csv.writer(pf), csv.writer(sf)
             pw.writerow(["time", "component", "pid", "cpu_percent", "rss_bytes", "num_fds"])
             sw.writerow(["time", "active", "accepts", "handled", "requests", "reading", "writing",
@@ -163,12 +170,25 @@ class Sampler(threading.Thread):
                 "backend": i, "long_polls_waiting": stats.get("long_polls_waiting"),
                 "connections_accepted": stats.get("connections", {}).get("accepted"),
                 "requests": stats.get("requests")})
+        if self.redis_url:
+            live["redis"] = self._sample_redis(now)
         if self.live:
             live["saturated"] = saturated({name: [len(recent), sum(recent)]
                                            for name, recent in self._recent.items()})
             tmp = self.out / ".live.json.tmp"
             tmp.write_text(json.dumps(live))
             os.replace(tmp, self.out / "live.json")
+
+    def _sample_redis(self, now: float) -> dict:
+        from pollbench.stack.redis_server import info
+
+        assert self.redis_url is not None
+        try:
+            row: dict = {"time": now, "info": info(self.redis_url, timeout=self.interval)}
+        except Exception as e:  # redis.RedisError or OSError: a stalled or gone Redis
+            row = {"time": now, "error": f"{type(e).__name__}: {e}"}
+        self._redis_out.write(json.dumps(row) + "\n")
+        return row.get("info") or {"error": row.get("error")}
 
     def saturated(self, prefix: str) -> list[str]:
         """Processes of a component busy >= 90 % of a core in >= 20 % of their samples."""

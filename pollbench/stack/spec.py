@@ -11,12 +11,12 @@ Specs are frozen: a variant is ``dataclasses.replace(spec, port=...)``, never an
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 from pollbench.errors import UserError
-from pollbench.stack import nginx_build, nginx_config
+from pollbench.stack import nginx_build, nginx_config, redis_server
 from pollbench.stack.loadgen import check_number
 from pollbench.stack.net import PortClaim, PortTaken, port_free
 from target_app.app import AppConfig
@@ -57,6 +57,11 @@ class StackSpec:
     cpus: tuple[int, ...] | None = None  # nginx and backends run only here (None: anywhere)
     # the address nginx listens on (backends stay on 127.0.0.1): pollbench up --bind
     bind: str = "127.0.0.1"
+    # where channels and tasks live: "local" or "redis" (None: the profile's state, else local)
+    state: str | None = None
+    redis_url: str | None = None      # --redis URL: a server of the user's (none is started)
+    redis_port: int | None = None     # the started Redis' port (None: --backend-port - 1)
+    redis_overrides: dict[str, Any] = field(default_factory=dict)  # [redis] knobs (sweeps)
 
     @cached_property
     def _profile(self) -> nginx_config.Profile:
@@ -69,6 +74,16 @@ class StackSpec:
             overrides["backends"] = self.backends
         return nginx_config.profile_settings(self._profile, self.profile, overrides)
 
+    def state_name(self) -> str:
+        """The state asked for: --state, else the profile's state, else "local"."""
+        return self.state or self._profile.state or "local"
+
+    def redis_settings(self) -> dict[str, Any]:
+        """The validated [redis] knobs: the profile's, then the overrides."""
+        raw = {**(self._profile.redis or {}), **self.redis_overrides}
+        return redis_server.validate_redis(raw, where="" if self.redis_overrides
+                                           else f"profile {self.profile}")
+
     def nginx_name(self) -> str:
         """The nginx asked for: --nginx, else the profile's nginx_binary, else "nginx"."""
         return self.nginx_binary or self._profile.nginx_binary or "nginx"
@@ -79,6 +94,7 @@ class StackSpec:
                         delivery_delay_ms=self.delivery_delay_ms)
         if self.backend_max_connections is not None:
             cfg.max_connections = self.backend_max_connections
+        cfg.state = self.state_name()
         if self.loop == "asyncio-select" and self.backend_max_connections is None:
             # select() cannot go past fd 1024; cap instead of crashing under load.
             cfg.max_connections = SELECT_MAX_CONNECTIONS
@@ -109,27 +125,53 @@ class StackSpec:
             raise UserError(f"the longest poll hold ({self.max_hold_s:g} s) must be below nginx's "
                             f"proxy_read_timeout ({settings['proxy_read_timeout']} s), or held "
                             "polls turn into 504s and mark backends down")
+        state = self.state_name()
+        if state not in nginx_config.STATES:
+            raise UserError(f"unknown --state {state!r}; choose one of "
+                            f"{', '.join(nginx_config.STATES)}")
+        redis_settings = self.redis_settings()
+        redis_port: int | None = None
+        redis_binary = None
+        if self.redis_url is not None and state != "redis":
+            raise UserError("--redis URL needs --state redis (or a profile with state = "
+                            "\"redis\")")
+        if state == "redis" and self.redis_url is None:
+            redis_port = self.redis_port if self.redis_port is not None else self.backend_port - 1
+            if not 1024 <= redis_port <= 65535:
+                raise UserError(f"--redis-port {redis_port} must be from 1024 to 65535")
+            if redis_port in (self.port, *ports):
+                raise UserError(f"the Redis port {redis_port} collides with nginx's or a "
+                                "backend's: choose --redis-port")
+            redis_binary = redis_server.find_redis_server()
+        elif self.redis_url is not None:
+            redis_server.check_url(self.redis_url)
+            why = redis_server.ping(self.redis_url)
+            if why is not None:
+                raise UserError(f"--redis {self.redis_url}: Redis does not answer ({why})")
         app = self.app_config()
         try:
-            check_config(app)
+            check_config(replace(app, redis_url=app.redis_url or "redis://127.0.0.1:0"))
         except ConfigError as e:
             raise UserError(str(e)) from None
         nginx_path = find_nginx(self.nginx_name())
         check_event_method(nginx_path, settings["use"])
+        own_ports = [self.port, *ports, *([redis_port] if redis_port is not None else [])]
         claimed = None
         if claim:
             try:
-                claimed = PortClaim([self.port, *ports])
+                claimed = PortClaim(own_ports)
             except PortTaken as e:
                 raise UserError(f"{e} (wait for it, or choose --port / --backend-port)") from None
         if check_ports:
-            for host, port in [(self.bind, self.port), *(("127.0.0.1", p) for p in ports)]:
+            for host, port in [(self.bind, self.port),
+                               *(("127.0.0.1", p) for p in own_ports[1:])]:
                 if not port_free(port, host):
                     if claimed is not None:
                         claimed.release()
                     raise UserError(f"port {port} is already in use on {host} "
                                     "(stop what holds it, or choose --port / --backend-port)")
-        return ResolvedStack(self, settings, self.nginx_name(), nginx_path, ports, app, claimed)
+        return ResolvedStack(self, settings, self.nginx_name(), nginx_path, ports, app, claimed,
+                             state, redis_settings, redis_port, redis_binary)
 
 
 @dataclass(frozen=True)
@@ -142,6 +184,19 @@ class ResolvedStack:
     backend_ports: tuple[int, ...]
     app_config: AppConfig
     claim: PortClaim | None = None  # the ports, held for this process (resolve(claim=True))
+    state: str = "local"
+    redis_settings: dict[str, Any] = field(default_factory=dict)  # validated [redis] knobs
+    redis_port: int | None = None     # the Redis this stack starts (None: none started)
+    redis_binary: str | None = None
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis the backends use: the one started here, or --redis URL (None: local)."""
+        if self.state != "redis":
+            return None
+        if self.redis_port is not None:
+            return f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.spec.redis_url
 
     def release(self) -> None:
         """Give the claimed ports back (the run is over)."""

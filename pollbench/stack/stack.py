@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from pollbench.errors import RunFailed, UserError
-from pollbench.stack import nginx_config
+from pollbench.stack import nginx_config, redis_server
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault
 from pollbench.stack.net import answers
 from pollbench.stack.processes import Child, ChildGroup, signal_group, spawn, wait_until
@@ -52,6 +52,7 @@ class Stack:
         self.group = ChildGroup()
         self.backends: list[Child] = []
         self.nginx: Child | None = None
+        self.redis: Child | None = None
         self.exit_codes: dict[str, int | None] = {}
         self.backend_cmds: list[list[str]] = []
         # stopped on purpose (a fault): not an unexpected death while it is down
@@ -100,7 +101,42 @@ class Stack:
                                    listen_address=self.resolved.spec.bind)
         conf = self.prefix / "nginx.conf"
         conf.write_text(text)
+        if self.resolved.redis_port is not None:
+            (self.run_dir / "redis").mkdir(exist_ok=True)
+            self.redis_conf.write_text(redis_server.render_redis(
+                self.resolved.redis_settings, self.resolved.redis_port, self.run_dir))
         return conf
+
+    @property
+    def redis_conf(self) -> Path:
+        return self.run_dir / "redis" / "redis.conf"
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis the backends share (None: local state)."""
+        return self.resolved.redis_url
+
+    @property
+    def redis_prefix(self) -> str:
+        """Every key of this run starts with it: two runs on one Redis never meet."""
+        return f"pb:{self.run_dir.name}:"
+
+    def _spawn_redis(self) -> Child:
+        assert self.resolved.redis_binary is not None
+        return spawn("redis", [self.resolved.redis_binary, str(self.redis_conf)],
+                     self.run_dir / "logs" / "redis.log", cpus=self.resolved.spec.cpus)
+
+    def _wait_redis(self, child: Child, timeout: float = 10) -> None:
+        url = self.redis_url
+        assert url is not None
+        ok = wait_until(lambda: not child.alive() or redis_server.ping(url, 0.5) is None,
+                        timeout)
+        if not child.alive():
+            raise RunFailed(f"redis exited at start with code {child.popen.returncode}; "
+                            f"last lines of {child.log_path}:\n{child.log_tail()}")
+        if not ok:
+            raise RunFailed(f"redis did not answer PING at {url} within {timeout:g} s; last "
+                            f"lines of {child.log_path}:\n{child.log_tail()}")
 
     def nginx_cmd(self, conf: Path) -> list[str]:
         return [self.resolved.nginx_path, "-p", str(self.prefix), "-c", str(conf)]
@@ -116,6 +152,12 @@ class Stack:
         self.test_config(conf)
         cfg = self.resolved.app_config
         spec = self.resolved.spec
+        if self.resolved.redis_port is not None:
+            self.redis = self.group.add(self._spawn_redis())
+            self._wait_redis(self.redis)
+        state_args = ["--state", cfg.state]
+        if self.redis_url is not None:
+            state_args += ["--redis-url", self.redis_url, "--redis-prefix", self.redis_prefix]
         for i, port in enumerate(self.resolved.backend_ports):
             cmd = [sys.executable, "-m", "target_app", "--processes", "1", "--port", str(port),
                    "--index", str(i),
@@ -123,7 +165,7 @@ class Stack:
                    "--default-hold", str(cfg.default_hold_s),
                    "--max-connections", str(cfg.max_connections),
                    "--max-waiters", str(cfg.max_waiters),
-                   "--delivery-delay-ms", str(cfg.delivery_delay_ms)]
+                   "--delivery-delay-ms", str(cfg.delivery_delay_ms), *state_args]
             self.backend_cmds.append(cmd)
             self.backends.append(self.group.add(self._spawn_backend(i)))
         for child, url in zip(self.backends, self.backend_urls, strict=True):
@@ -205,6 +247,8 @@ class Stack:
 
     def inject(self, fault: Fault, halt: threading.Event) -> str:
         """Do one fault; return what happened (for run.json).  ``halt``: the run is ending."""
+        if fault.target == "redis":
+            return self._redis_fault(fault, halt)
         if fault.action in BACKEND_ACTIONS:
             i = fault.backend
             if i >= len(self.backends):
@@ -216,21 +260,8 @@ class Stack:
                 halt.wait(fault.duration_s or 0)
                 signal_group(child.pid, signal.SIGCONT)
                 return f"backend-{i} (pid {child.pid}) stopped for {fault.duration_s:g} s"
-            with self._children_lock:
-                self.expected_down.add(child.name)
             # (a backend is started from this thread, which lives until the run ends)
-            if fault.action == "kill":
-                signal_group(child.pid, signal.SIGKILL)
-                child.popen.wait(10)
-                halt.wait(fault.duration_s or 0)
-            else:  # restart: SIGTERM answers the held polls, then the process exits
-                signal_group(child.pid, signal.SIGTERM)
-                try:
-                    child.popen.wait(15)
-                except subprocess.TimeoutExpired:
-                    signal_group(child.pid, signal.SIGKILL)
-                    child.popen.wait(5)
-            code = child.popen.returncode
+            code = self._take_down(child, fault, halt)
             if halt.is_set():
                 return f"backend-{i} pid {child.pid} exited with {code}; the run ended first"
             new = self._spawn_backend(i)
@@ -245,6 +276,56 @@ class Stack:
         if fault.action == "reload":
             return self._reload_nginx(fault.target)
         return self._upgrade_nginx()
+
+    def _take_down(self, child: Child, fault: Fault, halt: threading.Event) -> int | None:
+        """Kill (then wait the fault's duration) or gracefully stop (SIGTERM, SIGKILL after
+        15 s) ``child``; it is expected down until its replacement is in.  If it cannot be
+        reaped it is no longer expected down (a real death then still shows) and this raises."""
+        with self._children_lock:
+            self.expected_down.add(child.name)
+        if fault.action == "kill":
+            signal_group(child.pid, signal.SIGKILL)
+            gone = _reap(child, 10)
+        else:  # restart: SIGTERM (a backend answers its held polls first), then it exits
+            signal_group(child.pid, signal.SIGTERM)
+            gone = _reap(child, 15)
+            if not gone:
+                signal_group(child.pid, signal.SIGKILL)
+                gone = _reap(child, 5)
+        if not gone:
+            with self._children_lock:
+                self.expected_down.discard(child.name)
+            raise RuntimeError(f"{child.name} (pid {child.pid}) did not exit after "
+                               f"{'SIGKILL' if fault.action == 'kill' else 'SIGTERM and SIGKILL'}")
+        if fault.action == "kill":
+            halt.wait(fault.duration_s or 0)
+        return child.popen.returncode
+
+    def _redis_fault(self, fault: Fault, halt: threading.Event) -> str:
+        """kill / stop / restart of the stack's own Redis (same port and config; with
+        persistence off its data, and so every channel's epoch, is gone after a kill)."""
+        child = self.redis
+        if child is None:
+            raise ValueError("this stack started no Redis (--state local, or --redis URL)")
+        if fault.action == "stop":
+            signal_group(child.pid, signal.SIGSTOP)
+            halt.wait(fault.duration_s or 0)
+            signal_group(child.pid, signal.SIGCONT)
+            return f"redis (pid {child.pid}) stopped for {fault.duration_s:g} s"
+        code = self._take_down(child, fault, halt)
+        if halt.is_set():
+            return f"redis pid {child.pid} exited with {code}; the run ended first"
+        new = self._spawn_redis()
+        with self._children_lock:
+            self.group.children[self.group.children.index(child)] = new
+            self.redis = new
+            self.expected_down.discard(child.name)
+        try:
+            self._wait_redis(new)
+            healthy = ""
+        except RunFailed as e:
+            healthy = f" (not answering: {str(e).splitlines()[0]})"
+        return f"redis pid {child.pid} exited with {code}; restarted as pid {new.pid}{healthy}"
 
     def _master(self) -> int:
         if self.nginx_master is not None:
@@ -316,3 +397,12 @@ class Stack:
             self.exit_codes.update(self.group.stop_all())
             self.group.children.clear()
         return self.exit_codes
+
+
+def _reap(child: Child, timeout: float) -> bool:
+    """Wait for a signalled child to exit; False if it is still there after ``timeout``."""
+    try:
+        child.popen.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
