@@ -97,6 +97,15 @@ def stats(url: str) -> dict:
     return call(f"{url}/stats")[1] or {}
 
 
+def in_background(url: str) -> tuple[threading.Thread, dict]:
+    """A request (a held poll) in a thread; its (code, body, headers) land in the dict."""
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(
+        zip(("code", "body", "headers"), call(url), strict=True)))
+    thread.start()
+    return thread, result
+
+
 def wait_for(predicate, timeout: float = 10.0) -> bool:
     """Poll a condition the server reports (bounded); the tests wait on these, not on sleeps."""
     deadline = time.monotonic() + timeout
@@ -115,10 +124,7 @@ def test_any_backend_answers_for_a_channel_another_published_to(backends):
     assert code == 200 and [m["seq"] for m in got["messages"]] == [1]
     assert got["epoch"] == pub["epoch"] and got["messages"][0]["data"] == {"n": 1}
     # a poll held on b is answered by a publish through a
-    result: dict = {}
-    poller = threading.Thread(target=lambda: result.update(
-        zip(("code", "body", "headers"), call(f"{b}/channels/news?cursor=1&timeout=20"))))
-    poller.start()
+    poller, result = in_background(f"{b}/channels/news?cursor=1&timeout=20")
     assert wait_for(lambda: stats(b)["long_polls_waiting"] == 1)
     assert call(f"{a}/channels/news", b'"two"')[0] == 201
     poller.join(20)
@@ -189,10 +195,7 @@ def test_losing_redis_is_a_503_then_a_new_epoch_and_nothing_hangs(redis_server):
     proc, url = backend(redis_server, 0)
     try:
         _, first, _ = call(f"{url}/channels/r", b"1")
-        result: dict = {}
-        poller = threading.Thread(target=lambda: result.update(
-            zip(("code", "body", "headers"), call(f"{url}/channels/r?cursor=1&timeout=60"))))
-        poller.start()
+        poller, result = in_background(f"{url}/channels/r?cursor=1&timeout=60")
         assert wait_for(lambda: stats(url)["long_polls_waiting"] == 1)
         redis_server.kill()
         poller.join(20)
