@@ -33,7 +33,8 @@ from analysis.hdr import new_histogram  # noqa: E402
 from analysis.load import AnalysisError, load_run  # noqa: E402
 
 # Settings that never describe a configuration (they differ between any two runs).
-IGNORED_KEYS = {"stack.port", "stack.backend_ports", "parameters.user_classes"}
+IGNORED_KEYS = {"stack.port", "stack.backend_ports", "stack.redis.port",
+                "parameters.user_classes"}
 COMPARED = [
     ("delivery_latency_p50", "delivery p50"), ("delivery_latency_p95", "delivery p95"),
     ("delivery_latency_p99", "delivery p99"), ("request_latency_p50", "request p50"),
@@ -44,8 +45,12 @@ COMPARED = [
     ("requests_per_connection_upstream", "requests/conn nginx->backend"),
     ("cpu_percent_nginx", "CPU nginx %"), ("cpu_percent_backends", "CPU backends %"),
     ("cpu_percent_loadgen", "CPU load generator %"),
+    # how evenly the backends share the work (routing by key piles a hot channel on one)
+    ("cpu_percent_backend_busiest", "CPU busiest backend %"),
+    ("cpu_percent_backend_quietest", "CPU quietest backend %"),
+    ("cpu_percent_redis", "CPU Redis %"),
 ]
-CPU = COMPARED[12:15]
+CPU = COMPARED[12:18]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -169,8 +169,9 @@ def backend_reuse(backend: pd.DataFrame) -> dict:
 
 
 def measured_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
-    """Mean CPU (% of one core) after the warm-up of nginx, the backends together, and the
-    load generator (each process with its children), from the per-second samples."""
+    """Mean CPU (% of one core) after the warm-up of nginx, the backends together, the load
+    generator and Redis (each process with its children), and of the busiest and the quietest
+    backend process, from the per-second samples."""
     p = run.processes
     if p.empty:
         return {}
@@ -182,8 +183,14 @@ def measured_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
     group = p["component"].str.split("/", n=1).str[0].str.replace(r"^backend-\d+$", "backends",
                                                                     regex=True)
     per_second = p.assign(group=group).groupby(["group", "time"])["cpu_percent"].sum()
-    return {g: round(float(v.mean()), 2) for g, v in per_second.groupby(level=0)
-            if g in ("nginx", "backends", "loadgen")}
+    out = {g: round(float(v.mean()), 2) for g, v in per_second.groupby(level=0)
+           if g in ("nginx", "backends", "loadgen", "redis")}
+    backends = p[p["component"].str.fullmatch(r"backend-\d+")].groupby("component")[
+        "cpu_percent"].mean()
+    if len(backends) > 1:  # how evenly they share the work
+        out["backend_busiest"] = round(float(backends.max()), 2)
+        out["backend_quietest"] = round(float(backends.min()), 2)
+    return out
 
 
 def _m(name: str, value) -> dict:

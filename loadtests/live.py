@@ -195,7 +195,10 @@ class LiveView:
                 "loadgen": cpu.get("loadgen"), "nginx": cpu.get("nginx"),
                 "backends": sum(v for k, v in cpu.items() if k.startswith("backend-"))
                 if any(k.startswith("backend-") for k in cpu) else None,
+                **({"redis": cpu.get("redis")} if "redis" in cpu else {}),
                 "system": cpu.get("system")},
+            # with shared state: the sampler's latest INFO (or why it went unanswered)
+            "redis": live.get("redis"),
             "loadgen_saturated": loadgen,
             "warning": LOADGEN_SATURATED.format(names=", ".join(loadgen), span="the last 30 s")
             if loadgen else None,
@@ -246,6 +249,17 @@ class LiveView:
         if reuse:
             row("requests per connection, client -> nginx", test=_num(reuse.get("client")))
             row("requests per connection, nginx -> backends", test=_num(reuse.get("upstream")))
+        redis = target.get("redis")
+        if redis:
+            if redis.get("error"):
+                row("Redis (shared state)", f"not answering: {redis['error']}")
+            else:
+                row("Redis ops/s, clients, pub/sub channels",
+                    f"{_int(redis.get('instantaneous_ops_per_sec'))} / "
+                    f"{_int(redis.get('connected_clients'))} / "
+                    f"{_int(redis.get('pubsub_channels'))}")
+                row("Redis memory (MiB), keys", f"{_num(redis.get('used_memory', 0) / 2**20, 1)}"
+                    f" / {_int(redis.get('keys'))}")
         for comp, value in target.get("cpu_percent", {}).items():
             label = "all cores = 100" if comp == "system" else "one core = 100"
             row(f"CPU % {comp} ({label})", _num(value, 0))

@@ -325,7 +325,9 @@ class Service:
                 "frozen_objects": gc.get_freeze_count(),
                 "thresholds": list(gc.get_threshold()),
             },
-            "config": asdict(self.config),
+            # (the Redis URL without a password)
+            "config": {**asdict(self.config),
+                       "redis_url": self.shared.where if self.shared is not None else ""},
             **({"shared": self.shared.snapshot()} if self.shared is not None else {}),
         }
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import selectors
 import signal
 import subprocess
@@ -121,7 +122,7 @@ async def serve(config: AppConfig, port: int, address: str, backlog: int) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     log.info("target_app backend %d listening on %s:%d (loop %s, pid %s)",
-             config.backend_index, address, port, config.loop_name, __import__("os").getpid())
+             config.backend_index, address, port, config.loop_name, os.getpid())
     print(f"ready http://{address}:{port}", flush=True)
     await stopping.wait()
 
@@ -166,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default=d.state, choices=STATES,
                    help="where channels and tasks live: local (this process) or redis (shared "
                         "by every process; needs --redis-url)")
-    p.add_argument("--redis-url", default=d.redis_url,
-                   help="redis://HOST:PORT[/DB] for --state redis")
+    p.add_argument("--redis-url", default=os.environ.get("TARGET_APP_REDIS_URL", d.redis_url),
+                   help="redis://[USER:PASSWORD@]HOST:PORT[/DB] for --state redis (default: "
+                        "$TARGET_APP_REDIS_URL, which keeps a password out of the process list)")
     p.add_argument("--redis-prefix", default=d.redis_prefix,
                    help="prefix of every Redis key (default pb:)")
     return p

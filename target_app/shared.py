@@ -39,6 +39,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -194,6 +195,8 @@ class SharedState:
     def __init__(self, url: str, prefix: str, buffer_len: int, max_channels: int,
                  result_ttl_s: float, backend_index: int):
         self.url = url
+        parts = urlsplit(url)  # named in errors and /stats without a password
+        self.where = f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}"
         self.prefix = prefix
         self.buffer_len = buffer_len
         self.max_channels = max_channels
@@ -233,13 +236,13 @@ class SharedState:
         try:
             await asyncio.wait_for(self.redis.ping(), timeout)
         except (RedisError, OSError, TimeoutError) as e:
-            raise Unavailable(f"cannot reach redis at {self.url}: {e}") from None
+            raise Unavailable(f"cannot reach redis at {self.where}: {e}") from None
         self._tasks = [asyncio.create_task(self._fanout_loop()),
                        asyncio.create_task(self._housekeeping())]
         try:
             await asyncio.wait_for(self._subscribed.wait(), timeout)
         except TimeoutError:
-            raise Unavailable(f"cannot subscribe to {self.fanout} at {self.url}: "
+            raise Unavailable(f"cannot subscribe to {self.fanout} at {self.where}: "
                               f"{self.last_error or 'no answer'}") from None
         await self._beat()
 
@@ -373,7 +376,7 @@ class SharedState:
 
     def _unavailable(self, e: BaseException) -> Unavailable:
         self._note_error(e)
-        return Unavailable(f"shared state unavailable (redis at {self.url}: "
+        return Unavailable(f"shared state unavailable (redis at {self.where}: "
                            f"{type(e).__name__}: {e})")
 
     async def publish(self, name: str, data: bytes) -> tuple[int, float, str]:
@@ -410,7 +413,7 @@ class SharedState:
             await asyncio.shield(view.syncing)
             return
         if not self.ready:
-            raise Unavailable(f"shared state unavailable (redis at {self.url}: not subscribed "
+            raise Unavailable(f"shared state unavailable (redis at {self.where}: not subscribed "
                               f"to the fan-out; {self.last_error or 'reconnecting'})")
         fut = view.syncing = asyncio.get_running_loop().create_future()
         generation = self.generation
@@ -508,7 +511,7 @@ class SharedState:
     def snapshot(self) -> dict[str, Any]:
         c = self.counters
         return {
-            "url": self.url, "prefix": self.prefix, "instance": self.instance,
+            "url": self.where, "prefix": self.prefix, "instance": self.instance,
             "subscribed": self.ready, "views": len(self.views),
             "views_synced": sum(1 for v in self.views.values() if v.synced),
             "redis_reads": c.redis_reads, "redis_publishes": c.redis_publishes,

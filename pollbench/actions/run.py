@@ -42,7 +42,7 @@ from pollbench.records.runinfo import (
     machine_fingerprint,
     software_versions,
 )
-from pollbench.stack import nginx_config
+from pollbench.stack import nginx_config, redis_server
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault, FaultInjector
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.processes import spawn
@@ -94,20 +94,14 @@ def target_record(resolved: ResolvedStack) -> dict:
                       "started": resolved.redis_port is not None,
                       "port": resolved.redis_port, "settings": resolved.redis_settings,
                       # an external server's URL may carry a password: keep only where it is
-                      "external": None if spec.redis_url is None else _redact(spec.redis_url)}},
+                      "external": None if spec.redis_url is None
+                      else redis_server.display_url(spec.redis_url)}},
         "software": (software := software_versions(resolved.nginx_path,
                                                    resolved.redis_binary)),
         "host": host_info(),
         "machine": machine_fingerprint(software),
         "git": git_info(CHECKOUT),
     }
-
-
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}"
 
 
 def base_parameters(load: LoadSpec) -> dict:

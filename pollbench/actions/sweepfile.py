@@ -21,7 +21,7 @@ A sweep file is TOML (see ``sweeps/example.toml`` for every key, commented)::
     use = "epoll"
 
 A parameter is an nginx knob (``upstream_keepalive``, ``use``, ``backends`` ...), a
-stack setting (``loop``, ``profile``, ``nginx_binary``) or a load setting
+stack setting (``loop``, ``profile``, ``nginx_binary``, ``state``) or a load setting
 (``users``, ``publish_rate``, ``connection`` ...).  :func:`load_sweep` expands
 the cells and checks every value; :func:`check_cells` renders each cell's nginx
 config and runs ``nginx -t`` on it, so a bad cell is refused, by name, before
@@ -56,11 +56,12 @@ DEFAULT_REPETITIONS = 4
 # after this settle (the previous stack's processes gone, its sockets closed).
 FRESH_PORTS_SETTLE_S = 2.0
 PORT_SETS = 4
-TOP_KEYS = {"description", "profile", "nginx_binary", "loop", "max_hold", "repetitions", "order",
+TOP_KEYS = {"description", "profile", "nginx_binary", "loop", "state", "max_hold", "repetitions",
+            "order",
             "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "rank_threshold", "rank_within",
             "nginx",
             "load", "grid", "cells"}
-STACK_PARAMS = {"profile", "loop", "nginx_binary"}
+STACK_PARAMS = {"profile", "loop", "nginx_binary", "state"}
 # load parameter -> (LoadSpec field, converter)
 LOAD_PARAMS = {
     "scenario": ("scenario", str), "mix": ("mix", str), "users": ("users", int),
@@ -182,7 +183,7 @@ def _apply(where: str, params: dict[str, Any], base_nginx: dict[str, Any],
     nginx = dict(base_nginx)
     load_kwargs: dict[str, Any] = {}
     stack_kwargs = {"profile": top.get("profile", "seed"), "loop": top.get("loop", "asyncio"),
-                    "nginx_binary": top.get("nginx_binary")}
+                    "nginx_binary": top.get("nginx_binary"), "state": top.get("state")}
     if "max_hold" in top:
         stack_kwargs["max_hold_s"] = _duration(where, "max_hold", top["max_hold"])
     merged_load = dict(base_load)

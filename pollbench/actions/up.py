@@ -15,6 +15,7 @@ from pollbench import __version__
 from pollbench.errors import UserError
 from pollbench.records.rundir import new_run_dir
 from pollbench.stack.agent import Agent, new_token
+from pollbench.stack.redis_server import display_url
 from pollbench.stack.sampler import Sampler
 from pollbench.stack.spec import ResolvedStack, StackSpec
 from pollbench.stack.stack import Stack
@@ -68,6 +69,10 @@ def _up(resolved: ResolvedStack, out: Path | None, agent: Agent | None, generate
         print(f"nginx:        {stack.url}/  (stub_status: {stack.url}/nginx_status)")
         for i, url in enumerate(stack.backend_urls):
             print(f"backend {i}:    {url}/  (stats: {url}/stats)")
+        if stack.redis_url is not None:
+            started = "started here" if resolved.redis_port is not None else "yours"
+            print(f"redis:        {display_url(stack.redis_url)}  (shared state, {started}; keys "
+                  f"{stack.redis_prefix}*)")
         print(f"try:          curl -s '{stack.url}/channels/demo?timeout=10'   "
               f"(and in another shell: curl -s -XPOST {stack.url}/channels/demo -d '{{\"hi\": 1}}')")
         if agent is None:

@@ -40,7 +40,7 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --state redis: use this Redis (redis://HOST:PORT[/DB]) instead of "
                         "starting one; keys get a per-run prefix")
     g.add_argument("--redis-port", type=int, default=None,
-                   help="port of the Redis the stack starts (default: --backend-port - 1)")
+                   help="port of the Redis the stack starts on 127.0.0.1 (default: a free one)")
 
 
 def spec_from_args(args: argparse.Namespace) -> StackSpec:

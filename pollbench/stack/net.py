@@ -49,11 +49,13 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def find_free_ports(count: int, start: int = 20000, stop: int = 32000) -> int:
-    """First port of ``count`` consecutive free ports (tests run beside a stack on 8000-8080)."""
+def find_free_ports(count: int, start: int = 20000, stop: int = 32000,
+                    exclude: set[int] | frozenset[int] = frozenset()) -> int:
+    """First port of ``count`` consecutive free ports (tests run beside a stack on 8000-8080);
+    none of them in ``exclude`` (ports about to be taken)."""
     for _ in range(200):
         base = random.randrange(start, stop - count)
-        if all(port_free(base + i) for i in range(count)):
+        if all(base + i not in exclude and port_free(base + i) for i in range(count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports between {start} and {stop}")
 

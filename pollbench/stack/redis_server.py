@@ -101,6 +101,12 @@ def check_url(url: str) -> str:
     return url
 
 
+def display_url(url: str) -> str:
+    """The URL without its user and password (for screens and run.json)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}"
+
+
 def ping(url: str, timeout: float = 2.0) -> str | None:
     """None if the server at ``url`` answers PING, else why not (one line)."""
     import redis

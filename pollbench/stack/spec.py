@@ -18,7 +18,7 @@ from typing import Any
 from pollbench.errors import UserError
 from pollbench.stack import nginx_build, nginx_config, redis_server
 from pollbench.stack.loadgen import check_number
-from pollbench.stack.net import PortClaim, PortTaken, port_free
+from pollbench.stack.net import PortClaim, PortTaken, find_free_ports, port_free
 from target_app.app import AppConfig
 from target_app.server import LOOPS, SELECT_MAX_CONNECTIONS, ConfigError, check_config
 
@@ -60,7 +60,7 @@ class StackSpec:
     # where channels and tasks live: "local" or "redis" (None: the profile's state, else local)
     state: str | None = None
     redis_url: str | None = None      # --redis URL: a server of the user's (none is started)
-    redis_port: int | None = None     # the started Redis' port (None: --backend-port - 1)
+    redis_port: int | None = None     # the started Redis' port (None: a free one)
     redis_overrides: dict[str, Any] = field(default_factory=dict)  # [redis] knobs (sweeps)
 
     @cached_property
@@ -136,7 +136,9 @@ class StackSpec:
             raise UserError("--redis URL needs --state redis (or a profile with state = "
                             "\"redis\")")
         if state == "redis" and self.redis_url is None:
-            redis_port = self.redis_port if self.redis_port is not None else self.backend_port - 1
+            # an internal port (the backends get its URL): a free one unless --redis-port
+            redis_port = self.redis_port if self.redis_port is not None else \
+                find_free_ports(1, exclude={self.port, *ports})
             if not 1024 <= redis_port <= 65535:
                 raise UserError(f"--redis-port {redis_port} must be from 1024 to 65535")
             if redis_port in (self.port, *ports):

@@ -156,8 +156,8 @@ class Stack:
             self.redis = self.group.add(self._spawn_redis())
             self._wait_redis(self.redis)
         state_args = ["--state", cfg.state]
-        if self.redis_url is not None:
-            state_args += ["--redis-url", self.redis_url, "--redis-prefix", self.redis_prefix]
+        if self.redis_url is not None:  # the URL (maybe with a password) in the environment
+            state_args += ["--redis-prefix", self.redis_prefix]
         for i, port in enumerate(self.resolved.backend_ports):
             cmd = [sys.executable, "-m", "target_app", "--processes", "1", "--port", str(port),
                    "--index", str(i),
@@ -206,8 +206,12 @@ class Stack:
             return False
 
     def _spawn_backend(self, i: int) -> Child:
+        env = None
+        if self.redis_url is not None:
+            env = {**os.environ, "TARGET_APP_REDIS_URL": self.redis_url}
         return spawn(f"backend-{i}", self.backend_cmds[i],
-                     self.run_dir / "logs" / f"backend-{i}.log", cpus=self.resolved.spec.cpus)
+                     self.run_dir / "logs" / f"backend-{i}.log", env=env,
+                     cpus=self.resolved.spec.cpus)
 
     def _wait_healthy(self, child: Child, url: str, timeout: float) -> None:
         def healthy() -> bool:
