@@ -14,6 +14,7 @@ again), ``metrics/counters.jsonl`` (failures by cause), ``samples/backend_stats.
 
 from __future__ import annotations
 
+import json
 import statistics
 
 from analysis.epochs import epoch_loss
@@ -114,3 +115,31 @@ def backend_stalls(run: RunData) -> list[dict]:
                                "held_polls_after": int(held.iloc[0]) if not held.empty
                                else None})
     return stalls
+
+
+def redis_stalls(run: RunData) -> list[dict]:
+    """Spans where the stack's Redis did not answer the sampler's INFO (an error each time)
+    for STALL_GAP_S or more: stopped, overloaded or down.  Every request that needs the shared
+    state waits for it meanwhile (then 503s)."""
+    path = run.path / "samples" / "redis_info.jsonl"
+    if not path.exists():
+        return []
+    stalls, since = [], None
+    last_time = None
+    with path.open() as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the end of the run
+            last_time = row["time"]
+            if "error" in row:
+                since = row["time"] if since is None else since
+            elif since is not None:
+                stalls.append((since, row["time"]))
+                since = None
+    if since is not None and last_time is not None:
+        stalls.append((since, last_time))
+    return [{"from_s": round(a - run.start, 1), "to_s": round(b - run.start, 1),
+             "lasted_s": round(b - a, 1)} for a, b in stalls if b - a >= STALL_GAP_S]
+

@@ -19,7 +19,7 @@ import pandas as pd
 from hdrh.histogram import HdrHistogram
 
 from analysis import catalog
-from analysis.faults import backend_stalls, epoch_loss, per_fault
+from analysis.faults import backend_stalls, epoch_loss, per_fault, redis_stalls
 from analysis.hdr import new_histogram, percentiles_us, summary_ms
 from analysis.load import RunData
 
@@ -276,6 +276,11 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         warnings.append(f"backend {s['backend']} did not answer /stats for {s['lasted_s']:g} s "
                         f"(from {s['from_s']:g} s): stopped, overloaded or down; delivery "
                         "latency may look normal while polls pile up")
+    shared_stalls = redis_stalls(run)
+    for s in shared_stalls:
+        warnings.append(f"Redis did not answer for {s['lasted_s']:g} s (from {s['from_s']:g} s): "
+                        "stopped, overloaded or down; requests needing the shared state "
+                        "waited, then got 503")
     summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run": str(run.path), "label": run_label(info),
@@ -286,7 +291,7 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         "loadgen_saturated": bool(cpu.get("loadgen_saturated", False)),
         "machine_saturated": bool(cpu.get("machine_saturated", False)),
         "warnings": warnings,
-        "faults": per_fault(run), "backend_stalls": stalls,
+        "faults": per_fault(run), "backend_stalls": stalls, "redis_stalls": shared_stalls,
         "metrics": metrics,
         "errors_by_cause": errors,
         "windows": {"width_s": WINDOW_S, "series": windows},

@@ -340,9 +340,11 @@ class MetricsPlumbing:
         data = msg.data if isinstance(msg.data, dict) else {}
         theirs, mine = data.get("pollbench"), pollbench_version()
         node = f"worker-{msg.node_id[-8:]}"
+        refused = theirs != mine
+        # a refused worker quits at once: its leaving is no loss (watch_workers skips it)
         self.workers[msg.node_id] = {"host": data.get("host"), "pollbench": theirs,
-                                     "lost": False}
-        if theirs != mine:
+                                     "lost": False, "refused": refused}
+        if refused:
             reason = (f"pollbench {theirs} on {data.get('host')} but {mine} on the master: "
                       "install the same pollbench on every host")
             log.error("worker %s %s %s", node, REFUSED_MARK, reason)
@@ -364,7 +366,7 @@ class MetricsPlumbing:
         present = {c.id: c.state for c in self.runner.clients.values()}
         for node, info in self.workers.items():
             gone = node not in present or present[node] == STATE_MISSING
-            if gone and not info["lost"] and not self._stopped:
+            if gone and not info["lost"] and not info.get("refused") and not self._stopped:
                 info["lost"] = True
                 name = f"worker-{node[-8:]}"
                 self.workers_lost.append(name)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from analysis.catalog import (
     EXIT_INTERRUPTED,
@@ -148,11 +149,15 @@ def _run(remote: RemoteTarget, load: LoadSpec, client: AgentClient, target: str,
     group = ChildGroup()
     sampler: Sampler | None = None
     status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
-    controller_before = client.clock_offset()
-    at_start = client.sizes()
+    controller_before: Offset | None = None
+    at_start: dict | None = None
     t0 = time.time()
     locust = None
     try:
+        # inside the try: an agent that fails here still leaves run.json "failed", not
+        # "running" for ever
+        controller_before = client.clock_offset()
+        at_start = client.sizes()
         (run_dir / "locust").mkdir()
         master = ("--master", "--master-bind-host", remote.master_bind,
                   "--master-bind-port", str(remote.master_port),
@@ -210,8 +215,10 @@ def _run(remote: RemoteTarget, load: LoadSpec, client: AgentClient, target: str,
             if sampler is not None:
                 sampler.stop()
             t1 = time.time()
-            cpu_source = _collect(client, run_dir, record, at_start, t0, t1, controller_before,
-                                  sampler)
+            cpu_source: Any = sampler  # nothing to pull when the agent failed before the load
+            if at_start is not None and controller_before is not None:
+                cpu_source = _collect(client, run_dir, record, at_start, t0, t1,
+                                      controller_before, sampler)
             finish_record(record, run_dir, status, reason, code, cpu_source,
                           SimpleNamespace(exit_codes=exit_codes),
                           report and status == STATUS_COMPLETE,

@@ -12,13 +12,21 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.catalog import EXIT_OK, LIVE_FILE, METRICS_DIR, UI_TESTS_DIR
+from analysis.catalog import (
+    EXIT_BROKEN,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    LIVE_FILE,
+    METRICS_DIR,
+    UI_TESTS_DIR,
+)
 from pollbench.actions.run import base_record
 from pollbench.actions.uitests import finish_test, unwritten_tests
 from pollbench.errors import RunFailed, UserError
 from pollbench.paths import LOCUSTFILE
 from pollbench.records.rundir import new_run_dir, write_json_atomic
-from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_INCOMPLETE
+from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import answers, port_free
 from pollbench.stack.processes import spawn, wait_until
@@ -73,6 +81,8 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
     stack = Stack(resolved, run_dir)
     sampler = None
     status = STATUS_INCOMPLETE
+    # what run.json says at the end: a session that fails is not "stopped by the user"
+    exit_record = {"code": EXIT_INTERRUPTED, "reason": "interrupted"}
     reports = TestReports(run_dir, record)
     original = signal.getsignal(signal.SIGINT)
     try:
@@ -114,8 +124,14 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
             # must not cut the ending short
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         status = STATUS_COMPLETE
+        exit_record = {"code": EXIT_OK, "reason": "stopped by the user"}
         print("stopping; results are in", run_dir, flush=True)
         return EXIT_OK
+    except (RunFailed, UserError) as e:
+        status = STATUS_FAILED
+        exit_record = {"code": EXIT_RUN_FAILED if isinstance(e, RunFailed) else EXIT_BROKEN,
+                       "reason": f"failed: {str(e).splitlines()[0]}"}
+        raise
     finally:
         # Ctrl-C again while stopping and writing the pending reports is ignored
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -126,7 +142,7 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
             reports.poll(final=True)  # tests stopped at quit, or never stopped
             record.update(ended_at=time.time(), status=status,
                           complete=status == STATUS_COMPLETE,
-                          exit={"code": EXIT_OK, "reason": "stopped by the user"})
+                          exit=exit_record)
             record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
             write_json_atomic(run_dir / "run.json", record)
         finally:

@@ -129,3 +129,35 @@ def test_the_controller_pulls_the_target_side_and_says_what_is_wrong(agent, tmp_
     for bad in ("ftp://h:1", "http://h", "http://h:1/x", "h:1"):
         with pytest.raises(UserError, match="must be http://HOST:PORT"):
             AgentClient(bad, token)
+
+
+def test_an_agent_failing_before_the_load_leaves_the_run_failed_not_running(tmp_path):
+    """The agent's first calls come after run.json says "running": if they fail, the record
+    must still end (it used to stay "running" for ever)."""
+    from types import SimpleNamespace
+
+    from pollbench.actions import remote_run
+    from pollbench.actions.run import record_start
+    from pollbench.errors import UserError
+    from pollbench.records.rundir import write_json_atomic
+    from pollbench.stack.loadgen import LoadSpec
+
+    class VanishedAgent:
+        url = "http://127.0.0.1:9"
+
+        def clock_offset(self):
+            raise UserError("agent http://127.0.0.1:9 does not answer: connection refused")
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    load = LoadSpec(users=10, duration_s=5)
+    record = record_start("run", load, {"stack": {}, "software": {}, "host": {}})
+    record["distributed"] = {}
+    write_json_atomic(run_dir / "run.json", record)
+    remote = SimpleNamespace(master_bind="127.0.0.1", master_port=5557, expect_workers=1,
+                             workers_timeout_s=5, token="x" * 16)
+    with pytest.raises(UserError):
+        remote_run._run(remote, load, VanishedAgent(), "http://127.0.0.1:8080",
+                        run_dir, record, report=False, history_source="run")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "does not answer" in info["exit"]["reason"]

@@ -39,7 +39,7 @@ def seq_problems(events: list[dict]) -> list[str]:
     return problems
 
 
-def shared_run(tmp_path, monkeypatch, faults: tuple[str, ...]):
+def shared_run(tmp_path, monkeypatch, faults: tuple[str, ...], duration_s: float = 14):
     from analysis.figures import compute
     from analysis.load import load_run
     from pollbench.actions.run import run
@@ -49,12 +49,14 @@ def shared_run(tmp_path, monkeypatch, faults: tuple[str, ...]):
     monkeypatch.setenv("POLLBENCH_TRACE", "1")  # Locust inherits it: every seq is logged
     port, backend_port = free_stack_ports()
     spec = StackSpec(profile="shared", port=port, backend_port=backend_port)
-    load = LoadSpec(users=41, spawn_rate=400, duration_s=14, channels=10, publish_rate=100,
+    load = LoadSpec(users=41, spawn_rate=400, duration_s=duration_s, channels=10,
+                    publish_rate=100,
                     poll_timeout_s=5, faults=faults)
     out = tmp_path / "run"
     assert run(spec, load, out=out, report=False) == 0
     data = load_run(out)
-    return out, data, compute(data).summary["metrics"]
+    summary = compute(data).summary
+    return out, data, summary["metrics"] | {"redis_stalls": summary["redis_stalls"]}
 
 
 def test_round_robin_over_shared_state_delivers_exactly_once_in_order_through_kills(
@@ -81,15 +83,18 @@ def test_round_robin_over_shared_state_delivers_exactly_once_in_order_through_ki
 
 def test_a_redis_kill_loses_what_it_held_counted_exactly_and_the_run_goes_on(
         tmp_path, monkeypatch):
-    out, data, metrics = shared_run(tmp_path, monkeypatch, ("5s:kill=1s:redis",))
+    out, data, metrics = shared_run(tmp_path, monkeypatch,
+                                    ("4s:kill=1s:redis", "9s:stop=4s:redis"), duration_s=17)
     info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "complete" and info["faults"][0]["ok"], info["faults"]
+    assert info["status"] == "complete" and all(f["ok"] for f in info["faults"]), info["faults"]
+    # the stop is flagged as a stall of the shared state
+    assert any(s["lasted_s"] >= 3 and 8 <= s["from_s"] <= 13 for s in metrics["redis_stalls"])
     assert "restarted as pid" in info["faults"][0]["detail"]
     lost, _ = independent_loss(data.events)
     assert metrics["lost_messages"]["value"] == lost
     assert any(e["kind"] == "epoch_change" for e in data.events)  # a new lifetime in Redis
     assert seq_problems(data.events) == []
-    # deliveries went on after Redis came back
+    # deliveries went on after Redis came back and after it resumed
     after = [e for e in data.events if e["kind"] == "trace_seen" and e["seqs"]
-             and e["at"] > info["faults"][0]["ended_at"] + 1]
+             and e["at"] > info["faults"][1]["ended_at"] + 1]
     assert after

@@ -161,3 +161,34 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
     validate_run_json(session)
     assert session["kind"] == "ui" and session["tests"] == ["tests/001", "tests/002"]
     assert not [p for p in session["pids"].values() if psutil.pid_exists(p)]
+
+
+def test_a_ui_session_that_fails_is_recorded_as_failed_not_stopped_by_the_user(tmp_path):
+    """A backend dying under the UI ends the session with exit 3, and run.json says so
+    (it used to say exit 0, "stopped by the user")."""
+    port, backend_port = free_stack_ports()
+    web_port = find_free_ports(1, 33000, 36000)
+    out = tmp_path / "ui"
+    proc = subprocess.Popen(
+        pollbench_cmd("ui", "--port", str(port), "--backend-port", str(backend_port),
+                      "--web-port", str(web_port), "--out", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "Ctrl-C" in line:
+                break
+        wanted = ["--port", str(backend_port + 1)]
+        backend = next(p for p in psutil.process_iter(["cmdline"])
+                       if "target_app" in (p.info["cmdline"] or [])
+                       and any(p.info["cmdline"][i:i + 2] == wanted
+                               for i in range(len(p.info["cmdline"]))))
+        backend.kill()
+        assert proc.wait(30) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and info["exit"]["code"] == 3
+    assert "backend-1 exited unexpectedly" in info["exit"]["reason"]

@@ -1,0 +1,44 @@
+"""The master's view of its workers (several hosts): a worker it refused is not "lost"."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from loadtests.metrics import MetricsPlumbing, pollbench_version
+
+
+class FakeMaster:
+    def __init__(self) -> None:
+        self.clients: dict[str, SimpleNamespace] = {}
+        self.sent: list[tuple[str, dict, str]] = []
+
+    def send_message(self, kind: str, data: dict, client_id: str) -> None:
+        self.sent.append((kind, data, client_id))
+
+
+def master_plumbing() -> MetricsPlumbing:
+    plumbing = object.__new__(MetricsPlumbing)  # the master's state, without a Locust run
+    plumbing.runner = FakeMaster()
+    plumbing.workers, plumbing.workers_lost = {}, []
+    plumbing.sink, plumbing._stopped = None, False
+    return plumbing
+
+
+def hello(node: str, version: str) -> SimpleNamespace:
+    return SimpleNamespace(node_id=node, data={"pollbench": version, "host": "h"})
+
+
+def test_a_refused_worker_that_leaves_is_not_reported_lost():
+    plumbing = master_plumbing()
+    plumbing.on_worker_hello(None, hello("node-old-version", "0.0.0-other"))
+    assert plumbing.runner.sent and plumbing.runner.sent[0][2] == "node-old-version"
+    plumbing.watch_workers()  # the refused worker quit: it is gone from the master's clients
+    assert plumbing.workers_lost == []
+
+
+def test_a_joined_worker_that_leaves_mid_run_is_lost_once():
+    plumbing = master_plumbing()
+    plumbing.on_worker_hello(None, hello("node-abcdefgh", pollbench_version()))
+    plumbing.watch_workers()
+    plumbing.watch_workers()
+    assert plumbing.workers_lost == ["worker-abcdefgh"]
