@@ -29,25 +29,12 @@ sys.path.insert(0, str(REPO))
 from pollbench.stack.net import find_free_ports  # noqa: E402
 from target_app.shared import _PUBLISH, _READ  # noqa: E402  (the list scripts the target runs)
 
-PUBLISH_STREAM = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then redis.call('SET', KEYS[1], ARGV[1]); epoch = ARGV[1] end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[6]) then return {0, epoch} end
-  redis.call('SADD', KEYS[4], ARGV[2])
-end
-local seq = redis.call('INCR', KEYS[2])
-local msg = '{"seq":' .. seq .. ',"ts":' .. ARGV[3] .. ',"data":' .. ARGV[4] .. '}'
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], seq .. '-1', 'm', msg)
-redis.call('PUBLISH', ARGV[7], 'C\\n' .. ARGV[2] .. '\\n' .. epoch .. '\\n' .. seq .. '\\n' .. msg)
-return {seq, epoch}
-"""
-READ_STREAM = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then redis.call('SET', KEYS[1], ARGV[1]); epoch = ARGV[1] end
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local cursor = tonumber(ARGV[2])
-if cursor < 0 or cursor >= last then return {epoch, last, last + 1, {}} end
+# The same scripts with the buffer kept in a stream: seq-numbered ids, MAXLEN on append, and
+# XRANGE from the cursor (everything else, epoch and channel limit included, unchanged).
+PUBLISH_STREAM = _PUBLISH.replace(
+    "redis.call('RPUSH', KEYS[3], msg)\nredis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)",
+    "redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], seq .. '-1', 'm', msg)")
+READ_STREAM = _READ[:_READ.index("local n = redis.call('LLEN'")] + """\
 local e = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
 local first = tonumber(string.match(e[1][1], '^(%d+)'))
 local got = redis.call('XRANGE', KEYS[3], '(' .. cursor .. '-1', '+', 'COUNT', ARGV[3])
@@ -55,6 +42,7 @@ local msgs = {}
 for i, ent in ipairs(got) do msgs[i] = ent[2][2] end
 return {epoch, last, first, msgs}
 """
+assert PUBLISH_STREAM != _PUBLISH and "XRANGE" in READ_STREAM
 STRUCTURES = {"list": (_PUBLISH, _READ), "stream": (PUBLISH_STREAM, READ_STREAM)}
 
 

@@ -43,7 +43,7 @@ from pollbench.stack.net import OPENER, port_free
 from pollbench.stack.nginx_config import check_listen_address
 from pollbench.stack.processes import ChildGroup, spawn
 from pollbench.stack.remote import AgentClient, check_http_url, pull_run
-from pollbench.stack.sampler import Sampler, summary_from_rows
+from pollbench.stack.sampler import SATURATION_CPU_PERCENT, Sampler, summary_from_rows
 
 LOCUST_GRACE_S = 60  # as a local run: Locust's time to stop users and write its reports
 DEFAULT_MASTER_PORT = 5557
@@ -319,7 +319,7 @@ def workers_cpu(run_dir: Path) -> tuple[dict[str, list[int]], dict[str, float],
         src = row.get("source", "?")
         n_sat = counts.setdefault(src, [0, 0])
         n_sat[0] += 1
-        n_sat[1] += cpu_ms / 1000 / dt >= 0.9
+        n_sat[1] += cpu_ms / 1000 / dt * 100 >= SATURATION_CPU_PERCENT
         seconds[src] = seconds.get(src, 0.0) + cpu_ms / 1000
         span[src] = span.get(src, 0.0) + dt
     return counts, seconds, span

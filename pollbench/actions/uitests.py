@@ -26,7 +26,7 @@ from analysis.catalog import (
 from pollbench.actions.run import cpu_summary, store_in_history
 from pollbench.records.rundir import write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE
-from pollbench.stack.sampler import MACHINE_SATURATION_PERCENT, SATURATION_CPU_PERCENT
+from pollbench.stack.sampler import summary_from_rows
 
 MARGIN_S = 1.0  # samples this close outside a test's span still belong to it
 
@@ -90,20 +90,13 @@ def _access_time(line: str) -> float:
 
 
 def cpu_of(rows: list[dict]) -> tuple[dict, list[str]]:
-    """run.json's "cpu" and its warnings for a test, from its 1-s process samples (the
-    sampler's thresholds, and :func:`pollbench.actions.run.cpu_summary`)."""
-    seconds: dict[str, float] = {}
-    counts: dict[str, list[int]] = {}
-    for row in rows:
-        name, cpu = row["component"], float(row["cpu_percent"])
-        limit = MACHINE_SATURATION_PERCENT if name == "system" else SATURATION_CPU_PERCENT
-        n = counts.setdefault(name, [0, 0])
-        n[0] += 1
-        n[1] += cpu >= limit
-        if name != "system":
-            group = name.split("/", 1)[0]
-            seconds[group] = seconds.get(group, 0.0) + cpu / 100
-    return cpu_summary(counts, seconds)
+    """run.json's "cpu" and its warnings for a test, from its 1-s process samples: the one
+    saturation rule (:func:`pollbench.stack.sampler.summary_from_rows`, start-up grace
+    included: a test's first seconds are its users being spawned) and
+    :func:`pollbench.actions.run.cpu_summary`."""
+    saturation, seconds = summary_from_rows(
+        [[row["time"], row["component"], row["pid"], row["cpu_percent"]] for row in rows])
+    return cpu_summary(saturation, seconds)
 
 
 def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: bool = True,

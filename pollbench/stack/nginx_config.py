@@ -136,19 +136,26 @@ def _knob_defaults() -> dict[str, Any]:
     return {name: SEED.get(name) for name in KNOBS}
 
 
-def validate(settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """Check every knob and the rules between knobs; return a complete settings dict."""
-    prefix = f"{where}: " if where else ""
-    out = _knob_defaults()
+def apply_knobs(table: Mapping[str, Knob], settings: Mapping[str, Any], out: dict[str, Any],
+                prefix: str, component: str) -> dict[str, Any]:
+    """Check each of ``settings`` against its knob in ``table`` into ``out``; an unknown name
+    or a bad value is refused in one line starting with ``prefix``."""
     for name, value in settings.items():
-        knob = KNOBS.get(name)
+        knob = table.get(name)
         if knob is None:
-            raise UserError(f"{prefix}unknown nginx knob {name!r}; known knobs: "
-                            + ", ".join(sorted(KNOBS)))
+            raise UserError(f"{prefix}unknown {component} knob {name!r}; known knobs: "
+                            + ", ".join(sorted(table)))
         try:
             out[name] = knob.check(value)
         except UserError as e:
             raise UserError(prefix + str(e)) from None
+    return out
+
+
+def validate(settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Check every knob and the rules between knobs; return a complete settings dict."""
+    prefix = f"{where}: " if where else ""
+    out = apply_knobs(KNOBS, settings, _knob_defaults(), prefix, "nginx")
     problems = []
     if not out["upstream_keepalive"]:
         for dep in ("upstream_keepalive_requests", "upstream_keepalive_timeout"):

@@ -3,7 +3,7 @@ folder, the server found, started, waited for and sampled, like nginx.
 
     settings = validate_redis({"io_threads": 2})          # refused in one line if out of range
     text = render_redis(settings, port=7999, run_dir=Path("/tmp/run"))
-    url = check_external("redis://10.0.0.9:6379/0")       # --redis URL: a server of the user's
+    url = check_url("redis://127.0.0.1:6379/0")          # --redis URL: a server of yours
 
 Persistence is off by default (``save ""``, ``appendonly no``): a Redis restart then loses
 the shared state, which the target reports as a new epoch (the loss is counted exactly).
@@ -19,16 +19,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pollbench.errors import UserError
-from pollbench.stack.nginx_config import Knob, safe_path
+from pollbench.stack.nginx_config import Knob, apply_knobs, safe_path
 
 REDIS_KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("io_threads", "int", "threads for socket writes (1 = the main thread only)", 1, 16,
-         component="redis"),
+         component="redis", nullable=False),
     Knob("hz", "int", "background task frequency (expiry, timeouts), per s", 1, 500,
-         component="redis"),
+         component="redis", nullable=False),
     Knob("appendonly", "bool", "append-only file persistence (fsync every second)",
-         component="redis"),
-    Knob("maxclients", "int", "most client connections at once", 16, 100000, component="redis"),
+         component="redis", nullable=False),
+    Knob("maxclients", "int", "most client connections at once", 16, 100000,
+         component="redis", nullable=False),
 ]}
 # Redis 7.0's own defaults, written out so the rendered file says what runs.
 REDIS_DEFAULTS = {"io_threads": 1, "hz": 10, "appendonly": False, "maxclients": 10000}
@@ -36,20 +37,8 @@ REDIS_DEFAULTS = {"io_threads": 1, "hz": 10, "appendonly": False, "maxclients": 
 
 def validate_redis(settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """Every [redis] knob checked; a complete settings dict (defaults filled in)."""
-    prefix = f"{where}: " if where else ""
-    out = dict(REDIS_DEFAULTS)
-    for name, value in settings.items():
-        knob = REDIS_KNOBS.get(name)
-        if knob is None:
-            raise UserError(f"{prefix}unknown redis knob {name!r}; known knobs: "
-                            + ", ".join(sorted(REDIS_KNOBS)))
-        try:
-            checked = knob.check(value)
-        except UserError as e:
-            raise UserError(prefix + str(e)) from None
-        if checked is not None:
-            out[name] = checked
-    return out
+    return apply_knobs(REDIS_KNOBS, settings, dict(REDIS_DEFAULTS),
+                       f"{where}: " if where else "", "redis")
 
 
 def render_redis(settings: Mapping[str, Any], port: int, run_dir: Path) -> str:

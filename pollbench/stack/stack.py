@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -258,25 +259,19 @@ class Stack:
             if i >= len(self.backends):
                 raise ValueError(f"there is no {fault.target} (this stack has "
                                  f"{len(self.backends)} backends)")
-            child = self.backends[i]
-            if fault.action == "stop":
-                signal_group(child.pid, signal.SIGSTOP)
-                halt.wait(fault.duration_s or 0)
-                signal_group(child.pid, signal.SIGCONT)
-                return f"backend-{i} (pid {child.pid}) stopped for {fault.duration_s:g} s"
-            # (a backend is started from this thread, which lives until the run ends)
-            code = self._take_down(child, fault, halt)
-            if halt.is_set():
-                return f"backend-{i} pid {child.pid} exited with {code}; the run ended first"
-            new = self._spawn_backend(i)
-            with self._children_lock:
-                self.group.children[self.group.children.index(child)] = new
+
+            def install_backend(new: Child) -> None:
                 self.backends[i] = new
-                self.expected_down.discard(child.name)
-            healthy = wait_until(lambda: not new.alive() or answers(
-                f"{self.backend_urls[i]}/healthz"), 15) and new.alive()
-            return (f"backend-{i} pid {child.pid} exited with {code}; restarted as pid "
-                    f"{new.pid}" + ("" if healthy else " (not healthy within 15 s)"))
+
+            def backend_health(new: Child) -> str:
+                ok = wait_until(lambda: not new.alive() or answers(
+                    f"{self.backend_urls[i]}/healthz"), 15) and new.alive()
+                return "" if ok else " (not healthy within 15 s)"
+
+            # (a backend is started from this thread, which lives until the run ends)
+            return self._process_fault(self.backends[i], fault, halt,
+                                       lambda: self._spawn_backend(i), install_backend,
+                                       backend_health)
         if fault.action == "reload":
             return self._reload_nginx(fault.target)
         return self._upgrade_nginx()
@@ -308,28 +303,43 @@ class Stack:
     def _redis_fault(self, fault: Fault, halt: threading.Event) -> str:
         """kill / stop / restart of the stack's own Redis (same port and config; with
         persistence off its data, and so every channel's epoch, is gone after a kill)."""
-        child = self.redis
-        if child is None:
+        if self.redis is None:
             raise ValueError("this stack started no Redis (--state local, or --redis URL)")
+
+        def install_redis(new: Child) -> None:
+            self.redis = new
+
+        def redis_health(new: Child) -> str:
+            try:
+                self._wait_redis(new)
+                return ""
+            except RunFailed as e:
+                return f" (not answering: {str(e).splitlines()[0]})"
+
+        return self._process_fault(self.redis, fault, halt, self._spawn_redis, install_redis,
+                                   redis_health)
+
+    def _process_fault(self, child: Child, fault: Fault, halt: threading.Event,
+                       respawn: Callable[[], Child], install: Callable[[Child], None],
+                       health: Callable[[Child], str]) -> str:
+        """stop (SIGSTOP for the fault's duration, then SIGCONT), or kill / restart and start
+        it again: ``respawn`` makes the new process, ``install`` puts it where the old one
+        was, ``health`` says "" once it answers (else why not)."""
         if fault.action == "stop":
             signal_group(child.pid, signal.SIGSTOP)
             halt.wait(fault.duration_s or 0)
             signal_group(child.pid, signal.SIGCONT)
-            return f"redis (pid {child.pid}) stopped for {fault.duration_s:g} s"
+            return f"{child.name} (pid {child.pid}) stopped for {fault.duration_s:g} s"
         code = self._take_down(child, fault, halt)
         if halt.is_set():
-            return f"redis pid {child.pid} exited with {code}; the run ended first"
-        new = self._spawn_redis()
+            return f"{child.name} pid {child.pid} exited with {code}; the run ended first"
+        new = respawn()
         with self._children_lock:
             self.group.children[self.group.children.index(child)] = new
-            self.redis = new
+            install(new)
             self.expected_down.discard(child.name)
-        try:
-            self._wait_redis(new)
-            healthy = ""
-        except RunFailed as e:
-            healthy = f" (not answering: {str(e).splitlines()[0]})"
-        return f"redis pid {child.pid} exited with {code}; restarted as pid {new.pid}{healthy}"
+        return (f"{child.name} pid {child.pid} exited with {code}; restarted as pid "
+                f"{new.pid}{health(new)}")
 
     def _master(self) -> int:
         if self.nginx_master is not None:

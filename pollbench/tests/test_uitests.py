@@ -70,3 +70,22 @@ def test_a_stopped_test_gets_the_session_records_of_its_span(tmp_path):
     assert any("CPU-saturated" in w for w in record["warnings"])
     assert any("1 messages lost" in w for w in record["warnings"])
     assert record["files"]["processes"] == "samples/processes.csv"
+
+
+def test_a_short_test_spawning_its_users_is_not_called_saturated():
+    """The load generator is busy while a test spawns its users (its first seconds): a 6-s
+    test must not be flagged saturated for that, as a run is not (the sampler's grace)."""
+    from pollbench.actions.uitests import cpu_of
+
+    t0 = 1_800_000_000.0
+    rows = []
+    for i in range(6):
+        busy = 100.0 if i < 2 else 30.0  # spawning, then the steady load
+        rows += [{"time": t0 + i, "component": "loadgen", "pid": 7, "cpu_percent": busy},
+                 {"time": t0 + i, "component": "system", "pid": 0, "cpu_percent": 40.0}]
+    cpu, warnings = cpu_of(rows)
+    assert not cpu["loadgen_saturated"] and warnings == []
+    # saturated in the steady part, it is flagged
+    rows = [dict(r, cpu_percent=99.0) if r["component"] == "loadgen" else r for r in rows]
+    cpu, warnings = cpu_of(rows)
+    assert cpu["loadgen_saturated"] and "saturated" in warnings[0]
