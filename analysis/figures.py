@@ -128,7 +128,12 @@ def run_label(info: dict) -> str:
 
 
 def default_warmup(info: dict) -> float:
-    """The spawn time (users / spawn rate), at most a fifth of the run."""
+    """The run's own warm-up when the command that made it fixed one (``warmup_s`` in
+    run.json: a check's or a sweep's, so that every reader ranks and stores the same
+    figures), else the spawn time (users / spawn rate), at most a fifth of the run."""
+    own = info.get("warmup_s")
+    if isinstance(own, (int, float)) and not isinstance(own, bool) and own >= 0:
+        return float(own)
     p = info["parameters"]
     spawn = p["users"] / p["spawn_rate"] if p.get("spawn_rate") else 0.0
     return round(min(spawn, 0.2 * p["duration_s"]), 3)

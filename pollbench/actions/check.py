@@ -59,7 +59,8 @@ def run_candidate(out: Path, port: int, backend_port: int, delivery_delay_ms: fl
 
     spec = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port,
                      delivery_delay_ms=delivery_delay_ms)
-    code = run(spec, LoadSpec(**CI_LOAD), out=out, report=False, history_source="check")
+    code = run(spec, LoadSpec(**CI_LOAD), out=out, report=False, history_source="check",
+               warmup_s=CI_WARMUP_S)
     if code != EXIT_OK:
         raise RunFailed(f"{out.name} ended with code {code}")
     return _summary(out)
@@ -82,6 +83,8 @@ def record_base_run(out: Path, git: dict) -> None:
     from pollbench.actions.run import store_in_history
 
     record = json.loads((out / "run.json").read_text())
+    # the base revision's pollbench may not record it: the check judged it at its warm-up
+    record["warmup_s"] = CI_WARMUP_S
     store_in_history(record, out, "check", git=git)
 
 

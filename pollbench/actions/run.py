@@ -161,12 +161,14 @@ def cpu_summary(saturation: dict[str, list[int]], cpu_seconds: dict[str, float]
 
 
 def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True,
-        history_source: str = "run") -> int:
+        history_source: str = "run", warmup_s: float | None = None) -> int:
     """``history_source``: what the results history records as the run's origin (run,
-    check, sweep); the history is $POLLBENCH_HISTORY, else results/history.sqlite."""
+    check, sweep); the history is $POLLBENCH_HISTORY, else results/history.sqlite.
+    ``warmup_s``: the warm-up the caller judges the run by (a check's, a sweep's), recorded
+    in run.json so that the report and the history use the same (default: the spawn time)."""
     resolved = spec.resolve(claim=True)  # ports held until the run ends
     try:
-        return _run(resolved, load, out, report, history_source)
+        return _run(resolved, load, out, report, history_source, warmup_s)
     finally:
         resolved.release()
 
@@ -191,7 +193,7 @@ def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
 
 
 def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool,
-         history_source: str) -> int:
+         history_source: str, warmup_s: float | None = None) -> int:
     spec = resolved.spec
     load.validate(spec.max_hold_s)
     faults = load.fault_schedule()
@@ -201,6 +203,8 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
         nginx_config.safe_path(Path(out).resolve() / "nginx")  # refused before it is created
     run_dir = new_run_dir(label, out)
     record = base_record("run", resolved, load)
+    if warmup_s is not None:
+        record["warmup_s"] = warmup_s
     write_json_atomic(run_dir / "run.json", record)
     print(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}", flush=True)
 

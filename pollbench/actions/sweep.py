@@ -251,7 +251,7 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
         (root / cell.folder).mkdir(exist_ok=True)
         try:
             code = run(spec, cell.load, out=root / entry["run"], report=False,
-                       history_source="sweep")
+                       history_source="sweep", warmup_s=sweep.warmup_s)
             entry.update(status=COMPLETE if code == 0 else FAILED, exit_code=code)
         except KeyboardInterrupt:
             entry.update(status=INTERRUPTED, exit_code=EXIT_INTERRUPTED)

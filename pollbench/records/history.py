@@ -114,8 +114,7 @@ def _engine(url: str, create: bool = True):
         if not path or path == ":memory:":
             raise UserError(f"--history {url!r}: give SQLite a file, sqlite:///PATH")
         file = Path(path)
-        if file.exists() and file.stat().st_size and \
-                file.read_bytes()[:16] != SQLITE_MAGIC:
+        if file.exists() and file.stat().st_size and _header(file) != SQLITE_MAGIC:
             raise UserError(f"--history {file} is not a pollbench history (not an SQLite "
                             "file): name a new file or an existing history")
         if create:
@@ -295,6 +294,12 @@ def shown_url(url: str) -> str:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "(the history URL)"
+
+
+def _header(file: Path) -> bytes:
+    """The first 16 bytes (an SQLite file's magic), without reading the rest."""
+    with file.open("rb") as f:
+        return f.read(len(SQLITE_MAGIC))
 
 
 def _first_line(e: Exception) -> str:

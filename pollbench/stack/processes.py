@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,13 @@ class Child:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 signal_group(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
+                try:
+                    self.popen.wait(5)
+                except subprocess.TimeoutExpired:
+                    # not gone 5 s after SIGKILL (stuck in the kernel): say so, and let the
+                    # other children be stopped all the same
+                    print(f"WARNING: {self.name} (pid {self.popen.pid}) did not exit after "
+                          "SIGKILL", file=sys.stderr, flush=True)
         # The group may still hold grandchildren (nginx workers, Locust workers).
         signal_group(self.popen.pid, signal.SIGKILL)
         self.exit_code = self.popen.returncode

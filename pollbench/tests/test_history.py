@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pollbench.errors import UserError
 from pollbench.records.history import SCHEMA_VERSION, History, _schema
 from pollbench.stack.net import find_free_ports
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
@@ -325,3 +326,37 @@ def test_a_step_where_the_machine_changed_says_so():
     [step] = steps("delivery_latency_p50", pd.DataFrame(rows))
     assert (step.before_commit, step.after_commit) == ("c05", "c06")
     assert step.line().endswith("; the machine changed there too")
+
+
+def test_a_repetition_is_stored_with_the_figures_its_check_or_sweep_ranked(tmp_path):
+    """A check or sweep repetition has no report; the history computes its figures, at the
+    warm-up the check or sweep judged it by (run.json's warmup_s), not the default one."""
+    import numpy as np
+
+    from analysis.figures import compute
+    from analysis.load import load_run
+    from analysis.synthetic import make_run, run_json
+
+    # deliveries are slow in the first 4 s and fast after; the sweep left out 5 s
+    values = np.concatenate([np.full(2000, 50.0), np.full(3000, 2.0)])
+    run = make_run(tmp_path / "rep-1", delivery_ms=values, duration_s=10.0,
+                   info=run_json({"spawn_rate": 1000.0}, warmup_s=5.0))
+    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    store = History.open(url)
+    store.add_run(run, "sweep")
+    [stored] = store.query()
+    store.close()
+    ranked = compute(load_run(run), warmup_s=5.0).summary["metrics"]["delivery_latency_p99"]
+    at_default = compute(load_run(run), warmup_s=0.1).summary["metrics"]
+    assert stored.figures["delivery_latency_p99"] == ranked["value"]
+    assert ranked["value"] != at_default["delivery_latency_p99"]["value"]
+
+
+def test_a_huge_file_that_is_no_history_is_refused_without_reading_it(tmp_path):
+    """Only an SQLite file's 16-byte header is read to tell whether it is one: a 40-GB file
+    (sparse: it costs no disk) is refused at once instead of being read into memory."""
+    big = tmp_path / "big.sqlite"
+    with big.open("wb") as f:
+        f.truncate(40 << 30)
+    with pytest.raises(UserError, match="is not a pollbench history"):
+        History.open(f"sqlite:///{big}")

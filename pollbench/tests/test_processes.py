@@ -38,3 +38,30 @@ def test_cpu_lists_and_placement_parse_and_refuse_clearly():
         parse_cpu_placement("0")
     with pytest.raises(ValueError, match="share CPU 0"):
         parse_cpu_placement("0/0-1")
+
+
+def test_a_child_that_outlives_sigkill_does_not_stop_the_others_from_being_stopped(tmp_path):
+    """A process stuck in the kernel survives SIGKILL for a while: stopping the group warns
+    about it and still stops every other child (it used to raise TimeoutExpired)."""
+    import subprocess
+
+    from pollbench.stack.processes import Child, ChildGroup
+
+    class Unkillable(subprocess.Popen):
+        def wait(self, timeout=None):  # as a process in uninterruptible sleep answers
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+
+        def poll(self):
+            return None
+
+    group = ChildGroup()
+    other = group.add(spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                            tmp_path / "sleeper.log"))
+    stuck_popen = Unkillable([sys.executable, "-c", "import time; time.sleep(60)"],
+                             start_new_session=True)
+    group.add(Child("stuck", stuck_popen, tmp_path / "stuck.log"))
+    try:
+        group.stop_all()
+        assert not other.alive()
+    finally:
+        subprocess.Popen.wait(stuck_popen, 10)  # SIGKILL reached it: reap it for real
