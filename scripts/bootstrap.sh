@@ -3,7 +3,8 @@
 # redis-server, for --state redis) when they are missing, and a virtualenv in .venv with the
 # pinned dependencies from pyproject.toml.  Safe to rerun.
 #   --test   also install what the test suite needs (Debian's chromium for the web UI test,
-#            Debian's postgresql for the results-history tests)
+#            Debian's postgresql for the results-history tests, iproute2 for the
+#            several-hosts test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,10 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+# the several-hosts test makes network namespaces with ip (iproute2)
+if [ "$want_test" = 1 ] && ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ]; then
+  missing+=(iproute2)
+fi
 if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi

@@ -192,10 +192,39 @@ def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
                                 f"{other['backends']} backends, the stack {backends}")
 
 
+def check_load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
+    """Refuse a load the target cannot hold as asked (one line); return warnings for what is
+    probably a mistake (printed at once, kept in run.json)."""
+    warnings = []
+    if "ChannelSubscriber" in load.user_classes():
+        app = resolved.app_config
+        # with local state each backend holds its own channels; shared state holds them all once
+        capacity = app.max_channels * (resolved.settings["backends"]
+                                       if resolved.state == "local" else 1)
+        if load.channels > capacity:
+            raise UserError(f"--channels {load.channels} is more than the target holds "
+                            f"({capacity:,}: {app.max_channels:,} per "
+                            f"{'backend' if resolved.state == 'local' else 'shared state'}); "
+                            "publishes past it would be refused with 503")
+        subscribers = load.users - 1
+        if load.channels > subscribers:
+            warnings.append(f"--channels {load.channels} with {subscribers} subscribers: "
+                            f"{load.channels - subscribers} channels have no subscriber (their "
+                            "messages reach nobody)")
+    cores = os.cpu_count() or 1
+    if load.workers > cores:
+        warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "
+                        "Locust processes queue behind each other (and the stack) for CPU")
+    for w in warnings:
+        print(f"WARNING: {w}", file=sys.stderr, flush=True)
+    return warnings
+
+
 def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool,
          history_source: str, warmup_s: float | None = None) -> int:
     spec = resolved.spec
     load.validate(spec.max_hold_s)
+    early_warnings = check_load_fits(resolved, load)
     faults = load.fault_schedule()
     check_fault_targets(resolved, faults)
     label = f"{load.mix and 'mix' or load.scenario}-{spec.profile}-{load.users}u"
@@ -203,6 +232,7 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
         nginx_config.safe_path(Path(out).resolve() / "nginx")  # refused before it is created
     run_dir = new_run_dir(label, out)
     record = base_record("run", resolved, load)
+    record["warnings"] += early_warnings
     if warmup_s is not None:
         record["warmup_s"] = warmup_s
     write_json_atomic(run_dir / "run.json", record)

@@ -48,7 +48,7 @@ def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | 
         resolved.release()
 
 
-class TestReports:
+class UiTestReports:
     """Turns each test the UI stopped into a run folder with a report, as soon as it stops."""
 
     def __init__(self, run_dir: Path, record: dict) -> None:
@@ -83,7 +83,7 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
     status = STATUS_INCOMPLETE
     # what run.json says at the end: a session that fails is not "stopped by the user"
     exit_record = {"code": EXIT_INTERRUPTED, "reason": "interrupted"}
-    reports = TestReports(run_dir, record)
+    reports = UiTestReports(run_dir, record)
     original = signal.getsignal(signal.SIGINT)
     try:
         stack.start()

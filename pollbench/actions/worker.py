@@ -47,6 +47,14 @@ def parse_master(text: str) -> tuple[str, int]:
         if not host or not all(c.isalnum() or c in "-." for c in host):
             raise UserError(f"--master {text!r} must be HOST[:PORT] (an address or a host "
                             "name, the port default 5557)") from None
+        import socket
+
+        try:  # a name that does not resolve would be retried in silence for 5 minutes
+            socket.getaddrinfo(host, number, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise UserError(f"--master {text!r}: the name {host!r} does not resolve "
+                            f"({e.strerror}); give the master's address or a name this host "
+                            "resolves") from None
     return host, number
 
 

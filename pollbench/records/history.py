@@ -126,7 +126,7 @@ def _engine(url: str, create: bool = True):
         try:
             return sa.create_engine(parsed, pool_pre_ping=True,
                                     connect_args={"connect_timeout": 5})
-        except NoSuchModuleError:
+        except (NoSuchModuleError, ImportError):  # sqlalchemy's dialect imports psycopg
             raise UserError(f"--history {url!r}: the PostgreSQL driver is missing; "
                             "pip install 'pollbench[postgresql]'") from None
     raise UserError(f"--history {url!r}: only sqlite:///PATH and postgresql://... are "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -37,6 +38,16 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return http_get(url, timeout=timeout)[0] == 200
     except OSError:
         return False
+
+
+def address_here(host: str) -> bool:
+    """Whether something on this host can listen on ``host`` (one of its addresses)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, 0))
+        except OSError as e:
+            return e.errno != errno.EADDRNOTAVAIL
+    return True
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

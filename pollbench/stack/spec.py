@@ -18,7 +18,7 @@ from typing import Any
 from pollbench.errors import UserError
 from pollbench.stack import nginx_build, nginx_config, redis_server
 from pollbench.stack.loadgen import check_number
-from pollbench.stack.net import PortClaim, PortTaken, find_free_ports, port_free
+from pollbench.stack.net import PortClaim, PortTaken, address_here, find_free_ports, port_free
 from target_app.app import AppConfig
 from target_app.server import LOOPS, SELECT_MAX_CONNECTIONS, ConfigError, check_config
 
@@ -111,6 +111,10 @@ class StackSpec:
         check_number("--max-hold", self.max_hold_s, 0, 3600, above=True)
         check_number("--delivery-delay-ms", self.delivery_delay_ms, 0, 60_000)
         nginx_config.check_listen_address(self.bind)
+        if not address_here(self.bind):
+            raise UserError(f"--bind {self.bind} is not an address of this host (nothing can "
+                            "listen on it): give one of its own addresses (ip -brief addr), "
+                            "or 0.0.0.0 for all")
         settings = self.settings()
         for what, port in (("--port", self.port), ("--backend-port", self.backend_port)):
             if not 1024 <= port <= 65535:

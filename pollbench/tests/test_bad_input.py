@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -144,3 +145,51 @@ def test_a_thresholds_file_that_is_not_utf8_is_one_line(tmp_path):
     line = refused("compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
                    "--thresholds", str(tmp_path / "t.toml"))
     assert "is not UTF-8 text" in line
+
+
+def test_a_postgresql_history_without_its_driver_is_one_line(tmp_path):
+    """Without psycopg installed (hidden here), --history postgresql://... is refused in one
+    line naming the extra to install, not a ModuleNotFoundError traceback."""
+    code = ("import sys; sys.modules['psycopg'] = None; from pollbench.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "run", "--history",
+                           "postgresql://bench@127.0.0.1:5432/results", "--out",
+                           str(tmp_path / "x")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pip install 'pollbench[postgresql]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_an_address_this_host_does_not_have_is_named_as_such():
+    port, backend_port = free_stack_ports()
+    line = refused("up", "--bind", "192.0.2.7", "--port", str(port), "--backend-port",
+                   str(backend_port))  # TEST-NET-1: never an address of this host
+    assert "is not an address of this host" in line and "already in use" not in line
+
+
+def test_a_master_name_that_does_not_resolve_is_said_at_once():
+    started = time.monotonic()
+    line = refused("worker", "--master", "no-such-host.invalid:5557", "--once")
+    assert "does not resolve" in line and time.monotonic() - started < 30
+
+
+def test_more_channels_than_the_target_holds_is_refused(tmp_path):
+    port, backend_port = free_stack_ports()
+    line = refused("run", "--channels", "100000", "--users", "10", "--port", str(port),
+                   "--backend-port", str(backend_port), "--out", str(tmp_path / "r"))
+    assert "more than the target holds" in line and not (tmp_path / "r").exists()
+
+
+def test_probable_mistakes_are_warned_about_before_the_start(capsys):
+    from pollbench.actions.run import check_load_fits
+    from pollbench.stack.loadgen import LoadSpec
+    from pollbench.stack.spec import StackSpec
+
+    port, backend_port = free_stack_ports()
+    resolved = StackSpec(port=port, backend_port=backend_port).resolve()
+    warnings = check_load_fits(resolved, LoadSpec(users=11, channels=50, workers=64))
+    assert any("40 channels have no subscriber" in w for w in warnings)
+    assert any("--workers 64 on a machine with" in w for w in warnings)
+    assert capsys.readouterr().err.count("WARNING:") == 2
+    assert check_load_fits(resolved, LoadSpec(users=200, channels=10)) == []

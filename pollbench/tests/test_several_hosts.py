@@ -92,11 +92,17 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> 
     pytest.fail(f"no {text!r} in {path} within {timeout} s:\n{path.read_text()}")
 
 
-@pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+@pytest.mark.slow
 def test_a_run_across_four_namespaces(tmp_path):
     """Target, controller and two workers, each in its own namespace: the run delivers
     exactly once and in order, its folder holds the target's samples and access log pulled
-    from the agent, and report works on it; a second run that loses a worker says so."""
+    from the agent, and report works on it; a second run that loses a worker says so.
+    Where namespaces cannot be made this fails (CI must test the distributed path; .ci/run
+    installs iproute2 and runs as root), never skips in silence."""
+    why_not = netns.available()
+    if why_not is not None:
+        pytest.fail(f"{why_not}: run the tests as root with iproute2 installed "
+                    "(scripts/bootstrap.sh --test installs it)")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs: list[subprocess.Popen] = []
 
@@ -194,7 +200,6 @@ def test_a_run_across_four_namespaces(tmp_path):
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
-    assert sys.platform.startswith("linux")
 
 
 def test_the_master_refuses_a_worker_of_another_pollbench_version():
