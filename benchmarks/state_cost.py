@@ -4,6 +4,8 @@ flipped every round).
 
     python benchmarks/state_cost.py [--rounds 3] [--users 200] [--publish-rate 20]
     python benchmarks/state_cost.py --profiles longpoll --users 1000
+    python benchmarks/state_cost.py --profiles scale --users 10000 --channels 1 \
+        --publish-rate 0.2 --seconds 60 --warmup 25 --extra --spawn-rate 700   # a broadcast
 
 Each run is a real ``pollbench run`` (the default load shape: subscribers on ``--channels``
 channels and one publisher) on free ports; its run.json gives the CPU seconds of every
@@ -35,6 +37,7 @@ from pollbench.stack.net import find_free_ports  # noqa: E402
 PROFILES = {  # --profiles NAME -> (local state's profile, shared state's profile)
     "seed": ("seed", "shared"),            # the seed: key-hash vs its round-robin as written
     "longpoll": ("longpoll", "longpoll-shared"),  # room for thousands of held polls
+    "scale": ("scale", "scale-shared"),   # 4 nginx workers: 10,000+ held polls
 }
 MODES = ("local", "shared")
 

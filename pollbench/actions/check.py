@@ -14,6 +14,7 @@ from analysis.catalog import EXIT_OK
 from pollbench import paths
 from pollbench.actions.compare import baseline_runs
 from pollbench.errors import RunFailed, UserError
+from pollbench.log import log
 from pollbench.records.history import HISTORY_OFF
 from pollbench.records.inputs import check_output_file, read_json
 from pollbench.records.rundir import new_run_dir, write_atomic, write_json_atomic
@@ -72,7 +73,7 @@ def run_repetitions(repeat: int, port: int, backend_port: int, delivery_delay_ms
     root = new_run_dir(label)
     summaries = []
     for i in range(repeat):
-        print(f"== repetition {i + 1} of {repeat}", flush=True)
+        log.info(f"== repetition {i + 1} of {repeat}")
         summaries.append(run_candidate(root / f"rep-{i + 1}", port, backend_port,
                                        delivery_delay_ms))
     return summaries
@@ -198,7 +199,7 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
         for i in range(repeat):
             out = root / "baseline" / f"rep-{i + 1}"
             out.parent.mkdir(exist_ok=True)
-            print(f"== baseline ({ref}) {i + 1} of {repeat}", flush=True)
+            log.info(f"== baseline ({ref}) {i + 1} of {repeat}")
             # the base revision's run is appended to the history by this check, with the
             # revision it ran (its exported tree is no git checkout)
             env = dict(os.environ, PYTHONPATH=str(tree), POLLBENCH_HISTORY=HISTORY_OFF)
@@ -210,7 +211,7 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
                                 f"{proc.returncode}): {proc.stderr.strip()[-300:]}")
             base.append(_summary(out))
             record_base_run(out, {"commit": commit, "branch": ref, "dirty": False})
-            print(f"== candidate {i + 1} of {repeat}", flush=True)
+            log.info(f"== candidate {i + 1} of {repeat}")
             (root / "candidate").mkdir(exist_ok=True)
             cand.append(run_candidate(root / "candidate" / f"rep-{i + 1}", port, backend_port,
                                       delivery_delay_ms))
@@ -263,8 +264,8 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
         why = "given"
         if baseline_ref is None:
             baseline_ref, why = default_base()
-        print(f"baseline: revision {baseline_ref[:12]} ({why}), rerun here, interleaved with "
-              f"this checkout, {repeat} repetitions a side", flush=True)
+        log.info(f"baseline: revision {baseline_ref[:12]} ({why}), rerun here, interleaved "
+                 f"with this checkout, {repeat} repetitions a side")
         base_runs, candidate = run_interleaved(baseline_ref, repeat, port, backend_port,
                                                delivery_delay_ms)
         return _verdict(base_runs, candidate, limits, fmt, output,
@@ -342,5 +343,5 @@ def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
         from pollbench.actions.history import last_steps
 
         for metric, line in last_steps(flagged, CI_LOAD["scenario"]).items():
-            print(f"history: last step of {metric}: {line}", file=sys.stderr)
+            log.warning(f"history: last step of {metric}: {line}")
     return exit_code(verdicts)

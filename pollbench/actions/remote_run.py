@@ -31,6 +31,7 @@ from analysis.catalog import (
 from analysis.clock import Offset, combine, run_offsets, too_uncertain
 from pollbench import __version__
 from pollbench.errors import RunFailed, UserError
+from pollbench.log import log
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import (
     STATUS_COMPLETE,
@@ -136,9 +137,9 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
                              "expect_workers": remote.expect_workers,
                              "controller": host_info()}
     write_json_atomic(run_dir / "run.json", record)
-    print(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
+    log.info(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
           f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "
-          f"{run_dir}", flush=True)
+          f"{run_dir}")
     return _run(remote, load, client, target, run_dir, record, report, history_source)
 
 

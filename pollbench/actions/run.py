@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from analysis.catalog import (
     RUN_SCHEMA_VERSION,
 )
 from pollbench.errors import RunFailed, UserError
+from pollbench.log import log
 from pollbench.paths import CHECKOUT
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import (
@@ -60,8 +60,8 @@ class Progress:
     The two rates are kept apart: Locust's own total also counts its synthetic rows
     (DELIVERY, TASK ...), which are not requests."""
 
-    def __init__(self, path: Path, total_s: float, stream=sys.stdout, every_s: float = 5.0):
-        self.path, self.total_s, self.stream, self.every_s = path, total_s, stream, every_s
+    def __init__(self, path: Path, total_s: float, every_s: float = 5.0):
+        self.path, self.total_s, self.every_s = path, total_s, every_s
         self._next = time.monotonic() + every_s
         self.last: dict = {}
 
@@ -74,10 +74,10 @@ class Progress:
         except (OSError, ValueError):
             return
         p = self.last
-        print(f"[{p['elapsed_s']:6.0f}s/{self.total_s:.0f}s] users {p['users']:>6}  "
-              f"HTTP req/s {p['requests_per_s']:>8.1f}  deliveries/s {p['deliveries_per_s']:>8.1f}  "
-              f"failures {p['failures']}  lost {p['lost']}  duplicates {p['duplicates']}",
-              file=self.stream, flush=True)
+        log.info(f"[{p['elapsed_s']:6.0f}s/{self.total_s:.0f}s] users {p['users']:>6}  "
+                 f"HTTP req/s {p['requests_per_s']:>8.1f}  deliveries/s "
+                 f"{p['deliveries_per_s']:>8.1f}  failures {p['failures']}  lost {p['lost']}  "
+                 f"duplicates {p['duplicates']}")
 
 
 def target_record(resolved: ResolvedStack) -> dict:
@@ -216,7 +216,7 @@ def check_load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
         warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "
                         "Locust processes queue behind each other (and the stack) for CPU")
     for w in warnings:
-        print(f"WARNING: {w}", file=sys.stderr, flush=True)
+        log.warning(w)
     return warnings
 
 
@@ -236,7 +236,7 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
     if warmup_s is not None:
         record["warmup_s"] = warmup_s
     write_json_atomic(run_dir / "run.json", record)
-    print(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}", flush=True)
+    log.info(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}")
 
     sampler: Sampler | None = None
     injector: FaultInjector | None = None
@@ -310,7 +310,7 @@ def store_in_history(record: dict, run_dir: Path, source: str, git: dict | None 
     record["history"] = record_run(run_dir, source, git=git)
     write_json_atomic(run_dir / "run.json", record)
     if record["history"].get("error"):
-        print(f"WARNING: {record['history']['error']}", file=sys.stderr, flush=True)
+        log.warning(record["history"]["error"])
 
 
 def latency_lines(hdr_log: Path) -> list[str]:
@@ -355,23 +355,22 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
                                   f"{lg.get('duplicates', 0)} duplicated")
     write_json_atomic(run_dir / "run.json", record)
     for w in record["warnings"]:
-        print(f"WARNING: {w}", file=sys.stderr, flush=True)
+        log.warning(w)
     if lg:
-        print(f"HTTP requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
-              f"{lg.get('delivered')}  lost {lg.get('lost')}  duplicates {lg.get('duplicates')}",
-              flush=True)
+        log.info(f"HTTP requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
+                 f"{lg.get('delivered')}  lost {lg.get('lost')}  duplicates "
+                 f"{lg.get('duplicates')}")
     for line in latency_lines(run_dir / RUN_FILES["latency_hdr"]):
-        print(line, flush=True)
+        log.info(line)
     if make_report:
         from pollbench.actions.report import report
 
         try:
             report([run_dir], quiet=True)
-            print(f"report: {run_dir / 'report' / 'report.html'}", flush=True)
+            log.info(f"report: {run_dir / 'report' / 'report.html'}")
         except Exception as e:  # the run's record matters more than its report
-            print(f"WARNING: the report could not be written ({e}); "
-                  f"try: pollbench report {run_dir}", file=sys.stderr, flush=True)
+            log.warning(f"the report could not be written ({e}); try: pollbench report {run_dir}")
     if history_source is not None:
         store_in_history(record, run_dir, history_source)
-    print(f"status: {status}" + ("" if status == STATUS_COMPLETE else f" ({reason})"), flush=True)
-    print(run_dir, flush=True)
+    log.info(f"status: {status}" + ("" if status == STATUS_COMPLETE else f" ({reason})"))
+    print(run_dir, flush=True)  # the result: the last line, also with -q

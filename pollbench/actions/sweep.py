@@ -8,7 +8,6 @@ import fcntl
 import json
 import random
 import shutil
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from pollbench.actions.sweepfile import (
     load_sweep,
 )
 from pollbench.errors import RunFailed, UserError
+from pollbench.log import log
 from pollbench.records.manifest import (
     COMPLETE,
     FAILED,
@@ -231,9 +231,9 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
         if run_s:
             per_run = sum(run_s) / len(run_s) + (
                 sum(cool_s) / len(cool_s) if cool_s else sweep.estimate_cooldown_s())
-        print(f"\n== sweep {sweep.name}: run {done + 1} of {total} (cell {cell.index} of "
-              f"{len(sweep.cells)}: {cell.name}; repetition {entry['repetition']} of "
-              f"{sweep.repetitions}); about {_fmt_s(per_run * (len(todo) - k))} left", flush=True)
+        log.info(f"\n== sweep {sweep.name}: run {done + 1} of {total} (cell {cell.index} of "
+                 f"{len(sweep.cells)}: {cell.name}; repetition {entry['repetition']} of "
+                 f"{sweep.repetitions}); about {_fmt_s(per_run * (len(todo) - k))} left")
         if entry["status"] != PLANNED:
             move_aside(root, entry)
         if sweep.cooldown == "fresh-ports":
@@ -261,8 +261,7 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
             raise
         except RunFailed as e:
             entry.update(status=FAILED, exit_code=EXIT_RUN_FAILED, error=str(e).splitlines()[0])
-            print(f"   run failed ({entry['error']}); the sweep goes on", file=sys.stderr,
-                  flush=True)
+            log.warning(f"run failed ({entry['error']}); the sweep goes on")
         finally:
             entry["ended_at"] = time.time()
             manifest["last_run_ended_at"] = entry["ended_at"]
@@ -277,7 +276,7 @@ def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
     runs = completed_runs(root, manifest)
     cells_done = {e["cell"] for e in completed_entries(manifest)}
     if len(cells_done) < 2:
-        print("WARNING: fewer than two cells completed; no comparison report", file=sys.stderr)
+        log.warning("fewer than two cells completed; no comparison report")
         return None
     out = next_report_dir(root)
     try:
@@ -339,8 +338,7 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
             raise UserError(f"{sweep.path} changed since the sweep in {root} started (what it "
                             "measures differs): start a new sweep instead of --resume")
         left = sum(e["status"] != COMPLETE for e in manifest["plan"])
-        print(f"resuming {root}: {len(manifest['plan']) - left} runs complete, {left} to run",
-              flush=True)
+        log.info(f"resuming {root}: {len(manifest['plan']) - left} runs complete, {left} to run")
     else:
         if out is not None:
             safe_path(Path(out).resolve())  # run folders inside go into nginx.conf
@@ -349,9 +347,9 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
         manifest = new_manifest(sweep, seed)
         shutil.copyfile(sweep.path, root / "sweep.toml")
         save(root, manifest)
-        print(f"pollbench sweep {sweep.name}: {len(sweep.cells)} cells x {sweep.repetitions} "
-              f"repetitions = {len(manifest['plan'])} runs ({sweep.order}, seed {seed}) -> "
-              f"{root}", flush=True)
+        log.info(f"pollbench sweep {sweep.name}: {len(sweep.cells)} cells x {sweep.repetitions} "
+                 f"repetitions = {len(manifest['plan'])} runs ({sweep.order}, seed {seed}) -> "
+                 f"{root}")
     lock = open(root / ".lock", "w")  # noqa: SIM115 (held for the whole sweep)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -363,8 +361,8 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
     except KeyboardInterrupt:
         manifest["status"] = INTERRUPTED
         save(root, manifest)
-        print(f"sweep interrupted; continue it with: pollbench sweep {name} --resume --out "
-              f"{root}", file=sys.stderr, flush=True)
+        log.warning(f"sweep interrupted; continue it with: pollbench sweep {name} --resume "
+                    f"--out {root}")
         raise
     except UserError:
         manifest["status"] = FAILED
@@ -376,11 +374,10 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
     save(root, manifest)
     print_ranking(manifest)
     if html:
-        print(f"report: {html}")
+        log.info(f"report: {html}")
     if failed:
-        print(f"WARNING: {len(failed)} runs did not complete: "
-              + ", ".join(f"{e['run']} ({e.get('error', e['status'])})" for e in failed)
-              + f"; rerun them with: pollbench sweep {name} --resume --out {root}",
-              file=sys.stderr)
-    print(root)
+        log.warning(f"{len(failed)} runs did not complete: "
+                    + ", ".join(f"{e['run']} ({e.get('error', e['status'])})" for e in failed)
+                    + f"; rerun them with: pollbench sweep {name} --resume --out {root}")
+    print(root)  # the result: the last line, also with -q
     return EXIT_OK if not failed else EXIT_RUN_FAILED

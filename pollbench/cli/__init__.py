@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="pollbench", description="Benchmark long-polling services behind nginx.")
     parser.add_argument("--version", action="version", version=f"pollbench {__version__}")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", action="store_true",
+                       help="only results on stdout (a run's folder, a verdict) and problems "
+                            "on stderr; no progress")
+    level.add_argument("-v", "--verbose", action="store_true",
+                       help="more detail: the commands pollbench starts, what it waits for")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (up, run, worker, ui, report, compare, check, sweep, nginx, history):
         module.add_parser(sub)
@@ -44,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pollbench import log
+
+    log.setup(log.QUIET if args.quiet else log.VERBOSE if args.verbose else log.NORMAL)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         if args.command in ("run", "check", "sweep", "ui"):

@@ -12,12 +12,14 @@ import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pollbench.log import log
+
 _PR_SET_PDEATHSIG = 1
+
 
 
 def die_with_parent() -> None:  # runs in the child between fork and exec
@@ -96,8 +98,8 @@ class Child:
                 except subprocess.TimeoutExpired:
                     # not gone 5 s after SIGKILL (stuck in the kernel): say so, and let the
                     # other children be stopped all the same
-                    print(f"WARNING: {self.name} (pid {self.popen.pid}) did not exit after "
-                          "SIGKILL", file=sys.stderr, flush=True)
+                    log.warning(f"{self.name} (pid {self.popen.pid}) did not exit after "
+                                "SIGKILL")
         # The group may still hold grandchildren (nginx workers, Locust workers).
         signal_group(self.popen.pid, signal.SIGKILL)
         self.exit_code = self.popen.returncode
@@ -122,9 +124,10 @@ def spawn(name: str, cmd: list[str], log_path: Path, *, env: dict | None = None,
         if cpus:
             os.sched_setaffinity(0, cpus)
 
-    with open(log_path, "ab", buffering=0) as log:
-        log.write(f"# pollbench started: {' '.join(cmd)}\n".encode())
-        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+    log.debug(f"starting {name}: {' '.join(cmd)} (output: {log_path})")
+    with open(log_path, "ab", buffering=0) as out:
+        out.write(f"# pollbench started: {' '.join(cmd)}\n".encode())
+        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env=env, cwd=cwd,
                                  start_new_session=True, preexec_fn=setup)
     return Child(name, popen, log_path, stop_signal)

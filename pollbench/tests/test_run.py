@@ -209,3 +209,18 @@ def test_workers_add_up_across_processes_and_a_shape_drives_the_users(tmp_path):
     hist = pd.read_csv(out / FILES["locust_history"])
     users = hist[hist["Name"] == "Aggregated"]["User Count"]
     assert users.iloc[2] <= 12 and users.max() == 40
+
+
+def test_quiet_prints_only_the_run_folder_and_verbose_adds_what_it_starts(tmp_path):
+    port, backend_port = free_stack_ports()
+    common = ["run", "--users", "6", "--duration", "3s", "--port", str(port), "--backend-port",
+              str(backend_port), "--no-report"]
+    quiet = subprocess.run(pollbench_cmd("-q", *common, "--out", str(tmp_path / "q")),
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.splitlines() == [str(tmp_path / "q")]  # a script reads this line
+    verbose = subprocess.run(pollbench_cmd("-v", *common, "--out", str(tmp_path / "v")),
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "starting backend-0:" in verbose.stdout and "starting nginx:" in verbose.stdout
+    assert verbose.stdout.splitlines()[-1] == str(tmp_path / "v")
