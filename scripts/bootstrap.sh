@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a machine for pollbench: nginx (Debian's nginx-light) and Redis (Debian's
 # redis-server, for --state redis) when they are missing, and a virtualenv in .venv with the
-# pinned dependencies from pyproject.toml.  Safe to rerun.
+# dependencies at the exact versions of constraints.txt (the lock).  Safe to rerun.
 #   --test   also install what the test suite needs (Debian's chromium for the web UI test,
 #            Debian's postgresql for the results-history tests, iproute2 for the
 #            several-hosts test)
@@ -41,5 +41,6 @@ export PATH="$PATH:/usr/sbin"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,lint]' tox==4.67.13
+# the exact versions of the lock (constraints.txt); pyproject.toml holds ranges
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,lint]' tox
 echo "bootstrap: ready (nginx: $(nginx -v 2>&1 | cut -d/ -f2); redis: $(redis-server --version | cut -d' ' -f3); python: .venv/bin/python)"
