@@ -140,3 +140,24 @@ def test_the_start_form_refuses_what_pollbench_run_refuses_in_the_same_words(fie
     with pytest.raises(UserError) as refused:
         spec.validate(120.0)
     assert str(refused.value) == problem
+
+
+def test_shared_state_shows_redis_and_a_redis_that_stops_answering(tmp_path):
+    live = tmp_path / "live.json"
+
+    def sample(seq, redis):
+        live.write_text(json.dumps({
+            "time": time.time(), "seq": seq, "cpu": {"loadgen": 20.0, "redis": 3.5,
+                                                     "system": 30.0},
+            "stub_status": None, "backends": [], "redis": redis, "saturated": []}))
+
+    sample(1, {"instantaneous_ops_per_sec": 1234, "connected_clients": 9, "pubsub_channels": 1,
+               "used_memory": 3 * 2**20, "keys": 12})
+    view = LiveView(live)
+    table = {r["figure"]: r["now"] for r in view.rows()}
+    assert table["Redis ops/s, clients, pub/sub channels"] == "1,234 / 9 / 1"
+    assert table["Redis memory (MiB), keys"] == "3.0 / 12"
+    assert table["CPU % redis (one core = 100)"] == "4"
+    sample(2, {"error": "TimeoutError: Timeout reading from socket"})
+    table = {r["figure"]: r["now"] for r in view.rows()}
+    assert table["Redis (shared state)"] == "not answering: TimeoutError: Timeout reading from socket"
