@@ -29,6 +29,7 @@ from typing import Any
 import gevent
 from hdrh.histogram import HdrHistogram
 
+from analysis.atomic import write_atomic
 from analysis.catalog import (
     METRICS_DIR,
     PROGRESS_FILE,
@@ -183,9 +184,7 @@ class Sink:
                                        "source": source}) + "\n")
 
     def write_progress(self, progress: dict) -> None:
-        tmp = self.out / f".{PROGRESS_FILE}.tmp"
-        tmp.write_text(json.dumps(progress))
-        os.replace(tmp, self.out / PROGRESS_FILE)
+        write_atomic(self.out / PROGRESS_FILE, json.dumps(progress), durable=False)
 
     def close(self) -> None:
         self._hdr.close()
@@ -274,9 +273,7 @@ class UiTest:
         self.write()
 
     def write(self) -> None:
-        tmp = self.dir / f".{UI_TEST_FILE}.tmp"
-        tmp.write_text(json.dumps(self.info, indent=1))
-        os.replace(tmp, self.dir / UI_TEST_FILE)
+        write_atomic(self.dir / UI_TEST_FILE, json.dumps(self.info, indent=1))
 
     def end(self, reason: str) -> None:
         self.info.update(status="stopped", ended_at=self.info["ended_at"] or time.time(),

@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from analysis.atomic import atomic_open
 from analysis.catalog import (
     EXIT_OK,
     METRICS_DIR,
@@ -54,8 +55,7 @@ def _slice_csv(src: Path, dst: Path, t0: float, t1: float, column: str) -> list[
     rows: list[dict] = []
     if not src.exists():
         return rows
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, newline="") as f, open(dst, "w", newline="") as out:
+    with open(src, newline="") as f, atomic_open(dst, "w", newline="") as out:
         reader = csv.DictReader(f)
         writer = csv.DictWriter(out, fieldnames=reader.fieldnames or [])
         writer.writeheader()
@@ -73,8 +73,7 @@ def _slice_csv(src: Path, dst: Path, t0: float, t1: float, column: str) -> list[
 def _slice_lines(src: Path, dst: Path, t0: float, t1: float, time_of) -> None:
     if not src.exists():
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src) as f, open(dst, "w") as out:
+    with open(src) as f, atomic_open(dst, "w") as out:
         for line in f:
             try:
                 t = time_of(line)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from analysis.atomic import atomic_open, write_atomic
 from analysis.clock import Offset, measure
 from pollbench.errors import UserError
 from pollbench.stack.agent import AGENT_FILES, API
@@ -102,16 +102,13 @@ class AgentClient:
         """Download one target-side file (from byte ``offset`` on) into ``run_dir`` at its
         usual place, or to ``dest``; None when the agent has not written it."""
         dest = dest or run_dir / AGENT_FILES[key]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
         try:
             with self._open(f"{API}/files/{key}?offset={int(offset)}") as resp, \
-                    part.open("wb") as f:
+                    atomic_open(dest) as f:
                 while chunk := resp.read(1 << 16):
                     f.write(chunk)
         except FileNotFoundError:
             return None
-        os.replace(part, dest)
         return dest
 
 
@@ -148,7 +145,7 @@ def _keep_span(key: str, fetched: Path, dest: Path, t0: float, t1: float) -> Pat
     if TIMED[key] == "jsonl":
         lines = [ln for ln in fetched.read_text().splitlines()
                  if ln.strip() and t0 <= json.loads(ln).get("time", 0) <= t1]
-        _write_atomic(dest, "".join(ln + "\n" for ln in lines))
+        write_atomic(dest, "".join(ln + "\n" for ln in lines))
         return dest
     with fetched.open(newline="") as f:
         remote = list(csv.reader(f))
@@ -163,12 +160,5 @@ def _keep_span(key: str, fetched: Path, dest: Path, t0: float, t1: float) -> Pat
     w = csv.writer(out)
     w.writerow(header)
     w.writerows(rows)
-    _write_atomic(dest, out.getvalue())
+    write_atomic(dest, out.getvalue())
     return dest
-
-
-def _write_atomic(dest: Path, text: str) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    part.write_text(text)
-    os.replace(part, dest)

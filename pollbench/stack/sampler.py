@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 
+from analysis.atomic import write_atomic
 from pollbench.stack.net import get_json, http_get
 
 SATURATION_CPU_PERCENT = 90.0  # of one core; Locust itself warns at 90 %
@@ -175,9 +176,8 @@ class Sampler(threading.Thread):
         if self.live:
             live["saturated"] = saturated({name: [len(recent), sum(recent)]
                                            for name, recent in self._recent.items()})
-            tmp = self.out / ".live.json.tmp"
-            tmp.write_text(json.dumps(live))
-            os.replace(tmp, self.out / "live.json")
+            # rewritten every second for the web UI: whole, but no fsync
+            write_atomic(self.out / "live.json", json.dumps(live), durable=False)
 
     def _sample_redis(self, now: float) -> dict:
         from pollbench.stack.redis_server import info

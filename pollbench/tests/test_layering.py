@@ -182,7 +182,18 @@ def test_packages_import_only_what_the_layering_rule_allows():
     assert cycles(package_graph) == []
 
 
-@pytest.mark.parametrize("module", ["pollbench.cli", "pollbench.actions.run",
-                                    "pollbench.stack.stack", "pollbench.records.runinfo"])
-def test_package_modules_have_their_place_in_the_rule(module):
-    assert package_of(module) in ALLOWED
+@pytest.mark.parametrize("module, package", [
+    ("pollbench.cli", "pollbench.cli"), ("pollbench.actions.run", "pollbench.actions"),
+    ("pollbench.stack.stack", "pollbench.stack"), ("pollbench.records.runinfo",
+                                                   "pollbench.records"),
+    ("pollbench.log", "pollbench"), ("target_app.shared", "target_app")])
+def test_each_module_is_judged_as_a_member_of_its_own_layer(module, package):
+    assert package_of(module) == package
+
+
+def test_every_subpackage_of_pollbench_is_a_layer_of_the_rule():
+    """A new subpackage must be given its place: otherwise its modules would be judged as
+    the top of the package and the rule would say nothing true about it."""
+    subpackages = {f"pollbench.{p.parent.name}" for p in (REPO / "pollbench").glob("*/__init__.py")
+                   if p.parent.name not in ("tests", "data")}
+    assert subpackages and subpackages <= set(ALLOWED), subpackages - set(ALLOWED)

@@ -23,7 +23,7 @@ def requirements() -> list[Requirement]:
 
 
 def lock() -> dict[str, Version]:
-    pins = {}
+    pins: dict[str, Version] = {}
     for line in (REPO / "constraints.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
