@@ -12,7 +12,7 @@ import gc
 from locust import events
 
 from loadtests.metrics import MetricsPlumbing
-from loadtests.options import parse_connection_mode, parse_mix
+from loadtests.options import DEFAULTS, parse_connection_mode, parse_mix
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
@@ -23,15 +23,19 @@ def add_options(parser) -> None:
     g = parser  # (argument groups do not take include_in_web_ui)
     g.add_argument("--pb-out", default="", include_in_web_ui=False,
                    help="folder for lossless latency data and progress (pollbench sets it)")
-    g.add_argument("--pb-channels", type=int, default=10, help="channels subscribers spread over")
-    g.add_argument("--pb-publish-rate", type=float, default=20.0,
+    g.add_argument("--pb-channels", type=int, default=DEFAULTS.channels,
+                   help="channels subscribers spread over")
+    g.add_argument("--pb-publish-rate", type=float, default=DEFAULTS.publish_rate,
                    help="messages per second, all channels together (fixed schedule)")
-    g.add_argument("--pb-message-bytes", type=int, default=64, help="size of a published body")
-    g.add_argument("--pb-poll-timeout", type=float, default=20.0,
+    g.add_argument("--pb-message-bytes", type=int, default=DEFAULTS.message_bytes,
+                   help="size of a published body")
+    g.add_argument("--pb-poll-timeout", type=float, default=DEFAULTS.poll_timeout_s,
                    help="seconds the server may hold each poll")
-    g.add_argument("--pb-task-duration-ms", type=int, default=500, help="each task's duration")
-    g.add_argument("--pb-task-payload-bytes", type=int, default=64, help="each result's size")
-    g.add_argument("--pb-connection", default="keepalive",
+    g.add_argument("--pb-task-duration-ms", type=int, default=DEFAULTS.task_duration_ms,
+                   help="each task's duration")
+    g.add_argument("--pb-task-payload-bytes", type=int, default=DEFAULTS.task_payload_bytes,
+                   help="each result's size")
+    g.add_argument("--pb-connection", default=DEFAULTS.connection,
                    help="keepalive, close (new connection per request) or every:K")
     g.add_argument("--pb-mix", default="", include_in_web_ui=False,
                    help="user class weights, e.g. ChannelSubscriber:9,TaskPoller:1")
@@ -44,8 +48,10 @@ def add_options(parser) -> None:
                         "its clock offset to it")
     g.add_argument("--pb-agent-token", default="", include_in_web_ui=False,
                    help="the agent's token")
-    g.add_argument("--pb-max-poll-timeout", type=float, default=120.0, include_in_web_ui=False,
-                   help="the longest --pb-poll-timeout the stack holds (its --max-hold)")
+    g.add_argument("--pb-max-poll-timeout", type=float, default=float("inf"),
+                   include_in_web_ui=False,
+                   help="the longest --pb-poll-timeout the stack holds (its --max-hold; "
+                        "pollbench ui passes it; default: not checked here)")
 
 
 # Collect less often: with thousands of users a gen-0 pass runs every few hundred

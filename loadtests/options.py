@@ -1,6 +1,42 @@
-"""Option parsing shared by the locustfile and the orchestrator (no locust import here)."""
+"""Option parsing shared by the locustfile and the orchestrator (no locust import here), and
+the load's defaults and shapes: the one place each is written (``pollbench run``'s options,
+its LoadSpec and the locustfile's ``--pb-*`` options all read them from here)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LoadDefaults:
+    """What a load is when nothing says otherwise."""
+    users: int = 200
+    duration_s: float = 60.0
+    channels: int = 10
+    publish_rate: float = 20.0
+    message_bytes: int = 64
+    poll_timeout_s: float = 20.0
+    task_duration_ms: int = 500
+    task_payload_bytes: int = 64
+    connection: str = "keepalive"
+    spawn_seconds: float = 5.0  # every user started within this long
+
+
+DEFAULTS = LoadDefaults()
+
+# Load shapes as data: each is a list of stages (end of stage as a fraction of the run, users
+# as a fraction of the shape's users); loadtests/shapes.py follows them.
+STAGES: dict[str, list[tuple[float, float]]] = {
+    "constant": [(1.0, 1.0)],
+    # ten equal steps up over 90 % of the run, then hold
+    "ramp": [(0.09 * i, 0.1 * i) for i in range(1, 11)] + [(1.0, 1.0)],
+    "steps": [(0.25, 0.25), (0.5, 0.5), (0.75, 0.75), (1.0, 1.0)],
+    # a third of the users, then everyone for a fifth of the run, then back
+    "spike": [(0.4, 0.33), (0.6, 1.0), (1.0, 0.33)],
+    # half the users while warming up, then everyone for a long hold
+    "soak": [(0.05, 0.5), (1.0, 1.0)],
+}
+SHAPES = tuple(STAGES)
 
 
 def parse_connection_mode(text: str) -> int:

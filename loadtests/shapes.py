@@ -1,22 +1,13 @@
-"""Load shapes as data: each is a list of stages (end of stage as a fraction of the run,
-users as a fraction of ``--pb-shape-users``).  pollbench adds this file to ``-f``
-only when a shape other than constant is asked for (Locust uses any shape class it finds).
+"""The load shapes of :data:`loadtests.options.STAGES` as a Locust shape class.  pollbench
+adds this file to ``-f`` only when a shape other than constant is asked for (Locust uses any
+shape class it finds).
 """
 
 from __future__ import annotations
 
 from locust import LoadTestShape, events
 
-STAGES: dict[str, list[tuple[float, float]]] = {
-    "constant": [(1.0, 1.0)],
-    # ten equal steps up over 90 % of the run, then hold
-    "ramp": [(0.09 * i, 0.1 * i) for i in range(1, 11)] + [(1.0, 1.0)],
-    "steps": [(0.25, 0.25), (0.5, 0.5), (0.75, 0.75), (1.0, 1.0)],
-    # a third of the users, then everyone for a fifth of the run, then back
-    "spike": [(0.4, 0.33), (0.6, 1.0), (1.0, 0.33)],
-    # half the users while warming up, then everyone for a long hold
-    "soak": [(0.05, 0.5), (1.0, 1.0)],
-}
+from loadtests.options import STAGES
 
 
 @events.init_command_line_parser.add_listener

@@ -7,9 +7,11 @@ import argparse
 from dataclasses import replace
 
 from pollbench.errors import UserError
+from pollbench.stack.loadgen import DEFAULTS as D
 from pollbench.stack.loadgen import SCENARIOS, SHAPES, LoadSpec, parse_duration
 from pollbench.stack.processes import parse_cpu_placement
 from pollbench.stack.spec import StackSpec
+from target_app.app import AppConfig
 from target_app.server import LOOPS
 
 
@@ -27,8 +29,9 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nginx", dest="nginx_binary", default=None,
                    help="nginx binary to run, or \"built\" for `pollbench nginx build`'s "
                         "(default: the profile's nginx_binary, else nginx on PATH)")
-    g.add_argument("--max-hold", type=float, default=120.0,
-                   help="longest poll hold in the backends, s (below proxy_read_timeout)")
+    g.add_argument("--max-hold", type=float, default=AppConfig.max_hold_s,
+                   help="longest poll hold in the backends, s (below proxy_read_timeout; "
+                        f"default {AppConfig.max_hold_s:g})")
     g.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="the backends delay every delivery by this much (a known regression, "
                         "to see that a check or the history catches it; default 0)")
@@ -60,24 +63,28 @@ def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None
                             "mixed")
         g.add_argument("--mix", default=None,
                        help="weights instead of --scenario, e.g. subscriber:9,tasks:1")
-    g.add_argument("--users", type=int, default=200, help="simulated clients (default 200)")
+    g.add_argument("--users", type=int, default=D.users,
+                   help=f"simulated clients (default {D.users})")
     g.add_argument("--spawn-rate", type=float, default=None,
-                   help="users started per second (default: all within 5 s)")
+                   help=f"users started per second (default: all within {D.spawn_seconds:g} s)")
     if not web_ui:
-        g.add_argument("--duration", default="60s",
-                       help="run time: 60, 60s, 2m, 1h30m (default 60s)")
+        g.add_argument("--duration", default=f"{D.duration_s:g}s",
+                       help=f"run time: 60, 60s, 2m, 1h30m (default {D.duration_s:g}s)")
         g.add_argument("--shape", default="constant", choices=SHAPES,
                        help="load shape over the run")
     g.add_argument("--workers", type=int, default=0,
                    help="Locust worker processes (0: one local process)")
-    g.add_argument("--connection", default="keepalive",
+    g.add_argument("--connection", default=D.connection,
                    help="client connections: keepalive, close (new one per request), every:K")
-    g.add_argument("--channels", type=int, default=10, help="channels to spread subscribers over")
-    g.add_argument("--publish-rate", type=float, default=20.0,
-                   help="messages/s over all channels, on a fixed schedule (default 20)")
-    g.add_argument("--poll-timeout", type=float, default=20.0,
-                   help="seconds the server may hold each poll (default 20)")
-    g.add_argument("--task-duration-ms", type=int, default=500, help="each task's duration")
+    g.add_argument("--channels", type=int, default=D.channels,
+                   help=f"channels to spread subscribers over (default {D.channels})")
+    g.add_argument("--publish-rate", type=float, default=D.publish_rate,
+                   help="messages/s over all channels, on a fixed schedule "
+                        f"(default {D.publish_rate:g})")
+    g.add_argument("--poll-timeout", type=float, default=D.poll_timeout_s,
+                   help=f"seconds the server may hold each poll (default {D.poll_timeout_s:g})")
+    g.add_argument("--task-duration-ms", type=int, default=D.task_duration_ms,
+                   help=f"each task's duration (default {D.task_duration_ms})")
     if web_ui:
         return
     g.add_argument("--fault", dest="faults", action="append", default=[],
@@ -96,7 +103,7 @@ def load_from_args(args: argparse.Namespace) -> LoadSpec:
     web_ui = not hasattr(args, "duration")
     return LoadSpec(scenario=getattr(args, "scenario", "channels"), mix=getattr(args, "mix", None),
                     users=args.users, spawn_rate=args.spawn_rate,
-                    duration_s=60.0 if web_ui else parse_duration(args.duration),
+                    duration_s=D.duration_s if web_ui else parse_duration(args.duration),
                     shape=getattr(args, "shape", "constant"), workers=args.workers,
                     connection=args.connection, channels=args.channels,
                     publish_rate=args.publish_rate, poll_timeout_s=args.poll_timeout,

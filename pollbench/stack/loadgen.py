@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import options as loadtest_options
-from loadtests.options import check_load
+from loadtests.options import DEFAULTS, check_load
 from pollbench.errors import UserError
 from pollbench.paths import LOCUSTFILE, SHAPESFILE
 from pollbench.stack.faults import Fault, parse_fault, schedule
@@ -18,7 +18,7 @@ SCENARIOS = {
     "tasks": ["TaskPoller"],
     "mixed": ["ChannelSubscriber", "Publisher", "TaskPoller"],
 }
-SHAPES = ("constant", "ramp", "steps", "spike", "soak")  # loadtests/shapes.py STAGES
+SHAPES = loadtest_options.SHAPES
 # A week is the longest soak (the other bounds of a load: loadtests.options.check_load).
 MAX_DURATION_S = 7 * 24 * 3600.0
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
@@ -59,18 +59,18 @@ def parse_mix(text: str) -> dict[str, int]:
 class LoadSpec:
     scenario: str = "channels"
     mix: str | None = None
-    users: int = 200
-    spawn_rate: float | None = None
-    duration_s: float = 60.0
+    users: int = DEFAULTS.users
+    spawn_rate: float | None = None  # None: every user within DEFAULTS.spawn_seconds
+    duration_s: float = DEFAULTS.duration_s
     shape: str = "constant"
     workers: int = 0
-    connection: str = "keepalive"
-    channels: int = 10
-    publish_rate: float = 20.0
-    message_bytes: int = 64
-    poll_timeout_s: float = 20.0
-    task_duration_ms: int = 500
-    task_payload_bytes: int = 64
+    connection: str = DEFAULTS.connection
+    channels: int = DEFAULTS.channels
+    publish_rate: float = DEFAULTS.publish_rate
+    message_bytes: int = DEFAULTS.message_bytes
+    poll_timeout_s: float = DEFAULTS.poll_timeout_s
+    task_duration_ms: int = DEFAULTS.task_duration_ms
+    task_payload_bytes: int = DEFAULTS.task_payload_bytes
     cpus: tuple[int, ...] | None = None  # the load generator runs only here (None: anywhere)
     faults: tuple[str, ...] = ()  # --fault AT:ACTION[=D][:TARGET] (pollbench.stack.faults)
 
@@ -89,7 +89,8 @@ class LoadSpec:
         return schedule(parsed, self.duration_s)
 
     def effective_spawn_rate(self) -> float:
-        return self.spawn_rate if self.spawn_rate is not None else max(self.users / 5.0, 1.0)
+        return self.spawn_rate if self.spawn_rate is not None else \
+            max(self.users / DEFAULTS.spawn_seconds, 1.0)
 
     def user_classes(self) -> list[str]:
         if self.mix:

@@ -51,7 +51,7 @@ class StackSpec:
     port: int = 8080
     backend_port: int = 8000
     nginx_binary: str | None = None  # None: the profile's nginx_binary, else "nginx" on PATH
-    max_hold_s: float = 120.0
+    max_hold_s: float = AppConfig.max_hold_s
     delivery_delay_ms: float = 0.0
     backend_max_connections: int | None = None
     cpus: tuple[int, ...] | None = None  # nginx and backends run only here (None: anywhere)
