@@ -48,6 +48,9 @@ LOADGEN_SATURATED = ("load generator CPU-saturated ({names} at >= 90% of a core 
 WORKER_CONNECTED_MARK = "pollbench worker connected to the master"
 WORKER_REFUSED_MARK = "refused by the master:"
 LIVE_FILE = "samples/live.json"  # the latest target-side sample (web UI sessions only)
+# Redis' INFO every second (runs with --state redis only: not in RUN_FILES, whose files every
+# complete run has)
+REDIS_INFO_FILE = "samples/redis_info.jsonl"
 UI_TESTS_DIR = "tests"           # a web UI session's tests, one run folder each
 UI_TEST_FILE = "test.json"       # in a test's folder: what the load generator knows of it
 

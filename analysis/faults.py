@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 
+from analysis.catalog import REDIS_INFO_FILE
 from analysis.epochs import epoch_loss
 from analysis.load import RunData
 
@@ -121,7 +122,7 @@ def redis_stalls(run: RunData) -> list[dict]:
     """Spans where the stack's Redis did not answer the sampler's INFO (an error each time)
     for STALL_GAP_S or more: stopped, overloaded or down.  Every request that needs the shared
     state waits for it meanwhile (then 503s)."""
-    path = run.path / "samples" / "redis_info.jsonl"
+    path = run.path / REDIS_INFO_FILE
     if not path.exists():
         return []
     stalls, since = [], None

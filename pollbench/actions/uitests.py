@@ -20,6 +20,7 @@ from analysis.catalog import (
     EXIT_OK,
     METRICS_DIR,
     PROGRESS_FILE,
+    REDIS_INFO_FILE,
     RUN_FILES,
     UI_TEST_FILE,
     UI_TESTS_DIR,
@@ -113,8 +114,9 @@ def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: b
                started, ended, "time")
     rows = _slice_csv(session_dir / RUN_FILES["processes"], test_dir / RUN_FILES["processes"],
                       started, ended, "time")
-    _slice_lines(session_dir / RUN_FILES["backend_stats"], test_dir / RUN_FILES["backend_stats"],
-                 started, ended, lambda line: float(json.loads(line)["time"]))
+    for name in (RUN_FILES["backend_stats"], REDIS_INFO_FILE):  # (Redis: shared state only)
+        _slice_lines(session_dir / name, test_dir / name, started, ended,
+                     lambda line: float(json.loads(line)["time"]))
     _slice_lines(session_dir / RUN_FILES["nginx_access_log"],
                  test_dir / RUN_FILES["nginx_access_log"], started, ended, _access_time)
     _slice_csv(session_dir / RUN_FILES["locust_history"], test_dir / RUN_FILES["locust_history"],

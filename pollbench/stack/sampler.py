@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from analysis.atomic import write_atomic
+from analysis.catalog import REDIS_INFO_FILE
 from pollbench.stack.net import get_json, http_get
 
 SATURATION_CPU_PERCENT = 90.0  # of one core; Locust itself warns at 90 %
@@ -86,7 +87,7 @@ class Sampler(threading.Thread):
         with open(self.out / "processes.csv", "w", newline="", buffering=1) as pf, \
                 open(self.out / "stub_status.csv", "w", newline="", buffering=1) as sf, \
                 open(self.out / "backend_stats.jsonl", "w", buffering=1) as bf, \
-                open(self.out / "redis_info.jsonl", "w", buffering=1) if self.redis_url \
+                open(self.out.parent / REDIS_INFO_FILE, "w", buffering=1) if self.redis_url \
                 else open(os.devnull, "w") as rf:
             self._redis_out = rf
             pw, sw = csv.writer(pf), csv.writer(sf)
