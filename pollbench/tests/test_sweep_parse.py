@@ -208,6 +208,12 @@ def test_fresh_ports_skip_the_port_sets_that_time_wait_sockets_hold(tmp_path, mo
     import pollbench.actions.sweep as sweep_module
 
     monkeypatch.setattr(sweep_module, "FRESH_PORTS_SETTLE_S", 0.0)
+    # what was waited for, by the sleeps themselves (counting sockets takes longer on a busy
+    # machine: a duration would make this test pass or fail by the machine's load)
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(sweep_module.time, "sleep",
+                        lambda seconds: (sleeps.append(seconds), real_sleep(seconds)))
     s = load_sweep(str(without_cooldown(tmp_path)))
     assert s.cooldown == "fresh-ports" and s.repetitions == 2  # this file says 2
     port, backend = free_stack_ports()
@@ -216,14 +222,17 @@ def test_fresh_ports_skip_the_port_sets_that_time_wait_sockets_hold(tmp_path, mo
     leave_time_wait(sets[1][1] + 2)  # a backend port of set 1 still holds a socket
     notes: list[str] = []
     choice, note = fresh_ports(s, sets, 0, log=notes.append)
-    assert choice == 2 and note["ports"] == list(sets[2]) and note["waited_s"] < 2
+    assert choice == 2 and note["ports"] == list(sets[2]) and note["time_wait_left"] == 0
     assert note["time_wait_on_port_sets"] >= 1 and not notes
+    assert sleeps == [0.0]  # only the settle: nothing was waited for
     # every set held: wait for the one used longest ago, at most cooldown_max
     for n, _ in sets:
         leave_time_wait(n)
     s.cooldown_max_s = 0.5
+    sleeps.clear()
     choice, note = fresh_ports(s, sets, 3, log=notes.append)
-    assert choice == 0 and note["time_wait_left"] >= 1 and 0.4 <= note["waited_s"] < 4
+    assert choice == 0 and note["time_wait_left"] >= 1 and note["waited_s"] >= 0.4
+    assert sleeps == [1.0, 0.0]  # one wait, then cooldown_max (0.5 s) was over
     assert "cooldown_max" in notes[-1]
 
 
