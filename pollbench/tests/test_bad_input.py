@@ -193,3 +193,24 @@ def test_probable_mistakes_are_warned_about_before_the_start(capsys):
     assert any("--workers 64 on a machine with" in w for w in warnings)
     assert capsys.readouterr().err.count("WARNING:") == 2
     assert check_load_fits(resolved, LoadSpec(users=200, channels=10)) == []
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--state", "redis", "--redis", "redis://127.0.0.1:1/0"], "Redis does not answer"),
+    (["--state", "redis", "--redis", "http://127.0.0.1:6379"], "is not a Redis URL"),
+    (["--redis", "redis://127.0.0.1:6379/0"], "--redis URL needs --state redis"),
+    (["--state", "redis", "--redis-port", "80"], "--redis-port 80 must be from 1024"),
+])
+def test_redis_that_cannot_serve_the_run_is_refused_before_anything_starts(tmp_path, args,
+                                                                           says):
+    port, backend_port = free_stack_ports()
+    line = refused("run", *args, "--port", str(port), "--backend-port", str(backend_port),
+                   "--out", str(tmp_path / "r"))
+    assert says in line and not (tmp_path / "r").exists()
+
+
+def test_a_redis_knob_out_of_range_names_the_profile_and_the_knob(tmp_path):
+    profile = tmp_path / "mine.toml"
+    profile.write_text('extends = "shared"\n[redis]\nio_threads = 99\n')
+    line = refused("up", "--profile", str(profile), "--out", str(tmp_path / "x"))
+    assert "redis knob io_threads: 99 is out of range" in line and str(profile) in line

@@ -179,3 +179,30 @@ def test_backend_that_dies_at_start_reports_its_log_tail(tmp_path):
         stack._wait_healthy(child, "http://127.0.0.1:1/healthz", 5)
     assert "backend-0 exited at start with code 3" in str(e.value)
     assert "boom: cannot start" in str(e.value)
+
+
+def test_a_faulted_process_that_cannot_be_reaped_is_not_left_expected_down(tmp_path):
+    """A kill fault marks the process "expected down" until its replacement is in; if it
+    cannot be reaped, the mark goes (a later real death must still end the run) and the
+    fault says why (it used to stay marked for good)."""
+    import threading
+
+    from pollbench.stack.faults import Fault
+    from pollbench.stack.processes import Child
+
+    class Unkillable(subprocess.Popen):
+        def wait(self, timeout=None):  # a process in uninterruptible sleep
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+
+    stack = object.__new__(Stack)  # only the fault-handling state, no processes of a stack
+    stack.expected_down = set()
+    stack._children_lock = threading.Lock()
+    popen = Unkillable([sys.executable, "-c", "import time; time.sleep(60)"],
+                       start_new_session=True)
+    try:
+        child = Child("backend-1", popen, tmp_path / "b.log")
+        with pytest.raises(RuntimeError, match="did not exit after SIGKILL"):
+            stack._take_down(child, Fault(1.0, "kill", 0.0, "backend-1"), threading.Event())
+        assert stack.expected_down == set()
+    finally:
+        subprocess.Popen.wait(popen, 10)  # SIGKILL did reach it: reap it for real
