@@ -583,10 +583,12 @@ class ChannelHandler(BaseHandler):
         self.set_header("X-Epoch", epoch)
         self.finish()
 
-    async def delivered(self, body: bytes, count: int) -> None:
+    async def injected_delay(self) -> None:
+        """The known regression of --delivery-delay-ms (0 in every real benchmark)."""
+        await precise_sleep(self.service.config.delivery_delay_ms / 1000.0)
+
+    def delivered(self, body: bytes, count: int) -> None:
         service = self.service
-        if service.config.delivery_delay_ms > 0:
-            await precise_sleep(service.config.delivery_delay_ms / 1000.0)
         service.stats.messages_delivered += count
         service.stats.polls_answered_with_messages += 1
         self.set_header("Content-Type", "application/json")
@@ -609,7 +611,9 @@ class ChannelHandler(BaseHandler):
             if cursor >= ch.last_seq:
                 self.timed_out(cursor, ch.epoch)
                 return
-            await self.delivered(*ch.render_after(cursor, service.config.max_messages_per_poll))
+            if service.config.delivery_delay_ms > 0:
+                await self.injected_delay()
+            self.delivered(*ch.render_after(cursor, service.config.max_messages_per_poll))
         finally:
             service.forget_if_unused(ch)
 
@@ -730,14 +734,18 @@ class SharedChannelHandler(ChannelHandler):
                     if cursor < view.known_last:
                         if view.covers(cursor):
                             shared.counters.polls_answered_from_view += 1
-                            await self.delivered(*view.render_after(cursor, limit))
+                            if self.service.config.delivery_delay_ms > 0:
+                                await self.injected_delay()
+                            self.delivered(*view.render_after(cursor, limit))
                             return
                         got = await shared.read(name, cursor, limit)
                         if got.epoch != view.epoch:
                             view.synced = False  # Redis restarted since the view synced
                             continue
                         if got.messages or got.dropped(cursor):
-                            await self.delivered(*shared.render_read(got, cursor, view))
+                            if self.service.config.delivery_delay_ms > 0:
+                                await self.injected_delay()
+                            self.delivered(*shared.render_read(got, cursor, view))
                             return
                 except Unavailable as e:
                     raise JsonError(503, str(e)) from None
