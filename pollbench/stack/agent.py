@@ -43,8 +43,9 @@ CHUNK = 1 << 16
 
 
 def new_token() -> str:
-    """A token for one agent: 32 random bytes, URL-safe."""
-    return secrets.token_urlsafe(32)
+    """A token for one agent: 32 random bytes as hex.  (URL-safe base64 starts with "-" one
+    time in 64, and ``--agent-token -...`` then reads as an option, not as the token.)"""
+    return secrets.token_hex(32)
 
 
 class Agent:

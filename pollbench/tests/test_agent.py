@@ -161,3 +161,17 @@ def test_an_agent_failing_before_the_load_leaves_the_run_failed_not_running(tmp_
                         run_dir, record, report=False, history_source="run")
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "does not answer" in info["exit"]["reason"]
+
+
+def test_a_generated_token_can_be_typed_after_agent_token():
+    """A printed token is pasted after --agent-token: it must never look like an option (a
+    URL-safe one started with "-" one time in 64 and broke a test at random)."""
+    from pollbench.cli import build_parser
+
+    for _ in range(500):
+        token = new_token()
+        assert not token.startswith("-") and len(token) >= 16
+    args = build_parser().parse_args(["run", "--target", "http://127.0.0.1:8080", "--agent",
+                                      "http://127.0.0.1:9100", "--agent-token", token,
+                                      "--expect-workers", "1"])
+    assert args.agent_token == token
