@@ -38,11 +38,6 @@ RUN_FILES = {
 }
 METRICS_DIR = "metrics"          # what the load generator writes (``--pb-out``)
 PROGRESS_FILE = "progress.json"  # in METRICS_DIR, rewritten every second during a run
-# The warning of a run (or a web UI test, or the web UI's tab) whose load generator was
-# CPU-saturated: one wording everywhere.  {names}: its processes; {span}: which samples.
-LOADGEN_SATURATED = ("load generator CPU-saturated ({names} at >= 90% of a core in >= 20% of "
-                     "{span}): its latencies and rates are not to be trusted; add --workers or "
-                     "lower --users")
 # Several hosts: the lines a Locust worker logs (loadtests.metrics) that pollbench worker
 # watches for in its output
 WORKER_CONNECTED_MARK = "pollbench worker connected to the master"

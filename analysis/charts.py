@@ -22,13 +22,13 @@ from analysis.figures import (  # noqa: E402
     spectrum,
 )
 from analysis.hdr import percentiles_us  # noqa: E402
+from analysis.saturation import CHART_LABEL, CPU_PERCENT  # noqa: E402
 
 PCT_STYLE = {"p50": ("#1f77b4", "-"), "p95": ("#ff7f0e", "-"), "p99": ("#d62728", "-"),
              "max": ("#7f7f7f", ":")}
 FAMILY_TITLES = {"deliveries": "Delivery latency (publish -> receipt)",
                  "requests": "Plain request latency (non-poll)",
                  "tasks": "Task turnaround (submit -> result)"}
-SATURATION = 90.0
 
 
 def _figure(fig: Figures, title: str, nrows: int = 1, ncols: int = 1, height: float = 4.2,
@@ -390,13 +390,13 @@ def resources(fig: Figures):
         ax.plot(g["t"], g["cpu_percent"] * cores, color="black",
                 linestyle=":" if name == "system" else "-.", label=f"{what} ({cores} cores)")
         peaks.append(float(g["cpu_percent"].max()) * cores)
-    ax.axhline(SATURATION, color="#d62728", linestyle="--", lw=1)
-    ax.text(0.995, SATURATION, "90% of a core: load generator saturated above",
+    ax.axhline(CPU_PERCENT, color="#d62728", linestyle="--", lw=1)
+    ax.text(0.995, CPU_PERCENT, CHART_LABEL,
             transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
             color="#d62728")
     loadgen = comps[comps["component"] == "loadgen"].groupby("pid")
     for _, g in loadgen:
-        hot = g[g["cpu_percent"] >= SATURATION]
+        hot = g[g["cpu_percent"] >= CPU_PERCENT]
         for t in hot["t"]:
             ax.axvspan(t - 0.5, t + 0.5, color="#d62728", alpha=0.15, lw=0)
     sat = "SATURATED" if fig.summary["loadgen_saturated"] else "not saturated"

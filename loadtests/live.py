@@ -23,8 +23,8 @@ from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
-from analysis.catalog import LOADGEN_SATURATED
 from analysis.hdr_format import new_histogram, percentiles_ms
+from analysis.saturation import LOADGEN_SATURATED
 
 WINDOW_S = 10          # "now" = the last 10 s
 SETTLE_S = 3           # a second's point is drawn once every process's payload is in

@@ -81,7 +81,7 @@ def run_repetitions(repeat: int, port: int, backend_port: int, delivery_delay_ms
 
 def record_base_run(out: Path, git: dict) -> None:
     """Append a base revision's repetition to the history, as the revision it ran."""
-    from pollbench.actions.run import store_in_history
+    from pollbench.records.runrecord import store_in_history
 
     record = json.loads((out / "run.json").read_text())
     # the base revision's pollbench may not record it: the check judged it at its warm-up

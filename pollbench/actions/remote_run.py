@@ -13,40 +13,27 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-from analysis.catalog import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_RUN_FAILED,
-    METRICS_DIR,
-    PROGRESS_FILE,
-    RUN_FILES,
-)
+from analysis.catalog import RUN_FILES
 from analysis.clock import Offset, combine, run_offsets, too_uncertain
+from analysis.saturation import Counts, counts_from_intervals, counts_from_rows
 from pollbench import __version__
+from pollbench.actions.runloop import Side, base_parameters, drive, run_label
 from pollbench.errors import RunFailed, UserError
 from pollbench.log import log
 from pollbench.records.rundir import new_run_dir, write_json_atomic
-from pollbench.records.runinfo import (
-    STATUS_COMPLETE,
-    STATUS_FAILED,
-    STATUS_INCOMPLETE,
-    host_info,
-)
+from pollbench.records.runinfo import host_info
+from pollbench.records.runrecord import record_start
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import OPENER, port_free
 from pollbench.stack.nginx_config import check_listen_address
-from pollbench.stack.processes import ChildGroup, spawn
+from pollbench.stack.processes import Child, ChildGroup
 from pollbench.stack.remote import AgentClient, check_http_url, pull_run
-from pollbench.stack.sampler import SATURATION_CPU_PERCENT, Sampler, summary_from_rows
+from pollbench.stack.sampler import Sampler
 
-LOCUST_GRACE_S = 60  # as a local run: Locust's time to stop users and write its reports
 DEFAULT_MASTER_PORT = 5557
 AGENT_CHECK_EVERY_S = 5.0
 _WAITING = re.compile(r"Waiting for workers to be ready, (\d+) of (\d+) connected")
@@ -124,13 +111,12 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
         raise UserError(f"the target's stack is down: {info.get('problem')}")
     load.validate(float(info.get("stack", {}).get("max_hold_s", 120.0)))
     check_target(target)
-    label = f"{load.mix and 'mix' or load.scenario}-{info['stack']['profile']}-{load.users}u"
+    label = run_label(load, info["stack"]["profile"])
     run_dir = new_run_dir(label, out)
-    from pollbench.actions.run import record_start
-
     # the target host's stack, software and machine, as its agent describes them
-    record = record_start("run", load, {k: info.get(k) for k in
-                                        ("stack", "software", "host", "machine", "git")})
+    record = record_start("run", base_parameters(load),
+                          {k: info.get(k) for k in ("stack", "software", "host", "machine",
+                                                    "git")})
     record["parameters"]["workers"] = remote.expect_workers
     record["distributed"] = {"target": target, "agent": client.url,
                              "master": f"{remote.master_bind}:{remote.master_port}",
@@ -140,93 +126,77 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
     log.info(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
           f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "
           f"{run_dir}")
-    return _run(remote, load, client, target, run_dir, record, report, history_source)
+    return drive(RemoteSide(remote, client, target, run_dir), load, run_dir, record, report,
+                 history_source)
 
 
-def _run(remote: RemoteTarget, load: LoadSpec, client: AgentClient, target: str,
-         run_dir: Path, record: dict, report: bool, history_source: str) -> int:
-    from pollbench.actions.run import Progress, finish_record
+class RemoteSide(Side):
+    """A stack on another host: this host runs only the Locust master (the workers connect
+    to it); the target is checked through its agent, and its side (samples, logs, the
+    rendered config) pulled from the agent after the load."""
 
-    group = ChildGroup()
-    sampler: Sampler | None = None
-    status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
-    controller_before: Offset | None = None
-    at_start: dict | None = None
-    t0 = time.time()
-    locust = None
-    try:
-        # inside the try: an agent that fails here still leaves run.json "failed", not
-        # "running" for ever
-        controller_before = client.clock_offset()
-        at_start = client.sizes()
-        (run_dir / "locust").mkdir()
-        master = ("--master", "--master-bind-host", remote.master_bind,
-                  "--master-bind-port", str(remote.master_port),
-                  "--expect-workers", str(remote.expect_workers),
-                  "--expect-workers-max-wait", f"{remote.workers_timeout_s:g}",
-                  "--pb-agent", client.url, "--pb-agent-token", remote.token)
-        cmd = load.headless_cmd(target, run_dir / METRICS_DIR, run_dir / "locust" / "locust",
-                                run_dir / "locust" / "report.html", run_dir / "locust" / "stats",
-                                extra=master)
-        record["locust_command"] = [a if a != remote.token else "<agent token>" for a in cmd]
-        locust = group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
-                                 stop_signal=signal.SIGTERM, cpus=load.cpus))
-        pids = record["pids"] = {"loadgen": locust.pid}
-        sampler = Sampler(run_dir / "samples", lambda: pids, None, [])
-        sampler.start()
-        progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s)
-        deadline = time.monotonic() + remote.workers_timeout_s + load.duration_s + LOCUST_GRACE_S
-        next_check = time.monotonic() + AGENT_CHECK_EVERY_S
-        while locust.alive():
-            if time.monotonic() > deadline:
-                raise RunFailed(f"Locust did not finish within {LOCUST_GRACE_S} s of the run "
-                                f"time; see {locust.log_path}")
-            if time.monotonic() > next_check:
-                next_check += AGENT_CHECK_EVERY_S
-                state = client.info()
-                if not state.get("alive", True):
-                    raise RunFailed(f"the target's stack went down: {state.get('problem')}")
-            progress.poll()
-            time.sleep(0.2)
-        rc = locust.popen.returncode
+    def __init__(self, remote: RemoteTarget, client: AgentClient, target: str, run_dir: Path):
+        self.remote, self.client, self.url, self.run_dir = remote, client, target, run_dir
+        self.group = ChildGroup()
+        self.extra_wait_s = remote.workers_timeout_s
+        self.controller_before: Offset | None = None
+        self.at_start: dict | None = None
+        self.t0 = self.t1 = time.time()
+        self._next_check = 0.0
+
+    def start(self) -> None:
+        # an agent that fails here still leaves run.json "failed", not "running" for ever
+        self.controller_before = self.client.clock_offset()
+        self.at_start = self.client.sizes()
+        self.t0 = time.time()
+        self._next_check = time.monotonic() + AGENT_CHECK_EVERY_S
+
+    def locust_args(self) -> tuple[str, ...]:
+        r = self.remote
+        return ("--master", "--master-bind-host", r.master_bind,
+                "--master-bind-port", str(r.master_port),
+                "--expect-workers", str(r.expect_workers),
+                "--expect-workers-max-wait", f"{r.workers_timeout_s:g}",
+                "--pb-agent", self.client.url, "--pb-agent-token", r.token)
+
+    def shown_command(self, cmd: list[str]) -> list[str]:
+        return [a if a != self.remote.token else "<agent token>" for a in cmd]
+
+    def pids(self) -> dict[str, int]:
+        return {c.name: c.pid for c in self.group.children}
+
+    def check(self) -> None:
+        if time.monotonic() > self._next_check:
+            self._next_check += AGENT_CHECK_EVERY_S
+            state = self.client.info()
+            if not state.get("alive", True):
+                raise RunFailed(f"the target's stack went down: {state.get('problem')}")
+
+    def load_ended(self, locust: Child) -> None:
         log_text = locust.log_path.read_text(errors="replace")
         if "Gave up waiting for workers to connect" in log_text:
+            r = self.remote
             seen = _WAITING.findall(log_text)
             joined = int(seen[-1][0]) if seen else 0
-            refused = _refusals(run_dir)
+            refused = _refusals(self.run_dir)
             raise RunFailed(
-                f"only {joined} of {remote.expect_workers} workers connected within "
-                f"{remote.workers_timeout_s:g} s" + (f"; refused: {refused[0]}" if refused else
-                f": run `pollbench worker --master {remote.master_bind}:{remote.master_port}` on "
-                f"each load host (and open port {remote.master_port} to them)"))
-        if rc not in (0, 1):
-            raise RunFailed(f"Locust exited with code {rc}; last lines of {locust.log_path}:\n"
-                            f"{locust.log_tail()}")
-        status, reason, code = STATUS_COMPLETE, "complete", EXIT_OK
-    except KeyboardInterrupt:
-        status, reason, code = STATUS_INCOMPLETE, "interrupted (Ctrl-C or SIGTERM)", EXIT_INTERRUPTED
-        raise
-    except (RunFailed, UserError) as e:
-        reason = f"failed: {str(e).splitlines()[0]}"
-        raise
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            exit_codes = group.stop_all()
-            if sampler is not None:
-                sampler.stop()
-            t1 = time.time()
-            cpu_source: Any = sampler  # nothing to pull when the agent failed before the load
-            if at_start is not None and controller_before is not None:
-                cpu_source = _collect(client, run_dir, record, at_start, t0, t1,
-                                      controller_before, sampler)
-            finish_record(record, run_dir, status, reason, code, cpu_source,
-                          SimpleNamespace(exit_codes=exit_codes),
-                          report and status == STATUS_COMPLETE,
-                          history_source if status == STATUS_COMPLETE else None)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-    return code
+                f"only {joined} of {r.expect_workers} workers connected within "
+                f"{r.workers_timeout_s:g} s" + (f"; refused: {refused[0]}" if refused else
+                f": run `pollbench worker --master {r.master_bind}:{r.master_port}` on "
+                f"each load host (and open port {r.master_port} to them)"))
+
+    def stop(self, record: dict) -> dict[str, int | None]:
+        exit_codes = self.group.stop_all()
+        self.t1 = time.time()
+        return exit_codes
+
+    def collect(self, record: dict, sampler: Sampler | None
+                ) -> tuple[Counts, dict[str, float]] | None:
+        own = super().collect(record, sampler)
+        if self.at_start is None or self.controller_before is None:
+            return own  # nothing to pull: the agent failed before the load
+        return _collect(self.client, self.run_dir, record, self.at_start, self.t0, self.t1,
+                        self.controller_before, own)
 
 
 def _refusals(run_dir: Path) -> list[str]:
@@ -240,9 +210,12 @@ def _events(run_dir: Path) -> list[dict]:
 
 
 def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t0: float,
-             t1: float, controller_before: Offset, sampler: Sampler | None):
+             t1: float, controller_before: Offset,
+             own: tuple[Counts, dict[str, float]] | None
+             ) -> tuple[Counts, dict[str, float]] | None:
     """After the load: the target side from the agent, the clocks, who joined and who was
-    lost; returns what :func:`finish_record` reads the CPU summary from."""
+    lost; returns the CPU counts the run is judged by (``own``: this host's samples, when
+    the target's could not be pulled)."""
     import csv
 
     warnings = record["warnings"]
@@ -285,45 +258,32 @@ def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t
                             "unbounded")
     processes = run_dir / RUN_FILES["processes"]
     if not processes.exists():
-        return sampler
+        return own
     with processes.open(newline="") as f:
         rows = [r for r in list(csv.reader(f))[1:] if r]
-    saturation, cpu_seconds = summary_from_rows(rows)
+    saturation, cpu_seconds = counts_from_rows(rows)
     # the workers' CPU (their own count, each second) is the load generator's too: a
     # saturated worker flags the run as a saturated local Locust does
     saturation.update({f"loadgen-{k}": v for k, v in worker_cpu.items()})
     cpu_seconds.update({f"loadgen-{k}": v for k, v in worker_cpu_s.items()})
-    return SimpleNamespace(saturation=saturation, cpu_seconds=cpu_seconds)
+    return saturation, cpu_seconds
 
 
-def workers_cpu(run_dir: Path) -> tuple[dict[str, list[int]], dict[str, float],
-                                        dict[str, float]]:
-    """Each worker's CPU, from the ``cpu_ms`` it counts per 1-s interval (counters.jsonl):
-    (worker -> [intervals, intervals at >= 90 % of a core], worker -> CPU seconds,
-    worker -> seconds covered)."""
-    counts: dict[str, list[int]] = {}
-    seconds: dict[str, float] = {}
-    span: dict[str, float] = {}
+def workers_cpu(run_dir: Path) -> tuple[Counts, dict[str, float], dict[str, float]]:
+    """Each worker's CPU, from the ``cpu_ms`` it counts per 1-s interval (counters.jsonl),
+    judged by the one saturation rule: (worker -> counts, worker -> CPU seconds, worker ->
+    seconds covered)."""
     try:
         lines = (run_dir / RUN_FILES["counters"]).read_text().splitlines()
     except OSError:
-        return counts, seconds, span
+        return {}, {}, {}
+    rows = []
     for ln in lines:
         try:
-            row = json.loads(ln)
+            rows.append(json.loads(ln))
         except ValueError:
             continue
-        cpu_ms = row.get("counters", {}).get("cpu_ms")
-        dt = float(row.get("t1", 0)) - float(row.get("t0", 0))
-        if cpu_ms is None or dt < 0.5:  # a last partial interval holds the shutdown
-            continue
-        src = row.get("source", "?")
-        n_sat = counts.setdefault(src, [0, 0])
-        n_sat[0] += 1
-        n_sat[1] += cpu_ms / 1000 / dt * 100 >= SATURATION_CPU_PERCENT
-        seconds[src] = seconds.get(src, 0.0) + cpu_ms / 1000
-        span[src] = span.get(src, 0.0) + dt
-    return counts, seconds, span
+    return counts_from_intervals(rows)
 
 
 def _delivery_p50(run_dir: Path) -> float:

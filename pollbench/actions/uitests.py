@@ -25,10 +25,10 @@ from analysis.catalog import (
     UI_TEST_FILE,
     UI_TESTS_DIR,
 )
-from pollbench.actions.run import cpu_summary, store_in_history
+from analysis.saturation import counts_from_rows, cpu_summary
 from pollbench.records.rundir import write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE
-from pollbench.stack.sampler import summary_from_rows
+from pollbench.records.runrecord import lost_warning, store_in_history
 
 MARGIN_S = 1.0  # samples this close outside a test's span still belong to it
 
@@ -90,11 +90,10 @@ def _access_time(line: str) -> float:
 
 
 def cpu_of(rows: list[dict]) -> tuple[dict, list[str]]:
-    """run.json's "cpu" and its warnings for a test, from its 1-s process samples: the one
-    saturation rule (:func:`pollbench.stack.sampler.summary_from_rows`, start-up grace
-    included: a test's first seconds are its users being spawned) and
-    :func:`pollbench.actions.run.cpu_summary`."""
-    saturation, seconds = summary_from_rows(
+    """run.json's "cpu" and its warnings for a test, from its 1-s process samples, by the
+    one saturation rule (:mod:`analysis.saturation`, start-up grace included: a test's first
+    seconds are its users being spawned)."""
+    saturation, seconds = counts_from_rows(
         [[row["time"], row["component"], row["pid"], row["cpu_percent"]] for row in rows])
     return cpu_summary(saturation, seconds)
 
@@ -144,9 +143,8 @@ def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: b
                      ("task_duration_ms", "pb_task_duration_ms")):
         if opt in opts:
             p[key] = opts[opt]
-    if progress.get("lost") or progress.get("duplicates"):
-        record["warnings"].append(f"{progress.get('lost', 0)} messages lost and "
-                                  f"{progress.get('duplicates', 0)} duplicated")
+    if (lost := lost_warning(progress)) is not None:
+        record["warnings"].append(lost)
     record["files"] = {k: v for k, v in RUN_FILES.items() if (test_dir / v).exists()}
     write_json_atomic(test_dir / "run.json", record)
     if make_report:

@@ -24,7 +24,6 @@ import os
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,25 +31,13 @@ import psutil
 
 from analysis.atomic import write_atomic
 from analysis.catalog import REDIS_INFO_FILE
+from analysis.saturation import MACHINE, Counter
 from pollbench.stack.net import get_json, http_get
 
-SATURATION_CPU_PERCENT = 90.0  # of one core; Locust itself warns at 90 %
-SATURATION_SHARE = 0.2  # flagged when at least this share of samples is saturated
-MACHINE_SATURATION_PERCENT = 95.0  # of all cores together
-# A process's first seconds are imports and set-up (Locust: ~1-2 s at 100 % of a core), not
-# load: they are not counted towards saturation (a 5-s run would otherwise always be flagged).
-STARTUP_GRACE_S = 3.0
 LIVE_WINDOW = 30  # samples the live saturation flag looks back on
 
 _STUB = re.compile(rb"Active connections:\s*(\d+)\s*server accepts handled requests\s*(\d+)\s+(\d+)"
                    rb"\s+(\d+)\s*Reading:\s*(\d+)\s*Writing:\s*(\d+)\s*Waiting:\s*(\d+)")
-
-
-def saturated(counts: dict[str, list[int]], prefix: str = "") -> list[str]:
-    """The one saturation rule: processes (names starting with ``prefix``) saturated in
-    >= 20 % of at least 3 samples; ``counts``: name -> [samples, saturated samples]."""
-    return sorted(name for name, (n, sat) in counts.items()
-                  if name.startswith(prefix) and n >= 3 and sat / n >= SATURATION_SHARE)
 
 
 def parse_stub_status(body: bytes) -> list[int] | None:
@@ -71,12 +58,11 @@ class Sampler(threading.Thread):
         self.interval = interval
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
-        # per component: [samples, saturated samples]
-        self.saturation: dict[str, list[int]] = {}
+        # the one saturation rule (analysis.saturation), over the run and the last samples
+        self.counter = Counter(LIVE_WINDOW if live else 0)
         self.cpu_seconds: dict[str, float] = {}
         self.live = live
-        self._recent: dict[str, deque[bool]] = {}
-        self._seq = 0  # samples taken (each is one GET /nginx_status and one GET /stats each)  # name -> saturated? in the last samples
+        self._seq = 0  # samples taken (each is one GET /nginx_status and one GET /stats each)
         out.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
@@ -112,18 +98,11 @@ class Sampler(threading.Thread):
             return None
         return proc
 
-    def _count(self, name: str, saturated: bool) -> None:
-        sat = self.saturation.setdefault(name, [0, 0])
-        sat[0] += 1
-        sat[1] += saturated
-        if self.live:
-            self._recent.setdefault(name, deque(maxlen=LIVE_WINDOW)).append(saturated)
-
     def sample(self, pw, sw, bf) -> None:
         now = round(time.time(), 3)
         system_cpu = psutil.cpu_percent(None)
         pw.writerow([now, "system", 0, system_cpu, psutil.virtual_memory().used, 0])
-        self._count("system", system_cpu >= MACHINE_SATURATION_PERCENT)
+        self.counter.add(MACHINE, system_cpu)
         self._seq += 1
         live: dict = {"time": now, "seq": self._seq, "cpu": {"system": system_cpu}, "stub_status": None,
                       "backends": []}
@@ -146,8 +125,7 @@ class Sampler(threading.Thread):
                     continue
                 name = component if i == 0 else f"{component}/{pid}"
                 pw.writerow([now, name, pid, cpu, rss, fds])
-                if age >= STARTUP_GRACE_S:
-                    self._count(name, cpu >= SATURATION_CPU_PERCENT)
+                self.counter.add(name, cpu, age)
                 live["cpu"][component] = live["cpu"].get(component, 0.0) + cpu
                 self.cpu_seconds[component] = self.cpu_seconds.get(component, 0.0) + \
                     cpu / 100 * self.interval
@@ -175,8 +153,7 @@ class Sampler(threading.Thread):
         if self.redis_url:
             live["redis"] = self._sample_redis(now)
         if self.live:
-            live["saturated"] = saturated({name: [len(recent), sum(recent)]
-                                           for name, recent in self._recent.items()})
+            live["saturated"] = self.counter.recent()
             # rewritten every second for the web UI: whole, but no fsync
             write_atomic(self.out / "live.json", json.dumps(live), durable=False)
 
@@ -191,29 +168,7 @@ class Sampler(threading.Thread):
         self._redis_out.write(json.dumps(row) + "\n")
         return row.get("info") or {"error": row.get("error")}
 
-    def saturated(self, prefix: str) -> list[str]:
-        """Processes of a component busy >= 90 % of a core in >= 20 % of their samples."""
-        return saturated(self.saturation, prefix)
-
-
-def summary_from_rows(rows: list[list[str]], interval: float = 1.0
-                      ) -> tuple[dict[str, list[int]], dict[str, float]]:
-    """The saturation counts and CPU seconds a :class:`Sampler` keeps, recomputed from
-    processes.csv rows (time, component, pid, cpu_percent, ...): for a run whose samples
-    come from several hosts.  A process's first :data:`STARTUP_GRACE_S` of rows are not
-    counted towards saturation, as in the sampler."""
-    saturation: dict[str, list[int]] = {}
-    cpu_seconds: dict[str, float] = {}
-    first: dict[str, float] = {}
-    for row in rows:
-        t, name, cpu = float(row[0]), row[1], float(row[3])
-        first.setdefault(name, t)
-        machine = name.endswith("system")
-        if machine or t - first[name] >= STARTUP_GRACE_S:
-            sat = saturation.setdefault(name, [0, 0])
-            sat[0] += 1
-            sat[1] += cpu >= (MACHINE_SATURATION_PERCENT if machine else SATURATION_CPU_PERCENT)
-        if not machine:
-            component = name.split("/")[0]
-            cpu_seconds[component] = cpu_seconds.get(component, 0.0) + cpu / 100 * interval
-    return saturation, cpu_seconds
+    @property
+    def saturation(self) -> dict[str, list[int]]:
+        """Per component: [counted samples, saturated samples]."""
+        return self.counter.counts

@@ -137,9 +137,10 @@ def test_an_agent_failing_before_the_load_leaves_the_run_failed_not_running(tmp_
     from types import SimpleNamespace
 
     from pollbench.actions import remote_run
-    from pollbench.actions.run import record_start
+    from pollbench.actions.runloop import base_parameters, drive
     from pollbench.errors import UserError
     from pollbench.records.rundir import write_json_atomic
+    from pollbench.records.runrecord import record_start
     from pollbench.stack.loadgen import LoadSpec
 
     class VanishedAgent:
@@ -151,14 +152,14 @@ def test_an_agent_failing_before_the_load_leaves_the_run_failed_not_running(tmp_
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     load = LoadSpec(users=10, duration_s=5)
-    record = record_start("run", load, {"stack": {}, "software": {}, "host": {}})
+    record = record_start("run", base_parameters(load), {"stack": {}, "software": {}, "host": {}})
     record["distributed"] = {}
     write_json_atomic(run_dir / "run.json", record)
     remote = SimpleNamespace(master_bind="127.0.0.1", master_port=5557, expect_workers=1,
                              workers_timeout_s=5, token="x" * 16)
     with pytest.raises(UserError):
-        remote_run._run(remote, load, VanishedAgent(), "http://127.0.0.1:8080",
-                        run_dir, record, report=False, history_source="run")
+        side = remote_run.RemoteSide(remote, VanishedAgent(), "http://127.0.0.1:8080", run_dir)
+        drive(side, load, run_dir, record, report=False, history_source="run")
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "does not answer" in info["exit"]["reason"]
 

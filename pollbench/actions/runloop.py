@@ -1,0 +1,204 @@
+"""The one run loop, for a stack on this host (:mod:`pollbench.actions.run`) and on another
+(:mod:`pollbench.actions.remote_run`).
+
+    code = drive(side, load, run_dir, record, report=True, history_source="run")
+
+The loop starts the target side, runs Locust headless as a child, samples CPU, prints
+progress, watches both until Locust ends (or its deadline passes), then stops everything --
+Ctrl-C included, a second Ctrl-C ignored until all is down -- and finishes run.json
+(:func:`pollbench.records.runrecord.finish_record`), the report and the history entry.
+What differs between a local and a remote target is a :class:`Side`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from analysis.catalog import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    METRICS_DIR,
+    PROGRESS_FILE,
+)
+from analysis.saturation import Counts
+from pollbench.errors import RunFailed, UserError
+from pollbench.log import log
+from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
+from pollbench.records.runrecord import finish_record, store_in_history
+from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.processes import Child, ChildGroup, spawn
+from pollbench.stack.sampler import Sampler
+
+# Locust needs a moment past -t to stop users and write its reports.
+LOCUST_GRACE_S = 60
+POLL_EVERY_S = 0.2
+
+
+def run_label(load: LoadSpec, profile: str) -> str:
+    """A run folder's label: scenario (or "mix"), profile, users."""
+    return f"{load.mix and 'mix' or load.scenario}-{profile}-{load.users}u"
+
+
+def base_parameters(load: LoadSpec) -> dict:
+    """run.json's "parameters": the load as asked."""
+    return {
+        "scenario": load.mix and f"mix:{load.mix}" or load.scenario,
+        "user_classes": load.user_classes(), "users": load.users,
+        "spawn_rate": load.effective_spawn_rate(), "duration_s": load.duration_s,
+        "shape": load.shape, "workers": load.workers, "connection": load.connection,
+        "channels": load.channels, "publish_rate": load.publish_rate,
+        "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
+        "cpus_loadgen": list(load.cpus) if load.cpus else None,
+        "faults": list(load.faults),
+    }
+
+
+class Progress:
+    """One line per interval: elapsed / total, users, HTTP requests/s, deliveries/s, errors.
+
+    The two rates are kept apart: Locust's own total also counts its synthetic rows
+    (DELIVERY, TASK ...), which are not requests."""
+
+    def __init__(self, path: Path, total_s: float, every_s: float = 5.0):
+        self.path, self.total_s, self.every_s = path, total_s, every_s
+        self._next = time.monotonic() + every_s
+        self.last: dict = {}
+
+    def poll(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next += self.every_s
+        try:
+            self.last = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        p = self.last
+        log.info(f"[{p['elapsed_s']:6.0f}s/{self.total_s:.0f}s] users {p['users']:>6}  "
+                 f"HTTP req/s {p['requests_per_s']:>8.1f}  deliveries/s "
+                 f"{p['deliveries_per_s']:>8.1f}  failures {p['failures']}  lost {p['lost']}  "
+                 f"duplicates {p['duplicates']}")
+
+
+class Side:
+    """Where the stack is, as the run loop sees it; the defaults are a side with nothing
+    to start, check or collect."""
+
+    url: str  # what Locust's users reach (nginx)
+    group: ChildGroup  # the children this host starts for the run (Locust among them)
+    extra_wait_s: float = 0.0  # added to the loop's deadline (e.g. waiting for workers)
+
+    def start(self) -> None:
+        """Start (or reach) the target side; before Locust starts."""
+
+    def locust_args(self) -> tuple[str, ...]:
+        return ()
+
+    def shown_command(self, cmd: list[str]) -> list[str]:
+        """Locust's command as run.json records it (secrets blanked)."""
+        return cmd
+
+    def pids(self) -> dict[str, int]:
+        """Component -> root pid, of what this host samples."""
+        raise NotImplementedError
+
+    def sampler(self, samples: Path) -> Sampler:
+        return Sampler(samples, self.pids, None, [])
+
+    def load_started(self) -> None:
+        """Locust is running (faults start their clock here)."""
+
+    def check(self) -> None:
+        """Raise RunFailed when the target side has failed; called every loop."""
+
+    def load_ended(self, locust: Child) -> None:
+        """Locust has exited: raise RunFailed for a failure only the side can name."""
+
+    def halt(self) -> None:
+        """Nothing new may start: the side is about to stop."""
+
+    def stop(self, record: dict) -> dict[str, int | None]:
+        """Stop what the side started; its processes' exit codes."""
+        return self.group.stop_all()
+
+    def collect(self, record: dict, sampler: Sampler | None
+                ) -> tuple[Counts, dict[str, float]] | None:
+        """After the stop: what the side adds to run.json; the CPU counts to judge it by."""
+        return None if sampler is None else (sampler.saturation, sampler.cpu_seconds)
+
+
+def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
+          history_source: str) -> int:
+    """Run the load against ``side``; run.json (``record``, already written with status
+    running) is finished whatever happens.  Returns the exit code of a finished run; a
+    failure raises (RunFailed, UserError, KeyboardInterrupt) after run.json is written."""
+    sampler: Sampler | None = None
+    status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
+    try:
+        side.start()
+        (run_dir / "locust").mkdir()
+        cmd = load.headless_cmd(side.url, run_dir / METRICS_DIR, run_dir / "locust" / "locust",
+                                run_dir / "locust" / "report.html",
+                                run_dir / "locust" / "stats",  # Locust adds .json
+                                extra=side.locust_args())
+        record["locust_command"] = side.shown_command(cmd)
+        locust = side.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
+                                      stop_signal=signal.SIGTERM, cpus=load.cpus))
+        record["pids"] = side.pids()
+        sampler = side.sampler(run_dir / "samples")
+        sampler.start()
+        side.load_started()
+        progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s)
+        deadline = time.monotonic() + side.extra_wait_s + load.duration_s + LOCUST_GRACE_S
+        while locust.alive():
+            if time.monotonic() > deadline:
+                raise RunFailed(f"Locust did not finish within {LOCUST_GRACE_S} s of the run "
+                                f"time; see {locust.log_path}")
+            side.check()
+            progress.poll()
+            time.sleep(POLL_EVERY_S)
+        side.load_ended(locust)
+        rc = locust.popen.returncode
+        if rc not in (0, 1):
+            raise RunFailed(f"Locust exited with code {rc}; last lines of {locust.log_path}:\n"
+                            f"{locust.log_tail()}")
+        status, reason, code = STATUS_COMPLETE, "complete", EXIT_OK
+    except KeyboardInterrupt:
+        status, reason, code = STATUS_INCOMPLETE, "interrupted (Ctrl-C or SIGTERM)", EXIT_INTERRUPTED
+        raise
+    except (RunFailed, UserError) as e:
+        reason = f"failed: {str(e).splitlines()[0]}"
+        raise
+    finally:
+        # Ctrl-C again while stopping must not leave processes: ignore it until all are down.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            side.halt()
+            exit_codes = side.stop(record)
+            if sampler is not None:
+                sampler.stop()
+            cpu = side.collect(record, sampler)
+            finish_record(record, run_dir, status, reason, code, cpu, exit_codes)
+            if status == STATUS_COMPLETE:
+                if report:
+                    write_report(run_dir)
+                store_in_history(record, run_dir, history_source)
+            log.info(f"status: {status}" + ("" if status == STATUS_COMPLETE else f" ({reason})"))
+            print(run_dir, flush=True)  # the result: the last line, also with -q
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return code
+
+
+def write_report(run_dir: Path) -> None:
+    """The run's report; a failure costs the run nothing (said in one line)."""
+    from pollbench.actions.report import report
+
+    try:
+        report([run_dir], quiet=True)
+        log.info(f"report: {run_dir / 'report' / 'report.html'}")
+    except Exception as e:  # the run's record matters more than its report
+        log.warning(f"the report could not be written ({e}); try: pollbench report {run_dir}")

@@ -1,0 +1,110 @@
+"""run.json over a run's life: written first with status "running" (:func:`record_start`),
+again at the end whatever happened (:func:`finish_record`), and the complete run appended to
+the results history (:func:`store_in_history`).
+
+Every kind of run writes it through here: a local or remote ``pollbench run``, a web-UI
+session and each of its tests, and a check's base revision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import psutil
+
+from analysis.catalog import METRICS_DIR, PROGRESS_FILE, RUN_FILES, RUN_SCHEMA_VERSION
+from analysis.saturation import Counts, cpu_summary
+from pollbench.log import log
+from pollbench.records.rundir import write_json_atomic
+from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_RUNNING
+
+
+def record_start(kind: str, parameters: dict, target: dict) -> dict:
+    """run.json as first written (status running): the load as asked (``parameters``) and
+    ``target``, what is known of the stack and its host (this host's, or a remote target's
+    agent's)."""
+    return {
+        "schema_version": RUN_SCHEMA_VERSION, "kind": kind, "status": STATUS_RUNNING,
+        # who writes the end: a reader finding "running" with this process gone says "crashed"
+        "writer": {"pid": os.getpid(), "started_at": psutil.Process().create_time()},
+        "complete": False, "started_at": time.time(), "ended_at": None, "duration_s": None,
+        "parameters": parameters,
+        **target,
+        "warnings": [],
+        "files": {},
+        "exit": {"code": None, "reason": "running"},
+    }
+
+
+def lost_warning(progress: dict) -> str | None:
+    """The warning of a run (or a web-UI test) that lost or duplicated messages."""
+    if progress.get("lost") or progress.get("duplicates"):
+        return (f"{progress.get('lost', 0)} messages lost and {progress.get('duplicates', 0)} "
+                "duplicated")
+    return None
+
+
+def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: int,
+                  cpu: tuple[Counts, dict[str, float]] | None,
+                  exit_codes: dict[str, int | None]) -> None:
+    """Complete run.json and write it; say its warnings (stderr) and headline figures.
+    ``cpu``: saturation counts and CPU seconds per component (None: nothing was sampled)."""
+    record["ended_at"] = time.time()
+    record["duration_s"] = round(record["ended_at"] - record["started_at"], 3)
+    record["status"] = status
+    record["complete"] = status == STATUS_COMPLETE
+    record["exit"] = {"code": code, "reason": reason, "processes": exit_codes}
+    record["files"] = {k: v for k, v in RUN_FILES.items() if (run_dir / v).exists()}
+    missing = sorted(set(RUN_FILES) - set(record["files"]))
+    if missing and status == STATUS_COMPLETE:
+        record["warnings"].append(f"files missing from a complete run: {', '.join(missing)}")
+    if cpu is not None:
+        record["cpu"], warnings = cpu_summary(*cpu)
+        record["warnings"] += warnings
+    try:
+        record["loadgen"] = json.loads((run_dir / METRICS_DIR / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        record["loadgen"] = {}
+    lg = record["loadgen"]
+    if (lost := lost_warning(lg)) is not None:
+        record["warnings"].append(lost)
+    write_json_atomic(run_dir / "run.json", record)
+    for w in record["warnings"]:
+        log.warning(w)
+    if lg:
+        log.info(f"HTTP requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
+                 f"{lg.get('delivered')}  lost {lg.get('lost')}  duplicates "
+                 f"{lg.get('duplicates')}")
+    for line in latency_lines(run_dir / RUN_FILES["latency_hdr"]):
+        log.info(line)
+
+
+def store_in_history(record: dict, run_dir: Path, source: str, git: dict | None = None) -> None:
+    """Append the complete run to the results history; a failure costs the run nothing: it
+    is said in one line and in run.json ("history"), and ``history import`` backfills."""
+    from pollbench.records.history import record_run
+
+    record["history"] = record_run(run_dir, source, git=git)
+    write_json_atomic(run_dir / "run.json", record)
+    if record["history"].get("error"):
+        log.warning(record["history"]["error"])
+
+
+def latency_lines(hdr_log: Path) -> list[str]:
+    """Headline latencies from the lossless log (not Locust's rounded percentiles)."""
+    from analysis.hdr import merged, read_hdr_log, summary_ms
+
+    try:
+        hdr = read_hdr_log(hdr_log)
+    except ValueError:
+        return [f"(latency log {hdr_log} is unreadable)"]
+    lines = []
+    for metric, label in (("DELIVERY", "delivery latency"), ("TASK", "task turnaround")):
+        s = summary_ms(merged(hdr, metric))
+        if s["count"]:
+            lines.append(f"{label:17} n={s['count']}  p50 {s['p50']:.2f} ms  p99 {s['p99']:.2f} ms"
+                         f"  max {s['max']:.2f} ms")
+    return lines
