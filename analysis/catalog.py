@@ -12,6 +12,8 @@ and turns outcomes into exit codes) and ``analysis`` (which reads them).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # -- exit codes (pollbench's CLI, and the verdicts of compare / check) ---------------------
 EXIT_OK = 0               # success; no regression
 EXIT_REGRESSION = 1       # a regression, or a failed absolute gate
@@ -82,28 +84,60 @@ COMPONENT_METRICS = {
     "cpu_seconds_": ("cpu-s", LOWER, "CPU time of {}"),
 }
 
-# The figures a verdict compares (compare, check), each with the summary's per-window
-# series that may stand in for repetitions (latency percentiles only).
-COMPARED: dict[str, str | None] = {
-    "delivery_latency_p50": "delivery_latency_p50",
-    "delivery_latency_p95": "delivery_latency_p95",
-    "delivery_latency_p99": "delivery_latency_p99",
-    "request_latency_p95": "request_latency_p95",
-    "request_latency_p99": "request_latency_p99",
-    "task_turnaround_p99": "task_turnaround_p99",
-    "throughput_requests": None,
-    "throughput_deliveries": None,
-    "error_rate": None,
-    "requests_per_connection_client": None,
-    "requests_per_connection_upstream": None,
+@dataclass(frozen=True)
+class Compared:
+    """How a figure takes part in comparing runs."""
+
+    label: str                  # its column / bar label in a side-by-side comparison
+    verdict: bool = False       # compare and check judge it against a baseline
+    series: str | None = None   # the summary's per-window series that may stand in for
+    #                             repetitions in a verdict (latency percentiles only)
+    rankable: bool = False      # a sweep may rank its cells by it
+    group: str = ""             # the comparison chart it is drawn in
+
+
+# Every figure a comparison shows, in its order: the one table that the side-by-side report
+# (compare, sweep), the verdicts (compare, check) and a sweep's rank_by read.
+COMPARED_FIGURES: dict[str, Compared] = {
+    "delivery_latency_p50": Compared("delivery p50", True, "delivery_latency_p50", True,
+                                     "deliveries"),
+    "delivery_latency_p95": Compared("delivery p95", True, "delivery_latency_p95", True,
+                                     "deliveries"),
+    "delivery_latency_p99": Compared("delivery p99", True, "delivery_latency_p99", True,
+                                     "deliveries"),
+    "request_latency_p50": Compared("request p50", False, None, True, "requests"),
+    "request_latency_p95": Compared("request p95", True, "request_latency_p95", True,
+                                    "requests"),
+    "request_latency_p99": Compared("request p99", True, "request_latency_p99", True,
+                                    "requests"),
+    "task_turnaround_p99": Compared("task turnaround p99", True, "task_turnaround_p99", True),
+    "throughput_requests": Compared("requests/s", True, None, True, "throughput"),
+    "throughput_deliveries": Compared("deliveries/s", True, None, True, "throughput"),
+    "error_rate": Compared("error rate", True, None, True, "throughput"),
+    "requests_per_connection_client": Compared("requests/conn client->nginx", True, None, True,
+                                               "reuse"),
+    "requests_per_connection_upstream": Compared("requests/conn nginx->backend", True, None,
+                                                 True, "reuse"),
+    "cpu_percent_nginx": Compared("CPU nginx %", group="cpu"),
+    "cpu_percent_backends": Compared("CPU backends %", group="cpu"),
+    "cpu_percent_loadgen": Compared("CPU load generator %", group="cpu"),
+    # how evenly the backends share the work (routing by key piles a hot channel on one)
+    "cpu_percent_backend_busiest": Compared("CPU busiest backend %", group="cpu"),
+    "cpu_percent_backend_quietest": Compared("CPU quietest backend %", group="cpu"),
+    "cpu_percent_redis": Compared("CPU Redis %", group="cpu"),
 }
+# The figures a verdict compares -> the window series usable as samples (or None).
+COMPARED: dict[str, str | None] = {
+    m: c.series for m, c in COMPARED_FIGURES.items() if c.verdict}
 # Absolute gates: any non-zero value fails, whatever the baseline.
 GATES = ("lost_messages", "duplicate_messages")
 # The figures a sweep may rank its cells by.
-RANKABLE = ("delivery_latency_p50", "delivery_latency_p95", "delivery_latency_p99",
-            "request_latency_p50", "request_latency_p95", "request_latency_p99",
-            "task_turnaround_p99", "throughput_requests", "throughput_deliveries", "error_rate",
-            "requests_per_connection_client", "requests_per_connection_upstream")
+RANKABLE = tuple(m for m, c in COMPARED_FIGURES.items() if c.rankable)
+
+
+def compared_in(group: str) -> list[tuple[str, str]]:
+    """(metric, label) of the compared figures drawn in one comparison chart, in order."""
+    return [(m, c.label) for m, c in COMPARED_FIGURES.items() if c.group == group]
 
 
 def describe(metric: str) -> tuple[str, str, str]:

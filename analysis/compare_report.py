@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from analysis.atomic import write_atomic  # noqa: E402
+from analysis.catalog import COMPARED_FIGURES, compared_in  # noqa: E402
 from analysis.charts import plain_ticks, spectrum_axis, spectrum_x  # noqa: E402
 from analysis.figures import Figures, compute, spectrum  # noqa: E402
 from analysis.hdr import new_histogram  # noqa: E402
@@ -35,22 +36,9 @@ from analysis.load import AnalysisError, load_run  # noqa: E402
 # Settings that never describe a configuration (they differ between any two runs).
 IGNORED_KEYS = {"stack.port", "stack.backend_ports", "stack.redis.port",
                 "parameters.user_classes"}
-COMPARED = [
-    ("delivery_latency_p50", "delivery p50"), ("delivery_latency_p95", "delivery p95"),
-    ("delivery_latency_p99", "delivery p99"), ("request_latency_p50", "request p50"),
-    ("request_latency_p95", "request p95"), ("request_latency_p99", "request p99"),
-    ("task_turnaround_p99", "task turnaround p99"), ("throughput_requests", "requests/s"),
-    ("throughput_deliveries", "deliveries/s"), ("error_rate", "error rate"),
-    ("requests_per_connection_client", "requests/conn client->nginx"),
-    ("requests_per_connection_upstream", "requests/conn nginx->backend"),
-    ("cpu_percent_nginx", "CPU nginx %"), ("cpu_percent_backends", "CPU backends %"),
-    ("cpu_percent_loadgen", "CPU load generator %"),
-    # how evenly the backends share the work (routing by key piles a hot channel on one)
-    ("cpu_percent_backend_busiest", "CPU busiest backend %"),
-    ("cpu_percent_backend_quietest", "CPU quietest backend %"),
-    ("cpu_percent_redis", "CPU Redis %"),
-]
-CPU = COMPARED[12:18]
+# (metric, label) of every figure the side-by-side table shows, in order
+COMPARED = [(m, c.label) for m, c in COMPARED_FIGURES.items()]
+CPU = compared_in("cpu")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -79,7 +67,9 @@ def differing_keys(configs: list[dict]) -> list[str]:
 
 
 @dataclass
-class Cell:
+class RunGroup:
+    """Runs of one configuration (a sweep's cell, or runs whose settings are the same)."""
+
     label: str
     config: dict
     figures: list[Figures]
@@ -109,18 +99,18 @@ class Cell:
         return h
 
 
-def group_cells(figs: list[Figures], labels: list[str] | None = None) -> list[Cell]:
+def group_cells(figs: list[Figures], labels: list[str] | None = None) -> list[RunGroup]:
     """Runs with the same configuration form a cell, labelled by the settings that differ;
     ``labels`` (one per run, e.g. a sweep's cell names) group and name them instead, in the
     order given."""
     configs = [config_of(f) for f in figs]
     diff = differing_keys(configs)
-    cells: dict[str, Cell] = {}
+    cells: dict[str, RunGroup] = {}
     for i, (f, cfg) in enumerate(zip(figs, configs, strict=True)):
         label = labels[i] if labels else (
             ", ".join(f"{short_key(k)}={cfg.get(k)}" for k in diff) or "same configuration")
         if label not in cells:
-            cells[label] = Cell(label, {k: cfg.get(k) for k in diff}, [])
+            cells[label] = RunGroup(label, {k: cfg.get(k) for k in diff}, [])
         cells[label].figures.append(f)
     if labels:
         return list(cells.values())
@@ -143,7 +133,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _bars(ax, cells: list[Cell], metrics: list[tuple[str, str]], ylabel: str, log=False):
+def _bars(ax, cells: list[RunGroup], metrics: list[tuple[str, str]], ylabel: str, log=False):
     n = len(metrics)
     width = 0.8 / n
     x = np.arange(len(cells))
@@ -171,7 +161,7 @@ def _bars(ax, cells: list[Cell], metrics: list[tuple[str, str]], ylabel: str, lo
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def tick_labels(cells: list[Cell]) -> list[str]:
+def tick_labels(cells: list[RunGroup]) -> list[str]:
     """The labels themselves when short; otherwise letters, keyed in the figure's footer."""
     if all(len(c.label) <= 40 for c in cells):
         # narrower lines as cells get more numerous (11-inch figure: ~110 characters in all)
@@ -180,7 +170,7 @@ def tick_labels(cells: list[Cell]) -> list[str]:
     return [chr(ord("A") + i) for i in range(len(cells))]
 
 
-def add_key(fig, cells: list[Cell]) -> None:
+def add_key(fig, cells: list[RunGroup]) -> None:
     if all(len(c.label) <= 40 for c in cells):
         return
     key = "\n".join(f"{chr(ord('A') + i)}: {c.label}" for i, c in enumerate(cells))
@@ -200,12 +190,13 @@ def _wrap(label: str, width: int = 28) -> str:
     return "\n".join(parts)
 
 
-def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
+def comparison_charts(cells: list[RunGroup]) -> list[tuple[str, str]]:
     images = []
     reps = max(len(c.figures) for c in cells)
     note = (f"bars: mean of up to {reps} repetitions, whiskers: 95% confidence interval"
             if reps > 1 else "one run per configuration: no confidence interval")
-    for family, metrics in (("deliveries", COMPARED[0:3]), ("requests", COMPARED[3:6])):
+    for family in ("deliveries", "requests"):
+        metrics = compared_in(family)
         if not any(c.values(metrics[0][0]) for c in cells):
             continue
         f, ax = plt.subplots(figsize=(11, 4.8))
@@ -222,11 +213,11 @@ def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
         images.append((f"{what} by configuration", _png(f)))
     f, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (metric, name), ylabel in zip(
-            axes.ravel(), [COMPARED[7], COMPARED[8], COMPARED[9], COMPARED[10]],
+            axes.ravel(), compared_in("throughput") + compared_in("reuse")[:1],
             ["requests/s", "messages/s", "failed / all requests", "requests per connection"],
             strict=True):
         if metric == "requests_per_connection_client":
-            _bars(ax, cells, [COMPARED[10], COMPARED[11]], ylabel)
+            _bars(ax, cells, compared_in("reuse"), ylabel)
             ax.set_title("connection reuse, both hops", fontsize=9)
         else:
             _bars(ax, cells, [(metric, name)], ylabel)
@@ -265,7 +256,7 @@ def comparison_charts(cells: list[Cell]) -> list[tuple[str, str]]:
     return images
 
 
-def comparison_table(cells: list[Cell]) -> pd.DataFrame:
+def comparison_table(cells: list[RunGroup]) -> pd.DataFrame:
     rows = []
     for c in cells:
         row = {"configuration": c.label, "runs": len(c.figures)}

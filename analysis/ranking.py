@@ -85,7 +85,7 @@ def direction(metric: str) -> str:
 
 def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALPHA
          ) -> list[RankRow]:
-    """``cells``: objects with ``label`` and ``figures`` (analysis.compare_report.Cell)."""
+    """``cells``: objects with ``label`` and ``figures`` (analysis.compare_report.RunGroup)."""
     better = direction(metric)
     series = COMPARED_METRICS.get(metric, (better, None))[1]
     summaries = {c.label: [f.summary for f in c.figures] for c in cells}
