@@ -82,4 +82,4 @@ def on_init(environment, **_kw) -> None:
     if plumbing.live is not None:
         from loadtests.webui import install
 
-        install(environment, plumbing.live, plumbing.tests_dir)
+        install(environment, plumbing.live, plumbing.tests.dir if plumbing.tests is not None else None)

@@ -11,7 +11,7 @@ a poll that times out is its own row "... (204 timeout)", a success, so the
 hold never passes for latency), and what matters is a custom request type
 (DELIVERY, TASK, TASK_OVERHEAD) that Locust shows and sums across workers.
 Successes are batched into Locust's stats once a second
-(:class:`loadtests.metrics.LocustRows`) instead of firing one event each;
+(:class:`loadtests.recorder.LocustRows`) instead of firing one event each;
 failures still fire ``events.request``.  Everything is also kept lossless in
 HdrHistograms (:mod:`loadtests.metrics`), with REPOLL_GAP and PUBLISH_LAG.
 
@@ -35,8 +35,8 @@ import gevent.pool
 from locust import User, constant, task
 
 from loadtests.leanhttp import HttpError, LeanConnection, Response, build_request
-from loadtests.metrics import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
 from loadtests.options import parse_connection_mode
+from loadtests.recorder import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
 
 # POLLBENCH_TRACE=1: subscribers and the publisher log every seq to events.jsonl, so that a
 # test can count lost messages independently of the harness's own accounting.  Never on
@@ -253,7 +253,7 @@ class ChannelSubscriber(PollbenchUser):
             self.fail(DELIVERY, "lost (epoch change)", 0,
                       MessageLost(f"channel {self.channel} restarted"))
             # what was published after our cursor in the old epoch is lost: counted from
-            # this and the publisher's publisher_epoch_end (loadtests.metrics.EpochLoss)
+            # this and the publisher's publisher_epoch_end (loadtests.recorder.EpochLoss)
             rec.event("epoch_change", channel=self.channel, old_epoch=self.epoch,
                       cursor=self.cursor or 0, new_epoch=data["epoch"])
             if self.failing_since is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from loadtests.metrics import MetricsPlumbing, pollbench_version
+from loadtests.hosts import MasterWorkers, pollbench_version
 
 
 class FakeMaster:
@@ -16,12 +16,8 @@ class FakeMaster:
         self.sent.append((kind, data, client_id))
 
 
-def master_plumbing() -> MetricsPlumbing:
-    plumbing = object.__new__(MetricsPlumbing)  # the master's state, without a Locust run
-    plumbing.runner = FakeMaster()
-    plumbing.workers, plumbing.workers_lost = {}, []
-    plumbing.sink, plumbing._stopped = None, False
-    return plumbing
+def master_plumbing() -> MasterWorkers:
+    return MasterWorkers(FakeMaster(), None)  # the master's state, without a Locust run
 
 
 def hello(node: str, version: str) -> SimpleNamespace:
@@ -30,15 +26,15 @@ def hello(node: str, version: str) -> SimpleNamespace:
 
 def test_a_refused_worker_that_leaves_is_not_reported_lost():
     plumbing = master_plumbing()
-    plumbing.on_worker_hello(None, hello("node-old-version", "0.0.0-other"))
+    plumbing.on_hello(None, hello("node-old-version", "0.0.0-other"))
     assert plumbing.runner.sent and plumbing.runner.sent[0][2] == "node-old-version"
-    plumbing.watch_workers()  # the refused worker quit: it is gone from the master's clients
-    assert plumbing.workers_lost == []
+    plumbing.watch()  # the refused worker quit: it is gone from the master's clients
+    assert plumbing.lost == []
 
 
 def test_a_joined_worker_that_leaves_mid_run_is_lost_once():
     plumbing = master_plumbing()
-    plumbing.on_worker_hello(None, hello("node-abcdefgh", pollbench_version()))
-    plumbing.watch_workers()
-    plumbing.watch_workers()
-    assert plumbing.workers_lost == ["worker-abcdefgh"]
+    plumbing.on_hello(None, hello("node-abcdefgh", pollbench_version()))
+    plumbing.watch()
+    plumbing.watch()
+    assert plumbing.lost == ["worker-abcdefgh"]

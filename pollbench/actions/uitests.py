@@ -1,7 +1,7 @@
 """A test started and stopped in the web UI -> a run folder of its own, with a report.
 
 The load generator writes ``tests/NNN/metrics/`` and ``tests/NNN/test.json`` (what
-was started, when it started and stopped; :class:`loadtests.metrics.UiTest`).  This
+was started, when it started and stopped; :class:`loadtests.uitest.UiTest`).  This
 module adds what the orchestrator recorded for the whole session, cut to the test's
 time span (process samples, stub_status, backend stats, the nginx access log,
 Locust's history), writes the test's run.json (kind "ui-test") and its report.

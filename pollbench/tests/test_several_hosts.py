@@ -203,20 +203,20 @@ def test_a_run_across_four_namespaces(tmp_path):
 
 
 def test_the_master_refuses_a_worker_of_another_pollbench_version():
-    """The master's side of the version check (loadtests.metrics), without a master."""
+    """The master's side of the version check (loadtests.hosts), without a master."""
     from types import SimpleNamespace
 
-    from loadtests.metrics import REFUSE_TYPE, MetricsPlumbing, pollbench_version
+    from loadtests.hosts import REFUSE_TYPE, MasterWorkers, pollbench_version
 
     sent = []
-    master = SimpleNamespace(workers={}, sink=None, runner=SimpleNamespace(
-        send_message=lambda kind, data, client_id: sent.append((kind, data, client_id))))
+    master = MasterWorkers(SimpleNamespace(
+        send_message=lambda kind, data, client_id: sent.append((kind, data, client_id))), None)
     same = SimpleNamespace(node_id="a" * 32, data={"pollbench": pollbench_version(),
                                                    "host": "load-1"})
-    MetricsPlumbing.on_worker_hello(master, None, same)
+    master.on_hello(None, same)
     assert sent == [] and master.workers["a" * 32]["host"] == "load-1"
     other = SimpleNamespace(node_id="b" * 32, data={"pollbench": "0.0.1", "host": "load-2"})
-    MetricsPlumbing.on_worker_hello(master, None, other)
+    master.on_hello(None, other)
     (kind, data, client), = sent
     assert (kind, client) == (REFUSE_TYPE, "b" * 32)
     assert "pollbench 0.0.1 on load-2" in data["reason"]

@@ -1,0 +1,201 @@
+"""What one Locust process records, and where a run's intervals are written.
+
+* :class:`Recorder`: interval HdrHistograms (1 us .. 1 h, 3 significant digits) and counters
+  of one process, cut every second; nothing per sample is kept.
+* :class:`LocustRows`: successes batched into Locust's own stats rows.
+* :class:`Sink`: a local runner's or a master's files in ``--pb-out`` (see
+  :mod:`loadtests.metrics` for their format), with the run's totals and exact epoch loss.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from analysis.atomic import write_atomic
+from analysis.catalog import PROGRESS_FILE, RUN_FILES
+from analysis.epochs import epoch_loss
+from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
+
+# the files inside --pb-out (the run folder's metrics/), named once in analysis.catalog
+HDR_NAME = Path(RUN_FILES["latency_hdr"]).name
+COUNTERS_NAME = Path(RUN_FILES["counters"]).name
+EVENTS_NAME = Path(RUN_FILES["events"]).name
+
+# Metric names (also Locust request types for the custom rows in the UI and CSVs).
+DELIVERY = "DELIVERY"          # publish (server ts) -> message received by a subscriber
+TASK = "TASK"                  # task submit sent -> result received
+TASK_OVERHEAD = "TASK_OVERHEAD"  # turnaround minus the task's own duration
+REPOLL_GAP = "REPOLL_GAP"      # response received -> next poll sent, same subscriber
+PUBLISH_LAG = "PUBLISH_LAG"    # how late a publish left against its fixed schedule
+GC_PAUSE = "GC_PAUSE"          # load generator's own garbage-collection pauses
+
+
+class Recorder:
+    """Interval histograms and counters of one Locust process."""
+
+    def __init__(self) -> None:
+        self.hists: dict[str, HdrHistogram] = {}
+        self.counters: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
+        self.interval_start = time.time()
+        self.clock = ""  # how receipt times were taken (loadtests.leanhttp CLOCK_*)
+        # added to every receipt time before delivery latency is taken: this host's clock
+        # offset to the target's (0 on one machine; see measure_clock)
+        self.clock_offset_s = 0.0
+        self.events: list[dict] = []  # rare events (faults seen): written as they are
+
+    def event(self, kind: str, **fields) -> None:
+        """A rare event (a channel's epoch changed, a subscriber recovered): one line in
+        events.jsonl, never per message."""
+        self.events.append({"t": round(time.time(), 4), "kind": kind, **fields})
+
+    def record_ms(self, metric: str, value_ms: float) -> None:
+        hist = self.hists.get(metric)
+        if hist is None:
+            hist = self.hists[metric] = new_histogram()
+        us = int(value_ms * 1000)
+        hist.record_value(min(max(us, HDR_LOWEST_US), HDR_HIGHEST_US))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def cut(self) -> dict:
+        """The interval so far, encoded; resets the interval."""
+        now = time.time()
+        payload = {
+            "t0": self.interval_start, "t1": now,
+            "hists": {m: (h.get_total_count(), h.encode().decode()) for m, h in self.hists.items()
+                      if h.get_total_count()},
+            "counters": self.counters, "clock": self.clock, "events": self.events,
+        }
+        for k, v in self.counters.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        self.hists = {}
+        self.counters = {}
+        self.events = []
+        self.interval_start = now
+        return payload
+
+
+class LocustRows:
+    """Successful requests and deliveries for Locust's stats, batched.
+
+    Firing ``events.request`` per request runs every listener and updates two of
+    Locust's StatsEntry objects each time.  Here a success is logged into a
+    private StatsEntry (Locust's own class, so its rounding and per-second counts
+    are Locust's) and :meth:`merge`, called 4 times a second, extends the
+    environment's row and total with it: the web UI, the CSVs and the worker
+    reports show the same rows, at most a quarter of a second later.
+    """
+
+    def __init__(self, stats) -> None:
+        self.stats = stats
+        self.pending: dict[tuple[str, str], Any] = {}  # locust.stats.StatsEntry
+
+    def log(self, method: str, name: str, ms: float, length: int = 0) -> None:
+        entry = self.pending.get((name, method))
+        if entry is None:
+            from locust.stats import StatsEntry
+
+            entry = self.pending[(name, method)] = StatsEntry(self.stats, name, method)
+        entry.log(ms, length)  # type: ignore[arg-type]  # Locust's own events log floats
+
+    def merge(self) -> None:
+        pending, self.pending = self.pending, {}
+        for (name, method), entry in pending.items():
+            self.stats.get(name, method).extend(entry)
+            self.stats.total.extend(entry)
+
+
+class Sink:
+    """Appends intervals to the run's files (local runner or master only)."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self._hdr = open(out / HDR_NAME, "a", buffering=1)
+        self._counters = open(out / COUNTERS_NAME, "a", buffering=1)
+        self._events = open(out / EVENTS_NAME, "a", buffering=1)
+        self.totals: dict[str, int] = {}
+        self.clocks: set[str] = set()
+        self.epoch_loss = EpochLoss()
+        self.last = (0, 0, time.time())  # delivered, requests, time at the last progress write
+
+    def write(self, source: str, payload: dict) -> None:
+        t0, t1 = payload["t0"], payload["t1"]
+        for metric, (count, encoded) in payload["hists"].items():
+            self._hdr.write(json.dumps({"t0": round(t0, 4), "t1": round(t1, 4), "metric": metric,
+                                        "source": source, "count": count, "hist": encoded}) + "\n")
+        if payload["counters"]:
+            self._counters.write(json.dumps({"t0": round(t0, 4), "t1": round(t1, 4),
+                                             "source": source,
+                                             "counters": payload["counters"]}) + "\n")
+        for k, v in payload["counters"].items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        if payload.get("clock"):
+            self.clocks.add(payload["clock"])
+        for event in payload.get("events", ()):
+            self._events.write(json.dumps({**event, "source": source}) + "\n")
+            self.epoch_loss.add(event)
+
+    def event(self, source: str, event: dict) -> None:
+        """An event of the master itself (a worker joined, was refused or was lost)."""
+        self._events.write(json.dumps({"t": round(time.time(), 4), **event,
+                                       "source": source}) + "\n")
+
+    def write_progress(self, progress: dict) -> None:
+        write_atomic(self.out / PROGRESS_FILE, json.dumps(progress), durable=False)
+
+    def close(self) -> None:
+        self._hdr.close()
+        self._counters.close()
+        self._events.close()
+
+
+class EpochLoss:
+    """Messages lost when a channel's state was lost (a backend restart), counted exactly.
+
+    The live count (progress.json): the events of every process, counted by
+    :func:`analysis.epochs.epoch_loss`, the function the report counts with too."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def add(self, event: dict) -> None:
+        if event.get("kind") in ("epoch_change", "publisher_epoch_end"):
+            self.events.append(event)
+
+    def lost(self) -> int:
+        return epoch_loss(self.events)[0]
+
+
+def watch_gc(recorder: Recorder) -> None:
+    started = [0.0]
+
+    def callback(phase, info):
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            recorder.record_ms(GC_PAUSE, (time.perf_counter() - started[0]) * 1000)
+            recorder.count(f"gc_gen{info['generation']}")
+
+    gc.callbacks.append(callback)
+
+
+def error_cause(exc) -> str:
+    """A short, stable cause for an error count: 'HTTP 503', 'ConnectionResetError', 'timeout'."""
+    text = str(exc)
+    if text.startswith("HTTP "):
+        return text.split(":", 1)[0]
+    name = type(exc).__name__
+    if "timeout" in text.lower() or "timeout" in name.lower():
+        return "timeout"
+    if name in ("CatchResponseError", "Exception", "LocustError"):
+        return text[:60]
+    return name
