@@ -1,7 +1,8 @@
 """The reference long-poll service: background tasks and cursor-based channels.
 
-Build it with :func:`make_app` and serve it with :class:`PollHTTPServer` (which
-counts connections so reuse on the nginx->backend hop is measurable)::
+Build it with :func:`make_app` and serve it with :class:`PollHTTPServer`
+(:mod:`target_app.connections`: it counts connections so reuse on the nginx->backend hop is
+measurable)::
 
     config = AppConfig(max_hold_s=30)
     app = make_app(config)
@@ -26,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
 
 import tornado.web
-from tornado import httputil
-from tornado.httpserver import HTTPServer
 
+from target_app.connections import ConnectionStats, PollHTTPServer
 from target_app.state import Channel, LimitExceeded, TaskStore
+
+__all__ = ["AppConfig", "PollHTTPServer", "Service", "Stats", "make_app"]
 
 STATES = ("local", "redis")
 
@@ -95,16 +97,11 @@ class AppConfig:
 
 
 @dataclass
-class Stats:
-    """Counters served at /stats.  Everything is O(1) to update on the hot path."""
+class Stats(ConnectionStats):
+    """Counters served at /stats (the connection counts, and the API's).  Everything is O(1)
+    to update on the hot path."""
 
     started_at: float = field(default_factory=time.time)
-    connections_accepted: int = 0
-    connections_rejected: int = 0
-    connections_closed: int = 0
-    requests: int = 0
-    # closed connections by how many requests each carried: {requests: connections}
-    requests_per_closed_connection: dict[int, int] = field(default_factory=dict)
     responses_by_status: dict[int, int] = field(default_factory=dict)
     messages_published: int = 0
     messages_delivered: int = 0
@@ -115,117 +112,6 @@ class Stats:
     gc_collections: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0, 2: 0})
     gc_pause_max_ms: float = 0.0
     gc_pause_total_ms: float = 0.0
-    # open connection -> requests so far (keyed by Tornado's per-connection object)
-    open_connections: dict[object, int] = field(default_factory=dict)
-
-
-# A body over the server's limit is refused with a 413 before it is read.  Closing at once
-# while the client is still sending makes the kernel answer the unread bytes with a reset,
-# and the reset can destroy the 413 before the client reads it (what nginx's lingering_close
-# prevents).  So the refused body is read and thrown away, up to this many bytes and within
-# REFUSED_BODY_TIMEOUT_S, and the connection closes after it; a larger body is cut at once.
-REFUSED_BODY_DRAIN_BYTES = 16 << 20
-REFUSED_BODY_TIMEOUT_S = 30.0
-
-
-class PollHTTPServer(HTTPServer):
-    """HTTPServer that counts connections and requests per connection, and caps connections.
-
-    ``refuse_body_above``: bodies larger than this are answered 413 before they are read
-    (drained, bounded, then the connection closes)."""
-
-    def initialize(self, *args, stats: Stats, max_connections: int,  # type: ignore[override]
-                   refuse_body_above: int = 1 << 20, **kwargs) -> None:
-        kwargs.setdefault("max_body_size", max(REFUSED_BODY_DRAIN_BYTES, refuse_body_above))
-        kwargs.setdefault("body_timeout", REFUSED_BODY_TIMEOUT_S)
-        super().initialize(*args, **kwargs)
-        self.stats = stats
-        self.max_connections = max_connections
-        self.refuse_body_above = refuse_body_above
-
-    def handle_stream(self, stream, address) -> None:
-        if len(self.stats.open_connections) >= self.max_connections:
-            # Answer instead of letting the fd count grow past what the loop can watch.
-            self.stats.connections_rejected += 1
-            body = b'{"error": "too many open connections (limit %d)"}' % self.max_connections
-            stream.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            stream.close()
-            return
-        self.stats.connections_accepted += 1
-        self.stats.open_connections[stream] = 0
-        super().handle_stream(stream, address)
-
-    def start_request(self, server_conn, request_conn):
-        # Tornado asks for the next request's delegate before that request arrives, so
-        # count on headers_received, not here.
-        return _CountingDelegate(super().start_request(server_conn, request_conn),
-                                 self.stats, server_conn.stream, request_conn,
-                                 self.refuse_body_above, self.conn_params.max_body_size)
-
-    def on_close(self, server_conn) -> None:
-        super().on_close(server_conn)
-        stats = self.stats
-        n = stats.open_connections.pop(server_conn.stream, 0)
-        stats.connections_closed += 1
-        stats.requests_per_closed_connection[n] = stats.requests_per_closed_connection.get(n, 0) + 1
-
-
-class _CountingDelegate(httputil.HTTPMessageDelegate):
-    """Counts requests per connection, and answers what Tornado would refuse with an empty
-    400 (too many query fields, a body over the server's limit) as JSON, like the API."""
-
-    __slots__ = ("_inner", "_stats", "_stream", "_conn", "_max_body", "_drain_limit",
-                 "_refused", "_draining")
-
-    def __init__(self, inner, stats: Stats, stream, conn, max_body: int | None,
-                 drain_limit: int | None):
-        self._inner, self._stats, self._stream = inner, stats, stream
-        self._conn, self._max_body, self._drain_limit = conn, max_body, drain_limit
-        self._refused = self._draining = False
-
-    def headers_received(self, start_line, headers):
-        stats = self._stats
-        stats.requests += 1
-        stats.open_connections[self._stream] = stats.open_connections.get(self._stream, 0) + 1
-        length = headers.get("Content-Length", "")
-        if self._max_body is not None and length.isdigit() and int(length) > self._max_body:
-            # refused before the body is read; the body is drained (bounded) so the client
-            # reads the answer instead of a reset, then the connection closes
-            drain = self._drain_limit is not None and int(length) <= self._drain_limit
-            return self._refuse(413, "Payload Too Large", f"body of {length} bytes is over "
-                                f"the limit of {self._max_body}", finish=not drain)
-        try:
-            return self._inner.headers_received(start_line, headers)
-        except httputil.HTTPInputError as e:
-            return self._refuse(400, "Bad Request", f"malformed request: {e}")
-
-    def _refuse(self, code: int, reason: str, message: str, finish: bool = True) -> None:
-        self._refused = True
-        body = json.dumps({"error": message, "status": code}).encode()
-        self._conn.write_headers(
-            httputil.ResponseStartLine("HTTP/1.1", code, reason),
-            httputil.HTTPHeaders({"Content-Type": "application/json",
-                                  "Content-Length": str(len(body)), "Connection": "close"}),
-            body)
-        if finish:
-            self._conn.finish()
-        else:  # finished (and closed) once the body has been read and dropped
-            self._draining = True
-        return None
-
-    def data_received(self, chunk):
-        return None if self._refused else self._inner.data_received(chunk)
-
-    def finish(self):
-        if self._draining:
-            self._draining = False
-            self._conn.finish()
-            return None
-        return None if self._refused else self._inner.finish()
-
-    def on_connection_close(self):
-        return None if self._refused else self._inner.on_connection_close()
 
 
 class Service:
@@ -283,28 +169,13 @@ class Service:
 
     def snapshot(self) -> dict:
         s = self.stats
-        closed = s.requests_per_closed_connection
-        open_counts = list(s.open_connections.values())
-        total_conns = s.connections_closed + len(open_counts)
-        total_reqs = sum(k * v for k, v in closed.items()) + sum(open_counts)
         return {
             "pid": os.getpid(),
             "backend_index": self.config.backend_index,
             "event_loop": describe_loop(),
             "uptime_s": round(time.time() - s.started_at, 3),
             "time": time.time(),
-            "connections": {
-                "accepted": s.connections_accepted,
-                "open": len(open_counts),
-                "closed": s.connections_closed,
-                "rejected": s.connections_rejected,
-            },
-            "requests": s.requests,
-            "requests_per_connection": {
-                "mean": round(total_reqs / total_conns, 4) if total_conns else None,
-                "closed_histogram": {str(k): v for k, v in sorted(closed.items())},
-                "open_max": max(open_counts, default=0),
-            },
+            **s.connection_figures(),
             "responses_by_status": {str(k): v for k, v in sorted(s.responses_by_status.items())},
             "long_polls_waiting": self.waiting,
             "state": self.config.state,
