@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,10 +39,48 @@ def free_stack_ports(backends: int = 4) -> tuple[int, int]:
     return base + backends, base  # nginx port, first backend port
 
 
+class Output:
+    """A child's output, read to its end in a thread from the start: a chatty child never
+    blocks on a full pipe, and a test waits for a line (an event) with a timeout, whether or
+    not the child says anything."""
+
+    def __init__(self, proc: subprocess.Popen):
+        assert proc.stdout is not None
+        self.proc, self.lines, self.closed = proc, [], False
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def text(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """True once a line holds ``text``; False when the output ends or time runs out."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed or any(text in ln for ln in self.lines),
+                                timeout)
+            return any(text in ln for ln in self.lines)
+
+    def wait_closed(self, timeout: float) -> str:
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed, timeout)
+        return self.text()
+
+
 class UpProcess:
     def __init__(self, proc: subprocess.Popen, out: Path, port: int, backend_port: int,
                  backends: int):
         self.proc, self.out, self.port = proc, out, port
+        self.output = Output(proc)
         self.backend_urls = [f"http://127.0.0.1:{backend_port + i}" for i in range(backends)]
         self.url = f"http://127.0.0.1:{port}"
 
@@ -59,18 +97,11 @@ def stack_up(tmp_path):
             pollbench_cmd("up", "--port", str(port), "--backend-port", str(backend_port),
                           "--out", str(out), *extra),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        lines = []
-        deadline = time.monotonic() + 30
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
-                break
-        if proc.poll() is not None or "Ctrl-C" not in "".join(lines):
-            proc.kill()
-            raise AssertionError("pollbench up did not start:\n" + "".join(lines))
         up = UpProcess(proc, out, port, backend_port, backends)
         started.append(up)
+        if not up.output.wait_for("Ctrl-C stops everything", 30) or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError("pollbench up did not start:\n" + up.output.wait_closed(10))
         return up
 
     yield start

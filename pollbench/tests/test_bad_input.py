@@ -117,14 +117,9 @@ def test_two_runs_on_the_same_ports_at_the_same_instant_one_is_refused(tmp_path)
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=REPO) for c in cmds]
     try:
-        refused_one = None
-        deadline = time.monotonic() + 40
-        while refused_one is None and time.monotonic() < deadline:
-            for p in procs:
-                if p.poll() is not None:
-                    refused_one = p
-            time.sleep(0.1)
-        assert refused_one is not None, "neither was refused"
+        assert wait_until(lambda: any(p.poll() is not None for p in procs), 40), \
+            "neither was refused"
+        refused_one = next(p for p in procs if p.poll() is not None)
         err = refused_one.stderr.read() if refused_one.stderr else ""
         assert refused_one.returncode == 2, err
         assert "claimed by another pollbench run" in err or "already in use" in err, err

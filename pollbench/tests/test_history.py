@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from pollbench.errors import UserError
 from pollbench.records.history import SCHEMA_VERSION, History, _schema
 from pollbench.stack.net import find_free_ports
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 
@@ -266,7 +266,8 @@ def test_runs_land_in_the_history_and_a_database_gone_mid_run_costs_nothing(post
     proc = subprocess.Popen(pollbench_cmd(*args, "--out", str(out), "--history",
                                           postgres.url),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
+    # PostgreSQL stops once the run's stack is up and its load has started
+    assert wait_until(lambda: (out / "metrics" / "progress.json").exists(), 60)
     postgres.stop()
     try:
         stdout, stderr = proc.communicate(timeout=180)

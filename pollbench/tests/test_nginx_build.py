@@ -19,6 +19,7 @@ import pytest
 from pollbench.actions.sweepfile import check_cells, load_sweep
 from pollbench.stack import nginx_build
 from pollbench.stack.net import OPENER, http_get
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 
@@ -66,7 +67,9 @@ def test_built_nginx_serves_through_the_stack_with_poll_and_select(
 
     t = threading.Thread(target=poll)
     t.start()
-    time.sleep(0.5)
+    # publish once the poll is held by a backend (its /stats counts it)
+    assert wait_until(lambda: sum(json.loads(get(f"{u}/stats")[1])["long_polls_waiting"]
+                                  for u in up.backend_urls) >= 1, 10)
     req = urllib.request.Request(f"{up.url}/channels/ev", data=b'{"hi": 1}', method="POST")
     assert OPENER.open(req, timeout=5).status == 201
     t.join(15)

@@ -14,6 +14,7 @@ import pytest
 from analysis.catalog import RUN_FILES as FILES
 from analysis.hdr import merged, read_hdr_log
 from pollbench.records.runinfo import validate_run_json
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 POLL_TIMEOUT_S = 2.0
@@ -116,16 +117,13 @@ def start_run_until_progress(out, users: int) -> subprocess.Popen:
         pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
                       "--out", str(out), "--users", str(users), "--duration", "60s"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and not (out / "metrics" / "progress.json").exists():
-        time.sleep(0.2)
+    assert wait_until(lambda: (out / "metrics" / "progress.json").exists(), 40)
     return proc
 
 
 def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
     out = tmp_path / "interrupted"
     proc = start_run_until_progress(out, users=20)
-    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output

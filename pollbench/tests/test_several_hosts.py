@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import pytest
 from pollbench.stack import netns
 from pollbench.stack.agent import Agent, new_token
 from pollbench.stack.net import find_free_ports
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, pollbench_cmd
 
 TOKEN = "test-token-" + "x" * 16
@@ -82,14 +82,15 @@ def test_a_wrong_token_and_a_target_that_is_not_pollbench_are_refused(tmp_path):
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def seen() -> bool:
         if path.exists() and text in path.read_text(errors="replace"):
-            return
+            return True
         if proc.poll() is not None:
             pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{path.read_text()}")
-        time.sleep(0.2)
-    pytest.fail(f"no {text!r} in {path} within {timeout} s:\n{path.read_text()}")
+        return False
+
+    if not wait_until(seen, timeout, interval=0.2):
+        pytest.fail(f"no {text!r} in {path} within {timeout} s:\n{path.read_text()}")
 
 
 @pytest.mark.slow

@@ -75,13 +75,20 @@ async def broadcast_through_nginx(up):
     subs = [asyncio.ensure_future(subscriber(client, f"{up.url}/channels/{names[i % len(names)]}",
                                              1, MESSAGES_PER_CHANNEL, received[i]))
             for i in range(SUBSCRIBERS)]
-    await asyncio.sleep(1.0)  # let every subscriber's first poll be held
+    # publish once every subscriber's first poll is held (the backends count them)
+    held = 0
+    for _ in range(600):  # bounded: 30 s
+        held = sum(get_json(f"{u}/stats")["long_polls_waiting"] for u in up.backend_urls)
+        if held >= SUBSCRIBERS:
+            break
+        await asyncio.sleep(0.05)
+    assert held >= SUBSCRIBERS, f"only {held} of {SUBSCRIBERS} polls held after 30 s"
     for n in range(MESSAGES_PER_CHANNEL):
         for name in names:
             resp = await fetch(client, f"{up.url}/channels/{name}", method="POST",
                                body=json.dumps({"n": n}))
             assert resp.code == 201
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # creates the condition: publishes spread out, not a burst
     await asyncio.wait_for(asyncio.gather(*subs), 60)
 
     tasks = []

@@ -13,6 +13,7 @@ import pytest
 from pollbench.actions.sweep import cool_down, fresh_ports, make_plan, port_sets, time_wait_count
 from pollbench.actions.sweepfile import SWEEPS_DIR, check_cells, load_sweep
 from pollbench.errors import UserError
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 BASE = """
@@ -177,10 +178,7 @@ def leave_time_wait(port: int = 0) -> int:
     client.close()  # the side that closes first keeps the TIME_WAIT
     conn.close()
     server.close()
-    deadline = time.monotonic() + 5
-    while time_wait_count({port}) == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert time_wait_count({port}) >= 1
+    assert wait_until(lambda: time_wait_count({port}) >= 1, 5)
     return port
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 TINY = """
@@ -45,15 +45,15 @@ def test_tiny_sweep_interrupted_then_resumed_runs_each_repetition_once(tmp_path)
     proc = subprocess.Popen(pollbench_cmd(*args), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     # interrupt during the second run: the first is complete, the second half done
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        if (out / "manifest.json").exists():
+    def second_run_is_loading() -> bool:
+        try:
             plan = manifest(out)["plan"]
-            if plan[0]["status"] == "complete" and plan[1]["status"] == "running" and \
-                    (out / plan[1]["run"] / "locust").exists():
-                break
-    time.sleep(1.5)
+        except (OSError, ValueError):
+            return False
+        return plan[0]["status"] == "complete" and plan[1]["status"] == "running" and \
+            (out / plan[1]["run"] / "metrics" / "progress.json").exists()
+
+    assert wait_until(second_run_is_loading, 90), "the second run never started its load"
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, text

@@ -9,7 +9,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
@@ -20,7 +19,7 @@ from analysis.hdr import merged, read_hdr_log, summary_ms
 from pollbench.records.runinfo import validate_run_json
 from pollbench.stack.net import find_free_ports
 from pollbench.stack.processes import wait_until
-from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+from pollbench.tests.conftest import REPO, Output, free_stack_ports, pollbench_cmd
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,13 +56,10 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
         pollbench_cmd("ui", "--port", str(port), "--backend-port", str(backend_port),
                       "--web-port", str(web_port), "--out", str(out)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    output = Output(proc)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C" in line:
-                break
-        assert f"web UI:     {base}/" in "".join(lines), "".join(lines)
+        assert output.wait_for("Ctrl-C", 60), output.text()
+        assert f"web UI:     {base}/" in output.text(), output.text()
         # the UI listens on loopback only
         listeners = {c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN"}
         assert ("127.0.0.1", web_port) in listeners and ("0.0.0.0", web_port) not in listeners
@@ -89,12 +85,12 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
             page.wait_for_selector("td:has-text('TASK')", timeout=45000)
             page.click("text=Long polling")
             page.wait_for_selector("td:has-text('delivery latency p99 (ms)')", timeout=20000)
-            wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
-                       ("-", "0"), 20)
+            assert wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
+                              ("-", "0"), 20)
             first = number(tab_figures(page)["deliveries"][1])
-            time.sleep(5)  # the tab follows the test (Locust's UI polls every 2 s)
+            # the tab follows the test (Locust's UI polls every 2 s)
+            assert wait_until(lambda: number(tab_figures(page)["deliveries"][1]) > first, 20)
             figures = tab_figures(page)
-            assert number(figures["deliveries"][1]) > first
             assert number(figures["deliveries/s"][0]) > 0
             assert number(figures["HTTP requests/s (real requests only)"][0]) > 0
             assert figures["duplicate messages"][1] == "0"
@@ -115,8 +111,8 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
             page.reload()
             page.click("text=Long polling")
             page.wait_for_selector("td:has-text('delivery latency p99 (ms)')", timeout=20000)
-            wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
-                       ("-", "0"), 10)
+            assert wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
+                              ("-", "0"), 10)
             figures = tab_figures(page)
             lossless = summary_ms(merged(read_hdr_log(test_dir / "metrics" /
                                                       "latency.hdr.jsonl"), "DELIVERY"))
@@ -148,10 +144,12 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
         with urllib.request.urlopen(f"{base}/swarm", form, timeout=10) as answer:
             assert json.loads(answer.read())["success"]
         assert wait_until(lambda: (out / "tests" / "002" / "test.json").exists(), 10)
-        time.sleep(3)
+        # quit while it runs, once it has recorded something
+        assert wait_until(lambda: progress_of(out / "tests" / "002").get("requests", 0) > 0, 30)
     finally:
         proc.send_signal(signal.SIGINT)
-        tail = proc.communicate(timeout=120)[0]
+        assert proc.wait(120) is not None
+        tail = output.wait_closed(10)
     assert proc.returncode == 0, tail
     second = json.loads((out / "tests" / "002" / "run.json").read_text())
     assert second["exit"]["reason"] == "ended: the session ended"
@@ -161,6 +159,13 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
     validate_run_json(session)
     assert session["kind"] == "ui" and session["tests"] == ["tests/001", "tests/002"]
     assert not [p for p in session["pids"].values() if psutil.pid_exists(p)]
+
+
+def progress_of(test_dir) -> dict:
+    try:
+        return json.loads((test_dir / "metrics" / "progress.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def test_a_ui_session_that_fails_is_recorded_as_failed_not_stopped_by_the_user(tmp_path):
@@ -173,11 +178,9 @@ def test_a_ui_session_that_fails_is_recorded_as_failed_not_stopped_by_the_user(t
         pollbench_cmd("ui", "--port", str(port), "--backend-port", str(backend_port),
                       "--web-port", str(web_port), "--out", str(out)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    output = Output(proc)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "Ctrl-C" in line:
-                break
+        assert output.wait_for("Ctrl-C", 60), output.text()
         wanted = ["--port", str(backend_port + 1)]
         backend = next(p for p in psutil.process_iter(["cmdline"])
                        if "target_app" in (p.info["cmdline"] or [])

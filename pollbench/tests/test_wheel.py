@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 
 from pollbench.stack.net import answers
+from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports
 
 SKIP = shutil.ignore_patterns(".git", ".venv", ".tox", "results", "build", "*.egg-info",
@@ -89,10 +89,9 @@ def test_pollbench_up_from_the_wheel_serves_a_healthy_stack(installed):
                              str(backend_port), "--out", str(work / "up")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
     try:
-        deadline = time.monotonic() + 30
-        while not answers(f"http://127.0.0.1:{port}/healthz") and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
+        assert wait_until(lambda: proc.poll() is not None
+                          or answers(f"http://127.0.0.1:{port}/healthz"), 30)
+        assert proc.poll() is None, proc.stdout.read()
         assert answers(f"http://127.0.0.1:{port}/healthz")
         assert answers(f"http://127.0.0.1:{port}/robots.txt")  # static files from the wheel
     finally:

@@ -45,6 +45,14 @@ class TargetCase(AsyncHTTPTestCase):
     def stats(self) -> dict:
         return self.service.snapshot()
 
+    async def until(self, predicate, what: str, timeout: float = 5.0) -> None:
+        """Wait for an event the test cannot be told of (the server counts it), bounded."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            assert loop.time() < deadline, f"not within {timeout} s: {what}"
+            await asyncio.sleep(0.005)
+
 
 class TestDeepJson(TargetCase):
     config = AppConfig(max_body_bytes=65536)  # the default limit: room for 5,000 brackets
@@ -86,7 +94,7 @@ class TestTasks(TargetCase):
         for _ in range(4):  # max_results = 3: the oldest result is evicted
             _, d, _ = await self.call("POST", "/tasks", {"duration_ms": 0})
             ids.append(d["id"])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # creates the condition: results finished in order
         assert (await self.call("GET", f"/tasks/{ids[0]}?timeout=0"))[0] == 404
         assert (await self.call("GET", f"/tasks/{ids[-1]}?timeout=0"))[0] == 200
 
@@ -116,8 +124,8 @@ class TestChannels(TargetCase):
     async def test_held_poll_is_answered_by_a_publish(self):
         await self.call("POST", "/channels/c2", {"n": 0})
         poll = asyncio.ensure_future(self.call("GET", "/channels/c2?cursor=1&timeout=4"))
-        await asyncio.sleep(0.2)
-        assert not poll.done() and self.stats()["long_polls_waiting"] == 1
+        await self.until(lambda: self.stats()["long_polls_waiting"] == 1, "the poll is held")
+        assert not poll.done()
         t0 = time.monotonic()
         await self.call("POST", "/channels/c2", {"n": 1})
         code, data, _ = await poll
@@ -159,17 +167,10 @@ class TestChannels(TargetCase):
         port = self.get_http_port()
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(b"GET /channels/d1?timeout=5 HTTP/1.1\r\nHost: x\r\n\r\n")
-        for _ in range(50):
-            await asyncio.sleep(0.02)
-            if self.stats()["long_polls_waiting"] == 1:
-                break
-        assert self.stats()["long_polls_waiting"] == 1
+        await self.until(lambda: self.stats()["long_polls_waiting"] == 1, "the poll is held")
         sock.close()
-        for _ in range(50):
-            await asyncio.sleep(0.02)
-            if self.stats()["long_polls_waiting"] == 0:
-                break
-        assert self.stats()["long_polls_waiting"] == 0
+        await self.until(lambda: self.stats()["long_polls_waiting"] == 0,
+                         "the disconnected poll is released", timeout=1.0)
         ch = self.service.channels.get("d1")  # forgotten: nothing was ever published to it
         assert ch is None or len(ch.waiters) == 0
 
@@ -230,7 +231,7 @@ class TestLimitsAndBadInput(TargetCase):
     async def test_waiter_limit_gives_503(self):
         polls = [asyncio.ensure_future(self.call("GET", "/channels/w?timeout=2&cursor=0"))
                  for _ in range(3)]
-        await asyncio.sleep(0.3)
+        await self.until(lambda: self.stats()["long_polls_waiting"] == 3, "3 polls held")
         code, data, _ = await self.call("GET", "/channels/w?timeout=2&cursor=0")
         assert code == 503 and "waiting polls" in data["error"]
         await self.call("POST", "/channels/w", 1)
@@ -250,7 +251,8 @@ class TestStats(TargetCase):
         # Tornado's simple client opens a connection per request: reuse is exactly 1.
         for _ in range(3):
             await self.call("GET", "/healthz")
-        await asyncio.sleep(0.1)
+        await self.until(lambda: self.service.stats.connections_closed >= 3,
+                         "the 3 connections closed")
         # now two requests on one raw keep-alive connection
         reader, writer = await asyncio.open_connection("127.0.0.1", self.get_http_port())
         for _ in range(2):
@@ -258,7 +260,8 @@ class TestStats(TargetCase):
             await writer.drain()
             await reader.readuntil(b'"backend_index":0}')
         writer.close()
-        await asyncio.sleep(0.1)
+        await self.until(lambda: self.service.stats.connections_closed >= 4,
+                         "the keep-alive connection closed")
         _, stats, _ = await self.call("GET", "/stats")
         hist = stats["requests_per_connection"]["closed_histogram"]
         assert hist.get("1") == 3 and hist.get("2") == 1

@@ -87,7 +87,11 @@ def test_sigterm_answers_held_polls_and_exits_within_seconds():
 
     th = threading.Thread(target=poll)
     th.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10  # SIGTERM once the poll is held (the server counts it)
+    while json.loads(urllib.request.urlopen(f"{url}/stats", timeout=5).read())[
+            "long_polls_waiting"] < 1:
+        assert time.monotonic() < deadline, "the poll was never held"
+        time.sleep(0.01)  # polls the event above
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
