@@ -6,7 +6,7 @@
 
 Why not Locust's FastHttpUser: per long-poll answer, geventhttpclient plus
 Locust's request wrapper cost ~6x the CPU of a raw client (profile in
-README "How accurate is it?"), and on two shared cores that CPU shows up as
+docs/accuracy.md), and on two shared cores that CPU shows up as
 latency.  This client sends prebuilt request bytes and parses only what a long
 poll needs (status, headers, a Content-Length or chunked body).
 

@@ -42,5 +42,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # the exact versions of the lock (constraints.txt); pyproject.toml holds ranges
-.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,lint]' tox
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,lint,docs]' tox
 echo "bootstrap: ready (nginx: $(nginx -v 2>&1 | cut -d/ -f2); redis: $(redis-server --version | cut -d' ' -f3); python: .venv/bin/python)"

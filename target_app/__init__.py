@@ -1,4 +1,4 @@
-"""The reference Tornado long-poll service that pollbench measures (see README "HTTP API")."""
+"""The reference Tornado long-poll service that pollbench measures (see docs/http-api.md)."""
 
 from target_app.app import AppConfig, PollHTTPServer, make_app
 

@@ -9,7 +9,7 @@ measurable)::
     server = PollHTTPServer(app, xheaders=True, stats=app.settings["stats"])
     server.listen(8000, address="127.0.0.1")
 
-The HTTP API is documented in README.md ("HTTP API of the target").
+The HTTP API is documented in docs/http-api.md.
 """
 
 from __future__ import annotations

@@ -25,7 +25,10 @@ from loadtests.leanhttp import (
 class ScriptedServer:
     """Answers each request on a connection with the next scripted bytes (then keeps it open)."""
 
+    made: list[ScriptedServer] = []  # closed after each test
+
     def __init__(self, answers: list[bytes], delay_s: float = 0.0) -> None:
+        ScriptedServer.made.append(self)
         self.answers, self.delay_s = list(answers), delay_s
         self.requests: list[bytes] = []
         self.accepted = 0
@@ -56,6 +59,25 @@ class ScriptedServer:
                     conn.sendall(answer.removesuffix(b"<EOF>"))
                     if eof or b"Connection: close" in answer:
                         break
+
+
+@pytest.fixture(autouse=True)
+def sockets_closed(monkeypatch):
+    """Every server socket and client connection a test makes is closed after it."""
+    made: list[LeanConnection] = []
+    original = LeanConnection.__init__
+
+    def tracked(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(LeanConnection, "__init__", tracked)
+    yield
+    for conn in made:
+        conn.close()
+    for server in ScriptedServer.made:
+        server.sock.close()
+    ScriptedServer.made.clear()
 
 
 OK_204 = b"HTTP/1.1 204 No Content\r\nX-Cursor: 7\r\nX-Epoch: e1\r\n\r\n"

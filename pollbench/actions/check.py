@@ -166,10 +166,10 @@ def export_revision(ref: str) -> Path:
     repo = paths.repository()
     commit = resolve_ref(ref)
     dest = Path(tempfile.mkdtemp(prefix="pollbench-baseline-"))
-    archive = subprocess.Popen(["git", "archive", commit], cwd=repo,
-                               stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
-    if archive.wait() != 0:
+    with subprocess.Popen(["git", "archive", commit], cwd=repo,
+                          stdout=subprocess.PIPE) as archive:  # its pipe closed at the end
+        subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
+    if archive.returncode != 0:
         raise UserError(f"git archive {ref} failed")
     return dest
 

@@ -122,6 +122,8 @@ def _round(cmd: list[str]) -> str:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if proc.stdout is not None:
+            proc.stdout.close()
     if refused:
         return "refused"
     if not connected:

@@ -94,7 +94,7 @@ def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None
                         "start, *AT repeats; e.g. 20s:kill=3s:backend-1, '*15s:reload'")
     g.add_argument("--cpus", default=None, metavar="LOADGEN/STACK",
                    help="CPU placement, e.g. 0/1: the load generator on CPU 0, nginx and the "
-                        "backends on CPU 1 (default: no placement; see README)")
+                        "backends on CPU 1 (default: no placement; see docs/accuracy.md)")
 
 
 def load_from_args(args: argparse.Namespace) -> LoadSpec:

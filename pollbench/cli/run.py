@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
                    help="skip the HTML report at the end (pollbench report RUN makes it later)")
     add_history_argument(p)
     g = p.add_argument_group(
-        "the target on another host (see README, \"Several machines\"); the stack options "
+        "the target on another host (see docs/cli.md, \"Several machines\"); the stack options "
         "above are then the target's, set by its pollbench up")
     g.add_argument("--target", default=None,
                    help="nginx on the target host, http://ADDR:PORT (pollbench up --bind ADDR)")

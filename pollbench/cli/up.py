@@ -1,6 +1,6 @@
 """``pollbench up``: start backends and nginx, print the URLs, stop everything on Ctrl-C.
 
-On its own host (``--bind ADDR``) it also starts the agent a controller reads (see README,
+On its own host (``--bind ADDR``) it also starts the agent a controller reads (see docs/cli.md,
 "Several machines")."""
 
 from __future__ import annotations

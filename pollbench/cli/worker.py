@@ -1,4 +1,4 @@
-"""``pollbench worker``: Locust workers on a load host for a controller's runs (see README,
+"""``pollbench worker``: Locust workers on a load host for a controller's runs (see docs/cli.md,
 "Several machines")."""
 
 from __future__ import annotations

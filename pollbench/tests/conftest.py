@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from pollbench.stack.net import find_free_ports
+from pollbench.tests.children import Output
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,43 +37,6 @@ def pollbench_cmd(*args: str) -> list[str]:
 def free_stack_ports(backends: int = 4) -> tuple[int, int]:
     base = find_free_ports(backends + 1)
     return base + backends, base  # nginx port, first backend port
-
-
-class Output:
-    """A child's output, read to its end in a thread from the start: a chatty child never
-    blocks on a full pipe, and a test waits for a line (an event) with a timeout, whether or
-    not the child says anything."""
-
-    def __init__(self, proc: subprocess.Popen):
-        assert proc.stdout is not None
-        self.proc, self.lines, self.closed = proc, [], False
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-    def text(self) -> str:
-        with self._cond:
-            return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float) -> bool:
-        """True once a line holds ``text``; False when the output ends or time runs out."""
-        with self._cond:
-            self._cond.wait_for(lambda: self.closed or any(text in ln for ln in self.lines),
-                                timeout)
-            return any(text in ln for ln in self.lines)
-
-    def wait_closed(self, timeout: float) -> str:
-        with self._cond:
-            self._cond.wait_for(lambda: self.closed, timeout)
-        return self.text()
 
 
 class UpProcess:

@@ -13,6 +13,7 @@ import pytest
 
 from pollbench.stack.net import answers
 from pollbench.stack.processes import wait_until
+from pollbench.tests.children import Child
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 
@@ -114,13 +115,12 @@ def test_two_runs_on_the_same_ports_at_the_same_instant_one_is_refused(tmp_path)
     port, backend_port = free_stack_ports()
     cmds = [pollbench_cmd("up", "--port", str(port), "--backend-port", str(backend_port),
                           "--out", str(tmp_path / f"up{i}")) for i in range(2)]
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=REPO) for c in cmds]
+    procs = [Child(c, cwd=REPO) for c in cmds]
     try:
         assert wait_until(lambda: any(p.poll() is not None for p in procs), 40), \
             "neither was refused"
         refused_one = next(p for p in procs if p.poll() is not None)
-        err = refused_one.stderr.read() if refused_one.stderr else ""
+        err = refused_one.output.wait_closed(10)
         assert refused_one.returncode == 2, err
         assert "claimed by another pollbench run" in err or "already in use" in err, err
         other = procs[1 - procs.index(refused_one)]
@@ -128,10 +128,7 @@ def test_two_runs_on_the_same_ports_at_the_same_instant_one_is_refused(tmp_path)
         assert wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 30)
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                p.wait(30)
-
+            p.stop(signal.SIGINT, 30)
 
 
 def test_a_thresholds_file_that_is_not_utf8_is_one_line(tmp_path):

@@ -1,4 +1,4 @@
-"""The layering rule of README's "Layout" section, enforced.
+"""The layering rule of docs/layout.md, enforced.
 
 Imports are checked the way tornado's import_test.py does it: in fresh interpreters, so
 that nothing another test imported hides a dependency.  The import graph (function-level
@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("pollbench", "analysis", "loadtests", "target_app")
 
-# package -> the packages it may import (README, "Layout").  "pollbench" is the top of the
+# package -> the packages it may import (docs/layout.md).  "pollbench" is the top of the
 # package (errors.py, paths.py, __init__.py), which imports none of its subpackages.
 ALLOWED = {
     "target_app": set(),

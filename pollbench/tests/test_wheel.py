@@ -4,7 +4,8 @@ profiles, sweeps, static files, schemas) travel as package data.
 The wheel is built with ``python -m build`` from a copy of the working tree (setuptools'
 build/ folder would otherwise keep files the tree no longer has), installed into a fresh
 venv outside the checkout (dependencies come from this environment through a .pth line;
-nothing is downloaded), and run from an empty folder.
+nothing is downloaded), and run from an empty folder.  One slow test installs it as a user
+would, dependencies resolved from the package index, beside other pandas and numpy versions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from pollbench.stack.net import answers
 from pollbench.stack.processes import wait_until
+from pollbench.tests.children import Child
 from pollbench.tests.conftest import REPO, free_stack_ports
 
 SKIP = shutil.ignore_patterns(".git", ".venv", ".tox", "results", "build", "*.egg-info",
@@ -28,16 +30,21 @@ SKIP = shutil.ignore_patterns(".git", ".venv", ".tox", "results", "build", "*.eg
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, Path]:
-    """(the venv's bin folder, an empty working folder outside the checkout)."""
-    root = tmp_path_factory.mktemp("wheel")
+def wheel(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("wheel-build")
     src = root / "src"
     shutil.copytree(REPO, src, ignore=SKIP)
     proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
                            "--outdir", str(root / "dist"), str(src)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    wheel = next((root / "dist").glob("pollbench-*.whl"))
+    return next((root / "dist").glob("pollbench-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, wheel) -> tuple[Path, Path]:
+    """(the venv's bin folder, an empty working folder outside the checkout)."""
+    root = tmp_path_factory.mktemp("wheel")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=120)
@@ -85,18 +92,14 @@ def test_the_wheel_carries_its_data_and_runs_from_its_install(installed):
 def test_pollbench_up_from_the_wheel_serves_a_healthy_stack(installed):
     bin_dir, work = installed
     port, backend_port = free_stack_ports()
-    proc = subprocess.Popen([bin_dir / "pollbench", "up", "--port", str(port), "--backend-port",
-                             str(backend_port), "--out", str(work / "up")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
-    try:
+    with Child([bin_dir / "pollbench", "up", "--port", str(port), "--backend-port",
+                str(backend_port), "--out", str(work / "up")], cwd=work) as proc:
         assert wait_until(lambda: proc.poll() is not None
                           or answers(f"http://127.0.0.1:{port}/healthz"), 30)
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, proc.output.text()
         assert answers(f"http://127.0.0.1:{port}/healthz")
         assert answers(f"http://127.0.0.1:{port}/robots.txt")  # static files from the wheel
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        proc.stop(signal.SIGINT, 30)
     assert (work / "up" / "nginx" / "nginx.conf").is_file()
 
 
@@ -112,3 +115,48 @@ def test_pollbench_run_from_the_wheel_records_a_complete_run_in_cwd_results(inst
     assert len(runs) == 1
     info = json.loads(runs[0].read_text())
     assert info["status"] == "complete" and info["loadgen"]["delivered"] > 0
+
+
+# Versions inside pyproject.toml's ranges, other than the lock's (pandas 3.1.1 with numpy 2.4):
+# what a load host that already has pandas and numpy for other work may hold.
+OTHER_PANDAS, OTHER_NUMPY = "2.2.3", "2.2.6"
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_beside_other_pandas_and_numpy_and_works_with_them(wheel, tmp_path):
+    """``pip install pollbench-*.whl`` on a host that already holds other pandas and numpy
+    (within the ranges): pip keeps them, and a report is written with them.  The
+    dependencies come from the package index, resolved against pyproject.toml's ranges (the
+    lock is not applied: a user's pip does not know it)."""
+    import os
+
+    from analysis.synthetic import make_run
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PIP_CONSTRAINT"}
+
+    def pip(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                               "-q", "--disable-pip-version-check", *args],
+                              capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    def versions() -> list[str]:
+        return subprocess.run([python, "-c", "import pandas, numpy; print(pandas.__version__, "
+                               "numpy.__version__)"], capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    pip(f"pandas=={OTHER_PANDAS}", f"numpy=={OTHER_NUMPY}")
+    pip(str(wheel))
+    assert versions() == [OTHER_PANDAS, OTHER_NUMPY]  # pip kept what the host had
+    run = make_run(tmp_path / "run", delivery_ms=[5.0] * 200, request_ms=[2.0] * 200)
+    proc = subprocess.run([venv / "bin" / "pollbench", "report", str(run)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (run / "report" / "report.html").is_file()
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert summary["metrics"]["delivery_latency_p50"]["value"] == pytest.approx(5.0, rel=0.01)

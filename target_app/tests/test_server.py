@@ -13,18 +13,16 @@ import urllib.request
 import pytest
 
 from pollbench.stack.net import find_free_ports
+from pollbench.stack.processes import wait_until
+from pollbench.tests.children import Child
 
 
-def start(*args: str) -> tuple[subprocess.Popen, str]:
+def start(*args: str) -> tuple[Child, str]:
     port = find_free_ports(1)
-    proc = subprocess.Popen([sys.executable, "-m", "target_app", "--processes", "1", "--port",
-                             str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("ready "):
-            return proc, f"http://127.0.0.1:{port}"
-    raise AssertionError(f"target did not start: exit {proc.wait()}")
+    child = Child([sys.executable, "-m", "target_app", "--processes", "1", "--port", str(port),
+                   *args])
+    child.wait_for("ready ", 30)
+    return child, f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("loop,selector", [("asyncio", "EpollSelector"),
@@ -52,18 +50,13 @@ def test_select_loop_with_too_many_connections_is_refused_at_start():
 
 def test_default_is_four_processes_on_consecutive_ports():
     base = find_free_ports(4)
-    proc = subprocess.Popen([sys.executable, "-m", "target_app", "--port", str(base)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = Child([sys.executable, "-m", "target_app", "--port", str(base)])
     try:
-        assert proc.stdout is not None
-        ready, seen = [], []
-        for line in proc.stdout:  # log lines and a ready line per child, in any order
-            seen.append(line)
-            if line.startswith("ready "):
-                ready.append(line)
-                if len(ready) == 4:
-                    break
-        assert len(ready) == 4, "".join(seen)
+        # log lines and a ready line per child, in any order
+        assert wait_until(lambda: sum(line.startswith("ready ")
+                                      for line in proc.output.text().splitlines()) >= 4, 60), \
+            proc.output.text()
+        ready = [line for line in proc.output.text().splitlines() if line.startswith("ready ")]
         ports = sorted(int(line.rsplit(":", 1)[1]) for line in ready)
         assert ports == [base, base + 1, base + 2, base + 3]
         indexes = {json.load(urllib.request.urlopen(f"http://127.0.0.1:{p}/stats", timeout=5))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pollbench.stack.net import find_free_ports
+from pollbench.tests.children import Child
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server missing: scripts/bootstrap.sh installs it")
@@ -29,19 +30,14 @@ class Redis:
         self.port = find_free_ports(1)
         self.folder = folder
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
+        self.proc: Child | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = Child(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # the server says when it accepts connections
-            if "Ready to accept connections" in line:
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return
-        raise AssertionError(f"redis-server did not start: exit {self.proc.wait()}")
+             "--appendonly", "no", "--dir", str(self.folder)])
+        # the server says when it accepts connections
+        self.proc.wait_for("Ready to accept connections", 30)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -58,18 +54,13 @@ def redis_server(tmp_path) -> Iterator[Redis]:
         server.kill()
 
 
-def backend(redis: Redis, index: int) -> tuple[subprocess.Popen, str]:
+def backend(redis: Redis, index: int) -> tuple[Child, str]:
     port = find_free_ports(1)
-    proc = subprocess.Popen([sys.executable, "-m", "target_app", "--processes", "1", "--port",
-                             str(port), "--index", str(index), "--state", "redis",
-                             "--redis-url", redis.url, "--redis-prefix", "test:"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("ready "):
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
-            return proc, f"http://127.0.0.1:{port}"
-    raise AssertionError(f"backend did not start: exit {proc.wait()}")
+    proc = Child([sys.executable, "-m", "target_app", "--processes", "1", "--port", str(port),
+                  "--index", str(index), "--state", "redis", "--redis-url", redis.url,
+                  "--redis-prefix", "test:"])
+    proc.wait_for("ready ", 30)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

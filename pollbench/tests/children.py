@@ -1,0 +1,96 @@
+"""Child processes of tests: their output read to its end from the start (a chatty child
+never blocks on a full pipe, no pipe is left open), lines waited for as events, and every
+child stopped at the end.
+
+    with Child([sys.executable, "-m", "target_app", ...]) as child:
+        assert child.output.wait_for("ready ", 30), child.output.text()
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+
+
+class Output:
+    """A child's output, read to its end in a thread from the start: a chatty child never
+    blocks on a full pipe, and a test waits for a line (an event) with a timeout, whether or
+    not the child says anything."""
+
+    def __init__(self, proc: subprocess.Popen):
+        assert proc.stdout is not None
+        self.proc, self.closed = proc, False
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        with stream:  # closed at the end of the output: no pipe left open
+            for line in stream:
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def text(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """True once a line holds ``text``; False when the output ends or time runs out."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed or any(text in ln for ln in self.lines),
+                                timeout)
+            return any(text in ln for ln in self.lines)
+
+    def wait_closed(self, timeout: float) -> str:
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed, timeout)
+        return self.text()
+
+
+class Child:
+    """A child process whose output (stdout and stderr together) an :class:`Output` reads."""
+
+    def __init__(self, argv: list, **kwargs) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, **kwargs)
+        self.output = Output(self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        """Fail the test with the child's output when ``text`` does not come in time."""
+        if not self.output.wait_for(text, timeout):
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"no {text!r} from {self.proc.args!r} within {timeout} s "
+                                 f"(exit {self.proc.poll()}):\n{self.output.text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Signal the child (when it still runs), wait for it (killed after ``timeout``);
+        its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self.output.wait_closed(10)
+        return code
+
+    def __getattr__(self, name: str):
+        return getattr(self.proc, name)  # poll, wait, send_signal, kill, terminate, returncode
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
