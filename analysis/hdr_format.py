@@ -9,6 +9,7 @@ Values are microseconds from 1 us to one hour, with 3 significant digits.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from hdrh.histogram import HdrHistogram
@@ -23,6 +24,21 @@ HDR_DIGITS = 3
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS)
+
+
+def clear_histogram(hist: HdrHistogram) -> None:
+    """Empty ``hist`` for reuse, as ``hist.reset()`` does but with one memset of its counts
+    (15 us instead of 1.5 ms for this layout's 23,552 counts).  Reusing a histogram makes no
+    garbage: a dropped one is a reference cycle of 188 KiB that only the cyclic collector
+    frees, rarely under Locust's GC thresholds."""
+    import ctypes
+
+    ctypes.memset(ctypes.addressof(hist.counts), 0, ctypes.sizeof(hist.counts))
+    hist.total_count = 0
+    hist.min_value = sys.maxsize
+    hist.max_value = 0
+    hist.start_time_stamp_msec = sys.maxsize
+    hist.end_time_stamp_msec = 0
 
 
 _VALUE_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}

@@ -1,7 +1,8 @@
 """What one Locust process records, and where a run's intervals are written.
 
 * :class:`Recorder`: interval HdrHistograms (1 us .. 1 h, 3 significant digits) and counters
-  of one process, cut every second; nothing per sample is kept.
+  of one process, cut every second; nothing per sample is kept, and the histograms are
+  emptied and reused, not dropped (memory stays flat: benchmarks/recorder_memory.py).
 * :class:`LocustRows`: successes batched into Locust's own stats rows.
 * :class:`Sink`: a local runner's or a master's files in ``--pb-out`` (see
   :mod:`loadtests.metrics` for their format), with the run's totals and exact epoch loss.
@@ -20,7 +21,7 @@ from hdrh.histogram import HdrHistogram
 from analysis.atomic import write_atomic
 from analysis.catalog import PROGRESS_FILE, RUN_FILES
 from analysis.epochs import epoch_loss
-from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, new_histogram
+from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, clear_histogram, new_histogram
 
 # the files inside --pb-out (the run folder's metrics/), named once in analysis.catalog
 HDR_NAME = Path(RUN_FILES["latency_hdr"]).name
@@ -76,7 +77,9 @@ class Recorder:
         }
         for k, v in self.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
-        self.hists = {}
+        for h in self.hists.values():  # reused, not dropped: no garbage per interval
+            if h.get_total_count():
+                clear_histogram(h)
         self.counters = {}
         self.events = []
         self.interval_start = now
