@@ -74,6 +74,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
                             "published before a channel's state was lost, never delivered"),
     "duplicate_messages": ("count", LOWER, "messages delivered twice"),
     "epoch_changes": ("count", LOWER, "channel state lost (backend restart)"),
+    "retries": ("count", LOWER, "requests retried after a failure, each after its back-off"),
+    "retry_wait_s": ("s", LOWER, "time clients spent backing off, all together"),
     "requests_per_connection_client": ("requests/connection", HIGHER, "client -> nginx reuse"),
     "requests_per_connection_upstream": ("requests/connection", HIGHER,
                                          "nginx -> backend reuse"),

@@ -252,6 +252,8 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     metrics["lost_epoch_messages"] = _m("lost_epoch_messages", lost_epoch)
     metrics["duplicate_messages"] = _m("duplicate_messages", all_totals.get("duplicate", 0))
     metrics["epoch_changes"] = _m("epoch_changes", all_totals.get("epoch_changes", 0))
+    metrics["retries"] = _m("retries", all_totals.get("retries", 0))
+    metrics["retry_wait_s"] = _m("retry_wait_s", all_totals.get("retry_wait_ms", 0) / 1000)
     if creuse:
         metrics["requests_per_connection_client"] = _m("requests_per_connection_client",
                                                        creuse["mean"])

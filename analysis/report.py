@@ -33,6 +33,7 @@ HEADLINE = [
     ("error_rate", "Error rate"), ("lost_messages", "Lost messages"),
     ("lost_epoch_messages", "Lost to channel state loss (epoch changes)"),
     ("duplicate_messages", "Duplicate messages"),
+    ("retries", "Retries after a failure (each after its back-off)"),
     ("requests_per_connection_client", "Requests/connection, client -> nginx"),
     ("requests_per_connection_upstream", "Requests/connection, nginx -> backend"),
 ]

@@ -12,7 +12,7 @@ import gc
 from locust import events
 
 from loadtests.metrics import MetricsPlumbing
-from loadtests.options import DEFAULTS, parse_connection_mode, parse_mix
+from loadtests.options import DEFAULTS, parse_backoff, parse_connection_mode, parse_mix
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
@@ -35,6 +35,9 @@ def add_options(parser) -> None:
                    help="each task's duration")
     g.add_argument("--pb-task-payload-bytes", type=int, default=DEFAULTS.task_payload_bytes,
                    help="each result's size")
+    g.add_argument("--pb-retry-backoff", default=DEFAULTS.retry_backoff,
+                   help="after a failure wait MIN:MAX s with exponential back-off and jitter; "
+                        "0 retries at once")
     g.add_argument("--pb-connection", default=DEFAULTS.connection,
                    help="keepalive, close (new connection per request) or every:K")
     g.add_argument("--pb-mix", default="", include_in_web_ui=False,
@@ -73,6 +76,7 @@ def on_init(environment, **_kw) -> None:
     opts = environment.parsed_options
     if opts is not None:
         parse_connection_mode(opts.pb_connection)  # fail at start, not in every user
+        parse_backoff(opts.pb_retry_backoff)
         classes = {c.__name__: c for c in (ChannelSubscriber, TaskPoller)}
         for name, weight in parse_mix(opts.pb_mix).items():
             classes[name].weight = weight

@@ -20,6 +20,9 @@ class LoadDefaults:
     task_payload_bytes: int = 64
     connection: str = "keepalive"
     spawn_seconds: float = 5.0  # every user started within this long
+    # after a failed poll or request a client waits MIN, then twice as long each failure in a
+    # row up to MAX (s), each wait drawn from [half, all] of it (jitter); "0" retries at once
+    retry_backoff: str = "0.1:5"
 
 
 DEFAULTS = LoadDefaults()
@@ -48,6 +51,45 @@ def parse_connection_mode(text: str) -> int:
     if text.startswith("every:") and text[6:].isdigit() and int(text[6:]) >= 1:
         return int(text[6:])
     raise ValueError(f"connection mode must be keepalive, close or every:K (K >= 1), not {text!r}")
+
+
+MAX_BACKOFF_S = 600.0
+
+
+def parse_backoff(text: str) -> tuple[float, float]:
+    """'MIN:MAX' seconds (0 < MIN <= MAX <= 600) -> (MIN, MAX); '0' -> (0, 0): retry at once.
+    ValueError says what is wrong."""
+    if text.strip() == "0":
+        return 0.0, 0.0
+    lo, sep, hi = text.partition(":")
+    try:
+        low, high = float(lo), float(hi)
+    except ValueError:
+        low = high = float("nan")
+    if not sep or not (0 < low <= high <= MAX_BACKOFF_S):
+        raise ValueError(f"retry back-off must be MIN:MAX seconds with 0 < MIN <= MAX <= "
+                         f"{MAX_BACKOFF_S:g} (e.g. 0.1:5), or 0 to retry at once; not {text!r}")
+    return low, high
+
+
+class Backoff:
+    """Exponential back-off with jitter, as long-poll clients do it (Socket.IO's reconnection:
+    1 s doubling to 5 s, +-50 %; CometD's: 1 s more each time, up to 60 s): the n-th failure in
+    a row waits a draw from [d/2, d], d = min(MAX, MIN * 2^(n-1)); a success starts over."""
+
+    def __init__(self, low: float, high: float, rng) -> None:
+        self.low, self.high, self.rng = low, high, rng
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        if self.high <= 0:
+            return 0.0
+        d = min(self.high, self.low * 2 ** min(self.failures - 1, 60))
+        return d * (0.5 + 0.5 * self.rng.random())
+
+    def reset(self) -> None:
+        self.failures = 0
 
 
 MIX_ALIASES = {"subscriber": "ChannelSubscriber", "tasks": "TaskPoller", "poller": "TaskPoller"}
@@ -105,7 +147,8 @@ def check_number(name: str, value: float, lo: float | None = None, hi: float | N
 def check_load(*, users: int, spawn_rate: float | None, user_classes: list[str], channels: int,
                publish_rate: float, poll_timeout_s: float, max_poll_timeout_s: float,
                task_duration_ms: int, connection: str, message_bytes: int = 64,
-               task_payload_bytes: int = 64) -> None:
+               task_payload_bytes: int = 64, retry_backoff: str = DEFAULTS.retry_backoff
+               ) -> None:
     """The rules of a load, shared by ``pollbench run`` and the web UI's start form (the same
     message in both): ValueError naming the first value to fix."""
     if users < 1:
@@ -118,6 +161,10 @@ def check_load(*, users: int, spawn_rate: float | None, user_classes: list[str],
         parse_connection_mode(connection)
     except ValueError as e:
         raise ValueError(f"--connection: {e}") from None
+    try:
+        parse_backoff(retry_backoff)
+    except ValueError as e:
+        raise ValueError(f"--retry-backoff: {e}") from None
     if channels < 1:
         raise ValueError(f"--channels must be 1 or more (it is {channels})")
     check_number("--poll-timeout", poll_timeout_s, 0, max_poll_timeout_s)  # up to --max-hold

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import time
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ import gevent.pool
 from locust import User, constant, task
 
 from loadtests.leanhttp import HttpError, LeanConnection, Response, build_request
-from loadtests.options import parse_connection_mode
+from loadtests.options import Backoff, parse_backoff, parse_connection_mode
 from loadtests.recorder import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
 
 # POLLBENCH_TRACE=1: subscribers and the publisher log every seq to events.jsonl, so that a
@@ -44,6 +45,7 @@ from loadtests.recorder import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVE
 TRACE = os.environ.get("POLLBENCH_TRACE") == "1"
 
 _user_ids = itertools.count()
+_rng = random.Random()  # the back-off jitter of every user of this process
 
 
 class MessageLost(Exception):
@@ -80,6 +82,7 @@ class PollbenchUser(User):
         self.address = (url.hostname or "127.0.0.1", url.port or 80)
         self.conn = self.new_connection()
         self.recorder.clock = self.conn.clock  # how receipt times are taken, for run.json
+        self.backoff = Backoff(*parse_backoff(opts.pb_retry_backoff), _rng)
 
     def on_stop(self) -> None:
         self.conn.close()
@@ -114,6 +117,15 @@ class PollbenchUser(User):
                 self.recorder.count("connects", conn.connects - connects)
         return resp, (resp.received - sent) * 1000
 
+    def back_off(self) -> None:
+        """After a failure: wait as a real client would (exponential back-off with jitter),
+        so that a failing stack is not met by a retry storm; counted as a retry."""
+        delay = self.backoff.next_delay()
+        self.recorder.count("retries")
+        if delay > 0:
+            self.recorder.count("retry_wait_ms", round(delay * 1000))
+        gevent.sleep(delay)
+
     def ok(self, method: str, name: str, ms: float, length: int) -> None:
         self.rows.log(method, name, ms, length)
         self.recorder.record_ms(f"HTTP {method} {name}", ms)
@@ -141,14 +153,17 @@ class TaskPoller(PollbenchUser):
         t_submit = time.time()
         resp, ms = self.exchange("POST", "/tasks", "/tasks", body)
         if resp is None:
+            self.back_off()
             return
         if resp.status != 202:
             self.fail_answer("POST", "/tasks", ms, resp)
+            self.back_off()
             return
         try:
             task_id = json.loads(resp.body)["id"]
         except (ValueError, KeyError, TypeError):
             self.fail("POST", "/tasks", ms, BadAnswer("HTTP 202 without a task id"))
+            self.back_off()
             return
         self.ok("POST", "/tasks", ms, len(resp.body))
         # bounded: the task's own duration plus a margin, in polls of poll_timeout
@@ -157,13 +172,16 @@ class TaskPoller(PollbenchUser):
         for _ in range(max_polls):
             resp, ms = self.exchange("GET", target, "/tasks/[id]")
             if resp is None:
+                self.back_off()
                 return
             if resp.status == 204:
                 self.ok("GET", "/tasks/[id] (204 timeout)", ms, 0)
                 continue
             if resp.status != 200:
                 self.fail_answer("GET", "/tasks/[id]", ms, resp)
+                self.back_off()
                 return
+            self.backoff.reset()
             self.ok("GET", "/tasks/[id]", ms, len(resp.body))
             turnaround_ms = (resp.received - t_submit) * 1000
             self.recorder.record_ms(TASK, turnaround_ms)
@@ -214,8 +232,9 @@ class ChannelSubscriber(PollbenchUser):
             if self.failing_since is None:
                 self.failing_since = time.time()
             self.last_receipt = None
-            gevent.sleep(0.1)  # don't spin on a failing backend
+            self.back_off()  # don't spin on a failing stack
             return
+        self.backoff.reset()
         self.last_receipt = resp.received
         if resp.status == 204:
             self.ok("GET", self.NAME_TIMEOUT, ms, 0)

@@ -57,7 +57,8 @@ def form_problem(form, opts, available: list[str], max_poll_timeout_s: float) ->
     try:
         check_load(users=users, spawn_rate=spawn_rate, user_classes=classes,
                    max_poll_timeout_s=max_poll_timeout_s,
-                   connection=form.get("pb_connection", opts.pb_connection), **values)
+                   connection=form.get("pb_connection", opts.pb_connection),
+                   retry_backoff=form.get("pb_retry_backoff", opts.pb_retry_backoff), **values)
     except ValueError as e:
         return str(e)
     return None

@@ -118,12 +118,13 @@ def test_sparkline():
 @pytest.mark.parametrize("field,value", [
     ("user_count", "1"), ("pb_poll_timeout", "500"), ("pb_channels", "0"),
     ("pb_connection", "every:0"), ("pb_publish_rate", "nan"), ("spawn_rate", "1e9"),
-    ("pb_task_duration_ms", "700000"),
+    ("pb_task_duration_ms", "700000"), ("pb_retry_backoff", "5:1"),
 ])
 def test_the_start_form_refuses_what_pollbench_run_refuses_in_the_same_words(field, value):
     form = {"user_count": "200", "spawn_rate": "40", "pb_channels": "10",
             "pb_publish_rate": "20", "pb_poll_timeout": "20", "pb_task_duration_ms": "500",
-            "pb_message_bytes": "64", "pb_task_payload_bytes": "64", "pb_connection": "keepalive"}
+            "pb_message_bytes": "64", "pb_task_payload_bytes": "64", "pb_connection": "keepalive",
+            "pb_retry_backoff": "0.1:5"}
     classes = ["ChannelSubscriber", "Publisher"]
     opts = type("Opts", (), {k: v for k, v in form.items() if k.startswith("pb_")})
     good = MultiDict([*form.items(), *(("user_classes", c) for c in classes)])
@@ -136,7 +137,7 @@ def test_the_start_form_refuses_what_pollbench_run_refuses_in_the_same_words(fie
                     channels=int(form["pb_channels"]), publish_rate=float(form["pb_publish_rate"]),
                     poll_timeout_s=float(form["pb_poll_timeout"]),
                     task_duration_ms=int(form["pb_task_duration_ms"]),
-                    connection=form["pb_connection"])
+                    connection=form["pb_connection"], retry_backoff=form["pb_retry_backoff"])
     with pytest.raises(UserError) as refused:
         spec.validate(120.0)
     assert str(refused.value) == problem

@@ -55,7 +55,8 @@ SCRIPT = textwrap.dedent('''
 
     server = StreamServer(("127.0.0.1", 0), handle)
     server.start()
-    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1)
+    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
+                              pb_retry_backoff="0.1:5")
     env = Environment(user_classes=[ChannelSubscriber], parsed_options=opts)
     env.create_local_runner()
     env.pollbench = plumbing = MetricsPlumbing(env, None)

@@ -20,7 +20,7 @@ from pollbench.paths import CHECKOUT
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import git_info, host_info, machine_fingerprint, software_versions
 from pollbench.records.runrecord import record_start
-from pollbench.stack import nginx_config, redis_server
+from pollbench.stack import capacity, nginx_config, redis_server
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault, FaultInjector
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.sampler import Sampler
@@ -93,14 +93,14 @@ def check_load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
     """Refuse a load the target cannot hold as asked (one line); return warnings for what is
     probably a mistake (printed at once, kept in run.json)."""
     warnings = []
+    app = resolved.app_config
     if "ChannelSubscriber" in load.user_classes():
-        app = resolved.app_config
         # with local state each backend holds its own channels; shared state holds them all once
-        capacity = app.max_channels * (resolved.settings["backends"]
-                                       if resolved.state == "local" else 1)
-        if load.channels > capacity:
+        holds = app.max_channels * (resolved.settings["backends"]
+                                    if resolved.state == "local" else 1)
+        if load.channels > holds:
             raise UserError(f"--channels {load.channels} is more than the target holds "
-                            f"({capacity:,}: {app.max_channels:,} per "
+                            f"({holds:,}: {app.max_channels:,} per "
                             f"{'backend' if resolved.state == 'local' else 'shared state'}); "
                             "publishes past it would be refused with 503")
         subscribers = load.users - 1
@@ -108,6 +108,8 @@ def check_load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
             warnings.append(f"--channels {load.channels} with {subscribers} subscribers: "
                             f"{load.channels - subscribers} channels have no subscriber (their "
                             "messages reach nobody)")
+    warnings += capacity.warnings_for(resolved.settings, resolved.spec.profile, resolved.state,
+                                      load, app.max_waiters, app.max_connections)
     cores = os.cpu_count() or 1
     if load.workers > cores:
         warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "

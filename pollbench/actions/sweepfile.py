@@ -67,6 +67,7 @@ LOAD_PARAMS = {
     "scenario": ("scenario", str), "mix": ("mix", str), "users": ("users", int),
     "spawn_rate": ("spawn_rate", float), "duration": ("duration_s", parse_duration),
     "shape": ("shape", str), "workers": ("workers", int), "connection": ("connection", str),
+    "retry_backoff": ("retry_backoff", str),
     "channels": ("channels", int), "publish_rate": ("publish_rate", float),
     "poll_timeout": ("poll_timeout_s", float), "task_duration_ms": ("task_duration_ms", int),
     "message_bytes": ("message_bytes", int), "faults": ("faults", tuple),

@@ -76,6 +76,10 @@ def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None
                    help="Locust worker processes (0: one local process)")
     g.add_argument("--connection", default=D.connection,
                    help="client connections: keepalive, close (new one per request), every:K")
+    g.add_argument("--retry-backoff", default=D.retry_backoff, metavar="MIN:MAX",
+                   help="after a failure a client waits MIN s, doubling each failure in a row "
+                        f"up to MAX s, with jitter (default {D.retry_backoff}); 0 retries at "
+                        "once")
     g.add_argument("--channels", type=int, default=D.channels,
                    help=f"channels to spread subscribers over (default {D.channels})")
     g.add_argument("--publish-rate", type=float, default=D.publish_rate,
@@ -105,7 +109,8 @@ def load_from_args(args: argparse.Namespace) -> LoadSpec:
                     users=args.users, spawn_rate=args.spawn_rate,
                     duration_s=D.duration_s if web_ui else parse_duration(args.duration),
                     shape=getattr(args, "shape", "constant"), workers=args.workers,
-                    connection=args.connection, channels=args.channels,
+                    connection=args.connection, retry_backoff=args.retry_backoff,
+                    channels=args.channels,
                     publish_rate=args.publish_rate, poll_timeout_s=args.poll_timeout,
                     task_duration_ms=args.task_duration_ms,
                     faults=tuple(getattr(args, "faults", ())))

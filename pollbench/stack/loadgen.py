@@ -65,6 +65,7 @@ class LoadSpec:
     shape: str = "constant"
     workers: int = 0
     connection: str = DEFAULTS.connection
+    retry_backoff: str = DEFAULTS.retry_backoff
     channels: int = DEFAULTS.channels
     publish_rate: float = DEFAULTS.publish_rate
     message_bytes: int = DEFAULTS.message_bytes
@@ -115,7 +116,8 @@ class LoadSpec:
                        publish_rate=self.publish_rate, poll_timeout_s=self.poll_timeout_s,
                        max_poll_timeout_s=max_hold_s, task_duration_ms=self.task_duration_ms,
                        connection=self.connection, message_bytes=self.message_bytes,
-                       task_payload_bytes=self.task_payload_bytes)
+                       task_payload_bytes=self.task_payload_bytes,
+                       retry_backoff=self.retry_backoff)
         except ValueError as e:
             raise UserError(str(e)) from None
         self.fault_schedule()
@@ -127,7 +129,8 @@ class LoadSpec:
                 "--pb-poll-timeout", f"{self.poll_timeout_s:g}",
                 "--pb-task-duration-ms", str(self.task_duration_ms),
                 "--pb-task-payload-bytes", str(self.task_payload_bytes),
-                "--pb-connection", self.connection]
+                "--pb-connection", self.connection,
+                "--pb-retry-backoff", self.retry_backoff]
         if self.mix:
             opts += ["--pb-mix", ",".join(f"{k}:{v}" for k, v in parse_mix(self.mix).items())]
         return opts

@@ -1,0 +1,115 @@
+"""Will the load fit the stack?  Checked before anything starts, from the resolved stack and
+the load: a load that cannot fit gets one warning line per limit, naming the limit, the need,
+what allows it, and a shipped profile that holds it.  The run goes on: seeing where a
+configuration stops holding is a legitimate experiment.
+
+The needs are estimates of the steady state (every user holding a poll at once):
+
+* nginx: a proxied poll costs two connections in one worker (client and upstream); the
+  workers together allow ``worker_processes x worker_connections``.
+* descriptors: an nginx worker needs about one per connection (``worker_rlimit_nofile``,
+  or the limit it inherits); a Locust process one per user it runs.
+* backends: each holds at most ``max_waiters`` polls and ``max_connections`` connections;
+  round-robin (or any balance with shared state) spreads the polls evenly, a key hash puts
+  a channel's subscribers on one backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+from typing import Any
+
+from pollbench.stack import nginx_config
+from pollbench.stack.loadgen import LoadSpec
+
+HEADROOM = 1.0  # a need above the allowance * this is warned about
+# Users that hold a long poll most of the time (the publisher does not).
+POLLERS = ("ChannelSubscriber", "TaskPoller")
+
+
+def held_polls(load: LoadSpec) -> int:
+    """Users that hold a poll at once (every user but a publisher)."""
+    classes = load.user_classes()
+    if not any(c in POLLERS for c in classes):
+        return 0
+    return max(load.users - (1 if "Publisher" in classes else 0), 0)
+
+
+def nginx_capacity(settings: dict[str, Any]) -> tuple[int, int]:
+    """(workers, connections all workers allow)."""
+    workers = settings["worker_processes"]
+    if workers == "auto":
+        workers = os.cpu_count() or 1
+    return int(workers), int(workers) * int(settings["worker_connections"])
+
+
+def nginx_need(settings: dict[str, Any], polls: int) -> int:
+    # with every poll held, the idle upstream keep-alive pool is (nearly) empty: its
+    # connections carry the polls; a few more for the sampler's and publishers' requests
+    return 2 * polls + 16
+
+
+def fitting_profile(polls: int, state: str, current: str) -> str | None:
+    """A shipped profile whose nginx holds ``polls`` (the smallest such), same state."""
+    best: tuple[int, str] | None = None
+    for name in nginx_config.profile_names():
+        if name == current:
+            continue
+        try:
+            settings = nginx_config.load_profile(name)
+            profile_state = nginx_config.read_profile(name).state or "local"
+        except Exception:  # a profile that does not load is no advice
+            continue
+        if profile_state != state:
+            continue
+        _, allowed = nginx_capacity(settings)
+        if nginx_need(settings, polls) <= allowed and (best is None or allowed < best[0]):
+            best = (allowed, name)
+    return best[1] if best else None
+
+
+def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadSpec,
+                 max_waiters: int, max_connections: int) -> list[str]:
+    polls = held_polls(load)
+    if polls == 0:
+        return []
+    out = []
+    workers, allowed = nginx_capacity(settings)
+    need = nginx_need(settings, polls)
+    if need > allowed * HEADROOM:
+        other = fitting_profile(polls, state, profile)
+        out.append(
+            f"this load needs about {need:,} nginx connections ({polls:,} held polls x 2, "
+            f"client and upstream); profile {profile} allows {allowed:,} ({workers} worker(s) x "
+            f"{settings['worker_connections']:,} worker_connections): expect failures "
+            "(\"worker_connections are not enough\")"
+            + (f"; --profile {other} holds it" if other else
+               "; raise worker_processes or worker_connections"))
+    nofile = settings.get("worker_rlimit_nofile") or resource.getrlimit(
+        resource.RLIMIT_NOFILE)[0]
+    per_worker = math.ceil(need / workers)
+    if per_worker > nofile:
+        out.append(f"each nginx worker needs about {per_worker:,} descriptors; its limit is "
+                   f"{nofile:,}: expect \"Too many open files\" (set worker_rlimit_nofile)")
+    backends = int(settings["backends"])
+    # key-hash with local state: a channel's subscribers all on one backend
+    channels = load.channels if "ChannelSubscriber" in load.user_classes() else polls
+    hashed = state == "local" and settings.get("balance") == "key-hash"
+    per_backend = math.ceil(polls / min(backends, max(channels, 1))) if hashed \
+        else math.ceil(polls / backends)
+    if per_backend > max_waiters:
+        out.append(f"about {per_backend:,} polls would wait on one backend; each holds at most "
+                   f"{max_waiters:,} (the target's max_waiters): the rest get 503")
+    elif per_backend > max_connections:
+        out.append(f"about {per_backend:,} connections on one backend; each accepts at most "
+                   f"{max_connections:,}: the rest get 503")
+    locust_processes = max(load.workers, 1)
+    per_locust = math.ceil(load.users / locust_processes) + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = max(soft, min(10_000, hard))  # Locust raises a soft limit under 10,000 to it
+    if per_locust > soft:
+        out.append(f"each Locust process would hold about {per_locust:,} sockets; the limit is "
+                   f"{soft:,} per process: add --workers")
+    return out

@@ -1,0 +1,50 @@
+"""The capacity check before a run: a load the stack cannot hold is named before anything
+starts, with the limit, the need and a profile that holds it; a load that fits says nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from pollbench.actions.run import check_load_fits
+from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.spec import StackSpec
+
+
+def warnings(profile: str, **load) -> list[str]:
+    resolved = StackSpec(profile=profile).resolve(claim=False)
+    try:
+        return check_load_fits(resolved, LoadSpec(**load))
+    finally:
+        resolved.release()
+
+
+def test_the_seed_cannot_hold_a_thousand_polls_and_says_which_profile_can():
+    [line] = warnings("seed", users=1001, channels=100)
+    assert "needs about 2,016 nginx connections" in line
+    assert "profile seed allows 1,024 (1 worker(s) x 1,024 worker_connections)" in line
+    assert line.endswith("--profile longpoll holds it")
+    [line] = warnings("shared", users=1001, channels=100)  # the same, with shared state
+    assert line.endswith("--profile longpoll-shared holds it")
+
+
+@pytest.mark.parametrize("profile,users", [("seed", 200), ("longpoll", 1001), ("scale", 18001)])
+def test_a_load_that_fits_gets_no_warning(profile, users):
+    assert warnings(profile, users=users, channels=100) == []
+
+
+def test_one_hot_channel_on_one_backend_passes_its_waiter_limit():
+    """Key-hash routing with local state puts a channel's subscribers on one backend."""
+    lines = warnings("longpoll", users=19001, channels=1)
+    assert any("about 19,000 polls would wait on one backend; each holds at most 18,000" in w
+               for w in lines), lines
+    # shared state: any backend answers, the polls spread over the four
+    assert not any("wait on one backend" in w
+                   for w in warnings("longpoll-shared", users=19001, channels=1))
+
+
+def test_a_locust_process_past_its_descriptor_limit_is_told_to_add_workers():
+    lines = warnings("scale", users=30001, channels=100)
+    assert any("each Locust process would hold about" in w and "add --workers" in w
+               for w in lines), lines
+    assert not any("each Locust process" in w
+                   for w in warnings("scale", users=30001, channels=100, workers=2))
