@@ -26,6 +26,13 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS)
 
 
+def discard_histogram(hist: HdrHistogram) -> None:
+    """Break the reference cycle of a histogram no longer used (it and its encoder point at
+    each other), so that reference counting frees its 188 KiB at once instead of the cyclic
+    collector some time later (rarely, under Locust's GC thresholds)."""
+    hist.encoder.histogram = None
+
+
 def clear_histogram(hist: HdrHistogram) -> None:
     """Empty ``hist`` for reuse, as ``hist.reset()`` does but with one memset of its counts
     (15 us instead of 1.5 ms for this layout's 23,552 counts).  Reusing a histogram makes no

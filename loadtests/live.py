@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
-from analysis.hdr_format import new_histogram, percentiles_ms
+from analysis.hdr_format import discard_histogram, new_histogram, percentiles_ms
 from analysis.saturation import LOADGEN_SATURATED
 
 WINDOW_S = 10          # "now" = the last 10 s
@@ -75,6 +75,10 @@ class LiveView:
         self.reset(clock())
 
     def reset(self, now: float) -> None:
+        for old in [getattr(self, "total", None),
+                    *(s.hist for s in getattr(self, "seconds", {}).values())]:
+            if old is not None:
+                discard_histogram(old)
         self.started_at = now
         self.ended_at: float | None = None  # the test's "this test" rates stop here
         self.total = new_histogram()
@@ -105,6 +109,7 @@ class LiveView:
             hist = HdrHistogram.decode(encoded[1])
             sec.hist.add(hist)
             self.total.add(hist)
+            discard_histogram(hist)  # freed now: no garbage per interval
         for name, n in payload["counters"].items():
             sec.counters[name] = sec.counters.get(name, 0) + n
             self.totals[name] = self.totals.get(name, 0) + n
@@ -121,7 +126,7 @@ class LiveView:
                                     sec.counters.get("delivered", 0),
                                     sec.counters.get("requests", 0)])
             if key < now - WINDOW_S - SETTLE_S:
-                del self.seconds[key]
+                discard_histogram(self.seconds.pop(key).hist)
 
     def stop(self, now: float) -> None:
         self.ended_at = now
@@ -140,10 +145,12 @@ class LiveView:
         span = max(min(WINDOW_S, now - self.started_at), 1e-3)
         elapsed = max((self.ended_at or now) - self.started_at, 1e-3)
         t = self.totals
+        recent_summary = latency_summary(recent)
+        discard_histogram(recent)
         return {
             "time": now, "started_at": self.started_at, "elapsed_s": round(elapsed, 1),
             "window_s": WINDOW_S,
-            "delivery": {"now": latency_summary(recent), "test": latency_summary(self.total)},
+            "delivery": {"now": recent_summary, "test": latency_summary(self.total)},
             "rates": {"now": {"deliveries_per_s": counts.get("delivered", 0) / span,
                               "requests_per_s": counts.get("requests", 0) / span},
                       "test": {"deliveries_per_s": t.get("delivered", 0) / elapsed,

@@ -162,3 +162,30 @@ def test_shared_state_shows_redis_and_a_redis_that_stops_answering(tmp_path):
     sample(2, {"error": "TimeoutError: Timeout reading from socket"})
     table = {r["figure"]: r["now"] for r in view.rows()}
     assert table["Redis (shared state)"] == "not answering: TimeoutError: Timeout reading from socket"
+
+
+def test_the_live_view_leaves_no_histogram_garbage_over_a_long_session():
+    """A web-UI session lasts hours: each interval's histograms must be freed as they go,
+    not left as 188-KiB reference cycles for a collector that runs rarely under Locust's
+    GC thresholds."""
+    import gc
+
+    from hdrh.histogram import HdrHistogram
+
+    clock = [1_800_000_000.5]
+    view = LiveView(None, clock=lambda: clock[0])
+    encoded = [payload(0, [800 + i])[0]["hists"] for i in range(4)]
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(120):  # two minutes of one process, with the tab open
+            clock[0] += 1
+            view.add({"t0": clock[0] - 1, "t1": clock[0], "hists": encoded[i % 4],
+                      "counters": {"delivered": 1}})
+            if i % 2:
+                view.snapshot()
+        garbage = [o for o in gc.get_objects() if isinstance(o, HdrHistogram)]
+        alive = len(view.seconds) + 1  # the window's seconds and the test's total
+        assert len(garbage) <= alive + 8, (len(garbage), alive)
+    finally:
+        gc.enable()
