@@ -46,9 +46,10 @@ def pb(*args: str) -> list[str]:
 
 
 def start(hosts, host: str, cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(hosts.cmd(host, cmd), cwd=REPO, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, POLLBENCH_HISTORY="off"))
+    with log.open("w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(hosts.cmd(host, cmd), cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, POLLBENCH_HISTORY="off"))
 
 
 def stop(proc: subprocess.Popen) -> None:

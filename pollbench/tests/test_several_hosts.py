@@ -109,9 +109,10 @@ def test_a_run_across_four_namespaces(tmp_path):
 
     def start(hosts, host: str, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}.log"
-        proc = subprocess.Popen(hosts.cmd(host, pollbench_cmd(*args)), cwd=REPO, env=env,
-                                stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        with log.open("w") as out:  # the child has its own copy of the descriptor
+            proc = subprocess.Popen(hosts.cmd(host, pollbench_cmd(*args)), cwd=REPO, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         procs.append(proc)
         return proc, log
 

@@ -75,7 +75,8 @@ def test_round_robin_over_shared_state_delivers_exactly_once_in_order_through_ki
     # a backend kill is no epoch change: the channels live in Redis, not in the backend
     assert not any(e["kind"] == "epoch_change" for e in data.events)
     # every backend answered polls (round-robin spreads every channel over all of them)
-    stats = [json.loads(line) for line in (out / "samples" / "backend_stats.jsonl").open()]
+    stats = [json.loads(line) for line in
+             (out / "samples" / "backend_stats.jsonl").read_text().splitlines()]
     answered = {s["backend"] for s in stats if s["stats"]["polls_answered_with_messages"]}
     assert answered == {0, 1, 2, 3}
     assert (out / "samples" / "redis_info.jsonl").stat().st_size > 0
