@@ -103,8 +103,6 @@ def test_a_run_goes_on_through_every_kind_of_fault_and_accounts_for_each(tmp_pat
     assert m["lost_messages"]["value"] >= m["lost_epoch_messages"]["value"]
     assert info["loadgen"]["lost"] == m["lost_messages"]["value"]
     assert info["loadgen"]["lost_epoch"] == m["lost_epoch_messages"]["value"]
-    # the polls that failed were retried after a back-off, not at once
-    assert m["retries"]["value"] >= 1 and m["retry_wait_s"]["value"] > 0
     html = (out / "report" / "report.html").read_text()
     assert "Injected faults" in html and "16s:restart:backend-0" in html
 

@@ -42,23 +42,32 @@ def number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+def start_ui(out) -> tuple[subprocess.Popen, Output, int, int]:
+    """``pollbench ui`` on free ports, once it says it is ready: (process, its output, the
+    first backend's port, the web UI's port)."""
+    port, backend_port = free_stack_ports()
+    web_port = find_free_ports(1, 33000, 36000)
+    proc = subprocess.Popen(
+        pollbench_cmd("ui", "--port", str(port), "--backend-port", str(backend_port),
+                      "--web-port", str(web_port), "--out", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    output = Output(proc)
+    if not output.wait_for("Ctrl-C", 60):
+        proc.kill()
+        raise AssertionError(output.wait_closed(10))
+    return proc, output, backend_port, web_port
+
+
 def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
     if not shutil.which(CHROMIUM):
         pytest.fail("chromium is needed for the web UI test: scripts/bootstrap.sh --test "
                     "installs it (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
-    port, backend_port = free_stack_ports()
-    web_port = find_free_ports(1, 33000, 36000)
     out = tmp_path / "ui"
+    proc, output, _, web_port = start_ui(out)
     base = f"http://127.0.0.1:{web_port}"
-    proc = subprocess.Popen(
-        pollbench_cmd("ui", "--port", str(port), "--backend-port", str(backend_port),
-                      "--web-port", str(web_port), "--out", str(out)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    output = Output(proc)
     try:
-        assert output.wait_for("Ctrl-C", 60), output.text()
         assert f"web UI:     {base}/" in output.text(), output.text()
         # the UI listens on loopback only
         listeners = {c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN"}
@@ -171,16 +180,9 @@ def progress_of(test_dir) -> dict:
 def test_a_ui_session_that_fails_is_recorded_as_failed_not_stopped_by_the_user(tmp_path):
     """A backend dying under the UI ends the session with exit 3, and run.json says so
     (it used to say exit 0, "stopped by the user")."""
-    port, backend_port = free_stack_ports()
-    web_port = find_free_ports(1, 33000, 36000)
     out = tmp_path / "ui"
-    proc = subprocess.Popen(
-        pollbench_cmd("ui", "--port", str(port), "--backend-port", str(backend_port),
-                      "--web-port", str(web_port), "--out", str(out)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    output = Output(proc)
+    proc, output, backend_port, _ = start_ui(out)
     try:
-        assert output.wait_for("Ctrl-C", 60), output.text()
         wanted = ["--port", str(backend_port + 1)]
         backend = next(p for p in psutil.process_iter(["cmdline"])
                        if "target_app" in (p.info["cmdline"] or [])
