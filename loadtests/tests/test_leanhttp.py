@@ -52,7 +52,7 @@ class ScriptedServer:
                     if not data:
                         break
                     self.requests.append(data)
-                    time.sleep(self.delay_s)
+                    time.sleep(self.delay_s)  # creates the condition: a slow answer
                     answer = self.answers.pop(0)
                     self.sent_at.append(time.time())
                     eof = answer.endswith(b"<EOF>")  # close right after this answer

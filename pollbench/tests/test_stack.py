@@ -81,7 +81,7 @@ async def broadcast_through_nginx(up):
         held = sum(get_json(f"{u}/stats")["long_polls_waiting"] for u in up.backend_urls)
         if held >= SUBSCRIBERS:
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # polls the count above (bounded: 600 times)
     assert held >= SUBSCRIBERS, f"only {held} of {SUBSCRIBERS} polls held after 30 s"
     for n in range(MESSAGES_PER_CHANNEL):
         for name in names:

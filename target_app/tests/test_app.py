@@ -51,7 +51,7 @@ class TargetCase(AsyncHTTPTestCase):
         deadline = loop.time() + timeout
         while not predicate():
             assert loop.time() < deadline, f"not within {timeout} s: {what}"
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # polls the predicate (bounded by the deadline)
 
 
 class TestDeepJson(TargetCase):

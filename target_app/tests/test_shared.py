@@ -103,7 +103,7 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.02)
+        time.sleep(0.02)  # polls the predicate (bounded by the deadline)
     return False
 
 
