@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds left out (spawning)")
     ap.add_argument("--users", type=int, default=1000, help="subscribers (one publisher more)")
-    ap.add_argument("--channels", type=int, default=100)
+    ap.add_argument("--channels", type=int, default=10)
     ap.add_argument("--publish-rate", type=float, default=40.0)
     ap.add_argument("--profile", default="longpoll")
     ap.add_argument("--rounds", type=int, default=1)
