@@ -9,6 +9,7 @@ Values are microseconds from 1 us to one hour, with 3 significant digits.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from typing import TYPE_CHECKING
 
@@ -38,8 +39,6 @@ def clear_histogram(hist: HdrHistogram) -> None:
     (15 us instead of 1.5 ms for this layout's 23,552 counts).  Reusing a histogram makes no
     garbage: a dropped one is a reference cycle of 188 KiB that only the cyclic collector
     frees, rarely under Locust's GC thresholds."""
-    import ctypes
-
     ctypes.memset(ctypes.addressof(hist.counts), 0, ctypes.sizeof(hist.counts))
     hist.total_count = 0
     hist.min_value = sys.maxsize

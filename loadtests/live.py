@@ -72,18 +72,18 @@ class LiveView:
     def __init__(self, live_path: Path | None, clock=time.time) -> None:
         self.live_path = live_path
         self.clock = clock
+        self.total = new_histogram()
+        self.seconds: dict[int, _Second] = {}
         self.reset(clock())
 
     def reset(self, now: float) -> None:
-        for old in [getattr(self, "total", None),
-                    *(s.hist for s in getattr(self, "seconds", {}).values())]:
-            if old is not None:
-                discard_histogram(old)
+        for old in [self.total, *(s.hist for s in self.seconds.values())]:
+            discard_histogram(old)
         self.started_at = now
         self.ended_at: float | None = None  # the test's "this test" rates stop here
         self.total = new_histogram()
         self.totals: dict[str, int] = {}
-        self.seconds: dict[int, _Second] = {}
+        self.seconds = {}
         self.series: deque[list] = deque(maxlen=SERIES_POINTS)
         self.settled_upto = 0  # seconds up to here have their point: late intervals skip it
         self.lost_epoch = 0

@@ -125,12 +125,15 @@ class LocalSide(Side):
 
     def __init__(self, stack: Stack, faults: list[Fault]):
         self.stack, self.faults = stack, faults
-        self.url, self.group = stack.url, stack.group
+        self.group = stack.group
         self.injector: FaultInjector | None = None
+
+    @property
+    def url(self) -> str:  # type: ignore[override]
+        return self.stack.url
 
     def start(self) -> None:
         self.stack.start()
-        self.url = self.stack.url
 
     def pids(self) -> dict[str, int]:
         return self.stack.pids()

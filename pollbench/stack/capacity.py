@@ -21,10 +21,10 @@ import os
 import resource
 from typing import Any
 
+from pollbench.errors import UserError
 from pollbench.stack import nginx_config
 from pollbench.stack.loadgen import LoadSpec
 
-HEADROOM = 1.0  # a need above the allowance * this is warned about
 # Users that hold a long poll most of the time (the publisher does not).
 POLLERS = ("ChannelSubscriber", "TaskPoller")
 
@@ -45,7 +45,7 @@ def nginx_capacity(settings: dict[str, Any]) -> tuple[int, int]:
     return int(workers), int(workers) * int(settings["worker_connections"])
 
 
-def nginx_need(settings: dict[str, Any], polls: int) -> int:
+def nginx_need(polls: int) -> int:
     # with every poll held, the idle upstream keep-alive pool is (nearly) empty: its
     # connections carry the polls; a few more for the sampler's and publishers' requests
     return 2 * polls + 16
@@ -57,15 +57,15 @@ def fitting_profile(polls: int, state: str, current: str) -> str | None:
     for name in nginx_config.profile_names():
         if name == current:
             continue
-        try:
-            settings = nginx_config.load_profile(name)
-            profile_state = nginx_config.read_profile(name).state or "local"
-        except Exception:  # a profile that does not load is no advice
-            continue
-        if profile_state != state:
+        try:  # each file read once: its state and its settings
+            profile = nginx_config.read_profile(name)
+            if (profile.state or "local") != state:
+                continue
+            settings = nginx_config.profile_settings(profile, name)
+        except UserError:  # a profile that does not load is no advice
             continue
         _, allowed = nginx_capacity(settings)
-        if nginx_need(settings, polls) <= allowed and (best is None or allowed < best[0]):
+        if nginx_need(polls) <= allowed and (best is None or allowed < best[0]):
             best = (allowed, name)
     return best[1] if best else None
 
@@ -77,8 +77,8 @@ def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadS
         return []
     out = []
     workers, allowed = nginx_capacity(settings)
-    need = nginx_need(settings, polls)
-    if need > allowed * HEADROOM:
+    need = nginx_need(polls)
+    if need > allowed:
         other = fitting_profile(polls, state, profile)
         out.append(
             f"this load needs about {need:,} nginx connections ({polls:,} held polls x 2, "
