@@ -43,10 +43,17 @@ class Output:
 
     def wait_for(self, text: str, timeout: float) -> bool:
         """True once a line holds ``text``; False when the output ends or time runs out."""
+        checked, found = 0, False  # each line is read once, however chatty the child
+
+        def seen() -> bool:
+            nonlocal checked, found
+            found = found or any(text in ln for ln in self.lines[checked:])
+            checked = len(self.lines)
+            return found
+
         with self._cond:
-            self._cond.wait_for(lambda: self.closed or any(text in ln for ln in self.lines),
-                                timeout)
-            return any(text in ln for ln in self.lines)
+            self._cond.wait_for(lambda: seen() or self.closed, timeout)
+            return seen()
 
     def wait_closed(self, timeout: float) -> str:
         with self._cond:
