@@ -66,6 +66,9 @@ LATENCY_FAMILIES = {
 # every other metric: name -> (unit, better, description)
 METRICS: dict[str, tuple[str, str, str]] = {
     "throughput_requests": ("requests/s", HIGHER, "HTTP requests completed per second"),
+    "throughput_attempted": ("requests/s", LOWER,
+                             "HTTP requests attempted per second, failed ones included (far "
+                             "above the completed rate: a retry storm)"),
     "throughput_deliveries": ("messages/s", HIGHER, "messages delivered per second"),
     "error_rate": ("fraction", LOWER, "failed requests / all requests"),
     "errors": ("count", LOWER, "failed requests"),

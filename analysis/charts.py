@@ -22,6 +22,7 @@ from analysis.figures import (  # noqa: E402
     spectrum,
 )
 from analysis.hdr import percentiles_us  # noqa: E402
+from analysis.limits import NGINX_ERRORS_FILE, read_jsonl, split_error_counter  # noqa: E402
 from analysis.saturation import CHART_LABEL, CPU_PERCENT  # noqa: E402
 
 PCT_STYLE = {"p50": ("#1f77b4", "-"), "p95": ("#ff7f0e", "-"), "p99": ("#d62728", "-"),
@@ -314,35 +315,66 @@ def upstream_timing(fig: Figures):
     return _finish(f)
 
 
+def _stacked_rates(ax, t0, keys, values, fig: Figures) -> None:
+    """Per-second rates of ``values`` by ``keys``, stacked in the time bins."""
+    t = ((np.asarray(t0, dtype=float) - fig.run.start) // fig.bin_s) * fig.bin_s
+    table = pd.DataFrame({"t": t, "key": keys, "value": values}).pivot_table(
+        index="t", columns="key", values="value", aggfunc="sum", fill_value=0)
+    order = table.sum().sort_values(ascending=False).index  # the biggest at the bottom
+    bottom = np.zeros(len(table))
+    for key in order:
+        ax.bar(table.index, table[key] / fig.bin_s, bottom=bottom, width=fig.bin_s * 0.9,
+               align="edge", label=key)
+        bottom += table[key].to_numpy() / fig.bin_s
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def _mark_first_limit(ax, fig: Figures) -> None:
+    first = (fig.summary.get("limits") or {}).get("first")
+    if first:
+        ax.axvline(first["at_s"], color="black", linestyle="--", lw=1)
+        ax.text(first["at_s"], 0.98, " ran out first: " + first["limit"].replace("_", " "),
+                transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+
+
 def errors(fig: Figures):
     run = fig.run
     c = run.counters
     errs = c[c["counter"].str.startswith("error:")] if not c.empty else c
+    nginx = [r for r in read_jsonl(run.path / NGINX_ERRORS_FILE) if r.get("counts")]
     lost = int(fig.summary["metrics"]["lost_messages"]["value"])
     dup = int(fig.summary["metrics"]["duplicate_messages"]["value"])
-    f, axes = _figure(fig, "Errors by cause, lost and duplicate messages", ncols=2, height=4.2)
+    f, axes = _figure(fig, "Errors by cause, nginx's error log, lost and duplicate messages",
+                      ncols=3, height=4.2)
     ax = axes[0]
     if errs.empty:
         ax.text(0.5, 0.5, "no failed requests", ha="center", va="center",
                 transform=ax.transAxes, fontsize=12, color="#2ca02c")
     else:
-        t = ((errs["t0"] - run.start) // fig.bin_s) * fig.bin_s
-        table = errs.assign(t=t, cause=errs["counter"].str[len("error:"):].str[:60]) \
-            .pivot_table(index="t", columns="cause", values="value", aggfunc="sum", fill_value=0)
-        bottom = np.zeros(len(table))
-        for cause in table.columns:
-            ax.bar(table.index, table[cause] / fig.bin_s, bottom=bottom, width=fig.bin_s * 0.9,
-                   align="edge", label=cause)
-            bottom += table[cause].to_numpy() / fig.bin_s
-        ax.legend(fontsize=7, loc="upper left")
+        causes = [(split_error_counter(n) or ("", n))[1][:60] for n in errs["counter"]]
+        _stacked_rates(ax, errs["t0"], causes, errs["value"], fig)
+        _mark_first_limit(ax, fig)
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("failed requests/s")
-    ax.set_title("failed requests by cause", fontsize=9, loc="left")
+    ax.set_title("failed requests by cause (who answered, or the socket error)", fontsize=9,
+                 loc="left")
     ax = axes[1]
+    if not nginx:
+        ax.text(0.5, 0.5, "no problem logged", ha="center", va="center",
+                transform=ax.transAxes, fontsize=12, color="#2ca02c")
+    else:
+        rows = [(r["time"], k, n) for r in nginx for k, n in r["counts"].items()]
+        _stacked_rates(ax, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                       fig)
+        _mark_first_limit(ax, fig)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("error-log lines/s")
+    ax.set_title("nginx's error log by category", fontsize=9, loc="left")
+    ax = axes[2]
     bars = ax.bar(["lost", "duplicate"], [lost, dup], color=["#d62728", "#ff7f0e"])
     ax.bar_label(bars)
     ax.set_ylabel("messages")
-    ax.set_title("message integrity (any non-zero is a bug or an overflow)", fontsize=9,
+    ax.set_title("message integrity (non-zero: a bug or an overflow)", fontsize=9,
                  loc="left")
     ax.set_ylim(0, max(lost, dup, 1) * 1.25)
     return _finish(f)

@@ -21,6 +21,14 @@ from hdrh.histogram import HdrHistogram
 from analysis import catalog
 from analysis.faults import backend_stalls, epoch_loss, per_fault, redis_stalls
 from analysis.hdr import new_histogram, percentiles_us, summary_ms
+from analysis.limits import (
+    NGINX_ERRORS_FILE,
+    diagnose,
+    failing_line,
+    failure_table,
+    http_failures,
+    read_jsonl,
+)
 from analysis.load import RunData
 
 # History of summary.json's schema_version:
@@ -241,6 +249,9 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
                 metrics[f"{prefix}_{q}"] = _m(f"{prefix}_{q}", s[q])
             metrics[f"{prefix}_count"] = _m(f"{prefix}_count", s["count"])
     metrics["throughput_requests"] = _m("throughput_requests", requests / measured_s)
+    if "requests" in totals:  # counted as each request is sent (older runs lack it)
+        metrics["throughput_attempted"] = _m("throughput_attempted",
+                                             totals["requests"] / measured_s)
     metrics["throughput_deliveries"] = _m("throughput_deliveries",
                                           totals.get("delivered", 0) / measured_s)
     metrics["error_rate"] = _m("error_rate", n_errors / (requests + n_errors)
@@ -288,6 +299,14 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         warnings.append(f"Redis did not answer for {s['lasted_s']:g} s (from {s['from_s']:g} s): "
                         "stopped, overloaded or down; requests needing the shared state "
                         "waited, then got 503")
+    # what ran out, and why requests failed: run.json's (older runs: worked out here)
+    limits = info.get("limits") or diagnose(run.path, info)
+    failures = info.get("failures")
+    if failures is None:
+        failures = failure_table(read_jsonl(run.path / catalog.RUN_FILES["counters"]),
+                                 read_jsonl(run.path / NGINX_ERRORS_FILE))
+    attempted = all_totals.get("requests", 0)
+    failed_share = http_failures(failures) / attempted if attempted else 0.0
     summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run": str(run.path), "label": run_label(info),
@@ -301,6 +320,10 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         "faults": per_fault(run), "backend_stalls": stalls, "redis_stalls": shared_stalls,
         "metrics": metrics,
         "errors_by_cause": errors,
+        "failures": failures,
+        "limits": limits,
+        # the summary's last line when more than 1 % of the requests failed
+        "failing": failing_line(failed_share, limits.get("first")),
         "windows": {"width_s": WINDOW_S, "series": windows},
         "notes": list(run.notes),
     }

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 from analysis import charts
 from analysis.atomic import write_atomic
 from analysis.figures import Figures, compute
+from analysis.limits import sentence
 from analysis.load import load_run
 
 HEADLINE = [
@@ -29,7 +30,8 @@ HEADLINE = [
     ("request_latency_p99", "Request p99"), ("task_turnaround_p50", "Task turnaround p50"),
     ("task_turnaround_p99", "Task turnaround p99"), ("task_overhead_p99", "Task overhead p99"),
     ("repoll_gap_p99", "Re-poll gap p99"), ("publish_lag_p99", "Publish lateness p99"),
-    ("throughput_requests", "Requests"), ("throughput_deliveries", "Deliveries"),
+    ("throughput_attempted", "Requests attempted (failed ones included)"),
+    ("throughput_requests", "Requests completed"), ("throughput_deliveries", "Deliveries"),
     ("error_rate", "Error rate"), ("lost_messages", "Lost messages"),
     ("lost_epoch_messages", "Lost to channel state loss (epoch changes)"),
     ("duplicate_messages", "Duplicate messages"),
@@ -73,6 +75,34 @@ def fault_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def failure_rows(summary: dict) -> list[list[str]]:
+    """Failed requests by cause: the cause, who answered, how many, their share, which
+    requests."""
+    table = summary.get("failures") or []
+    total = sum(e["count"] for e in table) or 1
+    return [[e["cause"], e["source"], f"{e['count']:,}", f"{e['count'] / total:.1%}",
+             ", ".join(f"{r} {n:,}" for r, n in sorted(e["requests"].items(),
+                                                        key=lambda kv: -kv[1]))]
+            for e in table]
+
+
+FAILURE_HEADER = ["cause", "who", "failed", "share", "requests"]
+
+
+def limit_rows(summary: dict) -> list[list[str]]:
+    """Every limit the run reached, the first first: when, what, the evidence, the cure."""
+    return [[f"{r['at_s']:g} s", r["what"], r["evidence"], r["cure"] or "-"]
+            for r in (summary.get("limits") or {}).get("reached", [])]
+
+
+LIMIT_HEADER = ["first reached", "what ran out", "evidence", "cure"]
+
+
+def ran_out_first(summary: dict) -> str:
+    first = (summary.get("limits") or {}).get("first")
+    return sentence(first) if first else "No limit was reached"
+
+
 FAULT_HEADER = ["at", "fault", "lasted", "failed requests", "client reconnects", "epoch changes",
                 "lost (epoch)", "recovery p50 / max (subscribers)", "old nginx workers",
                 "what happened"]
@@ -92,14 +122,23 @@ def summary_markdown(fig: Figures) -> str:
                   "| " + " | ".join(FAULT_HEADER) + " |", "|" + "---|" * len(FAULT_HEADER)]
         lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |"
                   for row in fault_rows(s)]
-    if s["errors_by_cause"]:
-        lines += ["", "| failed requests, by cause | count |", "|---|---|"]
-        lines += [f"| {k} | {v:,} |" for k, v in sorted(s["errors_by_cause"].items())]
+    lines += ["", "## What ran out first", "", ran_out_first(s) + "."]
+    if limit_rows(s):
+        lines += ["", "| " + " | ".join(LIMIT_HEADER) + " |", "|" + "---|" * len(LIMIT_HEADER)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |"
+                  for row in limit_rows(s)]
+    if failure_rows(s):
+        lines += ["", "## Failed requests by cause (whole run)", "",
+                  "| " + " | ".join(FAILURE_HEADER) + " |", "|" + "---|" * len(FAILURE_HEADER)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |"
+                  for row in failure_rows(s)]
     for title, items in (("Warnings", s["warnings"]), ("Notes", s["notes"])):
         if items:
             lines += ["", f"## {title}", ""] + [f"- {x}" for x in items]
     lines += ["", "All latencies are computed from the lossless HdrHistogram log "
               "(metrics/latency.hdr.jsonl), not from Locust's rounded percentiles.", ""]
+    if s.get("failing"):
+        lines += [f"**{s['failing']}**", ""]
     return "\n".join(lines)
 
 
@@ -118,6 +157,7 @@ code { background: #f4f4f4; padding: 1px 4px; }
 <h1>pollbench run report</h1>
 <p><b>{{ s.label }}</b><br>run folder <code>{{ s.run }}</code>; status <b>{{ s.status }}</b>;
 measured {{ s.measured_s }} s after a {{ s.warmup_s }} s warm-up (shaded grey in the charts).</p>
+{% if s.failing %}<p class="bad">{{ s.failing }}</p>{% endif %}
 {% if s.loadgen_saturated %}<p class="bad">The load generator was CPU-saturated: its latencies and rates are not to be trusted.</p>{% endif %}
 {% for w in s.warnings %}<p class="warn">{{ w }}</p>{% endfor %}
 <h2>Headline figures</h2>
@@ -126,8 +166,11 @@ measured {{ s.measured_s }} s after a {{ s.warmup_s }} s warm-up (shaded grey in
 </table>
 {% if faults %}<h2>Injected faults</h2><p class="note">Each fault's costs count until the next fault; red lines mark them in the time charts.</p><table><tr>{% for h in fault_header %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in faults %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
-{% if s.errors_by_cause %}<h3>Failed requests by cause</h3><table>
-{% for k, v in s.errors_by_cause.items() %}<tr><td>{{ k }}</td><td class="v">{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+<h2>What ran out first</h2><p>{{ first }}.</p>
+{% if limits %}<table><tr>{% for h in limit_header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in limits %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+{% if failures %}<h3>Failed requests by cause (whole run)</h3><table><tr>{% for h in failure_header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in failures %}<tr>{% for c in row %}<td{% if loop.index0 in (2, 3) %} class="v"{% endif %}>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 {% for title, img in images %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ img }}">
 {% endfor %}
 {% if notes %}<h2>Notes</h2><ul>{% for n in notes %}<li class="note">{{ n }}</li>{% endfor %}</ul>{% endif %}
@@ -165,6 +208,9 @@ def write_run_report(run_dir: Path, out: Path | None = None,
     fig.summary["notes"] += chart_notes
     page = HTML.render(s=fig.summary, rows=headline_rows(fig.summary), images=images,
                        faults=fault_rows(fig.summary), fault_header=FAULT_HEADER,
+                       first=ran_out_first(fig.summary), limits=limit_rows(fig.summary),
+                       limit_header=LIMIT_HEADER, failures=failure_rows(fig.summary),
+                       failure_header=FAILURE_HEADER,
                        notes=fig.summary["notes"],
                        config=html.escape(json.dumps(fig.summary["config"]))[:4000])
     paths = {"html": out / "report.html", "markdown": out / "summary.md",

@@ -24,6 +24,7 @@ from pathlib import Path
 from hdrh.histogram import HdrHistogram
 
 from analysis.hdr_format import discard_histogram, new_histogram, percentiles_ms
+from analysis.limits import NGINX_ERRORS, fit_warnings, sentence
 from analysis.saturation import LOADGEN_SATURATED
 
 WINDOW_S = 10          # "now" = the last 10 s
@@ -160,11 +161,19 @@ class LiveView:
             "duplicates": t.get("duplicate", 0), "epoch_changes": t.get("epoch_changes", 0),
             "errors": {"now": _errors(counts), "test": _errors(t)},
             "series": list(self.series),
-            "target": self.target(),
+            "target": self.target(self._error_rate(t)),
         }
 
-    def target(self) -> dict:
-        """The orchestrator's latest sample, with connection reuse since this test started."""
+    @staticmethod
+    def _error_rate(totals: dict[str, int]) -> float:
+        """Failed HTTP requests / HTTP requests sent, this test."""
+        failed = sum(n for name, n in totals.items() if name.startswith("error:")
+                     and name[len("error:"):].split(" ", 1)[0] in ("GET", "POST"))
+        return failed / totals["requests"] if totals.get("requests") else 0.0
+
+    def target(self, error_rate: float = 0.0) -> dict:
+        """The orchestrator's latest sample, with connection reuse since this test started;
+        its saturation warning fits what ran out first (:func:`analysis.limits.fit_warnings`)."""
         live = self._read_live()
         if live is None:
             return {}
@@ -189,6 +198,7 @@ class LiveView:
                 conns += b["connections_accepted"] - b0["connections_accepted"] - samples
                 reqs += b["requests"] - b0["requests"] - samples
         cpu = live.get("cpu", {})
+        first = (live.get("limits") or {}).get("first")
         loadgen = sorted(n for n in live.get("saturated", []) if n.startswith("loadgen"))
         return {
             "time": live.get("time"),
@@ -207,8 +217,12 @@ class LiveView:
             # with shared state: the sampler's latest INFO (or why it went unanswered)
             "redis": live.get("redis"),
             "loadgen_saturated": loadgen,
-            "warning": LOADGEN_SATURATED.format(names=", ".join(loadgen), span="the last 30 s")
+            "warning": fit_warnings([LOADGEN_SATURATED.format(
+                names=", ".join(loadgen), span="the last 30 s")], first, error_rate)[0]
             if loadgen else None,
+            # since the session started (the sampler's analysis.limits.LimitWatch)
+            "ran_out_first": first,
+            "nginx_errors": live.get("nginx_errors") or {},
         }
 
     def rows(self, reports_href: str | None = None) -> list[dict]:
@@ -225,6 +239,8 @@ class LiveView:
         target = snap["target"]
         if target.get("warning"):
             row("WARNING", target["warning"])
+        if target:
+            row("what ran out first (this session)", sentence(target.get("ran_out_first")))
         d_now, d_test = snap["delivery"]["now"], snap["delivery"]["test"]
         for i, q in enumerate(("p50", "p95", "p99", "max"), start=1):
             row(f"delivery latency {q} (ms)", _ms(d_now[q]), _ms(d_test[q]),
@@ -246,6 +262,9 @@ class LiveView:
             row("errors", _int(0), _int(0))
         for cause in sorted(errors_test):
             row(f"errors: {cause}", _int(errors_now.get(cause, 0)), _int(errors_test[cause]))
+        for category, n in sorted(target.get("nginx_errors", {}).items()):
+            row(f"nginx error log: {NGINX_ERRORS.get(category, (category, category))[1]} "
+                "(last second)", _int(n))
         for name, held in sorted(target.get("held_polls", {}).items()):
             row(f"held polls, {name}", _int(held))
         nginx = target.get("nginx", {})

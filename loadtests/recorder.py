@@ -22,6 +22,7 @@ from analysis.atomic import write_atomic
 from analysis.catalog import PROGRESS_FILE, RUN_FILES
 from analysis.epochs import epoch_loss
 from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, clear_histogram, new_histogram
+from analysis.limits import transport_cause
 
 # the files inside --pb-out (the run folder's metrics/), named once in analysis.catalog
 HDR_NAME = Path(RUN_FILES["latency_hdr"]).name
@@ -192,13 +193,19 @@ def watch_gc(recorder: Recorder) -> None:
 
 
 def error_cause(exc) -> str:
-    """A short, stable cause for an error count: 'HTTP 503', 'ConnectionResetError', 'timeout'."""
+    """A short, stable cause a person can act on, for an error count: the answer's status and
+    who gave it ("HTTP 503 from backend: too many waiting polls", "HTTP 502 from nginx ..."),
+    the socket error ("connection refused", "connection reset", "timed out"), or the load
+    generator's own limit ("too many open files in the load generator"); the vocabulary is
+    :mod:`analysis.limits`."""
+    if type(exc).__name__ == "BadAnswer":
+        return str(exc)
+    if isinstance(exc, OSError) or type(exc).__name__ == "HttpError":
+        return transport_cause(exc)
     text = str(exc)
-    if text.startswith("HTTP "):
-        return text.split(":", 1)[0]
     name = type(exc).__name__
     if "timeout" in text.lower() or "timeout" in name.lower():
-        return "timeout"
+        return "timed out"
     if name in ("CatchResponseError", "Exception", "LocustError"):
         return text[:60]
     return name

@@ -35,6 +35,7 @@ import gevent
 import gevent.pool
 from locust import User, constant, task
 
+from analysis.limits import answer_cause
 from loadtests.leanhttp import HttpError, LeanConnection, Response, build_request
 from loadtests.options import Backoff, parse_backoff, parse_connection_mode
 from loadtests.recorder import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
@@ -57,7 +58,9 @@ class DuplicateMessage(Exception):
 
 
 class BadAnswer(Exception):
-    """An answer with an unexpected status or body ("HTTP 503: ...")."""
+    """An answer with an unexpected status or body; its text is the cause it is counted
+    under (:func:`analysis.limits.answer_cause`: "HTTP 503 from backend: too many waiting
+    polls"), so Locust's failures table groups it the same way."""
 
 
 class PollbenchUser(User):
@@ -136,7 +139,8 @@ class PollbenchUser(User):
                                              exception=exception, context={})
 
     def fail_answer(self, method: str, name: str, ms: float, resp: Response) -> None:
-        self.fail(method, name, ms, BadAnswer(f"HTTP {resp.status}: {resp.text[:120]}"))
+        self.fail(method, name, ms,
+                  BadAnswer(answer_cause(resp.status, resp.body, resp.header("server"))))
 
 
 class TaskPoller(PollbenchUser):

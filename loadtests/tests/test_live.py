@@ -109,6 +109,30 @@ def test_target_side_figures_and_the_saturation_warning(tmp_path):
     assert view.rows()[0]["figure"] == "WARNING"  # first, where it is seen
 
 
+def test_the_tab_says_what_ran_out_first_and_fits_the_saturation_advice_to_it(tmp_path):
+    from analysis.limits import LimitWatch
+
+    watch = LimitWatch({"nginx_connections": 1024}, start=time.time() - 30)
+    watch.nginx_errors(time.time() - 25, {"worker_connections": 40})
+    live = tmp_path / "live.json"
+    live.write_text(json.dumps({
+        "time": time.time(), "seq": 1, "cpu": {"loadgen": 99.0, "system": 100.0},
+        "stub_status": None, "backends": [], "saturated": ["loadgen"],
+        "nginx_errors": {"worker_connections": 40}, "limits": watch.summary()}))
+    view = LiveView(live)
+    p, _ = payload(time.time(), [1000], requests=100,
+                   **{"error:GET /channels/[name]: connection reset": 60})
+    view.add(p)
+    table = {r["figure"]: r for r in view.rows()}
+    assert table["what ran out first (this session)"]["now"].startswith(
+        "nginx's connections (worker_processes x worker_connections) ran out first, at 5 s")
+    assert table["nginx error log: worker_connections are not enough (last second)"]["now"] \
+        == "40"
+    # 60 % of the requests failed after nginx ran out: more workers is not the cure
+    assert "add --workers" not in table["WARNING"]["now"]
+    assert "raise worker_connections" in table["WARNING"]["now"]
+
+
 def test_sparkline():
     assert sparkline([]) == ""
     assert sparkline([1, None, 3]) == "▁ █"

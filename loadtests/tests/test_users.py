@@ -37,7 +37,8 @@ SCRIPT = textwrap.dedent('''
         lambda: answer([11]),                        # 9, 10 never came: silent gap of 2
         lambda: answer([21], dropped=[12, 20]),      # 9 dropped by the buffer; 21 delivered
         lambda: answer([1], epoch="e2"),             # the channel restarted; 1 delivered
-        lambda: b"HTTP/1.1 503 Service Unavailable\\r\\nContent-Length: 4\\r\\n\\r\\nbusy",
+        lambda: b"HTTP/1.1 503 Service Unavailable\\r\\nContent-Length: 60\\r\\n\\r\\n"
+                b'{"error": "too many waiting polls (limit 5)", "status": 503}',
     ]
     requests = []
 
@@ -86,7 +87,8 @@ def test_subscriber_counts_every_kind_of_loss_once_and_feeds_locust_rows():
     assert c["lost_dropped"] == 9
     assert c["epoch_changes"] == 1
     assert c["requests"] == 7
-    assert c["error:GET /channels/[name]: HTTP 503"] == 1
+    # counted under who answered and why (the backend's JSON error, its numbers left out)
+    assert c["error:GET /channels/[name]: HTTP 503 from backend: too many waiting polls"] == 1
     # Locust's rows ([requests, failures]; Locust counts a failure as a request too):
     # successes batched in, failures named by kind
     assert rows["DELIVERY publish -> receive"] == [6, 0]

@@ -98,7 +98,8 @@ def check_target(url: str) -> None:
 
 
 def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
-               report: bool = True, history_source: str = "run") -> int:
+               report: bool = True, history_source: str = "run",
+               max_error_rate: float | None = None) -> int:
     remote.check(load)
     load.validate(3600.0)  # the target's own --max-hold is checked once the agent says it
     target = check_http_url("--target", remote.target)
@@ -127,7 +128,7 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
           f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "
           f"{run_dir}")
     return drive(RemoteSide(remote, client, target, run_dir), load, run_dir, record, report,
-                 history_source)
+                 history_source, max_error_rate)
 
 
 class RemoteSide(Side):

@@ -35,6 +35,9 @@ def target_record(resolved: ResolvedStack) -> dict:
         "stack": {"profile": spec.profile, "nginx": settings, "backends": settings["backends"],
                   "loop": spec.loop, "port": spec.port, "backend_ports": list(resolved.backend_ports),
                   "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
+                  # each backend's bounds, against which "what ran out first" is judged
+                  "target_limits": {"max_waiters": resolved.app_config.max_waiters,
+                                    "max_connections": resolved.app_config.max_connections},
                   "nginx_binary": resolved.nginx_name, "bind": spec.bind,
                   "cpus": list(spec.cpus) if spec.cpus else None,
                   "state": resolved.state,
@@ -58,14 +61,16 @@ def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
 
 
 def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True,
-        history_source: str = "run", warmup_s: float | None = None) -> int:
+        history_source: str = "run", warmup_s: float | None = None,
+        max_error_rate: float | None = None) -> int:
     """``history_source``: what the results history records as the run's origin (run,
     check, sweep); the history is $POLLBENCH_HISTORY, else results/history.sqlite.
     ``warmup_s``: the warm-up the caller judges the run by (a check's, a sweep's), recorded
-    in run.json so that the report and the history use the same (default: the spawn time)."""
+    in run.json so that the report and the history use the same (default: the spawn time).
+    ``max_error_rate``: a complete run above it exits 1 (for scripts; None: never)."""
     resolved = spec.resolve(claim=True)  # ports held until the run ends
     try:
-        return _run(resolved, load, out, report, history_source, warmup_s)
+        return _run(resolved, load, out, report, history_source, warmup_s, max_error_rate)
     finally:
         resolved.release()
 
@@ -163,7 +168,8 @@ class LocalSide(Side):
 
 
 def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool,
-         history_source: str, warmup_s: float | None = None) -> int:
+         history_source: str, warmup_s: float | None = None,
+         max_error_rate: float | None = None) -> int:
     spec = resolved.spec
     load.validate(spec.max_hold_s)
     early_warnings = check_load_fits(resolved, load)
@@ -180,4 +186,5 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
     write_json_atomic(run_dir / "run.json", record)
     log.info(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}")
     stack = Stack(resolved, run_dir, detach_nginx=any(f.action == "upgrade" for f in faults))
-    return drive(LocalSide(stack, faults), load, run_dir, record, report, history_source)
+    return drive(LocalSide(stack, faults), load, run_dir, record, report, history_source,
+                 max_error_rate)

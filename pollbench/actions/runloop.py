@@ -20,6 +20,7 @@ from pathlib import Path
 from analysis.catalog import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_REGRESSION,
     EXIT_RUN_FAILED,
     METRICS_DIR,
     PROGRESS_FILE,
@@ -27,8 +28,9 @@ from analysis.catalog import (
 from analysis.saturation import Counts
 from pollbench.errors import RunFailed, UserError
 from pollbench.log import log
+from pollbench.records.rundir import write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
-from pollbench.records.runrecord import finish_record, store_in_history
+from pollbench.records.runrecord import error_rate, finish_record, store_in_history
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.processes import Child, ChildGroup, spawn
 from pollbench.stack.sampler import Sampler
@@ -132,10 +134,11 @@ class Side:
 
 
 def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
-          history_source: str) -> int:
+          history_source: str, max_error_rate: float | None = None) -> int:
     """Run the load against ``side``; run.json (``record``, already written with status
-    running) is finished whatever happens.  Returns the exit code of a finished run; a
-    failure raises (RunFailed, UserError, KeyboardInterrupt) after run.json is written."""
+    running) is finished whatever happens.  Returns the exit code of a finished run
+    (:data:`EXIT_REGRESSION` when more than ``max_error_rate`` of its HTTP requests failed);
+    a failure raises (RunFailed, UserError, KeyboardInterrupt) after run.json is written."""
     sampler: Sampler | None = None
     status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
     try:
@@ -183,6 +186,14 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                 sampler.stop()
             cpu = side.collect(record, sampler)
             finish_record(record, run_dir, status, reason, code, cpu, exit_codes)
+            if status == STATUS_COMPLETE and max_error_rate is not None \
+                    and error_rate(record) > max_error_rate:
+                code = EXIT_REGRESSION
+                record["exit"].update(code=code, reason=(
+                    f"complete, but {error_rate(record):.2%} of HTTP requests failed "
+                    f"(--max-error-rate {max_error_rate:g})"))
+                write_json_atomic(run_dir / "run.json", record)
+                log.warning(record["exit"]["reason"])
             if status == STATUS_COMPLETE:
                 if report:
                     write_report(run_dir)

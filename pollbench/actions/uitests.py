@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from analysis.atomic import atomic_open
+from analysis.atomic import atomic_open, write_atomic
 from analysis.catalog import (
     EXIT_OK,
     METRICS_DIR,
@@ -25,10 +25,11 @@ from analysis.catalog import (
     UI_TEST_FILE,
     UI_TESTS_DIR,
 )
+from analysis.limits import NGINX_ERRORS_FILE, PROCESS_LIMITS_FILE
 from analysis.saturation import counts_from_rows, cpu_summary
 from pollbench.records.rundir import write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE
-from pollbench.records.runrecord import lost_warning, store_in_history
+from pollbench.records.runrecord import explain, lost_warning, store_in_history
 
 MARGIN_S = 1.0  # samples this close outside a test's span still belong to it
 
@@ -113,9 +114,13 @@ def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: b
                started, ended, "time")
     rows = _slice_csv(session_dir / RUN_FILES["processes"], test_dir / RUN_FILES["processes"],
                       started, ended, "time")
-    for name in (RUN_FILES["backend_stats"], REDIS_INFO_FILE):  # (Redis: shared state only)
+    for name in (RUN_FILES["backend_stats"], REDIS_INFO_FILE,  # (Redis: shared state only)
+                 NGINX_ERRORS_FILE):
         _slice_lines(session_dir / name, test_dir / name, started, ended,
                      lambda line: float(json.loads(line)["time"]))
+    if (session_dir / PROCESS_LIMITS_FILE).exists():  # once per process: kept whole
+        write_atomic(test_dir / PROCESS_LIMITS_FILE,
+                     (session_dir / PROCESS_LIMITS_FILE).read_bytes())
     _slice_lines(session_dir / RUN_FILES["nginx_access_log"],
                  test_dir / RUN_FILES["nginx_access_log"], started, ended, _access_time)
     _slice_csv(session_dir / RUN_FILES["locust_history"], test_dir / RUN_FILES["locust_history"],
@@ -145,6 +150,7 @@ def finish_test(test_dir: Path, session_dir: Path, session: dict, make_report: b
             p[key] = opts[opt]
     if (lost := lost_warning(progress)) is not None:
         record["warnings"].append(lost)
+    explain(record, test_dir, (started, ended))
     record["files"] = {k: v for k, v in RUN_FILES.items() if (test_dir / v).exists()}
     write_json_atomic(test_dir / "run.json", record)
     if make_report:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from pollbench.errors import UserError
 from pollbench.stack.loadgen import DEFAULTS as D
-from pollbench.stack.loadgen import SCENARIOS, SHAPES, LoadSpec, parse_duration
+from pollbench.stack.loadgen import SCENARIOS, SHAPES, LoadSpec, check_number, parse_duration
 from pollbench.stack.processes import parse_cpu_placement
 from pollbench.stack.spec import StackSpec
 from target_app.app import AppConfig
@@ -44,13 +44,25 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                         "starting one; keys get a per-run prefix")
     g.add_argument("--redis-port", type=int, default=None,
                    help="port of the Redis the stack starts on 127.0.0.1 (default: a free one)")
+    g.add_argument("--backend-max-connections", type=int, default=None, metavar="N",
+                   help="open client connections each backend accepts; more are answered 503 "
+                        f"(default {AppConfig.max_connections:,}; its held polls are capped "
+                        "at it too)")
 
 
 def spec_from_args(args: argparse.Namespace) -> StackSpec:
     return StackSpec(profile=args.profile, backends=args.backends, loop=args.loop, port=args.port,
                      backend_port=args.backend_port, nginx_binary=args.nginx_binary,
                      max_hold_s=args.max_hold, delivery_delay_ms=args.delivery_delay_ms,
-                     state=args.state, redis_url=args.redis_url, redis_port=args.redis_port)
+                     state=args.state, redis_url=args.redis_url, redis_port=args.redis_port,
+                     backend_max_connections=_max_connections(args))
+
+
+def _max_connections(args: argparse.Namespace) -> int | None:
+    n = getattr(args, "backend_max_connections", None)
+    if n is not None:
+        check_number("--backend-max-connections", n, 1, 1_000_000)
+    return n
 
 
 def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None:

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML report at the end (pollbench report RUN makes it later)")
+    p.add_argument("--max-error-rate", type=float, default=None, metavar="R",
+                   help="exit 1 when more than this fraction of the HTTP requests failed "
+                        "(0.01 = 1 %%; for scripts; default: off)")
     add_history_argument(p)
     g = p.add_argument_group(
         "the target on another host (see docs/cli.md, \"Several machines\"); the stack options "
@@ -55,6 +58,10 @@ def handle(a) -> int:
 
     from pollbench.errors import UserError
 
+    if a.max_error_rate is not None:
+        from pollbench.stack.loadgen import check_number
+
+        check_number("--max-error-rate", a.max_error_rate, 0, 1)
     remote_opts = (a.target, a.agent, a.expect_workers)
     if any(v is not None for v in remote_opts):
         if any(v is None for v in remote_opts):
@@ -66,8 +73,9 @@ def handle(a) -> int:
                               a.agent_token or os.environ.get("POLLBENCH_AGENT_TOKEN", ""),
                               a.expect_workers, a.master_bind, a.master_port,
                               a.workers_timeout)
-        return run_remote(remote, load_from_args(a), out=a.out, report=a.report)
+        return run_remote(remote, load_from_args(a), out=a.out, report=a.report,
+                          max_error_rate=a.max_error_rate)
     from pollbench.actions.run import run
 
     spec, load = place_cpus(spec_from_args(a), load_from_args(a), a.cpus)
-    return run(spec, load, out=a.out, report=a.report)
+    return run(spec, load, out=a.out, report=a.report, max_error_rate=a.max_error_rate)

@@ -16,6 +16,15 @@ from pathlib import Path
 import psutil
 
 from analysis.catalog import METRICS_DIR, PROGRESS_FILE, RUN_FILES, RUN_SCHEMA_VERSION
+from analysis.limits import (
+    NGINX_ERRORS_FILE,
+    diagnose,
+    failing_line,
+    failure_table,
+    fit_warnings,
+    http_failures,
+    read_jsonl,
+)
 from analysis.saturation import Counts, cpu_summary
 from pollbench.log import log
 from pollbench.records.rundir import write_json_atomic
@@ -71,15 +80,59 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     lg = record["loadgen"]
     if (lost := lost_warning(lg)) is not None:
         record["warnings"].append(lost)
+    explain(record, run_dir)
     write_json_atomic(run_dir / "run.json", record)
     for w in record["warnings"]:
         log.warning(w)
-    if lg:
-        log.info(f"HTTP requests {lg.get('requests')}  failures {lg.get('failures')}  delivered "
-                 f"{lg.get('delivered')}  lost {lg.get('lost')}  duplicates "
-                 f"{lg.get('duplicates')}")
+    for line in summary_lines(record):
+        log.info(line)
     for line in latency_lines(run_dir / RUN_FILES["latency_hdr"]):
         log.info(line)
+    failing = failing_line(error_rate(record), record["limits"]["first"])
+    if failing is not None:  # the summary's last word: how much failed, and why
+        log.warning(failing)
+
+
+def explain(record: dict, run_dir: Path, span: tuple[float, float] | None = None) -> None:
+    """run.json's ``limits`` (every limit reached, when, the evidence and the cure, and the
+    one reached first) and ``failures`` (failed requests by cause and who answered), from
+    the run folder (:mod:`analysis.limits`); the load generator's saturation warning made to
+    fit the cause.  ``span``: a web UI test's slice of its session."""
+    record["limits"] = diagnose(run_dir, record, span)
+    rows = [r for r in read_jsonl(run_dir / RUN_FILES["counters"])
+            if span is None or span[0] <= float(r.get("t1", 0)) <= span[1]]
+    logged = [r for r in read_jsonl(run_dir / NGINX_ERRORS_FILE)
+              if span is None or span[0] <= float(r.get("time", 0)) <= span[1]]
+    record["failures"] = failure_table(rows, logged)
+    requests = sum((r.get("counters") or {}).get("requests", 0) for r in rows)
+    failed = http_failures(record["failures"])
+    record["loadgen"]["http_failures"] = failed
+    record["loadgen"]["error_rate"] = round(failed / requests, 6) if requests else 0.0
+    record["warnings"] = fit_warnings(record["warnings"], record["limits"]["first"],
+                                      record["loadgen"]["error_rate"])
+
+
+def error_rate(record: dict) -> float:
+    """Failed HTTP requests / HTTP requests attempted (:func:`explain` counts them)."""
+    return float((record.get("loadgen") or {}).get("error_rate") or 0.0)
+
+
+def summary_lines(record: dict) -> list[str]:
+    """What a finished run says of its requests: attempted and successful side by side (a
+    retry storm is not hidden behind a low success rate), then the causes."""
+    lg = record.get("loadgen") or {}
+    if not lg:
+        return []
+    requests, failed = lg.get("requests") or 0, lg.get("http_failures") or 0
+    seconds = max(float(lg.get("elapsed_s") or 0), 1e-9)
+    lines = [f"HTTP requests {requests:,} attempted ({requests / seconds:,.1f}/s), "
+             f"{requests - failed:,} succeeded ({(requests - failed) / seconds:,.1f}/s), "
+             f"{failed:,} failed ({error_rate(record):.2%})  delivered {lg.get('delivered')}  "
+             f"lost {lg.get('lost')}  duplicates {lg.get('duplicates')}"]
+    for entry in (record.get("failures") or [])[:3]:
+        lines.append(f"  failed: {entry['count']:,} x {entry['cause']}")
+    return lines
+
 
 
 def store_in_history(record: dict, run_dir: Path, source: str, git: dict | None = None) -> None:

@@ -33,12 +33,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from analysis.catalog import LIVE_FILE, REDIS_INFO_FILE, RUN_FILES
+from analysis.limits import NGINX_ERRORS_FILE, PROCESS_LIMITS_FILE
 
 API = "/v1"
 # key -> path in the run folder: the target side of a run, and nothing else
 AGENT_FILES = {key: RUN_FILES[key] for key in (
     "nginx_conf", "nginx_access_log", "nginx_error_log", "processes", "stub_status",
-    "backend_stats")} | {"live": LIVE_FILE, "redis_info": REDIS_INFO_FILE}
+    "backend_stats")} | {"live": LIVE_FILE, "redis_info": REDIS_INFO_FILE,
+                         "nginx_errors": NGINX_ERRORS_FILE, "process_limits": PROCESS_LIMITS_FILE}
 CHUNK = 1 << 16
 
 

@@ -114,7 +114,7 @@ class AgentClient:
 
 # the sample files a run keeps only the run's span of (the agent samples from up's start)
 TIMED = {"processes": "csv", "stub_status": "csv", "backend_stats": "jsonl",
-         "redis_info": "jsonl"}
+         "redis_info": "jsonl", "nginx_errors": "jsonl"}
 # the logs a run keeps from the byte where they stood at its start
 LOGS = ("nginx_access_log", "nginx_error_log")
 SPAN_MARGIN_S = 2.0

@@ -8,12 +8,18 @@ so an interrupted run keeps what was sampled:
   whole machine, 100 = every core busy)
 * ``samples/stub_status.csv``: time,active,accepts,handled,requests,reading,writing,waiting
 * ``samples/backend_stats.jsonl``: {"time", "backend", "stats": <GET /stats>}
+* ``samples/nginx_errors.jsonl``: nginx's error log read as it grows, by category
+  (:mod:`analysis.limits`): {"time", "counts": {"worker_connections": n, ...}}, one line per
+  second that logged a problem
+* ``samples/process_limits.jsonl``: {"component", "pid", "nofile"}, once per process: its
+  open-files limit, against which its descriptors are judged
 * ``samples/redis_info.jsonl`` (with shared state): {"time", "info": <INFO's ops, clients,
   memory, pub/sub channels, CPU>} or {"time", "error": <why INFO went unanswered>}
 * ``samples/live.json`` (only with ``live=True``, for the web UI's "Long polling" tab):
   the latest sample, rewritten atomically each second: CPU per component, stub_status,
   each backend's held polls and connection counters, and which processes are saturated
-  over the last :data:`LIVE_WINDOW` samples.
+  over the last :data:`LIVE_WINDOW` samples, and the limits reached so far
+  (:class:`analysis.limits.LimitWatch`, with ``capacity``: what the stack allows).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from pathlib import Path
 import psutil
 
 from analysis.atomic import write_atomic
-from analysis.catalog import REDIS_INFO_FILE
+from analysis.catalog import REDIS_INFO_FILE, RUN_FILES
+from analysis.limits import NGINX_ERRORS_FILE, PROCESS_LIMITS_FILE, ErrorLogTail, LimitWatch
 from analysis.saturation import MACHINE, Counter
 from pollbench.stack.net import get_json, http_get
 
@@ -48,7 +55,7 @@ def parse_stub_status(body: bytes) -> list[int] | None:
 class Sampler(threading.Thread):
     def __init__(self, out: Path, components: Callable[[], dict[str, int]], nginx_url: str | None,
                  backend_urls: list[str], interval: float = 1.0, live: bool = False,
-                 redis_url: str | None = None):
+                 redis_url: str | None = None, capacity: dict | None = None):
         super().__init__(name="pollbench-sampler", daemon=True)
         self.out = out
         self.redis_url = redis_url
@@ -58,11 +65,16 @@ class Sampler(threading.Thread):
         self.interval = interval
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
+        self._nofile: dict[int, int] = {}  # pid -> its open-files limit (soft)
         # the one saturation rule (analysis.saturation), over the run and the last samples
         self.counter = Counter(LIVE_WINDOW if live else 0)
         self.cpu_seconds: dict[str, float] = {}
         self.live = live
         self._seq = 0  # samples taken (each is one GET /nginx_status and one GET /stats each)
+        # nginx's error log, read as it grows (a stack's run folder holds it beside samples/)
+        self._errors = ErrorLogTail(out.parent / RUN_FILES["nginx_error_log"]) \
+            if nginx_url else None
+        self.limits = LimitWatch(capacity, time.time())  # what ran out, as the samples come
         out.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
@@ -74,8 +86,10 @@ class Sampler(threading.Thread):
                 open(self.out / "stub_status.csv", "w", newline="", buffering=1) as sf, \
                 open(self.out / "backend_stats.jsonl", "w", buffering=1) as bf, \
                 open(self.out.parent / REDIS_INFO_FILE, "w", buffering=1) if self.redis_url \
-                else open(os.devnull, "w") as rf:
-            self._redis_out = rf
+                else open(os.devnull, "w") as rf, \
+                open(self.out.parent / NGINX_ERRORS_FILE, "w", buffering=1) as ef, \
+                open(self.out.parent / PROCESS_LIMITS_FILE, "w", buffering=1) as lf:
+            self._redis_out, self._errors_out, self._limits_out = rf, ef, lf
             pw, sw = csv.writer(pf), csv.writer(sf)
             pw.writerow(["time", "component", "pid", "cpu_percent", "rss_bytes", "num_fds"])
             sw.writerow(["time", "active", "accepts", "handled", "requests", "reading", "writing",
@@ -87,22 +101,28 @@ class Sampler(threading.Thread):
                 next_t += self.interval
                 self._halt.wait(max(next_t - time.monotonic(), 0))
 
-    def _process(self, pid: int) -> psutil.Process | None:
+    def _process(self, pid: int, name: str) -> psutil.Process | None:
         proc = self._procs.get(pid)
         if proc is None:
             try:
                 proc = self._procs[pid] = psutil.Process(pid)
                 proc.cpu_percent(None)  # prime: the first reading is always 0
+                self._nofile[pid] = proc.rlimit(psutil.RLIMIT_NOFILE)[0]
             except psutil.Error:
                 return None
+            self._limits_out.write(json.dumps({"component": name, "pid": pid,
+                                               "nofile": self._nofile[pid]}) + "\n")
             return None
         return proc
 
     def sample(self, pw, sw, bf) -> None:
         now = round(time.time(), 3)
         system_cpu = psutil.cpu_percent(None)
-        pw.writerow([now, "system", 0, system_cpu, psutil.virtual_memory().used, 0])
+        used = psutil.virtual_memory().used
+        pw.writerow([now, "system", 0, system_cpu, used, 0])
         self.counter.add(MACHINE, system_cpu)
+        self.limits.cpu(now, MACHINE, system_cpu)
+        self.limits.memory(now, used)
         self._seq += 1
         live: dict = {"time": now, "seq": self._seq, "cpu": {"system": system_cpu}, "stub_status": None,
                       "backends": []}
@@ -112,7 +132,8 @@ class Sampler(threading.Thread):
             except psutil.Error:
                 continue
             for i, pid in enumerate(pids):
-                proc = self._process(pid)
+                name = component if i == 0 else f"{component}/{pid}"
+                proc = self._process(pid, name)
                 if proc is None:
                     continue
                 try:
@@ -123,9 +144,10 @@ class Sampler(threading.Thread):
                         age = now - proc.create_time()
                 except psutil.Error:
                     continue
-                name = component if i == 0 else f"{component}/{pid}"
                 pw.writerow([now, name, pid, cpu, rss, fds])
                 self.counter.add(name, cpu, age)
+                self.limits.cpu(now, name, cpu, age)
+                self.limits.descriptors(now, name, fds, self._nofile.get(pid))
                 live["cpu"][component] = live["cpu"].get(component, 0.0) + cpu
                 self.cpu_seconds[component] = self.cpu_seconds.get(component, 0.0) + \
                     cpu / 100 * self.interval
@@ -135,10 +157,17 @@ class Sampler(threading.Thread):
                 row = parse_stub_status(body) if status == 200 else None
                 if row:
                     sw.writerow([now, *row])
+                    self.limits.nginx_active(now, row[0])
                     live["stub_status"] = dict(zip(("active", "accepts", "handled", "requests",
                                                     "reading", "writing", "waiting"), row, strict=True))
             except OSError:
                 pass
+        if self._errors is not None:
+            counts = self._errors.read()
+            if counts:
+                self._errors_out.write(json.dumps({"time": now, "counts": counts}) + "\n")
+                self.limits.nginx_errors(now, counts)
+            live["nginx_errors"] = counts
         for i, url in enumerate(self.backend_urls):
             try:
                 stats = get_json(f"{url}/stats", timeout=1)
@@ -146,6 +175,7 @@ class Sampler(threading.Thread):
                 continue
             stats.pop("config", None)
             bf.write(json.dumps({"time": now, "backend": i, "stats": stats}) + "\n")
+            self.limits.backend(now, i, stats)
             live["backends"].append({
                 "backend": i, "long_polls_waiting": stats.get("long_polls_waiting"),
                 "connections_accepted": stats.get("connections", {}).get("accepted"),
@@ -154,6 +184,7 @@ class Sampler(threading.Thread):
             live["redis"] = self._sample_redis(now)
         if self.live:
             live["saturated"] = self.counter.recent()
+            live["limits"] = self.limits.summary()
             # rewritten every second for the web UI: whole, but no fsync
             write_atomic(self.out / "live.json", json.dumps(live), durable=False)
 
@@ -166,6 +197,7 @@ class Sampler(threading.Thread):
         except Exception as e:  # redis.RedisError or OSError: a stalled or gone Redis
             row = {"time": now, "error": f"{type(e).__name__}: {e}"}
         self._redis_out.write(json.dumps(row) + "\n")
+        self.limits.redis(now, row.get("info"), row.get("error"))
         return row.get("info") or {"error": row.get("error")}
 
     @property

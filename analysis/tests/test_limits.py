@@ -1,0 +1,149 @@
+"""What ran out first: failure causes a person can act on, nginx's error log by category, the
+first limit reached and the advice that fits it."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+from analysis.limits import (
+    ErrorLogTail,
+    LimitWatch,
+    answer_cause,
+    cause_source,
+    diagnose,
+    failure_table,
+    fit_warnings,
+    transport_cause,
+)
+from analysis.saturation import LOADGEN_SATURATED
+
+NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1</center>")
+
+
+def test_a_failed_answer_names_who_answered_and_why_without_its_numbers():
+    backend = answer_cause(503, b'{"error": "too many waiting polls (limit 18000)", '
+                                b'"status": 503}', "TornadoServer/6.5")
+    assert backend == "HTTP 503 from backend: too many waiting polls"
+    # the same reason with other numbers is the same cause (one counter, not one per id)
+    assert answer_cause(500, b'{"error": "task 1f3a9 was lost"}') == \
+        answer_cause(500, b'{"error": "task 77b0c was lost"}')
+    assert answer_cause(502, NGINX_502, "nginx/1.22.1") == \
+        "HTTP 502 from nginx (bad gateway: no backend answered)"
+    assert answer_cause(504, NGINX_502.replace(b"502", b"504"), None).startswith(
+        "HTTP 504 from nginx (gateway timeout")
+    assert answer_cause(503, b"busy") == "HTTP 503 from server"
+    assert [cause_source(c) for c in (backend, "HTTP 502 from nginx", "connection reset",
+                                      "too many open files in the load generator")] == \
+        ["backend", "nginx", "connection", "load generator"]
+
+
+def test_a_request_without_an_answer_is_named_by_its_socket_error():
+    class HttpError(Exception):  # loadtests.leanhttp's, by name
+        pass
+
+    assert transport_cause(ConnectionRefusedError(111, "refused")) == "connection refused"
+    assert transport_cause(ConnectionResetError(104, "reset")) == "connection reset"
+    assert transport_cause(BrokenPipeError(32, "pipe")) == "connection reset"
+    assert transport_cause(TimeoutError("timed out")) == "timed out"
+    assert transport_cause(OSError(errno.EMFILE, "Too many open files")) == \
+        "too many open files in the load generator"
+    assert transport_cause(HttpError("connection closed before the answer's headers")) == \
+        "connection closed before the answer"
+
+
+def test_the_error_log_is_counted_by_category_once_per_line_as_it_grows(tmp_path):
+    log = tmp_path / "error.log"
+    tail = ErrorLogTail(log)
+    assert tail.read() == {}  # not written yet
+    alert = ("2026/12/01 17:30:01 [alert] 51#51: *9 1024 worker_connections are not enough "
+             "while connecting to upstream\n")
+    log.write_text("2026/12/01 17:30:00 [notice] 50#50: start worker processes\n" + alert * 3
+                   + alert[:30])  # a line still being written
+    assert tail.read() == {"worker_connections": 3}
+    with log.open("a") as f:
+        f.write(alert[30:] + "2026/12/01 17:30:02 [error] 51#51: *12 upstream timed out (110: "
+                "Connection timed out) while reading response header from upstream\n"
+                "2026/12/01 17:30:02 [crit] 51#51: accept4() failed (24: Too many open files)\n")
+    assert tail.read() == {"worker_connections": 1, "upstream_timed_out": 1, "open_files": 1}
+    assert tail.read() == {}
+
+
+def saturated_run(watch: LimitWatch, name: str, t0: float, n: int = 6) -> None:
+    for k in range(n):
+        watch.cpu(t0 + k, name, 100.0, age_s=60.0)
+
+
+def test_nginx_connections_ran_out_first_and_the_busy_load_generator_is_not_told_to_scale():
+    watch = LimitWatch({"nginx_connections": 1024}, start=1000.0)
+    saturated_run(watch, "loadgen", 1010.0)  # the retry storm kept it busy, later
+    watch.nginx_errors(1004.0, {"worker_connections": 250})
+    watch.nginx_active(1003.0, 300)  # 600 of 1024: not yet a limit
+    first = watch.first()
+    assert first["limit"] == "nginx_connections" and first["at_s"] == 4.0
+    assert [r["limit"] for r in watch.ordered()] == ["nginx_connections", "cpu"]
+    saturation = LOADGEN_SATURATED.format(names="loadgen", span="samples")
+    fitted = fit_warnings([saturation, "something else"], first, error_rate=0.9)
+    assert "add --workers" not in fitted[0]
+    assert "worker_connections" in fitted[0] and "90.0% of its requests failed" in fitted[0]
+    assert fitted[1] == "something else"
+
+
+def test_a_load_generator_that_ran_out_itself_keeps_the_advice_to_add_workers():
+    watch = LimitWatch({}, start=0.0)
+    saturated_run(watch, "loadgen", 5.0)
+    saturated_run(watch, "backend-1", 30.0)
+    first = watch.first()
+    assert (first["limit"], first["component"], first["at_s"]) == ("cpu", "loadgen", 5.0)
+    assert "--workers" in first["cure"]
+    saturation = LOADGEN_SATURATED.format(names="loadgen", span="samples")
+    assert fit_warnings([saturation], first, error_rate=0.5) == [saturation]
+
+
+def test_a_short_burst_or_the_start_up_is_not_running_out_of_cpu():
+    watch = LimitWatch({}, start=0.0)
+    for t in range(3):
+        watch.cpu(float(t), "loadgen", 100.0, age_s=float(t))  # start-up: imports, spawning
+    saturated_run(watch, "nginx", 10.0, n=4)  # 4 s: a burst
+    watch.cpu(14.0, "nginx", 20.0, age_s=60)
+    assert watch.first() is None
+
+
+def test_backend_and_redis_limits_come_from_their_own_counters():
+    watch = LimitWatch({"max_waiters": 100, "redis_maxclients": 50}, start=0.0)
+    watch.backend(2.0, 0, {"connections": {"rejected": 0}, "long_polls_waiting": 40})
+    watch.backend(3.0, 1, {"connections": {"rejected": 7}, "long_polls_waiting": 10})
+    watch.redis(4.0, {"connected_clients": 50, "rejected_connections": 0})
+    watch.backend(5.0, 0, {"connections": {"rejected": 0}, "long_polls_waiting": 100})
+    got = {r["limit"]: r["at_s"] for r in watch.ordered()}
+    assert got == {"backend_connections": 3.0, "redis_clients": 4.0, "backend_waiters": 5.0}
+
+
+def test_diagnose_reads_the_run_folder_and_the_failure_table_names_sources(tmp_path):
+    start = 1_000.0
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "metrics").mkdir()
+    rows = ["time,component,pid,cpu_percent,rss_bytes,num_fds"]
+    for k in range(20):
+        t = start + k
+        rows += [f"{t},system,0,60,{2**30},0", f"{t},loadgen,11,{50 + k},{2**27},"
+                 f"{9_000 + 600 * k}"]
+    (tmp_path / "samples" / "processes.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "samples" / "process_limits.jsonl").write_text(
+        json.dumps({"component": "loadgen", "pid": 11, "nofile": 20_000}) + "\n")
+    counters = [{"t0": start + 12, "t1": start + 13, "source": "local", "counters": {
+        "requests": 900, "error:GET /channels/[name]: too many open files in the load "
+        "generator": 40, "error:GET /channels/[name]: HTTP 502 from nginx": 2}}]
+    (tmp_path / "metrics" / "counters.jsonl").write_text(
+        "".join(json.dumps(c) + "\n" for c in counters))
+    record = {"started_at": start, "stack": {"nginx": {"worker_processes": 1,
+                                                      "worker_connections": 1024}},
+              "host": {"memory_bytes": 24 * 2**30}}
+    limits = diagnose(tmp_path, record)
+    first = limits["first"]
+    # 19,000 of 20,000 descriptors at 17 s; the failures named it at 12 s
+    assert (first["limit"], first["component"], first["at_s"]) == ("descriptors", "loadgen",
+                                                                   12.0)
+    table = failure_table(counters)
+    assert [(e["source"], e["count"]) for e in table] == [("load generator", 40), ("nginx", 2)]
