@@ -326,15 +326,15 @@ def _stacked_rates(ax, t0, keys, values, fig: Figures) -> None:
         ax.bar(table.index, table[key] / fig.bin_s, bottom=bottom, width=fig.bin_s * 0.9,
                align="edge", label=key)
         bottom += table[key].to_numpy() / fig.bin_s
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def _mark_first_limit(ax, fig: Figures) -> None:
     first = (fig.summary.get("limits") or {}).get("first")
     if first:
         ax.axvline(first["at_s"], color="black", linestyle="--", lw=1)
-        ax.text(first["at_s"], 0.98, " ran out first: " + first["limit"].replace("_", " "),
-                transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+        ax.text(first["at_s"], 0.02, " ran out first: " + first["limit"].replace("_", " "),
+                transform=ax.get_xaxis_transform(), fontsize=7, va="bottom", rotation=90)
 
 
 def errors(fig: Figures):
@@ -345,7 +345,7 @@ def errors(fig: Figures):
     lost = int(fig.summary["metrics"]["lost_messages"]["value"])
     dup = int(fig.summary["metrics"]["duplicate_messages"]["value"])
     f, axes = _figure(fig, "Errors by cause, nginx's error log, lost and duplicate messages",
-                      ncols=3, height=4.2)
+                      nrows=2, ncols=2, height=3.6)
     ax = axes[0]
     if errs.empty:
         ax.text(0.5, 0.5, "no failed requests", ha="center", va="center",
@@ -356,8 +356,7 @@ def errors(fig: Figures):
         _mark_first_limit(ax, fig)
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("failed requests/s")
-    ax.set_title("failed requests by cause (who answered, or the socket error)", fontsize=9,
-                 loc="left")
+    ax.set_title("failed requests by cause", fontsize=9, loc="left")
     ax = axes[1]
     if not nginx:
         ax.text(0.5, 0.5, "no problem logged", ha="center", va="center",
@@ -371,6 +370,22 @@ def errors(fig: Figures):
     ax.set_ylabel("error-log lines/s")
     ax.set_title("nginx's error log by category", fontsize=9, loc="left")
     ax = axes[2]
+    who: dict[str, int] = {}
+    for e in fig.summary.get("failures") or []:
+        who[e["source"]] = who.get(e["source"], 0) + e["count"]
+    if who:
+        names = sorted(who, key=who.get)  # type: ignore[arg-type]
+        bars = ax.barh([n.replace(" (", "\n(") for n in names], [who[n] for n in names],
+                       color="#9467bd")
+        ax.bar_label(bars, fmt="{:,.0f}", fontsize=8)
+        ax.set_xlim(0, max(who.values()) * 1.2)
+        ax.tick_params(axis="y", labelsize=8)
+    else:
+        ax.text(0.5, 0.5, "no failed requests", ha="center", va="center",
+                transform=ax.transAxes, fontsize=12, color="#2ca02c")
+    ax.set_xlabel("failed requests, whole run")
+    ax.set_title("who failed them", fontsize=9, loc="left")
+    ax = axes[3]
     bars = ax.bar(["lost", "duplicate"], [lost, dup], color=["#d62728", "#ff7f0e"])
     ax.bar_label(bars)
     ax.set_ylabel("messages")

@@ -256,6 +256,22 @@ def comparison_charts(cells: list[RunGroup]) -> list[tuple[str, str]]:
     return images
 
 
+def ran_out_first(cell: RunGroup) -> str:
+    """What ran out first in a cell's runs (analysis.limits), in the words of a run's report:
+    each limit named once, with how many of the runs reached it first and when."""
+    firsts: dict[str, list[float]] = {}
+    for f in cell.figures:
+        first = (f.summary.get("limits") or {}).get("first")
+        if first:
+            firsts.setdefault(first["what"], []).append(first["at_s"])
+    if not firsts:
+        return "nothing"
+    n = len(cell.figures)
+    return "; ".join(f"{what} ({len(ts)} of {n} runs, at {min(ts):g}-{max(ts):g} s)"
+                     if len(ts) > 1 else f"{what} ({len(ts)} of {n} runs, at {ts[0]:g} s)"
+                     for what, ts in sorted(firsts.items(), key=lambda kv: -len(kv[1])))
+
+
 def comparison_table(cells: list[RunGroup]) -> pd.DataFrame:
     rows = []
     for c in cells:
@@ -264,6 +280,7 @@ def comparison_table(cells: list[RunGroup]) -> pd.DataFrame:
             mean, half = c.mean_ci(metric)
             row[name] = ("n/a" if mean is None else
                          f"{mean:.4g}" + (f" ± {half:.2g}" if half is not None else ""))
+        row["ran out first"] = ran_out_first(c)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -329,6 +346,7 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
                "runs": [str(p) for p in run_dirs],
                "cells": [{"label": c.label, "config": c.config,
                           "runs": [f.summary["run"] for f in c.figures],
+                          "ran_out_first": ran_out_first(c),
                           "metrics": {m: dict(zip(("mean", "ci95_half_width"), c.mean_ci(m),
                                                   strict=True)) for m, _ in COMPARED}}
                          for c in cells],

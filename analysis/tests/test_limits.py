@@ -147,3 +147,27 @@ def test_diagnose_reads_the_run_folder_and_the_failure_table_names_sources(tmp_p
                                                                    12.0)
     table = failure_table(counters)
     assert [(e["source"], e["count"]) for e in table] == [("load generator", 40), ("nginx", 2)]
+
+
+def test_a_sweep_comparison_says_what_ran_out_first_in_each_cell(tmp_path):
+    import numpy as np
+
+    from analysis.compare_report import write_comparison
+    from analysis.synthetic import make_run, run_json
+
+    delivery = np.linspace(1, 20, 2000)
+    ran_out = {"first": {"limit": "nginx_connections", "component": None, "at_s": 3.0,
+                         "what": "nginx's connections (worker_processes x worker_connections)",
+                         "evidence": "nginx's error log", "cure": "raise worker_connections"},
+               "reached": []}
+    tight = run_json(stack={"profile": "seed"}, limits=ran_out)
+    roomy = run_json(stack={"profile": "longpoll"}, limits={"first": None, "reached": []})
+    a = make_run(tmp_path / "a", delivery_ms=delivery, info=tight)
+    b = make_run(tmp_path / "b", delivery_ms=delivery, info=roomy)
+    paths = write_comparison([a, b], tmp_path / "cmp")
+    cells = {c["label"]: c["ran_out_first"]
+             for c in json.loads(paths["json"].read_text())["cells"]}
+    assert cells == {"profile=seed": "nginx's connections (worker_processes x "
+                                     "worker_connections) (1 of 1 runs, at 3 s)",
+                     "profile=longpoll": "nothing"}
+    assert "ran out first" in paths["markdown"].read_text()
