@@ -27,6 +27,7 @@ import csv
 import errno
 import json
 import re
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -165,7 +166,11 @@ class ErrorLogTail:
 
 
 # -- limits -----------------------------------------------------------------------------------
-SUSTAINED_SAMPLES = 5  # a process "ran out of CPU" at the first of this many saturated samples
+# a process "ran out of CPU" at the first saturated sample of the first SUSTAINED_SAMPLES in a
+# row of which at least SUSTAINED_HOT were saturated (a machine at 89-100 % dips below the
+# line now and then; a 2-s burst is not running out)
+SUSTAINED_SAMPLES = 5
+SUSTAINED_HOT = 3
 DESCRIPTOR_SHARE = 0.95  # of a process's open-files limit
 MEMORY_SHARE = 0.90      # of the machine's memory
 CONNECTION_SHARE = 0.98  # of nginx's worker_processes x worker_connections
@@ -244,7 +249,7 @@ class LimitWatch:
         self.capacity = capacity or {}
         self.start = start
         self.reached: dict[str, dict] = {}  # key (limit, or limit:component) -> first evidence
-        self._hot: dict[str, list] = {}     # component -> [first hot t, consecutive count]
+        self._recent: dict[str, deque] = {}  # component -> its last samples' (t, saturated)
         self._born: dict[str, float] = {}
         self._last: dict[str, float] = {}   # backend/redis counters last seen
 
@@ -268,17 +273,14 @@ class LimitWatch:
             if t - born < STARTUP_GRACE_S:
                 return
         limit = MACHINE_PERCENT if machine else CPU_PERCENT
-        run = self._hot.setdefault(name, [0.0, 0])
-        if cpu_percent < limit:
-            run[1] = 0
-            return
-        if run[1] == 0:
-            run[0] = t
-        run[1] += 1
-        if run[1] == SUSTAINED_SAMPLES:
+        recent = self._recent.setdefault(name, deque(maxlen=SUSTAINED_SAMPLES))
+        recent.append((t, cpu_percent >= limit))
+        hot = [at for at, is_hot in recent if is_hot]
+        if recent[-1][1] and len(hot) >= SUSTAINED_HOT:
             what = "all cores" if machine else "a core"
-            self.reach("cpu", run[0], f">= {limit:g}% of {what} for {SUSTAINED_SAMPLES} s",
-                       component="the machine" if machine else name.split("/", 1)[0])
+            self.reach("cpu", hot[0], f">= {limit:g}% of {what} in {len(hot)} of "
+                       f"{len(recent)} s", component="the machine" if machine
+                       else name.split("/", 1)[0])
 
     def descriptors(self, t: float, name: str, fds: int, limit: int | None) -> None:
         if limit and fds >= DESCRIPTOR_SHARE * limit:
@@ -340,13 +342,21 @@ class LimitWatch:
 
     # -- verdict ----------------------------------------------------------------------------
     def ordered(self) -> list[dict]:
-        """Every limit reached, the first first (same second: the one explaining the other)."""
+        """Every limit reached, the first first (same second: the one explaining the other).
+        A process that ran out of CPU while the whole machine did too (within the
+        :data:`SUSTAINED_SAMPLES` it takes to tell) ran out because the machine did: the
+        machine leads."""
         def key(r: dict) -> tuple:
             return (int(r["t"] - self.start), _ORDER.index(r["limit"]), r["t"])
 
+        got = sorted(self.reached.values(), key=key)
+        machine = self.reached.get("cpu:the machine")
+        if got and machine is not None and got[0]["limit"] == "cpu" \
+                and machine["t"] <= got[0]["t"] + SUSTAINED_SAMPLES:
+            got.remove(machine)
+            got.insert(0, machine)
         return [{**{k: v for k, v in r.items() if k != "t"},
-                 "at_s": round(r["t"] - self.start, 1)}
-                for r in sorted(self.reached.values(), key=key)]
+                 "at_s": round(r["t"] - self.start, 1)} for r in got]
 
     def first(self) -> dict | None:
         got = self.ordered()
@@ -513,19 +523,28 @@ def loadgen_ran_out(first: dict | None) -> bool:
 
 def fit_warnings(warnings: list[str], first: dict | None, error_rate: float) -> list[str]:
     """The load generator's saturation warning made to fit the cause: "add --workers" only
-    when the load generator itself ran out first.  When something else ran out first and
+    when the load generator itself ran out first.  When the whole machine ran out first,
+    more Locust processes on it would not help; when something else ran out first and
     requests failed, the failures (and their retries) kept it busy: more workers would only
     send more failing requests."""
-    if first is None or loadgen_ran_out(first) or error_rate < ERROR_RATE_SAID:
+    if first is None or loadgen_ran_out(first):
+        return warnings
+    machine = first["limit"] == "cpu" and first.get("component") == "the machine"
+    if not machine and error_rate < ERROR_RATE_SAID:
         return warnings
     out = []
     for w in warnings:
         if w.startswith("load generator CPU-saturated"):
-            w = (w.split(": its latencies", 1)[0]
-                 + f" while {error_rate:.1%} of its requests failed: {first['what']} ran out "
-                 f"first (at {first['at_s']:g} s), and the failures kept the load generator "
-                 f"busy; fix that first ({first['cure'] or 'see the report'}); more --workers "
-                 "would only send more failing requests")
+            head = w.split(": its latencies", 1)[0]
+            if machine:
+                w = (f"{head}: the machine's CPU ran out first (at {first['at_s']:g} s: every "
+                     "core busy), so its latencies and rates are not to be trusted and more "
+                     f"--workers on this machine would not help; {first['cure']}")
+            else:
+                w = (f"{head} while {error_rate:.1%} of its requests failed: {first['what']} "
+                     f"ran out first (at {first['at_s']:g} s), and the failures kept the load "
+                     f"generator busy; fix that first ({first['cure'] or 'see the report'}); "
+                     "more --workers would only send more failing requests")
         out.append(w)
     return out
 

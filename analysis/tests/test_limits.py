@@ -105,9 +105,20 @@ def test_a_short_burst_or_the_start_up_is_not_running_out_of_cpu():
     watch = LimitWatch({}, start=0.0)
     for t in range(3):
         watch.cpu(float(t), "loadgen", 100.0, age_s=float(t))  # start-up: imports, spawning
-    saturated_run(watch, "nginx", 10.0, n=4)  # 4 s: a burst
-    watch.cpu(14.0, "nginx", 20.0, age_s=60)
+    saturated_run(watch, "nginx", 10.0, n=2)  # 2 s: a burst
+    for t in (12.0, 13.0, 14.0):
+        watch.cpu(t, "nginx", 20.0, age_s=60)
+    saturated_run(watch, "nginx", 15.0, n=1)
     assert watch.first() is None
+
+
+def test_a_machine_that_dips_below_the_line_now_and_then_still_ran_out():
+    watch = LimitWatch({}, start=0.0)
+    for t, cpu in enumerate([60, 96, 91, 99, 93, 100, 89, 98]):
+        watch.cpu(float(t), "system", float(cpu))
+    first = watch.first()
+    assert (first["component"], first["at_s"]) == ("the machine", 1.0)
+    assert first["evidence"] == ">= 95% of all cores in 3 of 5 s"
 
 
 def test_backend_and_redis_limits_come_from_their_own_counters():
@@ -171,3 +182,15 @@ def test_a_sweep_comparison_says_what_ran_out_first_in_each_cell(tmp_path):
                                      "worker_connections) (1 of 1 runs, at 3 s)",
                      "profile=longpoll": "nothing"}
     assert "ran out first" in paths["markdown"].read_text()
+
+
+def test_when_the_whole_machine_ran_out_more_workers_on_it_are_not_the_advice():
+    watch = LimitWatch({}, start=0.0)
+    saturated_run(watch, "loadgen", 4.0)
+    for t in range(6, 12):
+        watch.cpu(float(t), "system", 99.0)
+    first = watch.first()
+    assert (first["limit"], first["component"]) == ("cpu", "the machine")
+    saturation = LOADGEN_SATURATED.format(names="loadgen", span="samples")
+    [fitted] = fit_warnings([saturation], first, error_rate=0.0)
+    assert "would not help" in fitted and "another host" in fitted

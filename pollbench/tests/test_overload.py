@@ -81,3 +81,62 @@ def test_a_backend_at_its_connection_limit_is_named_by_its_refusals(tmp_path):
     assert any(c.startswith("HTTP 503 from backend: too many open connections") or
                c.startswith("HTTP 503 from backend: too many waiting polls") for c in causes), \
         causes
+
+
+def test_a_load_generator_out_of_descriptors_is_told_to_add_workers(tmp_path):
+    import resource
+
+    from pollbench.stack.processes import wait_until
+
+    out = tmp_path / "run"
+    port, backend_port = free_stack_ports()
+    proc = subprocess.Popen(
+        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
+                      "--out", str(out), "--poll-timeout", "2", "--duration", "20s",
+                      "--profile", "longpoll", "--users", "500", "--spawn-rate", "50",
+                      "--channels", "20", "--publish-rate", "20"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        # the sampler names the Locust process as soon as it runs: from then on it may hold
+        # 400 descriptors (whether or not Locust has raised its own limit yet: it cannot
+        # raise it past this hard limit), while its users open 500 sockets over 10 s
+        limits = out / "samples" / "process_limits.jsonl"
+
+        def loadgen_pid() -> int | None:
+            try:
+                rows = [json.loads(line) for line in limits.read_text().splitlines()]
+            except (OSError, ValueError):
+                return None
+            return next((r["pid"] for r in rows if r["component"] == "loadgen"), None)
+
+        assert wait_until(lambda: loadgen_pid() is not None, 30), "Locust never started"
+        resource.prlimit(loadgen_pid(), resource.RLIMIT_NOFILE, (400, 400))
+        assert proc.wait(180) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    record = json.loads((out / "run.json").read_text())
+    first = record["limits"]["first"]
+    assert (first["limit"], first["component"]) == ("descriptors", "loadgen"), \
+        record["limits"]
+    assert "--workers" in first["cure"] and "loadgen" in first["what"]
+    causes = [e["cause"] for e in record["failures"]]
+    assert causes[0] == "too many open files in the load generator", record["failures"]
+
+
+def test_a_load_the_machine_cannot_carry_names_a_cpu_and_no_connection_limit(tmp_path):
+    out = tmp_path / "run"
+    # 600 subscribers on one channel, 100 messages/s: ~60,000 deliveries/s asked of 2 cores
+    proc = run(out, "--profile", "longpoll", "--users", "600", "--channels", "1",
+               "--publish-rate", "100", "--duration", "20s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((out / "run.json").read_text())
+    first = record["limits"]["first"]
+    assert first is not None and first["limit"] == "cpu", record["limits"]
+    assert not [r for r in record["limits"]["reached"] if r["limit"] != "cpu"], \
+        record["limits"]
+    if first["component"] == "the machine":
+        # more Locust processes on a machine with no core to spare is not the cure
+        assert not any(w.endswith("add --workers or lower --users")
+                       for w in record["warnings"]), record["warnings"]
