@@ -67,12 +67,18 @@ def _excluded(summaries: list[dict]) -> str | None:
 
 
 def _note(summaries: list[dict]) -> str:
-    """What a reader must know besides the figure: errors, a saturated machine."""
+    """What a reader must know besides the figure: errors and what ran out first (in the
+    words of the runs' reports), a saturated machine."""
     n = len(summaries)
     notes = []
     rates = [s["metrics"].get("error_rate", {}).get("value") or 0 for s in summaries]
     if max(rates, default=0) > DEFAULT_ERROR_RATE_CAP:
         notes.append(f"error rate up to {max(rates):.1%}")
+        firsts = [(s.get("limits") or {}).get("first") for s in summaries]
+        named = sorted({f["what"] for f in firsts if f})
+        if named:
+            notes.append(f"ran out first: {'; '.join(named)} (in "
+                         f"{sum(1 for f in firsts if f)} of {n} runs)")
     busy = sum(bool(s.get("machine_saturated")) for s in summaries)
     if busy:
         notes.append(f"machine CPU saturated in {busy} of {n} runs")

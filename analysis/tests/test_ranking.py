@@ -109,3 +109,16 @@ def test_cells_at_different_load_levels_are_ranked_apart():
         ("users=1500", 1, "epoll 1500", BEST), ("users=1500", 2, "poll 1500", WORSE)]
     md = ranking_markdown(rows, m)
     assert "| **users=1500** |" in md and "against the best of its group:" in md
+
+
+def test_a_failing_cell_is_explained_by_what_ran_out_first_in_its_runs():
+    m = "delivery_latency_p99"
+    failing = cell("worker_connections 1024", m, noisy(90))
+    for k, f in enumerate(failing.figures):
+        f.summary["metrics"]["error_rate"] = {"value": 0.8}
+        f.summary["limits"] = {"first": None if k == 0 else {
+            "what": "nginx's connections (worker_processes x worker_connections)",
+            "at_s": 3.0}}
+    rows = rank([cell("base", m, noisy(100)), failing], m)
+    assert rows[1].note == ("error rate up to 80.0%; ran out first: nginx's connections "
+                            "(worker_processes x worker_connections) (in 4 of 5 runs)")
