@@ -166,6 +166,19 @@ def client_reuse(access: pd.DataFrame) -> dict:
             "distribution": per_conn.value_counts().sort_index()}
 
 
+def stub_reuse(stub: pd.DataFrame) -> dict:
+    """Requests per client->nginx connection from stub_status's counters over the run (when
+    there is no access log): each sample's own GET /nginx_status, one request on a
+    connection of its own, is taken out."""
+    if len(stub) < 2:
+        return {}
+    first, last = stub.iloc[0], stub.iloc[-1]
+    samples = len(stub) - 1
+    conns = int(last["handled"] - first["handled"]) - samples
+    reqs = int(last["requests"] - first["requests"]) - samples
+    return {"connections": conns, "mean": reqs / conns} if conns > 0 else {}
+
+
 def backend_reuse(backend: pd.DataFrame) -> dict:
     """Requests per nginx->backend connection, from the backends' own counters (last sample)."""
     if backend.empty:
@@ -237,6 +250,9 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     errors = {k[len("error:"):]: v for k, v in totals.items() if k.startswith("error:")}
     n_errors = sum(errors.values())
     creuse, breuse = client_reuse(run.access), backend_reuse(run.backend_stats)
+    if not creuse and run.access.empty and \
+            (info["stack"].get("nginx") or {}).get("access_log") == "off":
+        creuse = stub_reuse(run.stub_status)
 
     fam = {k: summary_ms(f.total) for k, f in families.items()}
     metrics = {}

@@ -218,8 +218,18 @@ def load_run(path: Path | str) -> RunData:
                               ["t0", "t1", "source", "counter", "value"])
     history = _read_optional(f["history"], pd.read_csv, "Locust history", notes,
                              ["Timestamp", "User Count", "Name", "Requests/s"])
-    access = _read_optional(f["access"], read_access_log, "nginx access log", notes,
-                            ACCESS_COLUMNS)
+    mode = ((info.get("stack") or {}).get("nginx") or {}).get("access_log") or "full"
+    if mode == "off":
+        access = pd.DataFrame(columns=ACCESS_COLUMNS)
+        notes.append("nginx's access log was off (access_log = off): client -> nginx reuse "
+                     "comes from stub_status's counters; no upstream timing chart")
+    else:
+        access = _read_optional(f["access"], read_access_log, "nginx access log", notes,
+                                ACCESS_COLUMNS)
+    if mode.startswith("sampled-"):
+        notes.append(f"nginx's access log kept every request of one connection in "
+                     f"{mode.split('-', 1)[1]} (access_log = {mode}): reuse per connection and "
+                     "upstream timings are those connections'")
     stub = _read_optional(f["stub_status"], pd.read_csv, "stub_status samples", notes,
                           ["time", "active", "accepts", "handled", "requests"])
     procs = _read_optional(f["processes"], pd.read_csv, "process samples", notes,

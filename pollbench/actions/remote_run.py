@@ -27,6 +27,7 @@ from pollbench.log import log
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import host_info
 from pollbench.records.runrecord import record_start
+from pollbench.stack import disk
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import OPENER, port_free
 from pollbench.stack.nginx_config import check_listen_address
@@ -99,7 +100,8 @@ def check_target(url: str) -> None:
 
 def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
                report: bool = True, history_source: str = "run",
-               max_error_rate: float | None = None) -> int:
+               max_error_rate: float | None = None,
+               min_free_disk: int = disk.DEFAULT_FLOOR) -> int:
     remote.check(load)
     load.validate(3600.0)  # the target's own --max-hold is checked once the agent says it
     target = check_http_url("--target", remote.target)
@@ -127,8 +129,9 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
     log.info(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
           f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "
           f"{run_dir}")
+    # (the target host's own disk is its agent's: this one receives its logs at the end)
     return drive(RemoteSide(remote, client, target, run_dir), load, run_dir, record, report,
-                 history_source, max_error_rate)
+                 history_source, max_error_rate, disk.DiskWatch(run_dir, min_free_disk))
 
 
 class RemoteSide(Side):

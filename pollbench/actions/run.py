@@ -16,11 +16,11 @@ from pathlib import Path
 from pollbench.actions.runloop import Side, base_parameters, drive, run_label
 from pollbench.errors import UserError
 from pollbench.log import log
-from pollbench.paths import CHECKOUT
+from pollbench.paths import CHECKOUT, results_dir
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import git_info, host_info, machine_fingerprint, software_versions
 from pollbench.records.runrecord import record_start
-from pollbench.stack import capacity, nginx_config, redis_server
+from pollbench.stack import capacity, disk, nginx_config, redis_server
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault, FaultInjector
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.sampler import Sampler
@@ -62,15 +62,19 @@ def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
 
 def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True,
         history_source: str = "run", warmup_s: float | None = None,
-        max_error_rate: float | None = None) -> int:
+        max_error_rate: float | None = None, min_free_disk: int = disk.DEFAULT_FLOOR) -> int:
     """``history_source``: what the results history records as the run's origin (run,
     check, sweep); the history is $POLLBENCH_HISTORY, else results/history.sqlite.
     ``warmup_s``: the warm-up the caller judges the run by (a check's, a sweep's), recorded
     in run.json so that the report and the history use the same (default: the spawn time).
-    ``max_error_rate``: a complete run above it exits 1 (for scripts; None: never)."""
+    ``max_error_rate``: a complete run above it exits 1 (for scripts; None: never).
+    ``min_free_disk``: bytes the run folder's disk must keep free (refused before the start
+    when the estimate passes it; stopped, incomplete, when reached)."""
+    spec = with_access_log(spec, load)
     resolved = spec.resolve(claim=True)  # ports held until the run ends
     try:
-        return _run(resolved, load, out, report, history_source, warmup_s, max_error_rate)
+        return _run(resolved, load, out, report, history_source, warmup_s, max_error_rate,
+                    min_free_disk)
     finally:
         resolved.release()
 
@@ -167,14 +171,34 @@ class LocalSide(Side):
         return exit_codes
 
 
+def with_access_log(spec: StackSpec, load: LoadSpec) -> StackSpec:
+    """The spec with nginx's access-log mode fixed: the user's or the profile's, else the one
+    that fits the run (:func:`pollbench.stack.disk.choose_access_log`)."""
+    settings = spec.settings()
+    if settings.get("access_log") is not None:
+        return spec
+    chosen = disk.choose_access_log(load, settings["backends"])
+    return replace(spec, nginx_overrides={**spec.nginx_overrides, "access_log": chosen})
+
+
+def check_disk(resolved: ResolvedStack, load: LoadSpec, out: Path | None,
+               floor: int) -> None:
+    """Refuse a run whose estimated bytes would bring its disk under ``floor``."""
+    per_hour = disk.estimate(load, resolved.settings["backends"],
+                             resolved.settings.get("access_log"))
+    total = sum(per_hour.values()) * load.duration_s / 3600
+    disk.check_fits(Path(out) if out is not None else results_dir(), total, per_hour, floor)
+
+
 def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool,
          history_source: str, warmup_s: float | None = None,
-         max_error_rate: float | None = None) -> int:
+         max_error_rate: float | None = None, min_free_disk: int = disk.DEFAULT_FLOOR) -> int:
     spec = resolved.spec
     load.validate(spec.max_hold_s)
     early_warnings = check_load_fits(resolved, load)
     faults = load.fault_schedule()
     check_fault_targets(resolved, faults)
+    check_disk(resolved, load, out, min_free_disk)
     label = run_label(load, spec.profile)
     if out is not None:
         nginx_config.safe_path(Path(out).resolve() / "nginx")  # refused before it is created
@@ -187,4 +211,4 @@ def _run(resolved: ResolvedStack, load: LoadSpec, out: Path | None, report: bool
     log.info(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}")
     stack = Stack(resolved, run_dir, detach_nginx=any(f.action == "upgrade" for f in faults))
     return drive(LocalSide(stack, faults), load, run_dir, record, report, history_source,
-                 max_error_rate)
+                 max_error_rate, disk.DiskWatch(run_dir, min_free_disk))

@@ -31,6 +31,7 @@ from pollbench.log import log
 from pollbench.records.rundir import write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
 from pollbench.records.runrecord import error_rate, finish_record, store_in_history
+from pollbench.stack.disk import DiskWatch
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.processes import Child, ChildGroup, spawn
 from pollbench.stack.sampler import Sampler
@@ -134,11 +135,13 @@ class Side:
 
 
 def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
-          history_source: str, max_error_rate: float | None = None) -> int:
+          history_source: str, max_error_rate: float | None = None,
+          disk: DiskWatch | None = None) -> int:
     """Run the load against ``side``; run.json (``record``, already written with status
     running) is finished whatever happens.  Returns the exit code of a finished run
     (:data:`EXIT_REGRESSION` when more than ``max_error_rate`` of its HTTP requests failed);
-    a failure raises (RunFailed, UserError, KeyboardInterrupt) after run.json is written."""
+    a failure raises (RunFailed, UserError, KeyboardInterrupt) after run.json is written.
+    ``disk``: a run whose disk reaches its floor is stopped, incomplete (EXIT_RUN_FAILED)."""
     sampler: Sampler | None = None
     status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
     try:
@@ -157,19 +160,26 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
         side.load_started()
         progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s)
         deadline = time.monotonic() + side.extra_wait_s + load.duration_s + LOCUST_GRACE_S
+        low = None
         while locust.alive():
             if time.monotonic() > deadline:
                 raise RunFailed(f"Locust did not finish within {LOCUST_GRACE_S} s of the run "
                                 f"time; see {locust.log_path}")
             side.check()
             progress.poll()
+            if disk is not None and (low := disk.low()) is not None:
+                break  # stopped below, as after Ctrl-C: every process, every record
             time.sleep(POLL_EVERY_S)
-        side.load_ended(locust)
-        rc = locust.popen.returncode
-        if rc not in (0, 1):
-            raise RunFailed(f"Locust exited with code {rc}; last lines of {locust.log_path}:\n"
-                            f"{locust.log_tail()}")
-        status, reason, code = STATUS_COMPLETE, "complete", EXIT_OK
+        if low is not None:
+            log.warning(low)
+            status, reason, code = STATUS_INCOMPLETE, low, EXIT_RUN_FAILED
+        else:
+            side.load_ended(locust)
+            rc = locust.popen.returncode
+            if rc not in (0, 1):
+                raise RunFailed(f"Locust exited with code {rc}; last lines of "
+                                f"{locust.log_path}:\n{locust.log_tail()}")
+            status, reason, code = STATUS_COMPLETE, "complete", EXIT_OK
     except KeyboardInterrupt:
         status, reason, code = STATUS_INCOMPLETE, "interrupted (Ctrl-C or SIGTERM)", EXIT_INTERRUPTED
         raise

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pollbench.errors import UserError
 from pollbench.stack.loadgen import DEFAULTS as D
 from pollbench.stack.loadgen import SCENARIOS, SHAPES, LoadSpec, check_number, parse_duration
+from pollbench.stack.nginx_config import ACCESS_LOGS
 from pollbench.stack.processes import parse_cpu_placement
 from pollbench.stack.spec import StackSpec
 from target_app.app import AppConfig
@@ -44,6 +45,11 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                         "starting one; keys get a per-run prefix")
     g.add_argument("--redis-port", type=int, default=None,
                    help="port of the Redis the stack starts on 127.0.0.1 (default: a free one)")
+    g.add_argument("--access-log", default="auto", choices=("auto", *ACCESS_LOGS),
+                   help="nginx's access log: full (a line per request), sampled-N (every "
+                        "request of one connection in N), off; auto (default): the profile's, "
+                        "else for a run full unless that would pass 2 GiB, then sampled (see "
+                        "docs/run-record.md)")
     g.add_argument("--backend-max-connections", type=int, default=None, metavar="N",
                    help="open client connections each backend accepts; more are answered 503 "
                         f"(default {AppConfig.max_connections:,}; its held polls are capped "
@@ -51,7 +57,9 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> StackSpec:
-    return StackSpec(profile=args.profile, backends=args.backends, loop=args.loop, port=args.port,
+    access_log = getattr(args, "access_log", "auto")
+    return StackSpec(profile=args.profile,
+                     nginx_overrides={} if access_log == "auto" else {"access_log": access_log}, backends=args.backends, loop=args.loop, port=args.port,
                      backend_port=args.backend_port, nginx_binary=args.nginx_binary,
                      max_hold_s=args.max_hold, delivery_delay_ms=args.delivery_delay_ms,
                      state=args.state, redis_url=args.redis_url, redis_port=args.redis_port,

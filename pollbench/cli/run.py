@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (must not exist)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML report at the end (pollbench report RUN makes it later)")
+    p.add_argument("--min-free-disk", default="1G", metavar="SIZE",
+                   help="free space the run folder's disk must keep (e.g. 500M, 2G; default "
+                        "1G): a run whose estimate would pass it is refused, one that reaches "
+                        "it stops, incomplete")
     p.add_argument("--max-error-rate", type=float, default=None, metavar="R",
                    help="exit 1 when more than this fraction of the HTTP requests failed "
                         "(0.01 = 1 %%; for scripts; default: off)")
@@ -57,6 +61,7 @@ def handle(a) -> int:
     import os
 
     from pollbench.errors import UserError
+    from pollbench.stack.disk import parse_size
 
     if a.max_error_rate is not None:
         from pollbench.stack.loadgen import check_number
@@ -74,8 +79,10 @@ def handle(a) -> int:
                               a.expect_workers, a.master_bind, a.master_port,
                               a.workers_timeout)
         return run_remote(remote, load_from_args(a), out=a.out, report=a.report,
-                          max_error_rate=a.max_error_rate)
+                          max_error_rate=a.max_error_rate,
+                          min_free_disk=parse_size(a.min_free_disk))
     from pollbench.actions.run import run
 
     spec, load = place_cpus(spec_from_args(a), load_from_args(a), a.cpus)
-    return run(spec, load, out=a.out, report=a.report, max_error_rate=a.max_error_rate)
+    return run(spec, load, out=a.out, report=a.report, max_error_rate=a.max_error_rate,
+               min_free_disk=parse_size(a.min_free_disk))

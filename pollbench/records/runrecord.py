@@ -67,7 +67,7 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     record["complete"] = status == STATUS_COMPLETE
     record["exit"] = {"code": code, "reason": reason, "processes": exit_codes}
     record["files"] = {k: v for k, v in RUN_FILES.items() if (run_dir / v).exists()}
-    missing = sorted(set(RUN_FILES) - set(record["files"]))
+    missing = sorted(set(RUN_FILES) - set(record["files"]) - not_written(record))
     if missing and status == STATUS_COMPLETE:
         record["warnings"].append(f"files missing from a complete run: {', '.join(missing)}")
     if cpu is not None:
@@ -91,6 +91,12 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     failing = failing_line(error_rate(record), record["limits"]["first"])
     if failing is not None:  # the summary's last word: how much failed, and why
         log.warning(failing)
+
+
+def not_written(record: dict) -> set[str]:
+    """The run files this run's settings do not write (nginx's access log when it is off)."""
+    nginx = (record.get("stack") or {}).get("nginx") or {}
+    return {"nginx_access_log"} if nginx.get("access_log") == "off" else set()
 
 
 def explain(record: dict, run_dir: Path, span: tuple[float, float] | None = None) -> None:

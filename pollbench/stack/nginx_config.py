@@ -90,6 +90,8 @@ class Knob:
         return "allowed: a list drawn from " + ", ".join(self.choices)
 
 
+ACCESS_LOGS = ("full", "sampled-10", "sampled-100", "sampled-1000", "off")
+
 KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("backends", "int", "number of Tornado backend processes", 1, 64, nullable=False),
     Knob("worker_processes", "int-or-auto", "nginx worker processes", 1, 64, nullable=False),
@@ -122,6 +124,8 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("balance", "choice", "how requests are spread over backends", choices=BALANCE_CHOICES,
          nullable=False),
     Knob("gzip", "bool", "gzip responses (seed: on)", nullable=False),
+    Knob("access_log", "choice", "nginx's access log: every request (full), every request of "
+         "one connection in N (sampled-N), or none (off); unset: full", choices=ACCESS_LOGS),
 ]}
 
 # The seed configuration's values; every knob the seed does not set is None (nginx default).
