@@ -54,6 +54,10 @@ log = logging.getLogger("target_app.shared")
 
 # A backend's heartbeat key lives this long and is refreshed every HEARTBEAT_EVERY_S: a task
 # whose owner missed it for this long is lost (a GC pause is far shorter).
+# Redis connections one backend process may hold: its command pool and its fan-out
+# subscription (the stack's capacity check counts them against Redis' maxclients)
+REDIS_POOL_SIZE = 64
+REDIS_CONNECTIONS_PER_BACKEND = REDIS_POOL_SIZE + 1
 HEARTBEAT_TTL_MS = 3000
 HEARTBEAT_EVERY_S = 1.0
 # A view nobody has polled for this long is forgotten (it costs a Redis read to make again).
@@ -212,7 +216,7 @@ class SharedState:
         self.redis = aioredis.Redis.from_url(
             url, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=COMMAND_TIMEOUT_S,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            max_connections=64)
+            max_connections=REDIS_POOL_SIZE)
         self._publish = self.redis.register_script(_PUBLISH)
         self._read = self.redis.register_script(_READ)
         self._task_submit = self.redis.register_script(_TASK_SUBMIT)

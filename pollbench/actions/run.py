@@ -117,8 +117,11 @@ def check_load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
             warnings.append(f"--channels {load.channels} with {subscribers} subscribers: "
                             f"{load.channels - subscribers} channels have no subscriber (their "
                             "messages reach nobody)")
+    started_redis = resolved.redis_port is not None  # (a server of the user's: its own limit)
     warnings += capacity.warnings_for(resolved.settings, resolved.spec.profile, resolved.state,
-                                      load, app.max_waiters, app.max_connections)
+                                      load, app.max_waiters, app.max_connections,
+                                      resolved.redis_settings.get("maxclients")
+                                      if started_redis else None)
     cores = os.cpu_count() or 1
     if load.workers > cores:
         warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "

@@ -9,6 +9,8 @@ The needs are estimates of the steady state (every user holding a poll at once):
   workers together allow ``worker_processes x worker_connections``.
 * descriptors: an nginx worker needs about one per connection (``worker_rlimit_nofile``,
   or the limit it inherits); a Locust process one per user it runs.
+* Redis (the stack's own, with shared state): each backend may hold its command pool and
+  its fan-out subscription, against ``maxclients``.
 * backends: each holds at most ``max_waiters`` polls and ``max_connections`` connections;
   round-robin (or any balance with shared state) spreads the polls evenly, a key hash puts
   a channel's subscribers on one backend.
@@ -70,12 +72,29 @@ def fitting_profile(polls: int, state: str, current: str) -> str | None:
     return best[1] if best else None
 
 
+def redis_warnings(backends: int, maxclients: int | None) -> list[str]:
+    """The stack's own Redis against its maxclients: every backend process may hold its
+    command pool and its fan-out subscription at once (the sampler adds one)."""
+    from target_app.shared import REDIS_CONNECTIONS_PER_BACKEND
+
+    if maxclients is None:
+        return []
+    need = backends * REDIS_CONNECTIONS_PER_BACKEND + 1
+    if need <= maxclients:
+        return []
+    return [f"the backends may open about {need:,} Redis connections ({backends} x "
+            f"{REDIS_CONNECTIONS_PER_BACKEND}: each one's pool and its subscription); Redis' "
+            f"maxclients is {maxclients:,}: expect 503 \"shared state unavailable\" under load "
+            "(raise maxclients in the [redis] knobs)"]
+
+
 def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadSpec,
-                 max_waiters: int, max_connections: int) -> list[str]:
+                 max_waiters: int, max_connections: int,
+                 redis_maxclients: int | None = None) -> list[str]:
+    out = redis_warnings(int(settings["backends"]), redis_maxclients)
     polls = held_polls(load)
     if polls == 0:
-        return []
-    out = []
+        return out
     workers, allowed = nginx_capacity(settings)
     need = nginx_need(polls)
     if need > allowed:

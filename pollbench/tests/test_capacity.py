@@ -48,3 +48,18 @@ def test_a_locust_process_past_its_descriptor_limit_is_told_to_add_workers():
                for w in lines), lines
     assert not any("each Locust process" in w
                    for w in warnings("scale", users=30001, channels=100, workers=2))
+
+
+def test_the_stacks_redis_is_checked_against_its_maxclients():
+    def redis_warnings(maxclients: int) -> list[str]:
+        resolved = StackSpec(profile="shared", redis_overrides={"maxclients": maxclients}
+                             ).resolve(claim=False)
+        try:
+            return check_load_fits(resolved, LoadSpec(users=50, channels=10))
+        finally:
+            resolved.release()
+
+    [line] = redis_warnings(100)
+    assert line.startswith("the backends may open about 261 Redis connections (4 x 65")
+    assert "maxclients is 100" in line and "raise maxclients" in line
+    assert redis_warnings(10000) == []
