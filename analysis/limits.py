@@ -232,6 +232,10 @@ _NGINX_LIMITS = {"worker_connections": "nginx_connections", "open_files": "nginx
                  "upstream_timed_out": "upstream_timeouts"}
 
 
+MACHINE_COMPONENT = "the machine"  # the component of the machine's own CPU limit
+FAULT_MARGIN_S = 5.0  # after an injected fault ends, what it causes is still its doing
+
+
 def component_kind(name: str) -> str:
     """'backend-2' -> 'backend', 'loadgen/123' -> 'loadgen', 'system' -> 'system'."""
     root = name.split("/", 1)[0]
@@ -243,11 +247,15 @@ class LimitWatch:
 
     ``capacity``: what the stack allows (``nginx_connections``, ``max_waiters``,
     ``max_connections``, ``redis_maxclients``, ``memory_bytes``); a missing one is not
-    checked.  ``start``: the run's start (times are reported relative to it)."""
+    checked.  ``start``: the run's start (times are reported relative to it).  ``faults``:
+    (start, end, name) of the injected faults: a limit first seen during one (or within
+    :data:`FAULT_MARGIN_S` after it) is the fault's doing, listed last and never first."""
 
-    def __init__(self, capacity: dict | None = None, start: float = 0.0):
+    def __init__(self, capacity: dict | None = None, start: float = 0.0,
+                 faults: Iterable[tuple[float, float, str]] = ()):
         self.capacity = capacity or {}
         self.start = start
+        self.faults = list(faults)
         self.reached: dict[str, dict] = {}  # key (limit, or limit:component) -> first evidence
         self._recent: dict[str, deque] = {}  # component -> its last samples' (t, saturated)
         self._born: dict[str, float] = {}
@@ -260,10 +268,14 @@ class LimitWatch:
         if old is None or t < old["t"]:
             what, cure = LIMITS[limit]
             if limit == "cpu":
-                cure = _CPU_CURES.get(component_kind(component or "").split()[-1], "")
+                cure = _CPU_CURES.get("machine" if component == MACHINE_COMPONENT
+                                      else component_kind(component or ""), "")
+            fault = next((name for t0, t1, name in self.faults
+                          if t0 <= t <= t1 + FAULT_MARGIN_S), None)
             self.reached[key] = {"limit": limit, "component": component, "t": t,
                                  "what": what.format(x=component or "a process"),
-                                 "evidence": evidence, "cure": cure}
+                                 "evidence": evidence, "cure": cure,
+                                 **({"during_fault": fault} if fault else {})}
 
     def cpu(self, t: float, name: str, cpu_percent: float, age_s: float | None = None) -> None:
         """One CPU sample of a process (% of one core) or of the machine (% of all cores)."""
@@ -279,7 +291,7 @@ class LimitWatch:
         if recent[-1][1] and len(hot) >= SUSTAINED_HOT:
             what = "all cores" if machine else "a core"
             self.reach("cpu", hot[0], f">= {limit:g}% of {what} in {len(hot)} of "
-                       f"{len(recent)} s", component="the machine" if machine
+                       f"{len(recent)} s", component=MACHINE_COMPONENT if machine
                        else name.split("/", 1)[0])
 
     def descriptors(self, t: float, name: str, fds: int, limit: int | None) -> None:
@@ -347,11 +359,13 @@ class LimitWatch:
         :data:`SUSTAINED_SAMPLES` it takes to tell) ran out because the machine did: the
         machine leads."""
         def key(r: dict) -> tuple:
-            return (int(r["t"] - self.start), _ORDER.index(r["limit"]), r["t"])
+            return ("during_fault" in r, int(r["t"] - self.start), _ORDER.index(r["limit"]),
+                    r["t"])
 
         got = sorted(self.reached.values(), key=key)
-        machine = self.reached.get("cpu:the machine")
+        machine = self.reached.get(f"cpu:{MACHINE_COMPONENT}")
         if got and machine is not None and got[0]["limit"] == "cpu" \
+                and "during_fault" not in machine \
                 and machine["t"] <= got[0]["t"] + SUSTAINED_SAMPLES:
             got.remove(machine)
             got.insert(0, machine)
@@ -359,12 +373,11 @@ class LimitWatch:
                  "at_s": round(r["t"] - self.start, 1)} for r in got]
 
     def first(self) -> dict | None:
-        got = self.ordered()
-        return got[0] if got else None
+        """The limit reached first, not counting what an injected fault caused."""
+        return next((r for r in self.ordered() if "during_fault" not in r), None)
 
     def summary(self) -> dict:
-        got = self.ordered()
-        return {"first": got[0] if got else None, "reached": got}
+        return {"first": self.first(), "reached": self.ordered()}
 
 
 def sentence(first: dict | None) -> str:
@@ -420,7 +433,11 @@ def diagnose(run_dir: Path, record: dict, span: tuple[float, float] | None = Non
     ``span``: only evidence between these times (a web UI test's slice of its session)."""
     run_dir = Path(run_dir)
     start = span[0] if span else float(record.get("started_at") or 0.0)
-    watch = LimitWatch(capacity_of(record), start)
+    faults = [(float(f["started_at"]), float(f.get("ended_at") or f["started_at"]),
+               str(f.get("fault", f.get("action", "fault"))))
+              for f in record.get("faults") or []
+              if isinstance(f, dict) and isinstance(f.get("started_at"), (int, float))]
+    watch = LimitWatch(capacity_of(record), start, faults)
     lo, hi = span if span else (float("-inf"), float("inf"))
 
     def within(t: float) -> bool:
@@ -529,7 +546,7 @@ def fit_warnings(warnings: list[str], first: dict | None, error_rate: float) -> 
     send more failing requests."""
     if first is None or loadgen_ran_out(first):
         return warnings
-    machine = first["limit"] == "cpu" and first.get("component") == "the machine"
+    machine = first["limit"] == "cpu" and first.get("component") == MACHINE_COMPONENT
     if not machine and error_rate < ERROR_RATE_SAID:
         return warnings
     out = []

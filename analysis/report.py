@@ -91,7 +91,9 @@ FAILURE_HEADER = ["cause", "who", "failed", "share", "requests"]
 
 def limit_rows(summary: dict) -> list[list[str]]:
     """Every limit the run reached, the first first: when, what, the evidence, the cure."""
-    return [[f"{r['at_s']:g} s", r["what"], r["evidence"], r["cure"] or "-"]
+    return [[f"{r['at_s']:g} s", r["what"], r["evidence"] + (
+        f" (during the injected fault {r['during_fault']}: not counted as running out)"
+        if r.get("during_fault") else ""), r["cure"] or "-"]
             for r in (summary.get("limits") or {}).get("reached", [])]
 
 

@@ -194,3 +194,14 @@ def test_when_the_whole_machine_ran_out_more_workers_on_it_are_not_the_advice():
     saturation = LOADGEN_SATURATED.format(names="loadgen", span="samples")
     [fitted] = fit_warnings([saturation], first, error_rate=0.0)
     assert "would not help" in fitted and "another host" in fitted
+
+
+def test_what_an_injected_fault_causes_is_listed_but_never_ran_out_first():
+    watch = LimitWatch({}, start=0.0, faults=[(20.0, 23.0, "20s:kill=3s:backend-1")])
+    watch.nginx_errors(21.0, {"connect_failed": 30})   # the killed backend refuses
+    watch.nginx_errors(27.0, {"no_live_upstreams": 2})  # still its doing, within the margin
+    assert watch.first() is None
+    [during] = watch.ordered()
+    assert during["during_fault"] == "20s:kill=3s:backend-1"
+    watch.nginx_errors(40.0, {"upstream_timed_out": 1})
+    assert watch.first()["limit"] == "upstream_timeouts"
