@@ -106,6 +106,9 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
             assert any(k.startswith("held polls, backend-") for k in figures)
             assert "nginx connections active / reading / writing / waiting" in figures
             assert "CPU % loadgen (one core = 100)" in figures
+            # what ran out first, in the words of a run's report (the sampler's watch)
+            ran_out = figures["what ran out first (this session)"][0]
+            assert ran_out == "no limit was reached" or " ran out first, at " in ran_out
             # above the table, a drawn chart of delivery latency over time
             chart = page.locator("#pollbench-chart svg polyline[data-quantile='p99']")
             chart.first.wait_for(timeout=10000)
@@ -144,6 +147,9 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
         assert record["kind"] == "ui-test" and record["complete"]
         assert record["parameters"]["users"] == 30
         assert record["exit"]["reason"] == "stopped in the web UI"
+        # a web UI test says what ran out first and why requests failed, as a run does
+        assert set(record["limits"]) == {"first", "reached"}
+        assert isinstance(record["failures"], list)
         summary = json.loads((test_dir / "report" / "summary.json").read_text())
         assert summary["metrics"]["delivery_latency_count"]["value"] > 0
 
