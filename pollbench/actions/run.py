@@ -181,6 +181,8 @@ def with_access_log(spec: StackSpec, load: LoadSpec) -> StackSpec:
     if settings.get("access_log") is not None:
         return spec
     chosen = disk.choose_access_log(load, settings["backends"])
+    if chosen == "full":  # nginx's own default: the settings (and run.json) stay as they were
+        return spec
     return replace(spec, nginx_overrides={**spec.nginx_overrides, "access_log": chosen})
 
 
