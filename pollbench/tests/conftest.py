@@ -34,6 +34,13 @@ def pollbench_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pollbench", *args]
 
 
+def run_cmd(out, *args: str) -> list[str]:
+    """``pollbench run`` on free ports into ``out``, with ``args``."""
+    port, backend_port = free_stack_ports()
+    return pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
+                         "--out", str(out), *args)
+
+
 def free_stack_ports(backends: int = 4) -> tuple[int, int]:
     base = find_free_ports(backends + 1)
     return base + backends, base  # nginx port, first backend port

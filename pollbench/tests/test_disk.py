@@ -17,7 +17,7 @@ from pollbench.stack import nginx_config
 from pollbench.stack.disk import choose_access_log, estimate, human, parse_size
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.processes import wait_until
-from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+from pollbench.tests.conftest import REPO, pollbench_cmd, run_cmd
 
 SOAK = LoadSpec(users=1000, publish_rate=40, channels=10, duration_s=24 * 3600)
 
@@ -46,12 +46,10 @@ def test_sizes_parse_and_nonsense_is_refused_in_one_line():
 
 def test_a_run_that_would_fill_the_disk_is_refused_before_anything_starts(tmp_path):
     out = tmp_path / "run"
-    port, backend_port = free_stack_ports()
     proc = subprocess.run(
-        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
-                      "--out", str(out), "--users", "1000", "--publish-rate", "40",
-                      "--duration", "1h", "--access-log", "full", "--min-free-disk",
-                      f"{shutil.disk_usage(tmp_path).free - (1 << 30)}"),
+        run_cmd(out, "--users", "1000", "--publish-rate", "40", "--duration", "1h",
+                "--access-log", "full", "--min-free-disk",
+                f"{shutil.disk_usage(tmp_path).free - (1 << 30)}"),
         capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
@@ -85,11 +83,9 @@ def test_the_access_log_modes_render_and_nginx_accepts_them(tmp_path, mode, expe
 
 
 def run(out, *args, timeout=180):
-    port, backend_port = free_stack_ports()
     return subprocess.run(
-        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
-                      "--out", str(out), "--poll-timeout", "2", "--duration", "10s",
-                      "--users", "30", "--channels", "3", "--publish-rate", "20", *args),
+        run_cmd(out, "--poll-timeout", "2", "--duration", "10s", "--users", "30",
+                "--channels", "3", "--publish-rate", "20", *args),
         capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
@@ -143,11 +139,9 @@ def test_sampled_and_off_logs_keep_the_reuse_figures_of_the_full_log(tmp_path):
 def test_a_run_stops_cleanly_incomplete_when_the_disk_reaches_its_floor(tmp_path):
     out = tmp_path / "run"
     floor = shutil.disk_usage(tmp_path).free - (60 << 20)  # 60 MiB above the floor now
-    port, backend_port = free_stack_ports()
     proc = subprocess.Popen(
-        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
-                      "--out", str(out), "--poll-timeout", "2", "--duration", "60s",
-                      "--users", "20", "--min-free-disk", str(floor)),
+        run_cmd(out, "--poll-timeout", "2", "--duration", "60s", "--users", "20",
+                "--min-free-disk", str(floor)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     filler = tmp_path / "filler"
     try:

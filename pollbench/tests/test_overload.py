@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+from pollbench.tests.conftest import REPO, run_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,8 @@ balance = "key-hash"
 
 
 def run(out, *args):
-    port, backend_port = free_stack_ports()
-    return subprocess.run(
-        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
-                      "--out", str(out), "--poll-timeout", "2", "--duration", "10s", *args),
-        capture_output=True, text=True, cwd=REPO, timeout=180)
+    return subprocess.run(run_cmd(out, "--poll-timeout", "2", "--duration", "10s", *args),
+                          capture_output=True, text=True, cwd=REPO, timeout=180)
 
 
 def test_nginx_out_of_worker_connections_is_named_first_with_its_cure(tmp_path):
@@ -89,12 +86,10 @@ def test_a_load_generator_out_of_descriptors_is_told_to_add_workers(tmp_path):
     from pollbench.stack.processes import wait_until
 
     out = tmp_path / "run"
-    port, backend_port = free_stack_ports()
     proc = subprocess.Popen(
-        pollbench_cmd("run", "--port", str(port), "--backend-port", str(backend_port),
-                      "--out", str(out), "--poll-timeout", "2", "--duration", "20s",
-                      "--profile", "longpoll", "--users", "500", "--spawn-rate", "50",
-                      "--channels", "20", "--publish-rate", "20"),
+        run_cmd(out, "--poll-timeout", "2", "--duration", "20s", "--profile", "longpoll",
+                "--users", "500", "--spawn-rate", "50", "--channels", "20",
+                "--publish-rate", "20"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         # the sampler names the Locust process as soon as it runs: from then on it may hold
