@@ -26,8 +26,8 @@ balance = "key-hash"
 """
 
 
-def run(out, *args):
-    return subprocess.run(run_cmd(out, "--poll-timeout", "2", "--duration", "10s", *args),
+def run(out, *args, duration="10s"):
+    return subprocess.run(run_cmd(out, "--poll-timeout", "2", "--duration", duration, *args),
                           capture_output=True, text=True, cwd=REPO, timeout=180)
 
 
@@ -66,7 +66,7 @@ def test_a_backend_at_its_connection_limit_is_named_by_its_refusals(tmp_path):
     # upstream keep-alive: each held poll holds one connection to its backend; 60 polls on
     # 4 channels over 4 backends put ~15 on each, and each accepts 8
     proc = run(out, "--profile", "longpoll", "--backend-max-connections", "8", "--users", "60",
-               "--channels", "4")
+               "--channels", "4", "--no-report")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads((out / "run.json").read_text())
     first = record["limits"]["first"]
@@ -87,9 +87,9 @@ def test_a_load_generator_out_of_descriptors_is_told_to_add_workers(tmp_path):
 
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        run_cmd(out, "--poll-timeout", "2", "--duration", "20s", "--profile", "longpoll",
+        run_cmd(out, "--poll-timeout", "2", "--duration", "14s", "--profile", "longpoll",
                 "--users", "500", "--spawn-rate", "50", "--channels", "20",
-                "--publish-rate", "20"),
+                "--publish-rate", "20", "--no-report"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         # the sampler names the Locust process as soon as it runs: from then on it may hold
@@ -124,7 +124,7 @@ def test_a_load_the_machine_cannot_carry_names_a_cpu_and_no_connection_limit(tmp
     out = tmp_path / "run"
     # 600 subscribers on one channel, 100 messages/s: ~60,000 deliveries/s asked of 2 cores
     proc = run(out, "--profile", "longpoll", "--users", "600", "--channels", "1",
-               "--publish-rate", "100", "--duration", "20s")
+               "--publish-rate", "100", "--no-report", duration="14s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads((out / "run.json").read_text())
     first = record["limits"]["first"]
