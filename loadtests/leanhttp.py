@@ -69,6 +69,10 @@ def build_request(method: str, target: str, host: str, body: bytes | None = None
 class LeanConnection:
     """One keep-alive connection; one request at a time; reconnects lazily after a close."""
 
+    # idle longer than this, a connection is checked before it is used again (1 s: far below
+    # any keep-alive timeout, and a busy poller never pays the check)
+    stale_after_s = 1.0
+
     def __init__(self, host: str, port: int, timeout: float = 300.0,
                  connect_timeout: float = 10.0, kernel_timestamps: bool = True) -> None:
         self.host, self.port = host, port
@@ -78,6 +82,7 @@ class LeanConnection:
         self.sock: socket.socket | None = None
         self.buf = b""
         self.connects = 0
+        self.idle_since = 0.0  # time.monotonic() when the last answer was read
 
     # --- connection
     def _connect(self) -> socket.socket:
@@ -104,7 +109,13 @@ class LeanConnection:
     def request(self, raw: bytes, close: bool = False) -> Response:
         """Send ``raw`` and read one whole answer; on any error the connection is closed.
 
-        ``close``: the request asked for ``Connection: close`` (so will the socket)."""
+        ``close``: the request asked for ``Connection: close`` (so will the socket).  A
+        connection idle for longer than ``stale_after_s`` is first checked: one the server
+        has closed meanwhile (nginx's keepalive_timeout) is replaced before the request is
+        sent, as browsers do, instead of failing it."""
+        if self.sock is not None and time.monotonic() - self.idle_since > self.stale_after_s \
+                and self._peer_closed():
+            self.close()
         sock = self.sock or self._connect()
         try:
             sock.sendall(raw)
@@ -114,7 +125,25 @@ class LeanConnection:
             raise
         if close or resp.headers.get("connection", "").lower() == "close":
             self.close()
+        self.idle_since = time.monotonic()
         return resp
+
+    def _peer_closed(self) -> bool:
+        """Has the server closed (or written to) this idle connection?  A peek that does
+        not wait: nothing to read is a live connection."""
+        assert self.sock is not None
+        self.sock.settimeout(0.0)
+        try:
+            # b"": the server closed it; a byte: it said something unasked (e.g. a 408)
+            self.sock.recv(1, socket.MSG_PEEK)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout)
 
     def _recv(self) -> tuple[bytes, float]:
         """One read: its bytes and the receipt time of its last segment."""

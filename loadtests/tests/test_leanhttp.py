@@ -32,6 +32,7 @@ class ScriptedServer:
         self.answers, self.delay_s = list(answers), delay_s
         self.requests: list[bytes] = []
         self.accepted = 0
+        self.closed = 0  # connections this server has closed
         self.sent_at: list[float] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -59,6 +60,7 @@ class ScriptedServer:
                     conn.sendall(answer.removesuffix(b"<EOF>"))
                     if eof or b"Connection: close" in answer:
                         break
+            self.closed += 1
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +121,20 @@ def test_keep_alive_reuses_one_connection_and_close_reconnects():
     assert conn.connects == 2 and server.accepted == 2
     assert server.requests[2].startswith(b"GET /c HTTP/1.1\r\n")
     assert b"\r\nConnection: close\r\n" in server.requests[2]
+
+
+def test_a_keep_alive_connection_the_server_closed_while_idle_is_replaced_not_failed():
+    # the server closes after its first answer without saying so (nginx's keepalive_timeout)
+    server = ScriptedServer([ok_json(b"{}") + b"<EOF>", OK_204])
+    conn = LeanConnection("127.0.0.1", server.port, timeout=5)
+    conn.stale_after_s = 0.0  # check on every reuse (the default waits for 1 s of idling)
+    assert conn.request(build_request("POST", "/channels/a", "h", body=b"{}")).status == 200
+    deadline = time.monotonic() + 5
+    while server.closed < 1 and time.monotonic() < deadline:
+        gevent.sleep(0.01)  # the bounded wait for the server's close (an event in its thread)
+    assert server.closed == 1
+    assert conn.request(build_request("POST", "/channels/a", "h", body=b"{}")).status == 204
+    assert conn.connects == 2 and server.accepted == 2
 
 
 def test_chunked_body_and_post_with_body():
