@@ -21,6 +21,7 @@ from analysis.catalog import (
     METRICS_DIR,
     UI_TESTS_DIR,
 )
+from analysis.limits import capacity_of
 from pollbench.actions.run import base_record
 from pollbench.actions.uitests import finish_test, unwritten_tests
 from pollbench.errors import RunFailed, UserError
@@ -106,7 +107,7 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
                             f"{locust.log_tail()}")
         record["pids"] = stack.pids()
         sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
-                          live=True, redis_url=stack.redis_url)
+                          live=True, redis_url=stack.redis_url, capacity=capacity_of(record))
         sampler.start()
         print(f"run folder: {run_dir}")
         print(f"target:     {stack.url}/")
