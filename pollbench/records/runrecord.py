@@ -80,7 +80,11 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     lg = record["loadgen"]
     if (lost := lost_warning(lg)) is not None:
         record["warnings"].append(lost)
-    explain(record, run_dir)
+    try:
+        explain(record, run_dir)
+    except (OSError, ValueError, TypeError, KeyError) as e:  # run.json matters more
+        record["warnings"].append(f"what ran out first could not be worked out ({e!r}); "
+                                  f"pollbench report {run_dir} tries again")
     write_json_atomic(run_dir / "run.json", record)
     for w in record["warnings"]:
         log.warning(w)
@@ -88,7 +92,7 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
         log.info(line)
     for line in latency_lines(run_dir / RUN_FILES["latency_hdr"]):
         log.info(line)
-    failing = failing_line(error_rate(record), record["limits"]["first"])
+    failing = failing_line(error_rate(record), (record.get("limits") or {}).get("first"))
     if failing is not None:  # the summary's last word: how much failed, and why
         log.warning(failing)
 
