@@ -136,6 +136,8 @@ class Verdict:
     p_adjusted: float | None = None  # Holm, over the compared metrics
     detectable: float | None = None  # relative change found with 80 % power (see module doc)
     family: int = 1  # how many metrics the p-value was adjusted over
+    candidate_low: float | None = None   # the candidate runs' lowest figure (the spread
+    candidate_high: float | None = None  # trackers chart), and highest
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -354,6 +356,9 @@ def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
                                                                       False)
             if hb and hc:
                 v.baseline, v.candidate = statistics.median(hb), statistics.median(hc)
+        headline = samples(candidate, metric, None, False)
+        if headline and v.status != NOT_MEASURED:
+            v.candidate_low, v.candidate_high = min(headline), max(headline)
         verdicts.append(v)
     for metric in GATE_METRICS:
         total = sum(samples(candidate, metric, None, False))

@@ -1,10 +1,12 @@
-"""Verdicts as text, Markdown (a pull-request comment), JSON and JUnit XML.  Each returns a str."""
+"""Verdicts as text, Markdown (a pull-request comment), JSON, JUnit XML and the CI trackers'
+formats (:mod:`analysis.tracker_format`).  Each returns a str."""
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
 
+from analysis.tracker_format import TRACKER_FORMATS, figures_from_verdicts, format_figures
 from analysis.verdict import (
     GATE_FAILED,
     IMPROVEMENT,
@@ -123,3 +125,12 @@ def format_junit(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
 
 FORMATS = {"text": format_text, "markdown": format_markdown, "json": format_json,
            "junit": format_junit}
+
+
+def _tracker(fmt: str):
+    def render(verdicts: list[Verdict], baseline: str, candidate: str) -> str:
+        return format_figures(figures_from_verdicts(verdicts), fmt)
+    return render
+
+
+FORMATS.update({fmt: _tracker(fmt) for fmt in TRACKER_FORMATS})

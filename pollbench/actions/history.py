@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 from pollbench.errors import UserError
@@ -105,6 +106,8 @@ def show(a) -> int:
         for s in found:
             print(f"  step: {s.line()}")
         return 0
+    if a.format != "table":
+        return _tracker(runs, metrics, a.format)
     header = ["started", "commit", "branch", "scenario", "profile", "source", *metrics]
     rows = [[dt.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M"),
              (r.commit or "-")[:10] + ("*" if r.dirty else ""), r.branch or "-",
@@ -114,6 +117,24 @@ def show(a) -> int:
     for row in [header, *rows]:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
     print(f"{len(runs)} runs (* = uncommitted changes)")
+    return 0
+
+
+def _tracker(runs: list[HistoryRun], metrics: list[str], fmt: str) -> int:
+    """The latest selected run's figures in a CI tracker's format (one data point a CI
+    job: the tracker keeps the series)."""
+    from analysis.tracker_format import figures_from_run, format_figures
+
+    if not runs:
+        raise UserError("no run in the history matches: nothing to write (check --scenario, "
+                        "--profile, --param, --since)")
+    last = max(runs, key=lambda r: r.started_at)
+    label = f"{last.folder or last.run_key} ({(last.commit or '-')[:10]}{'*' if last.dirty else ''})"
+    figures = figures_from_run(last.figures, metrics, label)
+    if not figures:
+        raise UserError(f"the latest run ({label}) has none of {', '.join(metrics)}: "
+                        "choose figures with --metric")
+    sys.stdout.write(format_figures(figures, fmt))
     return 0
 
 

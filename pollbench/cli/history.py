@@ -15,6 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
+from analysis.tracker_format import TRACKER_FORMATS
+
 
 def add_history_argument(p, default=None) -> None:
     p.add_argument("--history", default=default, metavar="URL",
@@ -46,6 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--until", default=None, metavar="DATE", help="runs started before DATE")
     p.add_argument("--metric", action="append", metavar="NAME",
                    help="figures to show (repeatable; default delivery p50, p99, throughput)")
+    p.add_argument("--format", default="table", choices=["table", *TRACKER_FORMATS],
+                   help="table (default), or the latest selected run's figures for a CI "
+                        "tracker: github-action-benchmark-smaller / -bigger (its "
+                        "customSmallerIsBetter / customBiggerIsBetter JSON), bmf (Bencher)")
     p.add_argument("--html", default=None, metavar="OUT",
                    help="write a self-contained trend page (charts and detected steps)")
     p.set_defaults(func=handle_show)

@@ -361,3 +361,28 @@ def test_a_huge_file_that_is_no_history_is_refused_without_reading_it(tmp_path):
         f.truncate(40 << 30)
     with pytest.raises(UserError, match="is not a pollbench history"):
         History.open(f"sqlite:///{big}")
+
+
+def test_history_gives_a_ci_tracker_the_latest_runs_figures(tmp_path):
+    import jsonschema
+
+    schemas = REPO / "analysis" / "tests" / "schemas"
+    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    fake_run(tmp_path / "runs", "older", 1_700_000_000, "a" * 40, 3.1)
+    fake_run(tmp_path / "runs", "newer", 1_700_003_600, "b" * 40, 3.4)
+    assert history_cli(url, "import", str(tmp_path / "runs")).returncode == 0
+    bmf = history_cli(url, "--format", "bmf")
+    assert bmf.returncode == 0, bmf.stderr
+    doc = json.loads(bmf.stdout)
+    jsonschema.validate(doc, json.loads((schemas / "bmf.json").read_text()))
+    # the newest run's figures; p99 has no figure in it, so it is left out
+    assert doc == {"pollbench/delivery_latency_p50": {"ms": {"value": 3.4}},
+                   "pollbench/throughput_deliveries": {"messages-per-s": {"value": 2000}}}
+    smaller = history_cli(url, "--format", "github-action-benchmark-smaller")
+    rows = json.loads(smaller.stdout)
+    jsonschema.validate(rows, json.loads((schemas / "github-action-benchmark.json").read_text()))
+    assert [(r["name"], r["value"], r["unit"]) for r in rows] == \
+        [("delivery_latency_p50", 3.4, "ms")]
+    assert "newer (bbbbbbbbbb)" in rows[0]["extra"]
+    none = history_cli(url, "--format", "bmf", "--scenario", "nothing-like-it")
+    assert none.returncode == 2 and "no run in the history matches" in none.stderr
