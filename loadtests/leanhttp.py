@@ -18,11 +18,21 @@ the load generator is not counted.  Where the kernel gives no stamp (another OS,
 or ``kernel_timestamps=False``), ``received`` is ``time.time()`` right after that
 read and ``clock`` says ``"user"``.
 
+Memory: every read lands in one buffer the module owns (``recv_into``), and only the
+bytes received are copied out.  Reading with ``recv(65536)`` instead allocates 64 KiB per
+read and shrinks it to the answer's size: millions of such reads in a soak fragment the
+heap, and the process's RSS grew for hours (docs/measured.md, the soak).  The buffer is
+safe to share between greenlets: nothing switches between the read and the copy.
+
+A numeric host (``127.0.0.1``) is connected without a name lookup: gevent would hand
+each ``getaddrinfo`` to a thread of its resolver pool.
+
 Sockets are gevent's (cooperative).  This module imports gevent, not locust.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import time
 
@@ -32,8 +42,19 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; absent el
 _ANC_SIZE = 64  # room for one struct timespec control message
 _TIMESPEC = struct.Struct("qq")
 _READ_SIZE = 65536
+_READ_BUF = bytearray(_READ_SIZE)  # every read's landing place (see the module's doc)
+_READ_VIEW = memoryview(_READ_BUF)
 CLOCK_KERNEL = "kernel (SO_TIMESTAMPNS)"
 CLOCK_USER = "user (time.time after read)"
+
+
+def _numeric_family(host: str) -> int | None:
+    """AF_INET / AF_INET6 for an address literal; None for a name (looked up)."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
 
 
 class HttpError(Exception):
@@ -83,10 +104,20 @@ class LeanConnection:
         self.buf = b""
         self.connects = 0
         self.idle_since = 0.0  # time.monotonic() when the last answer was read
+        self.family = _numeric_family(host)
 
     # --- connection
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        if self.family is None:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        else:  # a numeric address: no lookup through gevent's resolver threads
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.connect_timeout)
+                sock.connect((self.host, self.port))
+            except BaseException:
+                sock.close()
+                raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.kernel_timestamps:
             try:
@@ -150,9 +181,10 @@ class LeanConnection:
         if self.sock is None:
             raise ConnectionError("read on a closed connection")
         if not self.kernel_timestamps:
-            data = self.sock.recv(_READ_SIZE)
-            return data, time.time()
-        data, anc, _flags, _addr = self.sock.recvmsg(_READ_SIZE, _ANC_SIZE)
+            n = self.sock.recv_into(_READ_VIEW)
+            return bytes(_READ_VIEW[:n]), time.time()
+        n, anc, _flags, _addr = self.sock.recvmsg_into([_READ_VIEW], _ANC_SIZE)
+        data = bytes(_READ_VIEW[:n])  # copied before anything can switch greenlets
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
                 sec, nsec = _TIMESPEC.unpack_from(payload)

@@ -11,6 +11,7 @@ import gc
 
 from locust import events
 
+from loadtests import memtrace
 from loadtests.metrics import MetricsPlumbing
 from loadtests.options import DEFAULTS, parse_backoff, parse_connection_mode, parse_mix
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
@@ -73,6 +74,8 @@ def freeze_spawned_users(user_count, **_kw) -> None:
 @events.init.add_listener
 def on_init(environment, **_kw) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
+    memtrace.install()
+    memtrace.install_stats()
     opts = environment.parsed_options
     if opts is not None:
         parse_connection_mode(opts.pb_connection)  # fail at start, not in every user

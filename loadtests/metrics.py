@@ -28,12 +28,13 @@ from pathlib import Path
 import gevent
 
 from loadtests.hosts import HELLO_TYPE, MasterWorkers, measure_clock, node_name, say_hello
-from loadtests.recorder import LocustRows, Recorder, Sink, error_cause, watch_gc
+from loadtests.recorder import LocustRows, LocustTrim, Recorder, Sink, error_cause, watch_gc
 from loadtests.uitest import UiTests
 
 FLUSH_INTERVAL_S = 1.0
 ROWS_MERGES_PER_FLUSH = 4
 MESSAGE_TYPE = "pollbench_metrics"
+TRIM_EVERY_S = 30.0
 
 
 class MetricsPlumbing:
@@ -80,6 +81,8 @@ class MetricsPlumbing:
             say_hello(self.runner)
         if not self.is_master:
             self._greenlet = gevent.spawn(self._flush_loop)
+        self.trim = LocustTrim(environment.stats)
+        self._trim_greenlet = gevent.spawn(self._trim_loop)
 
     @property
     def test(self):
@@ -105,6 +108,11 @@ class MetricsPlumbing:
                 self.rows.merge()
             gevent.sleep(FLUSH_INTERVAL_S / ROWS_MERGES_PER_FLUSH)
             self.flush()
+
+    def _trim_loop(self) -> None:
+        while True:
+            gevent.sleep(TRIM_EVERY_S)
+            self.trim.trim(time.time())
 
     def flush(self) -> None:
         self.rows.merge()
@@ -203,6 +211,7 @@ class MetricsPlumbing:
         # Users may still be running (Locust stops them after this event): flush what is
         # here, keep the files open for what they record until ``quit``.
         self._quitting = True
+        self._trim_greenlet.kill(block=False)
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None

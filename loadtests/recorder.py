@@ -4,6 +4,7 @@
   of one process, cut every second; nothing per sample is kept, and the histograms are
   emptied and reused, not dropped (memory stays flat: benchmarks/recorder_memory.py).
 * :class:`LocustRows`: successes batched into Locust's own stats rows.
+* :class:`LocustTrim`: keeps Locust's own bookkeeping bounded over a soak.
 * :class:`Sink`: a local runner's or a master's files in ``--pb-out`` (see
   :mod:`loadtests.metrics` for their format), with the run's totals and exact epoch loss.
 """
@@ -21,7 +22,13 @@ from hdrh.histogram import HdrHistogram
 from analysis.atomic import write_atomic
 from analysis.catalog import PROGRESS_FILE, RUN_FILES
 from analysis.epochs import epoch_loss
-from analysis.hdr_format import HDR_HIGHEST_US, HDR_LOWEST_US, clear_histogram, new_histogram
+from analysis.hdr_format import (
+    HDR_HIGHEST_US,
+    HDR_LOWEST_US,
+    clear_histogram,
+    encode_histogram,
+    new_histogram,
+)
 from analysis.limits import transport_cause
 
 # the files inside --pb-out (the run folder's metrics/), named once in analysis.catalog
@@ -72,8 +79,8 @@ class Recorder:
         now = time.time()
         payload = {
             "t0": self.interval_start, "t1": now,
-            "hists": {m: (h.get_total_count(), h.encode().decode()) for m, h in self.hists.items()
-                      if h.get_total_count()},
+            "hists": {m: (h.get_total_count(), encode_histogram(h).decode())
+                      for m, h in self.hists.items() if h.get_total_count()},
             "counters": self.counters, "clock": self.clock, "events": self.events,
         }
         for k, v in self.counters.items():
@@ -115,6 +122,44 @@ class LocustRows:
         for (name, method), entry in pending.items():
             self.stats.get(name, method).extend(entry)
             self.stats.total.extend(entry)
+
+
+class LocustTrim:
+    """Locust's stats keep, for the whole run, a count per second in every row
+    (``StatsEntry.num_reqs_per_sec`` / ``num_fail_per_sec``, ~0.4 MiB an hour a row) and
+    a history entry every 5 s for the HTML report's charts (~0.9 MiB an hour).  Locust
+    reads only the last 10-20 s of the per-second counts (current RPS); the totals and the
+    rows' response times are kept apart.  :meth:`trim`, called every ~30 s in every
+    Locust process, drops per-second counts older than :attr:`KEEP_S` and thins the
+    history older than its last :attr:`HISTORY_FULL` entries to one in
+    :attr:`HISTORY_EVERY` (the last hour at 5 s, earlier hours at one a minute): memory
+    then stays flat for a day, and the report still charts the whole run.
+    """
+
+    KEEP_S = 60
+    HISTORY_FULL = 720
+    HISTORY_EVERY = 12
+
+    def __init__(self, stats) -> None:
+        self.stats = stats
+        self.history: list | None = None  # the list thinned so far (Locust replaces it)
+        self.thinned = 0  # history[:thinned] is thinned already
+
+    def trim(self, now: float) -> None:
+        cutoff = int(now) - self.KEEP_S
+        for entry in [self.stats.total, *self.stats.entries.values()]:
+            for counts in (entry.num_reqs_per_sec, entry.num_fail_per_sec):
+                old = [t for t in counts if t < cutoff]
+                for t in old:
+                    del counts[t]
+        history: list = self.stats.history
+        if history is not self.history or len(history) < self.thinned:
+            self.history, self.thinned = history, 0  # a new test: Locust began a new list
+        end = len(history) - self.HISTORY_FULL
+        if end - self.thinned >= self.HISTORY_EVERY * 10:  # thin in batches, not each call
+            kept = history[self.thinned:end:self.HISTORY_EVERY]
+            history[self.thinned:end] = kept  # in place: Locust's report reads this list
+            self.thinned += len(kept)
 
 
 class Sink:

@@ -28,3 +28,81 @@ def test_each_interval_holds_only_its_own_values_though_histograms_are_reused():
     assert "TASK" not in second["hists"]  # an empty interval of a metric is not shipped
     third = rec.cut()
     assert third["hists"] == {}
+
+
+def test_locust_bookkeeping_stays_bounded_over_a_day_and_the_report_still_covers_it(monkeypatch):
+    # A day of Locust's own per-second counts and 5-s history, trimmed as the run goes:
+    # what a soak's memory depends on.  Locust's real classes, its real clock patched.
+    from locust import stats as lstats
+
+    from loadtests.recorder import LocustTrim
+
+    stats = lstats.RequestStats()
+    row = stats.get("/channels/[name]", "GET")
+    trim = LocustTrim(stats)
+    start = 1_800_000_000
+    now = [float(start)]
+    monkeypatch.setattr(lstats.time, "time", lambda: now[0])
+    day = 24 * 3600
+    for t in range(start, start + day, 5):  # a request every 5 s, one failure a minute
+        now[0] = t + 0.5
+        row.log(100, 10)
+        stats.total.log(100, 10)
+        if t % 60 == 0:
+            row.log_error(RuntimeError("x"))
+        stats.history.append({"time": t, "current_rps": [t, 0.2]})
+        if t % 30 == 0:
+            trim.trim(now[0])
+    assert row.num_requests == stats.total.num_requests == day // 5  # totals untouched
+    for entry in (row, stats.total):
+        # at most KEEP_S, plus the 30 s since the last trim, of per-second counts
+        assert len(entry.num_reqs_per_sec) <= (LocustTrim.KEEP_S + 30) // 5 + 1
+        assert min(entry.num_reqs_per_sec) >= now[0] - LocustTrim.KEEP_S - 31
+    assert len(row.num_fail_per_sec) <= (LocustTrim.KEEP_S + 30) // 60 + 1
+    assert row.current_rps == 0.2  # what Locust shows as the current rate is unchanged
+    # the history: the last hour every 5 s, the 23 hours before it thinned, nothing out of order
+    times = [h["time"] for h in stats.history]
+    assert len(stats.history) < LocustTrim.HISTORY_FULL + day // 60 + 2 * LocustTrim.HISTORY_EVERY * 10
+    assert times == sorted(times) and times[0] == start and times[-1] == start + day - 5
+    assert times[-LocustTrim.HISTORY_FULL:] == list(range(start + day - 3600, start + day, 5))
+    assert max(b - a for a, b in zip(times[:-1], times[1:], strict=True)) == 60
+    # a new test (web UI): Locust starts a new history list; thinning starts again on it
+    stats.history = [{"time": 0}]
+    trim.trim(now[0])
+    assert stats.history == [{"time": 0}]
+
+
+def test_encoding_an_interval_is_hdrhs_own_encoding_and_makes_no_new_types():
+    # hdrh's encode() makes a ctypes array type per distinct length: cyclic garbage that a
+    # soak's load generator piled up (tens of MiB an hour under Locust's GC thresholds)
+    import ctypes
+    import gc
+
+    from analysis.hdr_format import encode_histogram, new_histogram
+
+    array_type = type(ctypes.c_byte * 1)
+
+    def array_types() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is array_type)
+
+    hists = []
+    for k in range(300):  # 300 intervals, each with another highest value
+        h = new_histogram()
+        if k:
+            h.record_value(1 + k * 997)
+            h.record_value(50, k)
+        hists.append(h)
+    gc.collect()
+    gc.disable()
+    try:
+        before = array_types()
+        ours = [encode_histogram(h) for h in hists]
+        after_ours = array_types()
+        theirs = [h.encode() for h in hists]
+        after_theirs = array_types()
+    finally:
+        gc.enable()
+    assert ours == theirs  # byte for byte: every reader decodes it as before
+    assert HdrHistogram.decode(ours[5]).get_total_count() == 6
+    assert after_ours - before <= 1  # at most the one buffer of this layout
+    assert after_theirs - after_ours > 200  # what hdrh's own encoder leaves behind
