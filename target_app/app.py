@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal, overload
 import tornado.web
 
 from target_app.connections import ConnectionStats, PollHTTPServer
+from target_app.metrics import AnswerTimes
 from target_app.state import Channel, LimitExceeded, TaskStore
 
 __all__ = ["AppConfig", "PollHTTPServer", "Service", "Stats", "make_app"]
@@ -36,6 +37,8 @@ __all__ = ["AppConfig", "PollHTTPServer", "Service", "Stats", "make_app"]
 STATES = ("local", "redis")
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
     from target_app.shared import SharedState
 
 STATIC_PATH = Path(__file__).parent / "static"
@@ -102,9 +105,11 @@ class Stats(ConnectionStats):
     to update on the hot path."""
 
     started_at: float = field(default_factory=time.time)
-    responses_by_status: dict[int, int] = field(default_factory=dict)
+    # answers by (route, method, status): /stats sums them by status, /metrics shows them
+    responses: dict[tuple[str, str, int], int] = field(default_factory=dict)
     messages_published: int = 0
     messages_delivered: int = 0
+    messages_dropped: int = 0  # in answers' dropped ranges: a cursor behind the buffer
     polls_answered_with_messages: int = 0
     polls_timed_out: int = 0
     tasks_submitted: int = 0
@@ -112,6 +117,14 @@ class Stats(ConnectionStats):
     gc_collections: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0, 2: 0})
     gc_pause_max_ms: float = 0.0
     gc_pause_total_ms: float = 0.0
+    # polls answered with data: arrival -> answer (/metrics' poll_answer_seconds)
+    answer_times: AnswerTimes = field(default_factory=AnswerTimes)
+
+    def responses_by_status(self) -> dict[str, int]:
+        out: dict[int, int] = {}
+        for (_route, _method, status), n in self.responses.items():
+            out[status] = out.get(status, 0) + n
+        return {str(k): v for k, v in sorted(out.items())}
 
 
 class Service:
@@ -128,6 +141,8 @@ class Service:
         # channel dropped while it had no message (below) comes back as the same state.
         self.epoch = secrets.token_hex(6)
         self.shared: SharedState | None = None
+        # /metrics' prometheus_client registry, made at the first scrape
+        self.registry: CollectorRegistry | None = None
         if config.state == "redis":
             from target_app.shared import SharedState
 
@@ -176,13 +191,14 @@ class Service:
             "uptime_s": round(time.time() - s.started_at, 3),
             "time": time.time(),
             **s.connection_figures(),
-            "responses_by_status": {str(k): v for k, v in sorted(s.responses_by_status.items())},
+            "responses_by_status": s.responses_by_status(),
             "long_polls_waiting": self.waiting,
             "state": self.config.state,
             # with shared state: the channels this process follows (has a view of)
             "channels": len(self.channels) if self.shared is None else len(self.shared.views),
             "messages_published": s.messages_published,
             "messages_delivered": s.messages_delivered,
+            "messages_dropped": s.messages_dropped,
             "polls_answered_with_messages": s.polls_answered_with_messages,
             "polls_timed_out": s.polls_timed_out,
             "tasks_submitted": s.tasks_submitted,
@@ -244,6 +260,7 @@ class StaticHandler(tornado.web.StaticFileHandler):
 
 class BaseHandler(tornado.web.RequestHandler):
     service: Service
+    ROUTE = "other"  # the route label of /metrics' http_requests_total
 
     def initialize(self, service: Service) -> None:
         self.service = service
@@ -258,9 +275,9 @@ class BaseHandler(tornado.web.RequestHandler):
         _write_json_error(self, status_code, **kwargs)
 
     def on_finish(self) -> None:
-        counts = self.service.stats.responses_by_status
-        status = self.get_status()
-        counts[status] = counts.get(status, 0) + 1
+        counts = self.service.stats.responses
+        key = (self.ROUTE, self.request.method or "", self.get_status())
+        counts[key] = counts.get(key, 0) + 1
 
     def on_connection_close(self) -> None:
         # The client went away: release the waiter now, not at the next publish.
@@ -324,6 +341,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class TasksHandler(BaseHandler):
+    ROUTE = "tasks"
+
     def task_request(self) -> tuple[str, int, int]:
         """(task id, duration_ms, payload_bytes) of a POST /tasks, validated."""
         body = self.json_body()
@@ -357,6 +376,8 @@ class TasksHandler(BaseHandler):
 
 
 class TaskHandler(BaseHandler):
+    ROUTE = "task"
+
     def not_yet(self) -> None:
         self.service.stats.polls_timed_out += 1
         self.set_status(204)
@@ -388,6 +409,8 @@ class TaskHandler(BaseHandler):
 
 
 class ChannelHandler(BaseHandler):
+    ROUTE = "channel"
+
     def prepare(self) -> None:
         super().prepare()
         if self.path_args[0] in (".", ".."):
@@ -458,10 +481,12 @@ class ChannelHandler(BaseHandler):
         """The known regression of --delivery-delay-ms (0 in every real benchmark)."""
         await precise_sleep(self.service.config.delivery_delay_ms / 1000.0)
 
-    def delivered(self, body: bytes, count: int) -> None:
-        service = self.service
-        service.stats.messages_delivered += count
-        service.stats.polls_answered_with_messages += 1
+    def delivered(self, body: bytes, count: int, dropped: int) -> None:
+        stats = self.service.stats
+        stats.messages_delivered += count
+        stats.messages_dropped += dropped
+        stats.polls_answered_with_messages += 1
+        stats.answer_times.observe(self.request.request_time())
         self.set_header("Content-Type", "application/json")
         self.finish(body)
 
@@ -632,17 +657,40 @@ class SharedChannelHandler(ChannelHandler):
 
 
 class HealthHandler(BaseHandler):
+    ROUTE = "healthz"
+
     def get(self) -> None:
         self.write_json({"ok": not self.service.shutting_down,
                          "backend_index": self.service.config.backend_index})
 
 
 class StatsHandler(BaseHandler):
+    ROUTE = "stats"
+
     def get(self) -> None:
         self.write_json(self.service.snapshot())
 
 
+class MetricsHandler(BaseHandler):
+    """Prometheus / OpenMetrics (target_app.metrics): each backend is scraped on its own port."""
+
+    ROUTE = "metrics"
+
+    def get(self) -> None:
+        from target_app.metrics import make_registry, render
+
+        service = self.service
+        registry = service.registry
+        if registry is None:
+            registry = service.registry = make_registry(service)
+        body, content_type = render(registry, self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
 class NotFoundHandler(BaseHandler):
+    ROUTE = "not_found"
+
     def prepare(self) -> None:
         raise JsonError(404, f"no such resource: {self.request.path}")
 
@@ -679,6 +727,7 @@ def make_app(config: AppConfig | None = None) -> tornado.web.Application:
              args),
             (r"/healthz", HealthHandler, args),
             (r"/stats", StatsHandler, args),
+            (r"/metrics", MetricsHandler, args),
             (r"/(favicon\.ico|robots\.txt)", StaticHandler, {"path": STATIC_PATH}),
         ],
         static_path=str(STATIC_PATH),

@@ -48,7 +48,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from target_app.state import Channel, Message, Waiters, render_answer
+from target_app.state import Channel, Message, Waiters, dropped_count, render_answer
 
 log = logging.getLogger("target_app.shared")
 
@@ -436,8 +436,9 @@ class SharedState:
         finally:
             view.syncing = None
 
-    def render_read(self, got: Read, cursor: int, view: ChannelView) -> tuple[bytes, int]:
-        """The 200 body for a read from Redis, and how many messages it holds.  Messages that
+    def render_read(self, got: Read, cursor: int, view: ChannelView) -> tuple[bytes, int, int]:
+        """The 200 body for a read from Redis, how many messages it holds and how many its
+        dropped range names.  Messages that
         join the view's tail are kept in it, so the next poll finds them there."""
         msgs = [Message(got.start + i, 0.0, b"", m) for i, m in enumerate(got.messages)]
         if got.epoch == view.epoch and msgs and not view.buffer:
@@ -445,7 +446,8 @@ class SharedState:
                 view.append(m)
         dropped = got.dropped(cursor)
         last = msgs[-1].seq if msgs else (dropped[1] if dropped else cursor)
-        return render_answer([m.encoded for m in msgs], last, got.epoch, dropped), len(msgs)
+        return (render_answer([m.encoded for m in msgs], last, got.epoch, dropped), len(msgs),
+                dropped_count(dropped))
 
     # -- tasks --------------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ class Channel:
         self.buffer: collections.deque[Message] = collections.deque(maxlen=buffer_len)
         self.last_seq = 0
         self.waiters = Waiters()
-        self._rendered: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self._rendered: dict[tuple[int, int], tuple[bytes, int, int]] = {}
         self._now = now
 
     def publish(self, data: bytes) -> Message:
@@ -149,8 +149,9 @@ class Channel:
         last = msgs[-1].seq if msgs else (dropped[1] if dropped else cursor)
         return ReadResult(msgs, last, dropped)
 
-    def render_after(self, cursor: int, limit: int) -> tuple[bytes, int]:
-        """The JSON answer for a poll at ``cursor`` and how many messages it holds.
+    def render_after(self, cursor: int, limit: int) -> tuple[bytes, int, int]:
+        """The JSON answer for a poll at ``cursor``, how many messages it holds, and how
+        many its dropped range names.
 
         Subscribers of a broadcast mostly share a cursor, so the body is built
         once per (cursor, last_seq) and reused: waking 10,000 waiters costs one
@@ -165,8 +166,12 @@ class Channel:
                              res.dropped)
         if len(self._rendered) >= 64:
             self._rendered.clear()
-        self._rendered[key] = (body, len(res.messages))
-        return body, len(res.messages)
+        answer = self._rendered[key] = (body, len(res.messages), dropped_count(res.dropped))
+        return answer
+
+
+def dropped_count(dropped: tuple[int, int] | None) -> int:
+    return dropped[1] - dropped[0] + 1 if dropped else 0
 
 
 def render_answer(encoded: list[bytes], cursor: int, epoch: str,

@@ -289,8 +289,10 @@ def test_channel_read_after_handles_limit_and_dropped():
         ch.publish(str(i).encode())
     res = ch.read_after(0, limit=2)
     assert res.dropped == (1, 2) and [m.seq for m in res.messages] == [3, 4] and res.cursor == 4
-    body, count = ch.render_after(5, 10)
-    assert count == 1 and json.loads(body)["messages"][0]["data"] == 5
+    body, count, dropped = ch.render_after(5, 10)
+    assert count == 1 and dropped == 0 and json.loads(body)["messages"][0]["data"] == 5
+    body, count, dropped = ch.render_after(0, 10)  # seqs 1 and 2 fell out of the buffer
+    assert count == 4 and dropped == 2 and json.loads(body)["dropped"] == [1, 2]
 
 
 def test_an_injected_delivery_delay_below_a_millisecond_is_what_was_asked():
