@@ -47,6 +47,9 @@ def add_options(parser) -> None:
                    help="web UI: a folder per test started in the UI (pollbench ui sets it)")
     g.add_argument("--pb-live", default="", include_in_web_ui=False,
                    help="web UI: the target-side sample file (pollbench ui sets it)")
+    g.add_argument("--pb-metrics-port", type=int, default=0, include_in_web_ui=False,
+                   help="serve the run's live figures for Prometheus on 127.0.0.1:PORT/metrics "
+                        "(pollbench sets it; 0: none)")
     g.add_argument("--pb-agent", default="", include_in_web_ui=False,
                    help="the target host's agent (pollbench run --agent): each worker measures "
                         "its clock offset to it")
@@ -84,7 +87,8 @@ def on_init(environment, **_kw) -> None:
         for name, weight in parse_mix(opts.pb_mix).items():
             classes[name].weight = weight
     plumbing = MetricsPlumbing(environment, opts.pb_out if opts else None,
-                               opts.pb_tests if opts else None, opts.pb_live if opts else None)
+                               opts.pb_tests if opts else None, opts.pb_live if opts else None,
+                               opts.pb_metrics_port if opts else 0)
     environment.pollbench = plumbing
     if plumbing.live is not None:
         from loadtests.webui import install

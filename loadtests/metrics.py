@@ -41,7 +41,7 @@ class MetricsPlumbing:
     """Wires a Recorder into one Locust process according to its role."""
 
     def __init__(self, environment, out: str | None, tests_dir: str | None = None,
-                 live_path: str | None = None) -> None:
+                 live_path: str | None = None, metrics_port: int = 0) -> None:
         from locust.runners import MasterRunner, WorkerRunner
 
         self.env = environment
@@ -81,6 +81,23 @@ class MetricsPlumbing:
             say_hello(self.runner)
         if not self.is_master:
             self._greenlet = gevent.spawn(self._flush_loop)
+        # the live figures for Prometheus (loadtests.openmetrics), where the run's files are
+        self.openmetrics = self._openmetrics_server = None
+        if metrics_port and not self.is_worker:
+            from loadtests.openmetrics import LoadgenMetrics, serve
+
+            sink = self.sink
+            self.openmetrics = LoadgenMetrics(
+                (lambda: sink.epoch_loss.lost()) if sink is not None else (lambda: 0))
+            try:
+                self._openmetrics_server = serve(self.openmetrics, metrics_port)
+            except OSError as e:  # taken since pollbench chose it: the run goes on without
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    f"the Prometheus endpoint could not listen on 127.0.0.1:{metrics_port} "
+                    f"({e}); the run goes on without it")
+                self.openmetrics = None
         self.trim = LocustTrim(environment.stats)
         self._trim_greenlet = gevent.spawn(self._trim_loop)
 
@@ -136,6 +153,8 @@ class MetricsPlumbing:
         """An interval of one process: into the session's files, the test's, the live view."""
         if self.sink is not None:
             self.sink.write(source, payload)
+        if self.openmetrics is not None:
+            self.openmetrics.add(payload)
         if self.test is not None:
             self.test.sink.write(source, payload)
         if self.live is not None:
@@ -222,6 +241,8 @@ class MetricsPlumbing:
         if self._stopped:
             return
         self._stopped = True
+        if self._openmetrics_server is not None:
+            self._openmetrics_server.stop(timeout=1)
         if self.workers is not None:
             self.workers.stopped = True
         if self.sink is not None:

@@ -62,7 +62,9 @@ class AnswerTimes:
 
 
 def _le(bound: float) -> str:
-    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(bound)  # as prometheus_client writes its own buckets: "1.0"
 
 
 def requests_per_connection(closed: dict[int, int]) -> tuple[list[tuple[str, int]], int, int]:
@@ -72,7 +74,7 @@ def requests_per_connection(closed: dict[int, int]) -> tuple[list[tuple[str, int
         total += k * n
         count += n
     for bound in REQUESTS_PER_CONNECTION_BUCKETS:
-        out.append((str(bound), sum(n for k, n in closed.items() if k <= bound)))
+        out.append((_le(bound), sum(n for k, n in closed.items() if k <= bound)))
     out.append(("+Inf", count))
     return out, total, count
 

@@ -100,7 +100,8 @@ def show(a) -> int:
         if out.exists():
             raise UserError(f"{out} exists; choose another --html file")
         page, found = trend_page(frames(runs, metrics),
-                                 f"pollbench history: {len(runs)} runs")
+                                 f"pollbench history: {len(runs)} runs ({a.detector})",
+                                 a.detector)
         write_atomic(out, page.encode())
         print(f"trend page: {out} ({len(runs)} runs, {len(found)} steps)")
         for s in found:

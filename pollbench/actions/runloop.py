@@ -33,6 +33,7 @@ from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INC
 from pollbench.records.runrecord import error_rate, finish_record, store_in_history
 from pollbench.stack.disk import DiskWatch
 from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.net import find_free_ports
 from pollbench.stack.processes import Child, ChildGroup, spawn
 from pollbench.stack.sampler import Sampler
 
@@ -151,6 +152,10 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                                 run_dir / "locust" / "report.html",
                                 run_dir / "locust" / "stats",  # Locust adds .json
                                 extra=side.locust_args())
+        metrics_port = find_free_ports(1)
+        cmd += ["--pb-metrics-port", str(metrics_port)]
+        record["loadgen_metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
+        log.info(f"load generator metrics (Prometheus): {record['loadgen_metrics_url']}")
         record["locust_command"] = side.shown_command(cmd)
         locust = side.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
                                       stop_signal=signal.SIGTERM, cpus=load.cpus))

@@ -29,7 +29,7 @@ from pollbench.paths import LOCUSTFILE
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
 from pollbench.stack.loadgen import LoadSpec
-from pollbench.stack.net import answers, port_free
+from pollbench.stack.net import answers, find_free_ports, port_free
 from pollbench.stack.processes import spawn, wait_until
 from pollbench.stack.sampler import Sampler
 from pollbench.stack.spec import ResolvedStack, StackSpec
@@ -100,6 +100,9 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
                *load.locust_options()]
         if load.workers:
             cmd += ["--processes", str(load.workers)]
+        metrics_port = find_free_ports(1, exclude={web_port})
+        cmd += ["--pb-metrics-port", str(metrics_port)]
+        record["loadgen_metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
         locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log"))
         url = f"http://{web_host}:{web_port}/"
         if not wait_until(lambda: not locust.alive() or answers(url), 20) or not locust.alive():
@@ -111,6 +114,8 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
         sampler.start()
         print(f"run folder: {run_dir}")
         print(f"target:     {stack.url}/")
+        print(f"metrics:    {record['loadgen_metrics_url']}  (the load generator's, for "
+              "Prometheus; each backend serves its own /metrics)")
         print(f"web UI:     {url}  (start a test, then open the \"Long polling\" tab; each "
               "test stopped in the UI gets its own run folder and report)")
         print("Ctrl-C stops everything.", flush=True)

@@ -15,6 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
+from analysis.catalog import TREND_DETECTORS as DETECTORS
 from analysis.tracker_format import TRACKER_FORMATS
 
 
@@ -48,6 +49,10 @@ def add_parser(sub) -> None:
     p.add_argument("--until", default=None, metavar="DATE", help="runs started before DATE")
     p.add_argument("--metric", action="append", metavar="NAME",
                    help="figures to show (repeatable; default delivery p50, p99, throughput)")
+    p.add_argument("--detector", default="pelt", choices=DETECTORS,
+                   help="how --html finds steps: pelt (default; PELT with a noise penalty) "
+                        "or edivisive (E-Divisive means with Welch's t-test, p <= 0.001, "
+                        "as Apache Otava)")
     p.add_argument("--format", default="table", choices=["table", *TRACKER_FORMATS],
                    help="table (default), or the latest selected run's figures for a CI "
                         "tracker: github-action-benchmark-smaller / -bigger (its "

@@ -386,3 +386,15 @@ def test_history_gives_a_ci_tracker_the_latest_runs_figures(tmp_path):
     assert "newer (bbbbbbbbbb)" in rows[0]["extra"]
     none = history_cli(url, "--format", "bmf", "--scenario", "nothing-like-it")
     assert none.returncode == 2 and "no run in the history matches" in none.stderr
+
+
+def test_the_trend_page_finds_the_same_step_with_e_divisive(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    stepped_history(tmp_path / "runs")
+    assert history_cli(url, "import", str(tmp_path / "runs")).returncode == 0
+    proc = history_cli(url, "--metric", "delivery_latency_p50", "--detector", "edivisive",
+                       "--html", str(tmp_path / "trend.html"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("step: ") == 1 and "between c06000000000 and c07000000000" \
+        in proc.stdout, proc.stdout
+    assert "(edivisive)" in (tmp_path / "trend.html").read_text()

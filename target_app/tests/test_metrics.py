@@ -91,6 +91,6 @@ class TestMetrics(TargetCase):
         m = await self.scrape()
         bucket = {dict(labels)["le"]: v for (name, labels), v in m.items()
                   if name == "pollbench_target_requests_per_connection_bucket"}
-        assert bucket["5"] - bucket["2"] == 1  # the one connection of 3 requests
+        assert bucket["5.0"] - bucket["2.0"] == 1  # the one connection of 3 requests
         assert m[("pollbench_target_requests_per_connection_sum", ())] >= 3
         assert bucket["+Inf"] == m[("pollbench_target_requests_per_connection_count", ())]
