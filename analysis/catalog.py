@@ -21,6 +21,9 @@ EXIT_BROKEN = 2           # bad input, or a void / undecidable measurement
 EXIT_RUN_FAILED = 3       # a run started but could not complete
 EXIT_INTERRUPTED = 130    # Ctrl-C or SIGTERM
 
+# -- the history's step detectors (analysis.trends; ``pollbench history --detector``) ------
+TREND_DETECTORS = ("pelt", "edivisive")
+
 # -- the run folder ---------------------------------------------------------------------------
 # History of run.json's schema_version:
 #   1 (pollbench 0.1): first version.

@@ -11,6 +11,14 @@ absolute deviation of successive differences), then kept only when the medians o
 side differ by more than the noise of the repetitions could explain (at least 3 sigma of a
 median and :data:`MIN_STEP` relative).  Each step is reported between the last commit
 before it and the first commit after it.
+
+The second detector (``detector="edivisive"``) is E-Divisive means, as Apache Otava (Hunter)
+uses it: the split of a segment that maximises the energy statistic of Matteson & James
+(2014, alpha = 1) is a candidate step; it is kept when Student's t-test between the two sides
+gives p <= :data:`EDIVISIVE_MAX_P` (0.001, Otava's default), and splitting goes on in the
+segments it leaves; at the end every step is tested again against its neighbours and the
+weakest dropped until all pass.  Its steps also need :data:`MIN_STEP`.  No permutation
+test (Otava dropped it for the t-test too): the result is deterministic.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ import pandas as pd
 from analysis import catalog
 
 MIN_STEP = 0.03  # steps smaller than 3 % are not reported
+DETECTORS = catalog.TREND_DETECTORS
+EDIVISIVE_MAX_P = 0.001
+EDIVISIVE_MIN_SIZE = 2  # commits on each side of a candidate step
 
 
 def _describe(metric: str) -> tuple[str, str | None]:
@@ -90,31 +101,105 @@ def _noise(values: np.ndarray) -> float:
     return float(np.median(np.abs(diffs - np.median(diffs))) * 1.4826 / math.sqrt(2))
 
 
-def steps(metric: str, runs: pd.DataFrame) -> list[Step]:
+def _pelt_breaks(medians: np.ndarray, sigma: float) -> list[int]:
+    import ruptures
+
+    n = len(medians)
+    # PELT on the L2 cost, in ruptures' C implementation (the linear kernel's cost is the L2
+    # cost; its Python Pelt took 12 s on 2,500 commits, this one 8 ms)
+    algo = ruptures.KernelCPD(kernel="linear", min_size=1).fit(medians.reshape(-1, 1))
+    return [int(b) for b in algo.predict(pen=2 * sigma**2 * math.log(n)) if b < n]
+
+
+def _energy_split(x: np.ndarray, min_size: int) -> tuple[int, float] | None:
+    """The split of ``x`` with the largest energy statistic Q (alpha = 1) and that Q."""
+    n = len(x)
+    if n < 2 * min_size:
+        return None
+    d = np.abs(x[:, None] - x[None, :])
+    c = np.zeros((n + 1, n + 1))
+    c[1:, 1:] = d.cumsum(0).cumsum(1)  # c[i, j]: sum of d[:i, :j]
+
+    def block(r0, r1, c0, c1):
+        return c[r1, c1] - c[r0, c1] - c[r1, c0] + c[r0, c0]
+
+    tau = np.arange(min_size, n - min_size + 1)
+    m, k = tau.astype(float), (n - tau).astype(float)
+    cross = block(0, tau, tau, n)
+    left, right = block(0, tau, 0, tau), block(tau, n, tau, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within_l = np.where(m > 1, left / (m * (m - 1)), 0.0)
+        within_r = np.where(k > 1, right / (k * (k - 1)), 0.0)
+    q = m * k / (m + k) * (2 * cross / (m * k) - within_l - within_r)
+    best = int(np.argmax(q))
+    return int(tau[best]), float(q[best])
+
+
+def _t_p(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import ttest_ind
+
+    if np.ptp(np.concatenate([a, b])) == 0:
+        return 1.0
+    # Student's (pooled variance): the noise is the machine's on both sides of a step, and a
+    # side of 2-3 commits that happen to agree must not look like certainty (Welch's would)
+    p = float(ttest_ind(a, b, equal_var=True).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def edivisive_breaks(values: np.ndarray, max_p: float = EDIVISIVE_MAX_P,
+                     min_size: int = EDIVISIVE_MIN_SIZE) -> list[int]:
+    """Step positions (index of the first point after each) by E-Divisive means with a
+    t-test, as the module's text says."""
+    n = len(values)
+    found: list[int] = []
+    while True:
+        edges = [0, *sorted(found), n]
+        best = None
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            split = _energy_split(values[a:b], min_size)
+            if split is not None and (best is None or split[1] > best[1]):
+                best = (a + split[0], split[1], a, b)
+        if best is None:
+            break
+        at, _q, a, b = best
+        if _t_p(values[a:at], values[at:b]) > max_p:
+            break
+        found.append(at)
+    while found:  # each step against its final neighbours; drop the weakest until all pass
+        found.sort()
+        edges = [0, *found, n]
+        ps = [_t_p(values[edges[i]:edges[i + 1]], values[edges[i + 1]:edges[i + 2]])
+              for i in range(len(found))]
+        worst = int(np.argmax(ps))
+        if ps[worst] <= max_p:
+            break
+        found.pop(worst)
+    return sorted(found)
+
+
+def steps(metric: str, runs: pd.DataFrame, detector: str = "pelt") -> list[Step]:
     """The steps of ``metric`` over commits (see the module's text)."""
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}: one of {', '.join(DETECTORS)}")
     commits = per_commit(runs)
     n = len(commits)
     if n < 4:
         return []
-    import ruptures
-
     medians = commits["median"].to_numpy(dtype=float)
     sigma = _noise(medians)
     scale = max(abs(float(np.median(medians))), 1e-12)
     if sigma <= 1e-9 * scale:
         sigma = 1e-3 * scale  # a perfectly flat series: any real step stands out
-    # PELT on the L2 cost, in ruptures' C implementation (the linear kernel's cost is the L2
-    # cost; its Python Pelt took 12 s on 2,500 commits, this one 8 ms)
-    algo = ruptures.KernelCPD(kernel="linear", min_size=1).fit(medians.reshape(-1, 1))
-    breaks = [int(b) for b in algo.predict(pen=2 * sigma**2 * math.log(n)) if b < n]
+    breaks = _pelt_breaks(medians, sigma) if detector == "pelt" else edivisive_breaks(medians)
     found = []
     edges = [0, *breaks, n]
     for i, b in enumerate(breaks):
         before = float(np.median(medians[edges[i]:b]))
         after = float(np.median(medians[b:edges[i + 2]]))
-        if abs(after - before) < 3 * sigma or \
-                abs(after - before) < MIN_STEP * max(abs(before), 1e-12):
+        if abs(after - before) < MIN_STEP * max(abs(before), 1e-12):
             continue
+        if detector == "pelt" and abs(after - before) < 3 * sigma:
+            continue  # E-Divisive's t-test has judged the noise already
         found.append(Step(metric, str(commits["commit"][b - 1]), str(commits["commit"][b]),
                           float(commits["first"][b]), before, after,
                           commits["machine"][b - 1] != commits["machine"][b]))
@@ -163,7 +248,8 @@ def _chart(metric: str, runs: pd.DataFrame, commits: pd.DataFrame, found: list[S
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def trend_page(tables: dict[str, pd.DataFrame], title: str) -> tuple[str, list[Step]]:
+def trend_page(tables: dict[str, pd.DataFrame], title: str,
+               detector: str = "pelt") -> tuple[str, list[Step]]:
     """A self-contained HTML page: per metric a chart over commits (repetitions, spread,
     machine changes, steps) and the list of steps; returns the page and every step."""
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -173,7 +259,7 @@ def trend_page(tables: dict[str, pd.DataFrame], title: str) -> tuple[str, list[S
     everything = []
     for metric, runs in tables.items():
         commits = per_commit(runs)
-        found = steps(metric, runs)
+        found = steps(metric, runs, detector)
         everything += found
         parts.append(f"<h2>{html.escape(metric)}</h2>")
         if commits.empty:

@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
                    help="figures to show (repeatable; default delivery p50, p99, throughput)")
     p.add_argument("--detector", default="pelt", choices=DETECTORS,
                    help="how --html finds steps: pelt (default; PELT with a noise penalty) "
-                        "or edivisive (E-Divisive means with Welch's t-test, p <= 0.001, "
+                        "or edivisive (E-Divisive means with Student's t-test, p <= 0.001, "
                         "as Apache Otava)")
     p.add_argument("--format", default="table", choices=["table", *TRACKER_FORMATS],
                    help="table (default), or the latest selected run's figures for a CI "
