@@ -5,7 +5,9 @@ so an interrupted run keeps what was sampled:
 
 * ``samples/processes.csv``: time,component,pid,cpu_percent,rss_bytes,num_fds
   (cpu_percent is of one core: 100 = one core busy; component ``system`` is the
-  whole machine, 100 = every core busy)
+  whole machine, 100 = every core busy; component ``pollbench`` is this process, the
+  harness that samples and runs the loop: recorded so a soak shows its memory too, and
+  counted in no saturation or limit)
 * ``samples/stub_status.csv``: time,active,accepts,handled,requests,reading,writing,waiting
 * ``samples/backend_stats.jsonl``: {"time", "backend", "stats": <GET /stats>}
 * ``samples/nginx_errors.jsonl``: nginx's error log read as it grows, by category
@@ -50,6 +52,9 @@ _STUB = re.compile(rb"Active connections:\s*(\d+)\s*server accepts handled reque
 def parse_stub_status(body: bytes) -> list[int] | None:
     m = _STUB.search(body)
     return [int(x) for x in m.groups()] if m else None
+
+
+HARNESS = "pollbench"  # processes.csv's component for this process
 
 
 class Sampler(threading.Thread):
@@ -151,6 +156,14 @@ class Sampler(threading.Thread):
                 live["cpu"][component] = live["cpu"].get(component, 0.0) + cpu
                 self.cpu_seconds[component] = self.cpu_seconds.get(component, 0.0) + \
                     cpu / 100 * self.interval
+        try:  # the harness itself (this process): its own row, judged by no rule
+            me = self._process(os.getpid(), HARNESS)
+            if me is not None:
+                with me.oneshot():
+                    pw.writerow([now, HARNESS, me.pid, me.cpu_percent(None),
+                                 me.memory_info().rss, me.num_fds()])
+        except psutil.Error:
+            pass
         if self.nginx_url:
             try:
                 status, body = http_get(f"{self.nginx_url}/nginx_status", timeout=1)
