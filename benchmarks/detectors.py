@@ -2,9 +2,11 @@
 
     python benchmarks/detectors.py                 # 200 series a kind, 20 commits, +-4 % noise
     python benchmarks/detectors.py --series 50 --commits 40
+    python benchmarks/detectors.py --noise-kind uniform     # +-4 % at most, not 4 % sd
 
-Each series is ``--commits`` commits of one run each, a value of 100 with Gaussian noise of
-``--noise`` (4 %: one standard deviation), and either no step or a step of 5 %, 10 % or
+Each series is ``--commits`` commits of one run each, a value of 100 with noise of
+``--noise`` (4 %: one standard deviation of Gaussian noise, or with ``--noise-kind uniform``
+the most a value strays, uniformly), and either no step or a step of 5 %, 10 % or
 20 % at a random commit between the 5th and the 5th from last.  Both detectors of
 ``analysis.trends`` (``pelt``, ``edivisive``) read every series through ``steps`` -- the
 code ``pollbench history --detector`` runs.  A step found within one commit of the true
@@ -29,9 +31,12 @@ from analysis.trends import DETECTORS, steps  # noqa: E402
 STEPS = (0.0, 0.05, 0.10, 0.20)
 
 
-def series(rng: np.random.Generator, commits: int, noise: float, step: float):
+def series(rng: np.random.Generator, commits: int, noise: float, step: float,
+           kind: str = "gauss"):
     at = int(rng.integers(5, commits - 4)) if step else None
-    values = 100 * (1 + rng.normal(0, noise, commits))
+    wiggle = rng.normal(0, noise, commits) if kind == "gauss" else \
+        rng.uniform(-noise, noise, commits)
+    values = 100 * (1 + wiggle)
     if at is not None:
         values[at:] *= 1 + step
     rows = pd.DataFrame({"run_key": [f"r{i}" for i in range(commits)],
@@ -46,13 +51,15 @@ def main() -> int:
     ap.add_argument("--series", type=int, default=200, help="series of each kind")
     ap.add_argument("--commits", type=int, default=20)
     ap.add_argument("--noise", type=float, default=0.04, help="standard deviation, relative")
+    ap.add_argument("--noise-kind", choices=("gauss", "uniform"), default="gauss")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
-    print(f"{a.series} series a kind, {a.commits} commits, noise {a.noise:.0%} (sd)")
+    what = "sd, Gaussian" if a.noise_kind == "gauss" else "at most, uniform"
+    print(f"{a.series} series a kind, {a.commits} commits, noise {a.noise:.0%} ({what})")
     print(f"{'series':14} {'detector':10} {'false steps':>12} {'missed':>8} {'seconds':>8}")
     for step in STEPS:
         rng = np.random.default_rng(a.seed)
-        made = [series(rng, a.commits, a.noise, step) for _ in range(a.series)]
+        made = [series(rng, a.commits, a.noise, step, a.noise_kind) for _ in range(a.series)]
         for detector in DETECTORS:
             false = missed = 0
             t0 = time.perf_counter()
