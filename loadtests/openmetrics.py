@@ -112,8 +112,12 @@ def serve(metrics: LoadgenMetrics, port: int):
     from prometheus_client import make_wsgi_app
     from prometheus_client.registry import CollectorRegistry
 
+    from prometheus_client import ProcessCollector
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
+    # this process' CPU seconds, memory and descriptors (workers' CPU is in run.json)
+    ProcessCollector(namespace="pollbench_loadgen", registry=registry)
     server = WSGIServer(("127.0.0.1", port), make_wsgi_app(registry), log=None)
     server.start()
     return server

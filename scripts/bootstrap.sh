@@ -2,17 +2,21 @@
 # Set up a machine for pollbench: nginx (Debian's nginx-light) and Redis (Debian's
 # redis-server, for --state redis) when they are missing, and a virtualenv in .venv with the
 # dependencies at the exact versions of constraints.txt (the lock).  Safe to rerun.
+#   --prometheus  also install Debian's prometheus and prometheus-nginx-exporter (for
+#            --prometheus; without their recommends: no node exporter)
 #   --test   also install what the test suite needs (Debian's chromium for the web UI test,
 #            Debian's postgresql for the results-history tests, iproute2 for the
-#            several-hosts test)
+#            several-hosts test, and what --prometheus needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
+want_prometheus=0
 for arg in "$@"; do
   case "$arg" in
-    --test) want_test=1 ;;
-    *) echo "bootstrap: unknown option $arg (only --test)" >&2; exit 2 ;;
+    --test) want_test=1; want_prometheus=1 ;;
+    --prometheus) want_prometheus=1 ;;
+    *) echo "bootstrap: unknown option $arg (--test, --prometheus)" >&2; exit 2 ;;
   esac
 done
 
@@ -27,14 +31,27 @@ fi
 if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
-if [ "${#missing[@]}" -gt 0 ]; then
+lean=()  # installed without their recommends
+if [ "$want_prometheus" = 1 ]; then
+  command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || lean+=(prometheus)
+  command -v prometheus-nginx-exporter >/dev/null 2>&1 || [ -x /usr/bin/prometheus-nginx-exporter ] \
+    || lean+=(prometheus-nginx-exporter)
+fi
+if [ "${#missing[@]}" -gt 0 ] || [ "${#lean[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "bootstrap: missing ${missing[*]}; run as root or: apt-get install -y ${missing[*]}" >&2
+    echo "bootstrap: missing ${missing[*]} ${lean[*]}; run as root or: apt-get install -y" \
+      "${missing[*]} ${lean[*]}" >&2
     exit 2
   fi
-  echo "bootstrap: installing ${missing[*]} (apt)"
+  echo "bootstrap: installing ${missing[*]} ${lean[*]} (apt)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ "${#missing[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ "${#lean[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${lean[@]}" >/dev/null
+  fi
 fi
 export PATH="$PATH:/usr/sbin"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import gc
-from typing import TYPE_CHECKING
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,9 +25,6 @@ from prometheus_client.core import (
     InfoMetricFamily,
 )
 from prometheus_client.registry import CollectorRegistry
-
-if TYPE_CHECKING:
-    from target_app.app import Service
 
 PREFIX = "pollbench_target_"
 # seconds from a poll's arrival to its answer with data (a held poll's wait included)
@@ -82,7 +79,7 @@ def requests_per_connection(closed: dict[int, int]) -> tuple[list[tuple[str, int
 class TargetCollector:
     """Reads the service's counters when Prometheus scrapes."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Any) -> None:  # target_app.app.Service (app imports this module)
         self.service = service
 
     def collect(self):
@@ -145,7 +142,7 @@ class TargetCollector:
                                 "collector's view (gc.freeze)", value=gc.get_freeze_count())
 
 
-def make_registry(service: Service) -> CollectorRegistry:
+def make_registry(service: Any) -> CollectorRegistry:
     """This process's registry: the target's counters and the process' own (CPU, memory,
     descriptors: prometheus_client's ProcessCollector, read from /proc at scrape)."""
     from prometheus_client import ProcessCollector

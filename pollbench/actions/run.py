@@ -147,6 +147,12 @@ class LocalSide(Side):
     def start(self) -> None:
         self.stack.start()
 
+    def loadgen_metrics_port(self) -> int | None:
+        return self.stack.loadgen_metrics_port
+
+    def prometheus_url(self) -> str | None:
+        return self.stack.prometheus_url
+
     def pids(self) -> dict[str, int]:
         return self.stack.pids()
 

@@ -102,6 +102,14 @@ class Side:
     def locust_args(self) -> tuple[str, ...]:
         return ()
 
+    def loadgen_metrics_port(self) -> int | None:
+        """The port the load generator's Prometheus endpoint must use (None: a free one)."""
+        return None
+
+    def prometheus_url(self) -> str | None:
+        """The Prometheus server started with the side (--prometheus), once it answers."""
+        return None
+
     def shown_command(self, cmd: list[str]) -> list[str]:
         """Locust's command as run.json records it (secrets blanked)."""
         return cmd
@@ -152,10 +160,14 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                                 run_dir / "locust" / "report.html",
                                 run_dir / "locust" / "stats",  # Locust adds .json
                                 extra=side.locust_args())
-        metrics_port = find_free_ports(1)
+        metrics_port = side.loadgen_metrics_port() or find_free_ports(1)
         cmd += ["--pb-metrics-port", str(metrics_port)]
         record["loadgen_metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
         log.info(f"load generator metrics (Prometheus): {record['loadgen_metrics_url']}")
+        if side.prometheus_url():
+            record["prometheus"] = {"url": side.prometheus_url(),
+                                    "data": "prometheus/data", "config": "prometheus/prometheus.yml"}
+            log.info(f"Prometheus: {side.prometheus_url()} (data in {run_dir / 'prometheus'})")
         record["locust_command"] = side.shown_command(cmd)
         locust = side.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
                                       stop_signal=signal.SIGTERM, cpus=load.cpus))

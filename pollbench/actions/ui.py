@@ -100,7 +100,7 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
                *load.locust_options()]
         if load.workers:
             cmd += ["--processes", str(load.workers)]
-        metrics_port = find_free_ports(1, exclude={web_port})
+        metrics_port = stack.loadgen_metrics_port or find_free_ports(1, exclude={web_port})
         cmd += ["--pb-metrics-port", str(metrics_port)]
         record["loadgen_metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
         locust = stack.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log"))
@@ -116,6 +116,10 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
         print(f"target:     {stack.url}/")
         print(f"metrics:    {record['loadgen_metrics_url']}  (the load generator's, for "
               "Prometheus; each backend serves its own /metrics)")
+        if stack.prometheus_url:
+            record["prometheus"] = {"url": stack.prometheus_url, "data": "prometheus/data",
+                                    "config": "prometheus/prometheus.yml"}
+            print(f"Prometheus: {stack.prometheus_url}")
         print(f"web UI:     {url}  (start a test, then open the \"Long polling\" tab; each "
               "test stopped in the UI gets its own run folder and report)")
         print("Ctrl-C stops everything.", flush=True)

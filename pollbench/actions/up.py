@@ -68,11 +68,14 @@ def _up(resolved: ResolvedStack, out: Path | None, agent: Agent | None, generate
         print(f"run folder:   {run_dir}")
         print(f"nginx:        {stack.url}/  (stub_status: {stack.url}/nginx_status)")
         for i, url in enumerate(stack.backend_urls):
-            print(f"backend {i}:    {url}/  (stats: {url}/stats)")
+            print(f"backend {i}:    {url}/  (stats: {url}/stats, Prometheus: {url}/metrics)")
         if stack.redis_url is not None:
             started = "started here" if resolved.redis_port is not None else "yours"
             print(f"redis:        {display_url(stack.redis_url)}  (shared state, {started}; keys "
                   f"{stack.redis_prefix}*)")
+        if stack.prometheus_url:
+            print(f"prometheus:   {stack.prometheus_url}/  (scrapes the backends and nginx every "
+                  f"second; a load generator on port {stack.loadgen_metrics_port} too)")
         print(f"try:          curl -s '{stack.url}/channels/demo?timeout=10'   "
               f"(and in another shell: curl -s -XPOST {stack.url}/channels/demo -d '{{\"hi\": 1}}')")
         if agent is None:

@@ -50,6 +50,10 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                         "request of one connection in N), off; auto (default): the profile's, "
                         "else for a run full unless that would pass 2 GiB, then sampled (see "
                         "docs/run-record.md)")
+    g.add_argument("--prometheus", action="store_true",
+                   help="also start Debian's prometheus (and prometheus-nginx-exporter) on "
+                        "127.0.0.1, scraping every backend, nginx and the load generator "
+                        "once a second; its data in the run folder (docs/metrics.md)")
     g.add_argument("--backend-max-connections", type=int, default=None, metavar="N",
                    help="open client connections each backend accepts; more are answered 503 "
                         f"(default {AppConfig.max_connections:,}; its held polls are capped "
@@ -59,11 +63,13 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> StackSpec:
     access_log = getattr(args, "access_log", "auto")
     return StackSpec(profile=args.profile,
-                     nginx_overrides={} if access_log == "auto" else {"access_log": access_log}, backends=args.backends, loop=args.loop, port=args.port,
+                     nginx_overrides={} if access_log == "auto" else {"access_log": access_log},
+                     backends=args.backends, loop=args.loop, port=args.port,
                      backend_port=args.backend_port, nginx_binary=args.nginx_binary,
                      max_hold_s=args.max_hold, delivery_delay_ms=args.delivery_delay_ms,
                      state=args.state, redis_url=args.redis_url, redis_port=args.redis_port,
-                     backend_max_connections=_max_connections(args))
+                     backend_max_connections=_max_connections(args),
+                     prometheus=getattr(args, "prometheus", False))
 
 
 def _max_connections(args: argparse.Namespace) -> int | None:

@@ -72,6 +72,9 @@ def handle(a) -> int:
         if any(v is None for v in remote_opts):
             raise UserError("a run on another host needs --target, --agent and "
                             "--expect-workers together")
+        if a.prometheus:
+            raise UserError("--prometheus starts a Prometheus beside a stack of this host; with "
+                            "--target the stack is on another host (scrape it from there)")
         from pollbench.actions.remote_run import RemoteTarget, run_remote
 
         remote = RemoteTarget(a.target, a.agent,

@@ -62,6 +62,8 @@ class StackSpec:
     redis_url: str | None = None      # --redis URL: a server of the user's (none is started)
     redis_port: int | None = None     # the started Redis' port (None: a free one)
     redis_overrides: dict[str, Any] = field(default_factory=dict)  # [redis] knobs (sweeps)
+    # --prometheus: a Prometheus server and nginx's exporter beside the stack (stack.prometheus)
+    prometheus: bool = False
 
     @cached_property
     def _profile(self) -> nginx_config.Profile:
@@ -162,6 +164,14 @@ class StackSpec:
         nginx_path = find_nginx(self.nginx_name())
         check_event_method(nginx_path, settings["use"])
         own_ports = [self.port, *ports, *([redis_port] if redis_port is not None else [])]
+        prometheus_ports: tuple[int, int, int] | None = None
+        if self.prometheus:
+            from pollbench.stack import prometheus
+
+            prometheus.find_binaries()  # one line naming what to install, before anything
+            base = find_free_ports(3, exclude=set(own_ports))
+            prometheus_ports = (base, base + 1, base + 2)  # server, nginx exporter, loadgen
+            own_ports += list(prometheus_ports)
         claimed = None
         if claim:
             try:
@@ -177,7 +187,7 @@ class StackSpec:
                     raise UserError(f"port {port} is already in use on {host} "
                                     "(stop what holds it, or choose --port / --backend-port)")
         return ResolvedStack(self, settings, self.nginx_name(), nginx_path, ports, app, claimed,
-                             state, redis_settings, redis_port, redis_binary)
+                             state, redis_settings, redis_port, redis_binary, prometheus_ports)
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,8 @@ class ResolvedStack:
     redis_settings: dict[str, Any] = field(default_factory=dict)  # validated [redis] knobs
     redis_port: int | None = None     # the Redis this stack starts (None: none started)
     redis_binary: str | None = None
+    # --prometheus: (Prometheus, nginx exporter, load generator endpoint) ports, else None
+    prometheus_ports: tuple[int, int, int] | None = None
 
     @property
     def redis_url(self) -> str | None:

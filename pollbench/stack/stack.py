@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from pollbench.errors import RunFailed, UserError
+from pollbench.records.rundir import write_atomic
 from pollbench.stack import nginx_config, redis_server
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault
 from pollbench.stack.net import answers
@@ -61,6 +62,7 @@ class Stack:
         # the fault injector replaces children while the run loop checks them: one at a time
         self._children_lock = threading.Lock()
         self.nginx_master: int | None = None  # after a binary upgrade: the new master's pid
+        self.prometheus_url: str | None = None  # --prometheus: the server, once it answers
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -176,6 +178,7 @@ class Stack:
         if not self.detach_nginx:
             self.nginx = self.group.add(spawn("nginx", cmd, log, cpus=spec.cpus))
             self._wait_healthy(self.nginx, f"{self.url}/healthz", 10)
+            self._start_prometheus()
             return
         # The shell's process group holds nginx (killed with it at stop).  The shell exits
         # once nginx has written its pid file: nginx notes its parent at start, and allows an
@@ -199,6 +202,41 @@ class Stack:
                           10) or not self._master_alive():
             raise RunFailed(f"nginx did not answer {self.url}/healthz within 10 s; last lines "
                             f"of {log}:\n{self.nginx.log_tail()}")
+        self._start_prometheus()
+
+    @property
+    def loadgen_metrics_port(self) -> int | None:
+        """The port the load generator's endpoint must use (the one Prometheus scrapes)."""
+        ports = self.resolved.prometheus_ports
+        return ports[2] if ports is not None else None
+
+    def _start_prometheus(self) -> None:
+        """--prometheus: nginx's exporter, then the server; waits until each answers."""
+        ports = self.resolved.prometheus_ports
+        if ports is None:
+            return
+        from pollbench.stack import prometheus
+
+        server_bin, exporter_bin = prometheus.find_binaries()
+        server_port, exporter_port, loadgen_port = ports
+        folder = self.run_dir / "prometheus"
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        config = folder / "prometheus.yml"
+        jobs = prometheus.scrape_jobs(list(self.resolved.backend_ports), exporter_port,
+                                      loadgen_port)
+        write_atomic(config, prometheus.render_config(jobs).encode())
+        exporter = self.group.add(spawn(
+            "nginx-exporter", prometheus.exporter_cmd(exporter_bin, f"{self.url}/nginx_status",
+                                                      exporter_port),
+            self.run_dir / "logs" / "nginx-exporter.log"))
+        self._wait_healthy(exporter, f"http://127.0.0.1:{exporter_port}/metrics", 15)
+        server = self.group.add(spawn(
+            "prometheus", prometheus.prometheus_cmd(server_bin, config, folder / "data",
+                                                    server_port),
+            self.run_dir / "logs" / "prometheus.log"))
+        url = f"http://127.0.0.1:{server_port}"
+        self._wait_healthy(server, f"{url}/-/ready", 30)
+        self.prometheus_url = url
 
     def _master_alive(self) -> bool:
         try:
