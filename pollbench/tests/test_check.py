@@ -6,6 +6,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from pollbench.actions.check import ci_config
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
@@ -191,6 +193,7 @@ def test_a_revision_without_pollbench_is_refused(tmp_path):
         assert "has no pollbench" in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_interleaved_check_catches_an_injected_delay_pair_by_pair(tmp_path):
     """A real check, 9 rounds (the fewest the signed-rank test decides on with Holm): this
     working tree, committed into a repository of its own, against its own HEAD, with a

@@ -12,6 +12,9 @@ import pytest
 from pollbench.stack.faults import Fault, parse_fault, schedule
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
+# runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("text, fault", [
     ("20s:kill=3s:backend-1", Fault(20.0, "kill", 3.0, "backend-1")),

@@ -242,6 +242,7 @@ def test_postgresql_store_and_migration(postgres, tmp_path):
     migrate_from_first_version(old, old.replace("postgresql://", "postgresql+psycopg://"))
 
 
+@pytest.mark.slow  # two real runs
 def test_runs_land_in_the_history_and_a_database_gone_mid_run_costs_nothing(postgres,
                                                                             tmp_path):
     # a run lands in the SQLite history with its commit and figures

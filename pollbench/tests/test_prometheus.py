@@ -43,7 +43,7 @@ def test_prometheus_scrapes_every_component_and_the_dashboard_queries_answer(tmp
     out = tmp_path / "run"
     proc = subprocess.Popen(
         run_cmd(out, "--prometheus", "--users", "41", "--channels", "4", "--publish-rate",
-                "20", "--poll-timeout", "2", "--duration", "30s", "--no-report"),
+                "20", "--poll-timeout", "2", "--duration", "18s", "--no-report"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     output = Output(proc)
     try:

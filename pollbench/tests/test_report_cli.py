@@ -6,9 +6,13 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 
 from analysis.synthetic import make_run
 from pollbench.tests.conftest import REPO, pollbench_cmd
+
+# runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
+pytestmark = pytest.mark.slow
 
 
 def report(*args):

@@ -17,6 +17,9 @@ from pollbench.records.runinfo import validate_run_json
 from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
+# runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 POLL_TIMEOUT_S = 2.0
 
 

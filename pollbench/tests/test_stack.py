@@ -19,6 +19,9 @@ from pollbench.stack.spec import StackSpec
 from pollbench.stack.stack import Stack
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
+# runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 SUBSCRIBERS = 200
 MESSAGES_PER_CHANNEL = 40
 

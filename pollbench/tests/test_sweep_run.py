@@ -7,8 +7,13 @@ import json
 import signal
 import subprocess
 
+import pytest
+
 from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+
+# runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
+pytestmark = pytest.mark.slow
 
 TINY = """
 description = "tiny test sweep"

@@ -21,6 +21,9 @@ from pollbench.stack.net import find_free_ports
 from pollbench.stack.processes import wait_until
 from pollbench.tests.conftest import REPO, Output, free_stack_ports, pollbench_cmd
 
+# runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
