@@ -109,10 +109,8 @@ def _values(hist: HdrHistogram):
 def serve(metrics: LoadgenMetrics, port: int):
     """Start the endpoint on 127.0.0.1:``port`` (a gevent server in the Locust process)."""
     from gevent.pywsgi import WSGIServer
-    from prometheus_client import make_wsgi_app
+    from prometheus_client import ProcessCollector, make_wsgi_app
     from prometheus_client.registry import CollectorRegistry
-
-    from prometheus_client import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
