@@ -115,13 +115,14 @@ def measure_clock(environment, recorder: Recorder, phase: str) -> bool:
     from urllib.parse import urlsplit
 
     from analysis.clock import measure
+    from analysis.signing import sign_headers
 
     parts = urlsplit(url)
-    headers = {"Authorization": f"Bearer {getattr(opts, 'pb_agent_token', '')}"}
+    token = getattr(opts, "pb_agent_token", "")
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=2)
 
     def remote() -> float:  # one keep-alive connection: no handshake in the round trips
-        conn.request("GET", "/v1/time", headers=headers)
+        conn.request("GET", "/v1/time", headers=sign_headers(token, "GET", "/v1/time"))
         resp = conn.getresponse()
         body = resp.read()
         if resp.status != 200:

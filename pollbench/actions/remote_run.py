@@ -32,8 +32,9 @@ from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import OPENER, port_free
 from pollbench.stack.nginx_config import check_listen_address
 from pollbench.stack.processes import Child, ChildGroup
-from pollbench.stack.remote import AgentClient, check_http_url, pull_run
+from pollbench.stack.remote import AgentClient, Session, check_http_url, pull_run
 from pollbench.stack.sampler import Sampler
+from pollbench.stack.spec import StackSpec
 
 DEFAULT_MASTER_PORT = 5557
 AGENT_CHECK_EVERY_S = 5.0
@@ -69,9 +70,6 @@ class RemoteTarget:
             raise UserError("--workers starts worker processes on this host; with "
                             "--expect-workers they run on the load hosts (pollbench worker "
                             "--processes N there)")
-        if load.faults:
-            raise UserError("--fault acts on the stack's processes, which are on the target "
-                            "host: faults need a local run")
         host = "127.0.0.1" if self.master_bind == "0.0.0.0" else self.master_bind
         if not port_free(self.master_port, host):
             raise UserError(f"--master-port {self.master_port} is in use on {host}: choose "
@@ -101,15 +99,48 @@ def check_target(url: str) -> None:
 def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
                report: bool = True, history_source: str = "run",
                max_error_rate: float | None = None,
-               min_free_disk: int = disk.DEFAULT_FLOOR) -> int:
+               min_free_disk: int = disk.DEFAULT_FLOOR, stack: StackSpec | None = None,
+               session: Session | None = None, warmup_s: float | None = None,
+               cooldown_max_s: float = 0.0) -> int:
+    """A run against a stack on another host.  With ``pollbench agent`` there, the stack
+    ``stack`` (default: the default stack) is started through it first, or kept when
+    ``session`` (a sweep's) runs the same one; a run's own session stops it at the end.
+    Against ``pollbench up --bind`` the stack is the one up started."""
     remote.check(load)
     load.validate(3600.0)  # the target's own --max-hold is checked once the agent says it
+    load.fault_schedule()  # each --fault's form (the agent checks its targets)
     target = check_http_url("--target", remote.target)
-    client = AgentClient(remote.agent, remote.token)
+    client = session.client if session is not None else AgentClient(remote.agent, remote.token)
     info = client.info()
     if info.get("pollbench") != __version__:
         raise UserError(f"the target's agent runs pollbench {info.get('pollbench')}, this host "
                         f"{__version__}: install the same pollbench on every host")
+    controllable = bool(info.get("controllable"))
+    if not controllable and load.faults:
+        raise UserError("--fault needs a target host that takes control requests: start "
+                        "pollbench agent there (pollbench up --bind serves reads only)")
+    own = None
+    if controllable:
+        if session is None:
+            session = own = Session(client)
+        info = session.ensure(stack or StackSpec(), load.faults, cooldown_max_s,
+                              log=log.warning)
+    try:
+        return _run_remote(remote, load, out, report, history_source, max_error_rate,
+                           min_free_disk, client, info, target, session, warmup_s)
+    finally:
+        if own is not None:
+            try:
+                own.close()
+            except UserError as e:
+                log.warning(f"the target's stack could not be stopped ({e}); its lease "
+                            "stops it")
+
+
+def _run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None, report: bool,
+                history_source: str, max_error_rate: float | None, min_free_disk: int,
+                client: AgentClient, info: dict, target: str, session: Session | None,
+                warmup_s: float | None) -> int:
     if not info.get("alive", True):
         raise UserError(f"the target's stack is down: {info.get('problem')}")
     load.validate(float(info.get("stack", {}).get("max_hold_s", 120.0)))
@@ -121,17 +152,24 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
                           {k: info.get(k) for k in ("stack", "software", "host", "machine",
                                                     "git")})
     record["parameters"]["workers"] = remote.expect_workers
+    if warmup_s is not None:
+        record["warmup_s"] = warmup_s
     record["distributed"] = {"target": target, "agent": client.url,
                              "master": f"{remote.master_bind}:{remote.master_port}",
                              "expect_workers": remote.expect_workers,
-                             "controller": host_info()}
+                             "controller": host_info(),
+                             "agent_kind": "pollbench agent" if session is not None
+                             else "pollbench up",
+                             "target_run_dir": info.get("run_dir"),
+                             "stack_reused": info.get("reused")}
     write_json_atomic(run_dir / "run.json", record)
     log.info(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
           f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "
           f"{run_dir}")
     # (the target host's own disk is its agent's: this one receives its logs at the end)
-    return drive(RemoteSide(remote, client, target, run_dir), load, run_dir, record, report,
-                 history_source, max_error_rate, disk.DiskWatch(run_dir, min_free_disk))
+    return drive(RemoteSide(remote, client, target, run_dir, session, load), load, run_dir,
+                 record, report, history_source, max_error_rate,
+                 disk.DiskWatch(run_dir, min_free_disk))
 
 
 class RemoteSide(Side):
@@ -139,8 +177,11 @@ class RemoteSide(Side):
     to it); the target is checked through its agent, and its side (samples, logs, the
     rendered config) pulled from the agent after the load."""
 
-    def __init__(self, remote: RemoteTarget, client: AgentClient, target: str, run_dir: Path):
+    def __init__(self, remote: RemoteTarget, client: AgentClient, target: str, run_dir: Path,
+                 session: Session | None = None, load: LoadSpec | None = None):
         self.remote, self.client, self.url, self.run_dir = remote, client, target, run_dir
+        self.session, self.load = session, load
+        self.armed = False
         self.group = ChildGroup()
         self.extra_wait_s = remote.workers_timeout_s
         self.controller_before: Offset | None = None
@@ -169,9 +210,18 @@ class RemoteSide(Side):
     def pids(self) -> dict[str, int]:
         return {c.name: c.pid for c in self.group.children}
 
+    def load_started(self) -> None:
+        load = self.load
+        if self.session is not None and load is not None and load.faults:
+            # the agent's clock for the faults starts now (a request's round trip late)
+            self.session.arm(list(load.faults), load.duration_s)
+            self.armed = True
+
     def check(self) -> None:
         if time.monotonic() > self._next_check:
             self._next_check += AGENT_CHECK_EVERY_S
+            if self.session is not None and self.session.lost:
+                raise RunFailed(f"the target's stack was lost: {self.session.lost}")
             state = self.client.info()
             if not state.get("alive", True):
                 raise RunFailed(f"the target's stack went down: {state.get('problem')}")
@@ -192,7 +242,26 @@ class RemoteSide(Side):
     def stop(self, record: dict) -> dict[str, int | None]:
         exit_codes = self.group.stop_all()
         self.t1 = time.time()
+        if self.armed and self.session is not None:
+            try:
+                record["faults"] = self._fault_records(self.session.end_faults())
+            except UserError as e:
+                record["warnings"].append(f"the faults' records could not be fetched: {e}")
         return exit_codes
+
+    def _fault_records(self, records: list[dict]) -> list[dict]:
+        """The agent's records with their times on this host's clock (the measured offset
+        taken out); the target's own times kept beside them."""
+        offset = self.controller_before.offset_s if self.controller_before else 0.0
+        out = []
+        for r in records:
+            r = dict(r)
+            for key in ("started_at", "ended_at"):
+                if isinstance(r.get(key), (int, float)):
+                    r[f"target_{key}"] = r[key]
+                    r[key] = r[key] - offset
+            out.append(r)
+        return out
 
     def collect(self, record: dict, sampler: Sampler | None
                 ) -> tuple[Counts, dict[str, float]] | None:

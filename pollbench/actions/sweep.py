@@ -213,7 +213,12 @@ def move_aside(root: Path, entry: dict) -> None:
             return
 
 
-def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: int) -> None:
+def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: int,
+             remote=None, session=None) -> None:
+    """Every run of the plan not complete yet.  ``remote`` (a RemoteTarget) and ``session``
+    (the controller's hold on its agent): each cell's stack is started on the target host
+    through the agent (kept when the next run is of the same stack), the load comes from
+    the workers, and the cool-down is waited for on the target host."""
     from pollbench.actions.run import run
 
     cells = {c.index: c for c in sweep.cells}
@@ -236,7 +241,11 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
                  f"{sweep.repetitions}); about {_fmt_s(per_run * (len(todo) - k))} left")
         if entry["status"] != PLANNED:
             move_aside(root, entry)
-        if sweep.cooldown == "fresh-ports":
+        if remote is not None:
+            if isinstance(sweep.cooldown, float) and (k > 0 or manifest.get("last_run_ended_at")):
+                entry["cooldown"] = cool_down(sweep, set())
+                cool_s.append(entry["cooldown"]["waited_s"])
+        elif sweep.cooldown == "fresh-ports":
             current, entry["cooldown"] = fresh_ports(sweep, sets, current)
             cool_s.append(entry["cooldown"]["waited_s"])
             manifest["last_port_set"] = current
@@ -250,8 +259,18 @@ def run_plan(sweep: Sweep, root: Path, manifest: dict, port: int, backend_port: 
         save(root, manifest)
         (root / cell.folder).mkdir(exist_ok=True)
         try:
-            code = run(spec, cell.load, out=root / entry["run"], report=False,
-                       history_source="sweep", warmup_s=sweep.warmup_s)
+            if remote is not None:
+                from pollbench.actions.remote_run import run_remote
+
+                # on the target host, a new stack waits there for the previous one's sockets
+                code = run_remote(remote, cell.load, out=root / entry["run"], report=False,
+                                  history_source="sweep", stack=cell.stack, session=session,
+                                  warmup_s=sweep.warmup_s,
+                                  cooldown_max_s=0.0 if isinstance(sweep.cooldown, float)
+                                  else sweep.cooldown_max_s)
+            else:
+                code = run(spec, cell.load, out=root / entry["run"], report=False,
+                           history_source="sweep", warmup_s=sweep.warmup_s)
             entry.update(status=COMPLETE if code == 0 else FAILED, exit_code=code)
         except KeyboardInterrupt:
             entry.update(status=INTERRUPTED, exit_code=EXIT_INTERRUPTED)
@@ -314,10 +333,45 @@ def print_ranking(manifest: dict) -> None:
               f"[{r['label']}]{note}")
 
 
+def check_cells_remote(sweep: Sweep, client) -> None:
+    """Every cell's stack checked by the target host's agent (its knobs, nginx -t there)."""
+    from pollbench.stack.agent import API
+    from pollbench.stack.remote import AgentRefused, spec_to_wire
+
+    for cell in sweep.cells:
+        where = f"sweep {sweep.path}, {cell.describe()}"
+        try:
+            cell.load.validate(cell.stack.max_hold_s)
+            cell.load.fault_schedule()
+            client.call("POST", f"{API}/check", {"stack": spec_to_wire(cell.stack)},
+                        timeout=60)
+        except AgentRefused as e:
+            raise UserError(f"{where}: {e.answer.get('error', e)}") from None
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+
+
 def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, port: int,
-                  backend_port: int) -> int:
+                  backend_port: int, remote=None) -> int:
     sweep = load_sweep(name)
-    check_cells(sweep, port, backend_port)
+    session = None
+    if remote is not None:
+        from pollbench import __version__
+        from pollbench.stack.remote import AgentClient, Session
+
+        for cell in sweep.cells:
+            remote.check(cell.load)
+        client = AgentClient(remote.agent, remote.token)
+        info = client.info()
+        if info.get("pollbench") != __version__ or not info.get("controllable"):
+            raise UserError(f"a sweep on another host needs pollbench agent {__version__} on "
+                            f"it; {remote.agent} is "
+                            + (f"pollbench {info.get('pollbench')}" if info.get("pollbench")
+                               != __version__ else "pollbench up (reads only)"))
+        check_cells_remote(sweep, client)
+        session = Session(client)
+    else:
+        check_cells(sweep, port, backend_port)
     if check_only:
         seed = sweep.seed if sweep.seed is not None else 0
         plan = make_plan(sweep, seed)
@@ -327,7 +381,7 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
             print(f"  cell {c.index}: {c.name}")
         print(f"estimated time: about {_fmt_s(sweep.estimate_run_s() * len(plan))}")
         return EXIT_OK
-    for p in sorted(stack_ports(sweep, port, backend_port)):
+    for p in sorted(stack_ports(sweep, port, backend_port)) if remote is None else ():
         if not port_free(p):
             raise UserError(f"port {p} is already in use on 127.0.0.1 (stop what holds it, or "
                             "choose --port / --backend-port)")
@@ -356,8 +410,11 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
     except BlockingIOError:
         raise UserError(f"another pollbench sweep is running in {root}") from None
     manifest["status"] = RUNNING
+    if remote is not None:
+        manifest["distributed"] = {"target": remote.target, "agent": remote.agent,
+                                   "expect_workers": remote.expect_workers}
     try:
-        run_plan(sweep, root, manifest, port, backend_port)
+        run_plan(sweep, root, manifest, port, backend_port, remote, session)
     except KeyboardInterrupt:
         manifest["status"] = INTERRUPTED
         save(root, manifest)
@@ -368,6 +425,12 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
         manifest["status"] = FAILED
         save(root, manifest)
         raise
+    finally:
+        if session is not None:
+            try:
+                session.close()  # the target host idle again
+            except UserError as e:
+                log.warning(f"the target's stack could not be stopped ({e}); its lease stops it")
     failed = [e for e in manifest["plan"] if e["status"] != COMPLETE]
     manifest["status"] = COMPLETE if not failed else FAILED
     html = write_report(sweep, root, manifest)

@@ -30,7 +30,19 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pollbench.cli import check, compare, history, nginx, report, run, sweep, ui, up, worker
+    from pollbench.cli import (
+        agent,
+        check,
+        compare,
+        history,
+        nginx,
+        report,
+        run,
+        sweep,
+        ui,
+        up,
+        worker,
+    )
 
     parser = OneLineErrorParser(
         prog="pollbench", description="Benchmark long-polling services behind nginx.")
@@ -42,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("-v", "--verbose", action="store_true",
                        help="more detail: the commands pollbench starts, what it waits for")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, run, worker, ui, report, compare, check, sweep, nginx, history):
+    for module in (up, agent, run, worker, ui, report, compare, check, sweep, nginx, history):
         module.add_parser(sub)
     return parser
 

@@ -151,3 +151,43 @@ def place_cpus(spec: StackSpec, load: LoadSpec, text: str | None) -> tuple[Stack
     except ValueError as e:
         raise UserError(f"--cpus {e}") from None
     return replace(spec, cpus=stack_cpus), replace(load, cpus=loadgen_cpus)
+
+
+def add_remote_arguments(p) -> None:
+    """The options of a run (or sweep) whose stack is on another host."""
+    g = p.add_argument_group(
+        "the target on another host (see docs/cli.md, \"Several machines\"): with pollbench "
+        "agent there, the stack options above are started through it; with pollbench up "
+        "--bind, the stack is up's")
+    g.add_argument("--target", default=None,
+                   help="nginx on the target host, http://ADDR:PORT")
+    g.add_argument("--agent", default=None, help="the target's agent, http://ADDR:PORT")
+    g.add_argument("--agent-token", default=None,
+                   help="the agent's token (default $POLLBENCH_AGENT_TOKEN): the control token "
+                        "of pollbench agent, or the token of pollbench up")
+    g.add_argument("--expect-workers", type=int, default=None,
+                   help="Locust workers to wait for (pollbench worker on the load hosts)")
+    g.add_argument("--master-bind", default="127.0.0.1",
+                   help="address the Locust master listens on for workers (default 127.0.0.1: "
+                        "give an address the load hosts reach)")
+    g.add_argument("--master-port", type=int, default=5557,
+                   help="the Locust master's port (default 5557)")
+    g.add_argument("--workers-timeout", type=float, default=60.0,
+                   help="seconds to wait for the workers before giving up (default 60)")
+
+
+def remote_from_args(a):
+    """The RemoteTarget the options name, or None for a stack on this host."""
+    import os
+
+    remote_opts = (a.target, a.agent, a.expect_workers)
+    if all(v is None for v in remote_opts):
+        return None
+    if any(v is None for v in remote_opts):
+        raise UserError("a run on another host needs --target, --agent and --expect-workers "
+                        "together")
+    from pollbench.actions.remote_run import RemoteTarget
+
+    return RemoteTarget(a.target, a.agent,
+                        a.agent_token or os.environ.get("POLLBENCH_AGENT_TOKEN", ""),
+                        a.expect_workers, a.master_bind, a.master_port, a.workers_timeout)

@@ -14,9 +14,11 @@ from pathlib import Path
 from pollbench.cli.history import add_history_argument
 from pollbench.cli.options import (
     add_load_arguments,
+    add_remote_arguments,
     add_stack_arguments,
     load_from_args,
     place_cpus,
+    remote_from_args,
     spec_from_args,
 )
 
@@ -37,29 +39,11 @@ def add_parser(sub) -> None:
                    help="exit 1 when more than this fraction of the HTTP requests failed "
                         "(0.01 = 1 %%; for scripts; default: off)")
     add_history_argument(p)
-    g = p.add_argument_group(
-        "the target on another host (see docs/cli.md, \"Several machines\"); the stack options "
-        "above are then the target's, set by its pollbench up")
-    g.add_argument("--target", default=None,
-                   help="nginx on the target host, http://ADDR:PORT (pollbench up --bind ADDR)")
-    g.add_argument("--agent", default=None, help="the target's agent, http://ADDR:PORT")
-    g.add_argument("--agent-token", default=None,
-                   help="the agent's token (default $POLLBENCH_AGENT_TOKEN)")
-    g.add_argument("--expect-workers", type=int, default=None,
-                   help="Locust workers to wait for (pollbench worker on the load hosts)")
-    g.add_argument("--master-bind", default="127.0.0.1",
-                   help="address the Locust master listens on for workers (default 127.0.0.1: "
-                        "give an address the load hosts reach)")
-    g.add_argument("--master-port", type=int, default=5557,
-                   help="the Locust master's port (default 5557)")
-    g.add_argument("--workers-timeout", type=float, default=60.0,
-                   help="seconds to wait for the workers before giving up (default 60)")
+    add_remote_arguments(p)
     p.set_defaults(func=handle)
 
 
 def handle(a) -> int:
-    import os
-
     from pollbench.errors import UserError
     from pollbench.stack.disk import parse_size
 
@@ -67,23 +51,16 @@ def handle(a) -> int:
         from pollbench.stack.loadgen import check_number
 
         check_number("--max-error-rate", a.max_error_rate, 0, 1)
-    remote_opts = (a.target, a.agent, a.expect_workers)
-    if any(v is not None for v in remote_opts):
-        if any(v is None for v in remote_opts):
-            raise UserError("a run on another host needs --target, --agent and "
-                            "--expect-workers together")
+    remote = remote_from_args(a)
+    if remote is not None:
         if a.prometheus:
             raise UserError("--prometheus starts a Prometheus beside a stack of this host; with "
                             "--target the stack is on another host (scrape it from there)")
-        from pollbench.actions.remote_run import RemoteTarget, run_remote
+        from pollbench.actions.remote_run import run_remote
 
-        remote = RemoteTarget(a.target, a.agent,
-                              a.agent_token or os.environ.get("POLLBENCH_AGENT_TOKEN", ""),
-                              a.expect_workers, a.master_bind, a.master_port,
-                              a.workers_timeout)
         return run_remote(remote, load_from_args(a), out=a.out, report=a.report,
                           max_error_rate=a.max_error_rate,
-                          min_free_disk=parse_size(a.min_free_disk))
+                          min_free_disk=parse_size(a.min_free_disk), stack=spec_from_args(a))
     from pollbench.actions.run import run
 
     spec, load = place_cpus(spec_from_args(a), load_from_args(a), a.cpus)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pollbench.cli.history import add_history_argument
+from pollbench.cli.options import add_remote_arguments, remote_from_args
 
 
 def add_parser(sub) -> None:
@@ -38,10 +39,12 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
     p.add_argument("--backend-port", type=int, default=8000, help="first backend port")
     add_history_argument(p)
+    add_remote_arguments(p)
     p.set_defaults(func=handle)
 
 
 def handle(a) -> int:
     from pollbench.actions.sweep import sweep_command
 
-    return sweep_command(a.sweep, a.resume, a.out, a.check, a.port, a.backend_port)
+    return sweep_command(a.sweep, a.resume, a.out, a.check, a.port, a.backend_port,
+                         remote_from_args(a))

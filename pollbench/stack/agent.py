@@ -1,8 +1,8 @@
 """The target host's agent: what a controller on another host needs of the stack, over HTTP.
 
-When the target runs on its own host (``pollbench up --bind ADDR``), the load side can no
-longer read the stack's processes, logs and status pages itself.  The agent serves them,
-read-only, to whoever holds its token:
+When the target runs on its own host (``pollbench up --bind ADDR``, or ``pollbench agent``),
+the load side can no longer read the stack's processes, logs and status pages itself.  The
+agent serves them to whoever signs with one of its tokens:
 
     GET /v1/info             the agent's pollbench version and the stack it serves (JSON)
     GET /v1/time             this host's clock, {"time": <unix seconds>}: the controller
@@ -13,15 +13,19 @@ read-only, to whoever holds its token:
     GET /v1/files/<key>      one of the run folder's target-side files, by key
                              (:data:`AGENT_FILES`); ``?offset=N`` from byte N on
 
-Every request needs ``Authorization: Bearer <token>`` (401 otherwise, compared in constant
-time); any other path is 404, any other method 405.  Files are looked up by key, never by a
-path the client sends, so nothing outside the run folder's known files can be read.  Binds
-127.0.0.1 unless told otherwise.  Standard library only: it runs in the ``up`` process.
+``pollbench agent`` adds the control requests (POST / DELETE, the control token only) of
+:mod:`pollbench.actions.lab`: start a stack, stop it, check a config, inject faults.
+
+Every request is signed (:mod:`analysis.signing`: an HMAC over method, path, body digest,
+timestamp and nonce; the token never travels): an unsigned, forged, replayed or stale one
+gets 401 and one line in the agent's log; a control request signed with the read token
+403; any other path 404.  Files are looked up by key, never by a path the client sends, so
+nothing outside the run folder's known files can be read.  Binds 127.0.0.1 unless told
+otherwise.  Standard library only: it runs in the ``up`` process.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 import threading
@@ -34,6 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from analysis.catalog import LIVE_FILE, REDIS_INFO_FILE, RUN_FILES
 from analysis.limits import NGINX_ERRORS_FILE, PROCESS_LIMITS_FILE
+from analysis.signing import MIN_TOKEN_CHARS, Refused, Verifier
+from pollbench.log import log
 
 API = "/v1"
 # key -> path in the run folder: the target side of a run, and nothing else
@@ -42,6 +48,15 @@ AGENT_FILES = {key: RUN_FILES[key] for key in (
     "backend_stats")} | {"live": LIVE_FILE, "redis_info": REDIS_INFO_FILE,
                          "nginx_errors": NGINX_ERRORS_FILE, "process_limits": PROCESS_LIMITS_FILE}
 CHUNK = 1 << 16
+MAX_BODY = 1 << 20  # a control request is a few hundred bytes of JSON
+READ, CONTROL = "read", "control"
+
+
+class Control:
+    """What answers the control requests (:class:`pollbench.actions.lab.Lab`)."""
+
+    def handle(self, method: str, path: str, body: Any) -> tuple[int, dict]:
+        raise NotImplementedError
 
 
 def new_token() -> str:
@@ -53,13 +68,19 @@ def new_token() -> str:
 class Agent:
     """The agent's HTTP server, in a daemon thread of the process that owns the stack."""
 
-    def __init__(self, run_dir: Path, token: str, info: dict[str, Any] | Callable[[], dict],
-                 host: str = "127.0.0.1", port: int = 0):
-        if len(token) < 16:
-            raise ValueError("an agent token needs at least 16 characters")
+    def __init__(self, run_dir: Path, token: str | dict[str, str],
+                 info: dict[str, Any] | Callable[[], dict], host: str = "127.0.0.1",
+                 port: int = 0, control: Control | None = None):
+        """``token``: the read token, or {"read": ..., "control": ...} (with ``control``,
+        what answers the control requests)."""
+        tokens = {READ: token} if isinstance(token, str) else dict(token)
+        if any(len(t) < MIN_TOKEN_CHARS for t in tokens.values()):
+            raise ValueError(f"an agent token needs at least {MIN_TOKEN_CHARS} characters")
+        self.verifier = Verifier(tokens)
+        self.tokens = tokens
+        self.control = control
         self.run_dir = Path(run_dir)
         handler = type("Handler", (_Handler,), {"agent": self})
-        self._token = token.encode()
         self.info_source = info  # set later by whoever builds the stack after binding
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
@@ -103,12 +124,8 @@ class Agent:
 
     @property
     def token(self) -> str:
-        return self._token.decode()
-
-    def authorised(self, header: str | None) -> bool:
-        if not header or not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self._token)
+        """The strongest token it holds (control, else read)."""
+        return self.tokens.get(CONTROL) or self.tokens[READ]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -129,14 +146,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _refuse_method(self) -> None:
-        self._json(405, {"error": "the agent is read-only: GET only"})
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse_method  # noqa: N815
+    def _role(self, body: bytes) -> str | None:
+        """The signing token's role, or None after answering 401 (and one log line)."""
+        try:
+            return self.agent.verifier.verify(self.command, self.path, body, self.headers)
+        except Refused as e:
+            log.warning(f"agent: refused {self.command} {self.path[:200]} from "
+                        f"{self.client_address[0]}: {e}")
+            self._json(401, {"error": str(e), "agent_time": time.time()})
+            return None
 
     def do_GET(self) -> None:  # noqa: N802 (the base class's name)
-        if not self.agent.authorised(self.headers.get("Authorization")):
-            self._json(401, {"error": "missing or wrong token (Authorization: Bearer TOKEN)"})
+        if self._role(b"") is None:
             return
         parts = urlsplit(self.path)
         if parts.path == f"{API}/time":
@@ -147,8 +168,50 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, self.agent.sizes())
         elif parts.path.startswith(f"{API}/files/"):
             self._file(parts.path[len(f"{API}/files/"):], parse_qs(parts.query))
+        elif self.agent.control is not None and parts.path.startswith(f"{API}/"):
+            self._json(*self.agent.control.handle("GET", parts.path, None))
         else:
             self._json(404, {"error": f"no such endpoint: {parts.path}"})
+
+    def _control(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            self._json(400, {"error": f"a request body must be 0 to {MAX_BODY} bytes"})
+            return
+        body = self.rfile.read(length) if length else b""
+        role = self._role(body)
+        if role is None:
+            return
+        if self.agent.control is None:
+            self._json(405, {"error": "this agent is read-only (pollbench up): pollbench agent "
+                                      "takes control requests"})
+            return
+        if role != CONTROL:
+            log.warning(f"agent: refused {self.command} {self.path[:200]} from "
+                        f"{self.client_address[0]}: signed with the read token")
+            self._json(403, {"error": "the read token cannot change anything: sign with the "
+                                      "control token"})
+            return
+        try:
+            parsed = json.loads(body) if body else {}
+        except ValueError:
+            self._json(400, {"error": "the body is not JSON"})
+            return
+        if not isinstance(parsed, dict):
+            self._json(400, {"error": "the body must be a JSON object"})
+            return
+        self._json(*self.agent.control.handle(self.command, urlsplit(self.path).path, parsed))
+
+    do_POST = do_DELETE = _control  # noqa: N815
+
+    def _refuse_method(self) -> None:
+        self._json(405, {"error": "GET, POST or DELETE only"})
+
+    do_PUT = do_PATCH = _refuse_method  # noqa: N815
 
     def _file(self, key: str, query: dict[str, list[str]]) -> None:
         if key not in AGENT_FILES:

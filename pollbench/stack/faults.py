@@ -120,10 +120,17 @@ class FaultInjector(threading.Thread):
         self.stack, self.faults, self.started, self.log = stack, faults, started, log
         self.records: list[dict] = []
         self._halt = threading.Event()
+        self._no_more = threading.Event()  # set by halt() and by close()
 
     def halt(self) -> None:
         """No fault starts after this; one under way ends early (a stop resumes at once)."""
         self._halt.set()
+        self._no_more.set()
+
+    def close(self) -> None:
+        """No fault starts after this (the load has ended), but the thread stays until
+        :meth:`halt`: a process it started again lives as long as the stack."""
+        self._no_more.set()
 
     def stop(self) -> None:
         self.halt()
@@ -132,8 +139,8 @@ class FaultInjector(threading.Thread):
     def run(self) -> None:
         for fault in self.faults:
             delay = self.started + fault.at_s - time.monotonic()
-            if delay > 0 and self._halt.wait(delay):
-                return
+            if self._no_more.wait(max(delay, 0)):
+                break
             record = {"fault": fault.text(), "action": fault.action, "target": fault.target,
                       "at_s": fault.at_s, "duration_s": fault.duration_s,
                       "started_at": time.time(), "ended_at": None, "detail": ""}

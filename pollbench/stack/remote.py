@@ -21,9 +21,26 @@ from urllib.parse import urlsplit
 
 from analysis.atomic import atomic_open, write_atomic
 from analysis.clock import Offset, measure
+from analysis.signing import sign_headers
 from pollbench.errors import UserError
 from pollbench.stack.agent import AGENT_FILES, API
 from pollbench.stack.net import OPENER
+
+
+class AgentRefused(UserError):
+    """The agent understood a control request and said no (bad value, busy, read-only)."""
+
+    def __init__(self, status: int, message: str, answer: dict):
+        super().__init__(message)
+        self.status, self.answer = status, answer
+
+
+def _error_of(e: urllib.error.HTTPError) -> dict:
+    try:
+        answer = json.loads(e.read())
+    except (OSError, ValueError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def check_http_url(option: str, url: str) -> str:
@@ -46,23 +63,53 @@ class AgentClient:
         self.token = token
         self.timeout = timeout
 
-    def _open(self, path: str):
-        req = urllib.request.Request(self.url + path,
-                                     headers={"Authorization": f"Bearer {self.token}"})
+    def _open(self, path: str, method: str = "GET", body: Any = None,
+              timeout: float | None = None):
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = sign_headers(self.token, method, path, data)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data if method != "GET" else None,
+                                     method=method, headers=headers)
         try:
-            return OPENER.open(req, timeout=self.timeout)
+            return OPENER.open(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as e:
+            answer = _error_of(e)
             if e.code == 401:
+                skew = answer.get("agent_time")
+                if "stale timestamp" in answer.get("error", "") and \
+                        isinstance(skew, (int, float)):
+                    import time
+
+                    raise UserError(f"the agent at {self.url} refused the request: its clock "
+                                    f"is {skew - time.time():+.0f} s from this host's (more "
+                                    "than 30 s): synchronise the clocks (NTP)") from None
                 raise UserError(f"the agent at {self.url} refused the token: pass the one "
-                                "pollbench up printed (--agent-token)") from None
+                                "pollbench up or pollbench agent printed (--agent-token)") \
+                    from None
             if e.code == 404 and path.startswith(f"{API}/files/"):
                 raise FileNotFoundError(path) from None
+            if e.code in (400, 403, 405, 409) and answer.get("error"):
+                raise AgentRefused(e.code, f"the agent at {self.url}: {answer['error']}",
+                                   answer) from None
             raise UserError(f"the agent at {self.url} answered {e.code} to {path}: is it a "
                             "pollbench agent of the same version?") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise UserError(f"the agent at {self.url} does not answer ({reason}): is "
-                            "pollbench up --bind running there, and its port open?") from None
+                            "pollbench up --bind (or pollbench agent) running there, and its "
+                            "port open?") from None
+
+    def call(self, method: str, path: str, body: dict | None = None,
+             timeout: float | None = None) -> Any:
+        """A control request (POST / DELETE with a JSON body); its JSON answer."""
+        with self._open(path, method, body if body is not None else {}, timeout) as resp:
+            raw = resp.read()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise UserError(f"{self.url}{path} is not a pollbench agent's answer (not "
+                            "JSON)") from None
 
     def get_json(self, path: str) -> Any:
         with self._open(path) as resp:
@@ -163,3 +210,125 @@ def _keep_span(key: str, fetched: Path, dest: Path, t0: float, t1: float) -> Pat
     w.writerows(rows)
     write_atomic(dest, out.getvalue())
     return dest
+
+
+# -- a controller's hold on a target host that pollbench agent serves -------------------------
+
+DEFAULT_LEASE_S = 30.0
+
+
+def spec_to_wire(spec) -> dict:
+    """A StackSpec as the agent's stack request states it (typed values only: no path, no
+    address, no port: those are the agent's)."""
+    if not nginx_name_ok(spec.profile):
+        raise UserError(f"--profile {spec.profile}: a stack on another host takes the name of "
+                        "a profile shipped with pollbench (the agent reads no files of this host)")
+    for value, option in ((spec.redis_url, "--redis"), (spec.cpus, "--cpus"),
+                          (spec.prometheus or None, "--prometheus")):
+        if value is not None:
+            raise UserError(f"{option} sets up this host's stack; with --agent the stack is on "
+                            "the target host")
+    wire: dict[str, Any] = {"profile": spec.profile, "nginx": dict(spec.nginx_overrides),
+                            "loop": spec.loop, "max_hold_s": spec.max_hold_s,
+                            "delivery_delay_ms": spec.delivery_delay_ms}
+    for key, value in (("backends", spec.backends), ("nginx_binary", spec.nginx_binary),
+                       ("state", spec.state),
+                       ("backend_max_connections", spec.backend_max_connections)):
+        if value is not None:
+            wire[key] = value
+    if spec.redis_overrides:
+        wire["redis"] = dict(spec.redis_overrides)
+    return wire
+
+
+def nginx_name_ok(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) is not None
+
+
+class Session:
+    """This controller's hold on the stack of a ``pollbench agent``: start (or keep) the
+    stack a run needs, renew the lease in a thread while it lives, arm and end faults, stop
+    it.  ``holder`` names this controller to the agent."""
+
+    def __init__(self, client: AgentClient, lease_s: float = DEFAULT_LEASE_S):
+        import re
+        import secrets
+        import socket
+        import threading
+
+        self.client, self.lease_s = client, lease_s
+        self.holder = re.sub(r"[^A-Za-z0-9_.:-]", "-",
+                             f"{socket.gethostname()[:40]}-{secrets.token_hex(4)}")
+        self._renewer: tuple[threading.Thread, threading.Event] | None = None
+        self.lost: str | None = None  # why the lease was lost (the agent said so)
+        self.started = False
+
+    def ensure(self, spec, faults: tuple[str, ...] | list[str] = (), cooldown_max_s: float = 0,
+               wait_s: float = 120.0, log=None) -> dict:
+        """The agent's /v1/info once the stack ``spec`` runs (started, or kept when this
+        controller's running stack is the same); a stack another controller holds is waited
+        for, at most ``wait_s`` (its lease runs out when that controller is gone)."""
+        import time
+
+        body = {"holder": self.holder, "lease_s": self.lease_s, "stack": spec_to_wire(spec),
+                "faults": list(faults), "cooldown_max_s": cooldown_max_s}
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
+            try:
+                info = self.client.call("POST", f"{API}/stack", body,
+                                        timeout=cooldown_max_s + 120)
+                break
+            except AgentRefused as e:
+                if e.status != 409 or time.monotonic() > deadline:
+                    raise
+                if log is not None and not said:
+                    log(f"{e} (waiting up to {wait_s:.0f} s for it)")
+                    said = True
+                time.sleep(min(2.0, max(0.2, float(e.answer.get("lease_left_s") or 1))))
+        self.started = True
+        self._start_renewing()
+        return info
+
+    def _start_renewing(self) -> None:
+        import threading
+
+        if self._renewer is not None:
+            return
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease_s / 4):
+                try:
+                    self.client.call("POST", f"{API}/lease",
+                                     {"holder": self.holder, "lease_s": self.lease_s})
+                except AgentRefused as e:
+                    self.lost = str(e)
+                except UserError:
+                    pass  # one missed renewal: the lease is four of them long
+
+        thread = threading.Thread(target=renew, name="pollbench-lease", daemon=True)
+        thread.start()
+        self._renewer = (thread, stop)
+
+    def arm(self, faults: list[str], run_s: float) -> dict:
+        return self.client.call("POST", f"{API}/faults", {"holder": self.holder,
+                                                          "faults": faults, "run_s": run_s})
+
+    def end_faults(self) -> list[dict]:
+        answer = self.client.call("DELETE", f"{API}/faults", {"holder": self.holder},
+                                  timeout=60)
+        return list(answer.get("records") or [])
+
+    def close(self) -> None:
+        """Stop renewing and stop the stack (the target host is idle again)."""
+        if self._renewer is not None:
+            thread, stop = self._renewer
+            stop.set()
+            thread.join(10)
+            self._renewer = None
+        if self.started:
+            self.started = False
+            self.client.call("DELETE", f"{API}/stack", {"holder": self.holder}, timeout=60)
