@@ -43,7 +43,6 @@ from pollbench.stack.faults import Fault, FaultInjector, parse_fault, schedule
 from pollbench.stack.sampler import Sampler
 from pollbench.stack.spec import ResolvedStack, StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
-from target_app.server import LOOPS
 
 DEFAULT_LEASE_S = 30.0
 MAX_LEASE_S = 3600.0
@@ -95,8 +94,6 @@ def spec_from_wire(wire: Any, base: StackSpec) -> StackSpec:
         if key in ("profile", "nginx_binary") and not _NAME.fullmatch(str(value)):
             raise UserError(f"stack setting {key} {value!r} must be a name (letters, digits, "
                             "_ and -): the agent takes no paths")
-        if key == "loop" and value not in LOOPS:
-            raise UserError(f"unknown loop {value!r}; choose one of {', '.join(LOOPS)}")
         if key == "state" and value not in ("local", "redis"):
             raise UserError(f"state {value!r} must be local or redis")
         kwargs[attr] = value
@@ -367,10 +364,13 @@ class Lab(Control):
         return waited
 
     def _do_stop(self, why: str) -> None:
+        """Stop the stack; /v1/info says "running" (not alive, "stopping") until every
+        process is down, then "idle"."""
         with self._lock:
-            cur, self.current = self.current, None
-        if cur is None:
-            return
+            cur = self.current
+            if cur is None:
+                return
+            cur.alive, cur.problem = False, f"stopping: {why}"
         if cur.injector is not None:
             cur.injector.halt()
         try:
@@ -380,8 +380,10 @@ class Lab(Control):
                 cur.injector.stop()
             cur.sampler.stop()
             cur.resolved.release()
-        self.last = {"run_dir": cur.run_dir.name, "holder": cur.holder, "stopped_at": time.time(),
-                     "why": why}
+            with self._lock:
+                self.current = None
+                self.last = {"run_dir": cur.run_dir.name, "holder": cur.holder,
+                             "stopped_at": time.time(), "why": why}
         log.info(f"agent: stack {cur.run_dir.name} stopped ({why}); idle")
 
     def _cool_down(self, spec: StackSpec, max_s: float) -> dict:

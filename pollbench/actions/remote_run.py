@@ -50,6 +50,7 @@ class RemoteTarget:
     master_bind: str = "127.0.0.1"
     master_port: int = DEFAULT_MASTER_PORT
     workers_timeout_s: float = 60.0
+    lease_s: float = 30.0  # pollbench agent: how long the target keeps a stack unrenewed
 
     def check(self, load: LoadSpec) -> None:
         """Every refusal that needs no process and no network, one line each."""
@@ -66,6 +67,8 @@ class RemoteTarget:
             raise UserError(f"--master-port {self.master_port} must be from 1024 to 65535")
         if not 1 <= self.workers_timeout_s <= 3600:
             raise UserError("--workers-timeout must be from 1 to 3600 s")
+        if not 2 <= self.lease_s <= 3600:
+            raise UserError("--agent-lease must be from 2 to 3600 s")
         if load.workers:
             raise UserError("--workers starts worker processes on this host; with "
                             "--expect-workers they run on the load hosts (pollbench worker "
@@ -122,7 +125,7 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
     own = None
     if controllable:
         if session is None:
-            session = own = Session(client)
+            session = own = Session(client, remote.lease_s)
         info = session.ensure(stack or StackSpec(), load.faults, cooldown_max_s,
                               log=log.warning)
     try:
@@ -161,7 +164,8 @@ def _run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None, report: 
                              "agent_kind": "pollbench agent" if session is not None
                              else "pollbench up",
                              "target_run_dir": info.get("run_dir"),
-                             "stack_reused": info.get("reused")}
+                             "stack_reused": info.get("reused"),
+                             "cooldown_on_target": info.get("cooldown")}
     write_json_atomic(run_dir / "run.json", record)
     log.info(f"pollbench run: {label} on {target}, {load.duration_s:g} s, waiting for "
           f"{remote.expect_workers} workers on {remote.master_bind}:{remote.master_port} -> "

@@ -369,7 +369,7 @@ def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, p
                             + (f"pollbench {info.get('pollbench')}" if info.get("pollbench")
                                != __version__ else "pollbench up (reads only)"))
         check_cells_remote(sweep, client)
-        session = Session(client)
+        session = Session(client, remote.lease_s)
     else:
         check_cells(sweep, port, backend_port)
     if check_only:

@@ -174,6 +174,9 @@ def add_remote_arguments(p) -> None:
                    help="the Locust master's port (default 5557)")
     g.add_argument("--workers-timeout", type=float, default=60.0,
                    help="seconds to wait for the workers before giving up (default 60)")
+    g.add_argument("--agent-lease", type=float, default=30.0, metavar="S",
+                   help="pollbench agent keeps the stack this long without word from this "
+                        "controller, then stops it (renewed every S/4; default 30)")
 
 
 def remote_from_args(a):
@@ -190,4 +193,5 @@ def remote_from_args(a):
 
     return RemoteTarget(a.target, a.agent,
                         a.agent_token or os.environ.get("POLLBENCH_AGENT_TOKEN", ""),
-                        a.expect_workers, a.master_bind, a.master_port, a.workers_timeout)
+                        a.expect_workers, a.master_bind, a.master_port, a.workers_timeout,
+                        a.agent_lease)

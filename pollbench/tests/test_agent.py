@@ -15,9 +15,17 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes]:
-    req = urllib.request.Request(url, method=method)
+    """A request signed with ``token`` (None: unsigned)."""
+    from urllib.parse import urlsplit
+
+    from analysis.signing import sign_headers
+
+    req = urllib.request.Request(url, method=method, data=b"" if method != "GET" else None)
     if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        for k, v in sign_headers(token, method, path).items():
+            req.add_header(k, v)
     try:
         with OPENER.open(req, timeout=5) as resp:
             return resp.status, resp.read()
@@ -37,14 +45,19 @@ def agent(tmp_path):
         yield a, token
 
 
-def test_every_endpoint_needs_the_token(agent):
+def test_every_endpoint_needs_a_request_signed_with_the_token(agent):
     a, token = agent
     for path in ("/v1/time", "/v1/info", "/v1/files/nginx_access_log"):
         assert get(a.url + path)[0] == 401
         assert get(a.url + path, "wrong-" + token)[0] == 401
         assert get(a.url + path, token)[0] == 200
     status, body = get(a.url + "/v1/time")
-    assert status == 401 and b"Authorization: Bearer" in body
+    assert status == 401 and b"unsigned request" in body
+    req = urllib.request.Request(a.url + "/v1/time", headers={"Authorization": f"Bearer {token}"})
+    with pytest.raises(urllib.error.HTTPError) as e:  # the token itself is no key any more
+        OPENER.open(req, timeout=5)
+    e.value.close()
+    assert e.value.code == 401
 
 
 def test_only_the_runs_known_files_are_served_read_only(agent):
@@ -60,7 +73,8 @@ def test_only_the_runs_known_files_are_served_read_only(agent):
         assert status == 404 and b"not for the controller" not in body, path
     assert get(a.url + "/v1/files/processes", token)[0] == 404  # known, not written yet
     assert get(a.url + "/v1/files/nginx_access_log?offset=-1", token)[0] == 400
-    assert get(a.url + "/v1/files/nginx_access_log", token, method="POST")[0] == 405
+    status, body = get(a.url + "/v1/files/nginx_access_log", token, method="POST")
+    assert status == 405 and b"read-only (pollbench up)" in body
     assert set(AGENT_FILES) >= {"nginx_access_log", "nginx_error_log", "nginx_conf", "processes",
                                 "stub_status", "backend_stats"}
 

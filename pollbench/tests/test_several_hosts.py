@@ -15,8 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pollbench.stack import netns
@@ -239,3 +241,119 @@ def test_pollbench_worker_stops_with_exit_2_when_refused(tmp_path, capsys):
     assert "pollbench worker: refused by the master: pollbench 9 on h but 1" in out
     script.write_text("print('nothing')\n")
     assert w._round([sys.executable, str(script)]) == "no master"
+
+
+SWEEP = """\
+description = "a fault on a target host of its own"
+profile = "seed"
+repetitions = 1
+order = "sequential"
+warmup = "1s"
+cooldown = "fresh-ports"
+cooldown_max = "5s"
+[load]
+scenario = "channels"
+users = 24
+spawn_rate = 24
+duration = "5s"
+channels = 4
+publish_rate = 20
+poll_timeout = 2
+[[cells]]
+name = "no fault"
+[[cells]]
+name = "kill backend-1"
+faults = ["2s:kill=1s:backend-1"]
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_fault_on_a_target_host_survives_its_controllers_death(tmp_path):
+    """``pollbench agent`` on the target, two worker hosts, a controller: a 2-cell sweep
+    (one cell kills a backend) is started, its controller killed in its first run; the
+    target is idle once the lease runs out, and ``--resume`` from a new controller
+    finishes the sweep: both run folders, the fault's record, the ranking."""
+    why_not = netns.available()
+    if why_not is not None:
+        pytest.fail(f"{why_not}: run the tests as root with iproute2 installed "
+                    "(scripts/bootstrap.sh --test installs it)")
+    env = dict(os.environ, PYTHONPATH=str(REPO), POLLBENCH_AGENT_TOKEN=TOKEN)
+    sweep_file = tmp_path / "remote-fault.toml"
+    sweep_file.write_text(SWEEP)
+    procs: list[subprocess.Popen] = []
+
+    def start(hosts, host: str, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(hosts.cmd(host, pollbench_cmd(*args)), cwd=REPO, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        procs.append(proc)
+        return proc, log
+
+    with netns.Hosts(["target", "controller", "w1", "w2"]) as hosts:
+        try:
+            t, c = hosts.address("target"), hosts.address("controller")
+            agent, agent_log = start(hosts, "target", "agent", "agent", "--bind", t,
+                                     "--port", "8080", "--backend-port", "8000",
+                                     "--agent-port", "9100", "--read-token", "r" * 24,
+                                     "--out", str(tmp_path / "agent"))
+            _wait_for(agent_log, "Ctrl-C stops everything", agent, 60)
+            workers = [start(hosts, w, w, "worker", "--master", f"{c}:5557")
+                       for w in ("w1", "w2")]
+            out = tmp_path / "sweep"
+            sweep = ["sweep", str(sweep_file), "--target", f"http://{t}:8080", "--agent",
+                     f"http://{t}:9100", "--expect-workers", "2", "--master-bind", c,
+                     "--agent-lease", "3", "--out", str(out)]
+            ctl, ctl_log = start(hosts, "controller", "controller", *sweep)
+            _wait_for(out / "c01-no-fault" / "rep-1" / "metrics" / "progress.json",
+                      '"users": 24', ctl, 90)
+            os.killpg(ctl.pid, signal.SIGKILL)  # the controller and its Locust master
+            killed = time.monotonic()
+            _wait_for(agent_log, "ran out", agent, 15)
+            idle_after = time.monotonic() - killed
+            assert idle_after < 3 + 2, idle_after  # the lease, the watchdog, the stop
+            _wait_for(agent_log, "ran out); idle", agent, 15)
+            left = {" ".join(psutil.Process(p).cmdline()[:3]) for p in
+                    hosts.pids(hosts.ns("target")) if psutil.pid_exists(p)}
+            assert not [c for c in left if "target_app" in c or "nginx" in c], left
+            for w, _ in workers:  # their master is gone: new workers for the new controller
+                os.killpg(w.pid, signal.SIGKILL)
+            for w in ("w1", "w2"):
+                start(hosts, w, f"{w}-again", "worker", "--master", f"{c}:5557")
+            proc = subprocess.run(hosts.cmd("controller", pollbench_cmd(
+                *sweep[:-2], "--resume", "--out", str(out))), cwd=REPO, env=env,
+                capture_output=True, text=True, timeout=240)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            manifest = json.loads((out / "manifest.json").read_text())
+            assert manifest["status"] == "complete"
+            assert [e["status"] for e in manifest["plan"]] == ["complete", "complete"]
+            assert manifest["plan"][0]["attempts"] == 2 and manifest["plan"][0]["aborted"]
+            assert [r["label"] for r in manifest["ranking"]["rows"]] and manifest["report"]
+            for cell in ("c01-no-fault", "c02-kill-backend-1"):
+                info = json.loads((out / cell / "rep-1" / "run.json").read_text())
+                assert info["status"] == "complete", cell
+                assert info["distributed"]["agent_kind"] == "pollbench agent"
+                assert len(info["distributed"]["workers_joined"]) == 2
+                assert (out / cell / "rep-1" / "nginx" / "logs" / "access.jsonl").stat().st_size
+                assert info["loadgen"]["delivered"] > 50
+            faulted = json.loads((out / "c02-kill-backend-1" / "rep-1" / "run.json").read_text())
+            fault, = faulted["faults"]
+            assert fault["ok"] and fault["action"] == "kill" and "restarted" in fault["detail"]
+            assert abs(fault["started_at"] - fault["target_started_at"]) < 0.05  # one clock
+            assert 2 < fault["started_at"] - faulted["started_at"] < 30  # 2 s into the load
+            assert faulted["distributed"]["stack_reused"] is True  # cell 2: the same stack
+            assert "stack" in faulted and faulted["stack"]["backends"] == 4
+            assert "stopped by" in agent_log.read_text().splitlines()[-1]  # idle at the end
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    try:
+                        os.killpg(p.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
