@@ -45,6 +45,10 @@ from pollbench.stack.spec import ResolvedStack, StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
 
 DEFAULT_LEASE_S = 30.0
+# like a local sweep's "fresh-ports": each new stack on a set of ports (of PORT_SETS) that
+# no TIME_WAIT socket of an earlier stack holds; a set leaves room for this many backends
+PORT_SETS = 4
+BACKENDS_PER_SET = 16
 MAX_LEASE_S = 3600.0
 MAX_COOLDOWN_S = 300.0
 WATCH_EVERY_S = 0.5
@@ -58,6 +62,18 @@ WIRE = {"profile": ("profile", str), "nginx": ("nginx_overrides", dict),
         "backend_max_connections": ("backend_max_connections", int),
         "redis": ("redis_overrides", dict)}
 SCALAR = (bool, int, float, str)
+
+
+def port_set(base: StackSpec, k: int, spec: StackSpec | None = None) -> StackSpec:
+    """``spec`` (default: ``base``) on the agent's port set ``k``."""
+    return replace(spec or base, port=base.port + k,
+                   backend_port=base.backend_port + k * BACKENDS_PER_SET)
+
+
+def all_ports(base: StackSpec, sets: int) -> tuple[list[int], list[int]]:
+    """(nginx ports, backend ports) of ``sets`` port sets."""
+    return ([base.port + k for k in range(sets)],
+            list(range(base.backend_port, base.backend_port + sets * BACKENDS_PER_SET)))
 
 
 def spec_from_wire(wire: Any, base: StackSpec) -> StackSpec:
@@ -142,9 +158,11 @@ class Current:
 
 class Lab(Control):
     def __init__(self, root: Path, base: StackSpec, agent: Agent | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, port_sets: int = PORT_SETS):
         self.root = Path(root)
         self.base = base
+        self.port_sets = port_sets
+        self._last_set = port_sets - 1
         self.agent = agent
         self.clock = clock
         self.current: Current | None = None
@@ -335,7 +353,7 @@ class Lab(Control):
                   cooldown_max_s: float) -> dict:
         from pollbench.actions.run import target_record
 
-        waited = self._cool_down(spec, cooldown_max_s)
+        spec, waited = self._fresh_ports(spec, cooldown_max_s)
         resolved = spec.resolve(claim=True)
         try:
             run_dir = new_run_dir(f"agent-{spec.profile}", results=self.root)
@@ -386,21 +404,38 @@ class Lab(Control):
                              "stopped_at": time.time(), "why": why}
         log.info(f"agent: stack {cur.run_dir.name} stopped ({why}); idle")
 
-    def _cool_down(self, spec: StackSpec, max_s: float) -> dict:
-        """Wait (at most ``max_s``) until no socket on the stack's ports is in TIME_WAIT."""
-        if max_s <= 0:
-            return {"mode": "none", "waited_s": 0.0}
+    def port_set(self, k: int, spec: StackSpec | None = None) -> StackSpec:
+        return port_set(self.base, k, spec)
+
+    def _fresh_ports(self, spec: StackSpec, max_s: float) -> tuple[StackSpec, dict]:
+        """The next port set that no TIME_WAIT socket holds (waiting at most ``max_s`` for
+        the one used longest ago when all have some; ``max_s`` 0: the next set at once)."""
         from pollbench.actions.sweep import time_wait_count
 
         backends = spec.settings()["backends"]
-        ports = {spec.port, *range(spec.backend_port, spec.backend_port + backends)}
+        if self.port_sets > 1 and backends > BACKENDS_PER_SET:
+            raise UserError(f"{backends} backends: this agent's port sets leave room for "
+                            f"{BACKENDS_PER_SET} (start pollbench agent with --port-sets 1)")
         started = time.monotonic()
-        first = left = time_wait_count(ports)
+        order = [(self._last_set + i) % self.port_sets for i in range(1, self.port_sets + 1)]
+
+        def held(k: int) -> int:
+            s = self.port_set(k, spec)
+            return time_wait_count({s.port, *range(s.backend_port, s.backend_port + backends)})
+
+        counts = {k: held(k) for k in order}
+        choice = next((k for k in order if counts[k] == 0), order[0])
+        left = counts[choice]
         while left and time.monotonic() - started < max_s:
             time.sleep(1.0)
-            left = time_wait_count(ports)
-        return {"mode": "time-wait (on the target host)", "time_wait_at_start": first,
-                "time_wait_left": left, "waited_s": round(time.monotonic() - started, 1)}
+            left = held(choice)
+        self._last_set = choice
+        chosen = self.port_set(choice, spec)
+        return chosen, {"mode": "fresh-ports (on the target host)",
+                        "ports": [chosen.port, chosen.backend_port],
+                        "time_wait_on_port_sets": sum(counts.values()),
+                        "time_wait_left": left,
+                        "waited_s": round(time.monotonic() - started, 1)}
 
     def _watchdog(self) -> None:
         while not self._closed.wait(WATCH_EVERY_S):
@@ -438,7 +473,8 @@ READ_TOKEN_ENV = "POLLBENCH_AGENT_READ_TOKEN"
 
 
 def agent_command(base: StackSpec, agent_port: int, out: Path | None,
-                  control_token: str | None, read_token: str | None) -> int:
+                  control_token: str | None, read_token: str | None,
+                  port_sets: int = PORT_SETS) -> int:
     """``pollbench agent``: serve control requests until Ctrl-C; every stack is stopped."""
     import os
 
@@ -459,9 +495,28 @@ def agent_command(base: StackSpec, agent_port: int, out: Path | None,
     read = check_token(read) if read else ""
     if control and control == read:
         raise UserError("--read-token must differ from the control token")
-    base.resolve(check_ports=True)  # the stack's ports are free now (refused in one line)
+    from pollbench.stack.net import port_free
+
+    if not 1 <= port_sets <= 16:
+        raise UserError(f"--port-sets {port_sets} must be from 1 to 16")
+    nginx_ports, backend_ports = all_ports(base, port_sets)
+    if port_sets == 1:
+        backend_ports = backend_ports[:1]  # (resolve checks the stack's own count)
+    if set(nginx_ports) & set(backend_ports):
+        raise UserError(f"--port {base.port} and --backend-port {base.backend_port}: the "
+                        f"{port_sets} port sets overlap (nginx {base.port}.."
+                        f"{base.port + port_sets - 1}, backends {base.backend_port}.."
+                        f"{base.backend_port + port_sets * BACKENDS_PER_SET - 1}): move them "
+                        "apart")
+    if max(nginx_ports + backend_ports) > 65535 or min(nginx_ports + backend_ports) < 1024:
+        raise UserError("the stack's ports must be from 1024 to 65535")
+    listen = "127.0.0.1" if base.bind == "0.0.0.0" else base.bind
+    for p, on in [(p, listen) for p in nginx_ports] + [(p, "127.0.0.1") for p in backend_ports]:
+        if not port_free(p, on):
+            raise UserError(f"port {p} is already in use on {on}: stop what holds it, or "
+                            "choose --port / --backend-port")
     root = new_run_dir("agent", out)
-    lab = Lab(root, base)
+    lab = Lab(root, base, port_sets=port_sets)
     tokens = {CONTROL: control or new_token(), READ: read or new_token()}
     try:
         agent = Agent(root, tokens, lab.info, host=base.bind, port=port, control=lab)
@@ -477,7 +532,9 @@ def agent_command(base: StackSpec, agent_port: int, out: Path | None,
         print(f"control token: {tokens[CONTROL]}  (shown once: starts and stops stacks)")
     if not read:
         print(f"read token:    {tokens[READ]}  (shown once: reads only)")
-    print(f"stack:         nginx on {host}:{base.port}, backends on 127.0.0.1:{base.backend_port}+")
+    print(f"stack:         nginx on {host}:{base.port}"
+          + (f"..{base.port + port_sets - 1} (a fresh port set each new stack)"
+             if port_sets > 1 else "") + f", backends on 127.0.0.1:{base.backend_port}+")
     print(f"controller:    pollbench run --target http://{host}:{base.port} --agent "
           f"http://{host}:{port} --agent-token TOKEN --expect-workers N --profile P ...")
     print("Ctrl-C stops everything.", flush=True)

@@ -128,6 +128,10 @@ def run_remote(remote: RemoteTarget, load: LoadSpec, out: Path | None = None,
             session = own = Session(client, remote.lease_s)
         info = session.ensure(stack or StackSpec(), load.faults, cooldown_max_s,
                               log=log.warning)
+        # each new stack on a port set of its own (the agent's fresh ports): nginx's port now
+        port = (info.get("stack") or {}).get("port")
+        if isinstance(port, int):
+            target = f"{target.rsplit(':', 1)[0]}:{port}"
     try:
         return _run_remote(remote, load, out, report, history_source, max_error_rate,
                            min_free_disk, client, info, target, session, warmup_s)

@@ -28,6 +28,10 @@ def add_parser(sub) -> None:
     p.add_argument("--read-token", default=None,
                    help="a token that only reads (default: $POLLBENCH_AGENT_READ_TOKEN, else a "
                         "new one, printed once)")
+    p.add_argument("--port-sets", type=int, default=4,
+                   help="each new stack on the next of this many port sets (nginx --port+k, "
+                        "backends --backend-port+16k) that no TIME_WAIT socket holds, as a "
+                        "local sweep's fresh ports (default 4; 1: always the same ports)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder of the stacks' run folders (default results/<time>-agent)")
     p.set_defaults(func=handle)
@@ -39,4 +43,5 @@ def handle(a) -> int:
     from pollbench.stack.spec import StackSpec
 
     base = StackSpec(bind=check_listen_address(a.bind), port=a.port, backend_port=a.backend_port)
-    return agent_command(base, a.agent_port, a.out, a.control_token, a.read_token)
+    return agent_command(base, a.agent_port, a.out, a.control_token, a.read_token,
+                         a.port_sets)

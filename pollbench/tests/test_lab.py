@@ -15,13 +15,12 @@ import psutil
 import pytest
 
 from analysis.signing import TIME_HEADER, sign_headers
-from pollbench.actions.lab import Lab, spec_from_wire
+from pollbench.actions.lab import BACKENDS_PER_SET, Lab, spec_from_wire
 from pollbench.stack.agent import Agent, new_token
-from pollbench.stack.net import answers
+from pollbench.stack.net import answers, find_free_ports
 from pollbench.stack.processes import wait_until
 from pollbench.stack.remote import AgentClient, AgentRefused, Session, spec_to_wire
 from pollbench.stack.spec import StackSpec
-from pollbench.tests.conftest import free_stack_ports
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -38,9 +37,9 @@ def send(url: str, method: str, path: str, body: bytes, headers: dict) -> tuple[
 
 @pytest.fixture
 def lab(tmp_path):
-    port, backend_port = free_stack_ports()
-    base = StackSpec(port=port, backend_port=backend_port)
-    lab = Lab(tmp_path / "agent", base)
+    backend_port = find_free_ports(2 * BACKENDS_PER_SET + 2)  # two port sets
+    base = StackSpec(port=backend_port + 2 * BACKENDS_PER_SET, backend_port=backend_port)
+    lab = Lab(tmp_path / "agent", base, port_sets=2)
     tokens = {"control": new_token(), "read": new_token()}
     agent = Agent(tmp_path / "agent", tokens, lab.info, control=lab)
     lab.agent = agent
@@ -157,7 +156,7 @@ def test_a_stack_is_kept_for_its_holder_refused_to_another_and_stopped_when_the_
     info = mine.ensure(StackSpec(profile="keepalive", backends=2))
     assert info["state"] == "running" and info["reused"] is False
     assert info["stack"]["profile"] == "keepalive" and info["stack"]["backends"] == 2
-    url = f"http://127.0.0.1:{lab.base.port}"
+    url = f"http://127.0.0.1:{info['stack']['port']}"
     assert answers(f"{url}/healthz")
     first = info["run_dir"]
     assert mine.ensure(StackSpec(profile="keepalive", backends=2))["reused"] is True
@@ -171,6 +170,11 @@ def test_a_stack_is_kept_for_its_holder_refused_to_another_and_stopped_when_the_
     # a controller that stops renewing (its renewer is stopped as if it were killed)
     info = other.ensure(StackSpec())
     assert info["run_dir"] != first
+    # the next port set: no socket of the stack before (TIME_WAIT) meets this one
+    assert {info["stack"]["port"], int(url.rsplit(":", 1)[1])} == {lab.base.port,
+                                                                  lab.base.port + 1}
+    url = f"http://127.0.0.1:{info['stack']['port']}"
+    assert answers(f"{url}/healthz")
     thread, stop = other._renewer
     stop.set()
     thread.join()
