@@ -123,6 +123,11 @@ def main() -> int:
     why = netns.available()
     if why:
         raise SystemExit(f"remote_lab: {why}")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM too: everything started is stopped below
+
+    signal.signal(signal.SIGTERM, interrupt)
     root = a.out or Path(f"/tmp/remote-lab-{time.strftime('%Y%m%d-%H%M%S')}")
     root.mkdir(parents=True)
     out = root / "sweep"
@@ -154,7 +159,7 @@ def main() -> int:
                 print(f"target idle {idle - killed:.1f} s after the kill (lease {a.lease:g} s; "
                       f"the lease ran out at {ran_out - killed:.1f} s)")
                 for p in list(lab.procs):
-                    if p.args[-1:] == [f"{c}:5557"]:
+                    if list(p.args)[-1:] == [f"{c}:5557"]:  # type: ignore[arg-type]
                         os.killpg(p.pid, signal.SIGKILL)
                 lab.workers("-again")
                 sweep = [*sweep[:-2], "--resume", "--out", str(out)]
@@ -180,9 +185,9 @@ def main() -> int:
     ranking = result.get("ranking") or {}
     print(f"\nranking by {ranking.get('metric')}:")
     for r in ranking.get("rows", []):
-        p = "" if r["p_value"] is None else f", p={r['p_value']:.3g}"
+        pv = "" if r["p_value"] is None else f", p={r['p_value']:.3g}"
         change = "" if r["change_vs_best"] is None else f" ({r['change_vs_best']:+.1%})"
-        print(f"  {r['rank']}. {r['label']}: {r['value']}{change} {r['verdict']}{p}")
+        print(f"  {r['rank']}. {r['label']}: {r['value']}{change} {r['verdict']}{pv}")
     if a.json:
         a.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return 0

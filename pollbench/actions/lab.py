@@ -7,8 +7,8 @@ stopped through the agent's signed control requests, one stack at a time, under 
     DELETE /v1/stack   {"holder"}: stop it; the host is idle
     POST   /v1/lease   {"holder", "lease_s"}: renew the lease
     POST   /v1/check   {"stack": {...}}: render the config and run ``nginx -t`` on it
-    POST   /v1/faults  {"holder", "faults": ["20s:kill=3s:backend-1", ...], "run_s"}: the
-                       load starts now; inject these on schedule (times from now)
+    POST   /v1/faults  {"holder", "faults": ["20s:kill=3s:backend-1", ...], "run_s",
+                       "elapsed_s"}: the load started elapsed_s ago; inject these on schedule
     DELETE /v1/faults  {"holder"}: the load has ended; no fault starts after this; answers
                        {"records": [...]} (times on this host's clock)
     GET    /v1/faults  the records so far
@@ -307,6 +307,10 @@ class Lab(Control):
         if isinstance(run_s, bool) or not isinstance(run_s, (int, float)) or \
                 not 0 < run_s <= 7 * 24 * 3600:
             raise UserError("run_s must be the load's length in seconds")
+        elapsed = body.get("elapsed_s", 0)
+        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or \
+                not 0 <= elapsed <= 60:
+            raise UserError("elapsed_s (how long ago the load started) must be 0 to 60 s")
         from pollbench.actions.run import check_fault_targets
 
         with self._op:
@@ -324,7 +328,7 @@ class Lab(Control):
             if faults:
                 cur.dirty = True
                 injector = FaultInjector(cur.stack, schedule(faults, float(run_s)),
-                                         time.monotonic(), log=log.info)
+                                         time.monotonic() - elapsed, log=log.info)
                 self._exec.submit(injector.start).result()
                 cur.injector = injector
                 self.fault_records = injector.records

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.catalog import RUN_FILES
+from analysis.catalog import METRICS_DIR, PROGRESS_FILE, RUN_FILES
 from analysis.clock import Offset, combine, run_offsets, too_uncertain
 from analysis.saturation import Counts, counts_from_intervals, counts_from_rows
 from pollbench import __version__
@@ -218,14 +218,23 @@ class RemoteSide(Side):
     def pids(self) -> dict[str, int]:
         return {c.name: c.pid for c in self.group.children}
 
-    def load_started(self) -> None:
+    def _arm_faults(self) -> None:
+        """Once the test has started (the master writes progress.json from then on, after
+        every worker joined), the agent injects the faults on schedule, counted from the
+        test's start as the master's progress says it."""
         load = self.load
-        if self.session is not None and load is not None and load.faults:
-            # the agent's clock for the faults starts now (a request's round trip late)
-            self.session.arm(list(load.faults), load.duration_s)
-            self.armed = True
+        if self.armed or self.session is None or load is None or not load.faults:
+            return
+        try:
+            elapsed = float(json.loads((self.run_dir / METRICS_DIR / PROGRESS_FILE)
+                                       .read_text())["elapsed_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # not started yet
+        self.session.arm(list(load.faults), load.duration_s, max(0.0, min(elapsed, 60.0)))
+        self.armed = True
 
     def check(self) -> None:
+        self._arm_faults()
         if time.monotonic() > self._next_check:
             self._next_check += AGENT_CHECK_EVERY_S
             if self.session is not None and self.session.lost:

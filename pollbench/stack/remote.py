@@ -262,6 +262,9 @@ class Session:
         self.holder = re.sub(r"[^A-Za-z0-9_.:-]", "-",
                              f"{socket.gethostname()[:40]}-{secrets.token_hex(4)}")
         self._renewer: tuple[threading.Thread, threading.Event] | None = None
+        # a renewal never goes out while a start is under way: the agent, between stopping
+        # the old stack and starting the new one, has no stack to renew
+        self._busy = threading.Lock()
         self.lost: str | None = None  # why the lease was lost (the agent said so)
         self.started = False
 
@@ -278,8 +281,10 @@ class Session:
         said = False
         while True:
             try:
-                info = self.client.call("POST", f"{API}/stack", body,
-                                        timeout=cooldown_max_s + 120)
+                with self._busy:
+                    info = self.client.call("POST", f"{API}/stack", body,
+                                            timeout=cooldown_max_s + 120)
+                    self.lost = None
                 break
             except AgentRefused as e:
                 if e.status != 409 or time.monotonic() > deadline:
@@ -301,21 +306,23 @@ class Session:
 
         def renew() -> None:
             while not stop.wait(self.lease_s / 4):
-                try:
-                    self.client.call("POST", f"{API}/lease",
-                                     {"holder": self.holder, "lease_s": self.lease_s})
-                except AgentRefused as e:
-                    self.lost = str(e)
-                except UserError:
-                    pass  # one missed renewal: the lease is four of them long
+                with self._busy:
+                    try:
+                        self.client.call("POST", f"{API}/lease",
+                                         {"holder": self.holder, "lease_s": self.lease_s})
+                    except AgentRefused as e:
+                        self.lost = str(e)
+                    except UserError:
+                        pass  # one missed renewal: the lease is four of them long
 
         thread = threading.Thread(target=renew, name="pollbench-lease", daemon=True)
         thread.start()
         self._renewer = (thread, stop)
 
-    def arm(self, faults: list[str], run_s: float) -> dict:
-        return self.client.call("POST", f"{API}/faults", {"holder": self.holder,
-                                                          "faults": faults, "run_s": run_s})
+    def arm(self, faults: list[str], run_s: float, elapsed_s: float = 0.0) -> dict:
+        """The faults, on schedule from a load that started ``elapsed_s`` ago."""
+        return self.client.call("POST", f"{API}/faults", {
+            "holder": self.holder, "faults": faults, "run_s": run_s, "elapsed_s": elapsed_s})
 
     def end_faults(self) -> list[dict]:
         answer = self.client.call("DELETE", f"{API}/faults", {"holder": self.holder},
@@ -331,4 +338,5 @@ class Session:
             self._renewer = None
         if self.started:
             self.started = False
-            self.client.call("DELETE", f"{API}/stack", {"holder": self.holder}, timeout=60)
+            with self._busy:
+                self.client.call("DELETE", f"{API}/stack", {"holder": self.holder}, timeout=60)

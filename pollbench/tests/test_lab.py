@@ -186,3 +186,23 @@ def test_a_stack_is_kept_for_its_holder_refused_to_another_and_stopped_when_the_
     assert children_started() == []
     with pytest.raises(AgentRefused, match="no stack runs"):
         client.call("POST", "/v1/lease", {"holder": other.holder, "lease_s": 3})
+
+
+def test_renewals_go_on_while_a_sweep_replaces_its_stack(lab):
+    """A sweep's next cell needs another stack: the agent stops the old one and starts the
+    new, and a renewal sent in between would find no stack; the session holds its renewals
+    back during a start, so the lease is never reported lost."""
+    lab, agent, tokens = lab
+    session = Session(AgentClient(agent.url, tokens["control"]), lease_s=2)  # renews each 0.5 s
+    try:
+        first = session.ensure(StackSpec(backends=1))
+        for backends in (2, 1, 2):  # each a replacement, a second or more long
+            info = session.ensure(StackSpec(backends=backends))
+            assert info["reused"] is False and info["stack"]["backends"] == backends
+        renewed_from = lab.current.expires
+        assert wait_until(lambda: lab.current.expires > renewed_from + 0.9, 5)  # 2 renewals
+        assert session.lost is None and lab.current is not None
+        assert lab.current.run_dir.name != first["run_dir"]
+    finally:
+        session.close()
+    assert lab.current is None and children_started() == []
