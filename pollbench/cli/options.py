@@ -157,8 +157,8 @@ def add_remote_arguments(p) -> None:
     """The options of a run (or sweep) whose stack is on another host."""
     g = p.add_argument_group(
         "the target on another host (see docs/cli.md, \"Several machines\"): with pollbench "
-        "agent there, the stack options above are started through it; with pollbench up "
-        "--bind, the stack is up's")
+        "agent there, the run's stack (a sweep's, each cell's) is started through it; with "
+        "pollbench up --bind (runs only), the stack is up's")
     g.add_argument("--target", default=None,
                    help="nginx on the target host, http://ADDR:PORT")
     g.add_argument("--agent", default=None, help="the target's agent, http://ADDR:PORT")
