@@ -16,6 +16,7 @@ import pandas as pd
 from hdrh.histogram import HdrHistogram
 
 from analysis.hdr_format import (  # noqa: F401  (re-exported for readers)
+    mean_us,
     new_histogram,
     percentiles_ms,
     percentiles_us,
@@ -51,7 +52,7 @@ def summary_ms(hist: HdrHistogram) -> dict:
         return {"count": 0}
     pct = percentiles_ms(hist, [50, 90, 95, 99, 99.9])
     return {"count": count, "min": hist.get_min_value() / 1000.0,
-            "mean": hist.get_mean_value() / 1000.0, "p50": pct[50], "p90": pct[90],
+            "mean": mean_us(hist) / 1000.0, "p50": pct[50], "p90": pct[90],
             "p95": pct[95], "p99": pct[99], "p99_9": pct[99.9],
             "max": hist.get_max_value() / 1000.0}
 

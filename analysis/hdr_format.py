@@ -116,6 +116,21 @@ def percentiles_us(hist: HdrHistogram, percentiles) -> np.ndarray:
     return np.where(p > 0, high[idx], low[idx])
 
 
+def mean_us(hist: HdrHistogram) -> float:
+    """hdrh's get_mean_value, exactly, visiting only the buckets that hold a count (hdrh
+    walks every sub-bucket in Python: ~0.2 s a histogram, paid at the end of every run)."""
+    import numpy as np
+
+    total = hist.get_total_count()
+    if not total:
+        return 0.0
+    _, high = _value_tables(hist)
+    counts = np.ctypeslib.as_array(hist.counts)[:hist.counts_len]
+    idx = np.flatnonzero(counts)
+    return float(sum(int(counts[i]) * hist._hdr_median_equiv_value(int(high[i]))
+                     for i in idx)) / total
+
+
 def percentiles_ms(hist: HdrHistogram, percentiles) -> dict[float, float | None]:
     if hist.get_total_count() == 0:
         return {p: None for p in percentiles}

@@ -146,6 +146,18 @@ def test_vectorised_percentiles_match_hdrhistogram_exactly():
     assert list(percentiles_us(h, ps)) == [h.get_value_at_percentile(p) for p in ps]
 
 
+def test_the_mean_is_hdrhistograms_own_to_the_last_bit():
+    from analysis.hdr import mean_us, new_histogram
+
+    rng = np.random.default_rng(11)
+    for spread in (0.5, 2, 4):  # narrow to very wide, with large counts at single values
+        h = new_histogram()
+        for v in rng.lognormal(7, spread, 3000).astype(int) + 1:
+            h.record_value(int(min(v, 3_000_000_000)), count=int(rng.integers(1, 10**6)))
+        assert mean_us(h) == h.get_mean_value()
+    assert mean_us(new_histogram()) == 0.0
+
+
 def test_access_log_retries_keep_the_last_attempt(tmp_path):
     from analysis.load import read_access_log
 

@@ -38,7 +38,7 @@ from pollbench.log import log
 from pollbench.records.rundir import new_run_dir
 from pollbench.records.runinfo import host_info
 from pollbench.stack import nginx_config
-from pollbench.stack.agent import API, Agent, Control
+from pollbench.stack.agent import API, NAME, Agent, Control
 from pollbench.stack.faults import Fault, FaultInjector, parse_fault, schedule
 from pollbench.stack.sampler import Sampler
 from pollbench.stack.spec import ResolvedStack, StackSpec
@@ -52,7 +52,6 @@ BACKENDS_PER_SET = 16
 MAX_LEASE_S = 3600.0
 MAX_COOLDOWN_S = 300.0
 WATCH_EVERY_S = 0.5
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HOLDER = re.compile(r"[A-Za-z0-9_.:-]{8,80}")
 # wire key -> (StackSpec field, type)
 WIRE = {"profile": ("profile", str), "nginx": ("nginx_overrides", dict),
@@ -107,7 +106,7 @@ def spec_from_wire(wire: Any, base: StackSpec) -> StackSpec:
                 if unknown:
                     raise UserError(f"unknown nginx knob(s) {', '.join(unknown)}; known: "
                                     + ", ".join(sorted(nginx_config.KNOBS)))
-        if key in ("profile", "nginx_binary") and not _NAME.fullmatch(str(value)):
+        if key in ("profile", "nginx_binary") and not NAME.fullmatch(str(value)):
             raise UserError(f"stack setting {key} {value!r} must be a name (letters, digits, "
                             "_ and -): the agent takes no paths")
         if key == "state" and value not in ("local", "redis"):
@@ -130,7 +129,7 @@ def faults_from_wire(texts: Any) -> list[Fault]:
             fault = parse_fault(text)
         except ValueError as e:
             raise UserError(f"fault {e}") from None
-        if fault.action == "reload" and fault.target and not _NAME.fullmatch(fault.target):
+        if fault.action == "reload" and fault.target and not NAME.fullmatch(fault.target):
             raise UserError(f"fault {text!r}: reload into a shipped profile's name (the agent "
                             "takes no paths)")
         out.append(fault)

@@ -27,6 +27,7 @@ otherwise.  Standard library only: it runs in the ``up`` process.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 import time
@@ -48,6 +49,8 @@ AGENT_FILES = {key: RUN_FILES[key] for key in (
     "backend_stats")} | {"live": LIVE_FILE, "redis_info": REDIS_INFO_FILE,
                          "nginx_errors": NGINX_ERRORS_FILE, "process_limits": PROCESS_LIMITS_FILE}
 CHUNK = 1 << 16
+# what a control request may name a profile or a binary by: a name, never a path
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_BODY = 1 << 20  # a control request is a few hundred bytes of JSON
 READ, CONTROL = "read", "control"
 

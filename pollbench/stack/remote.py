@@ -12,7 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import secrets
 import shutil
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +28,7 @@ from analysis.atomic import atomic_open, write_atomic
 from analysis.clock import Offset, measure
 from analysis.signing import sign_headers
 from pollbench.errors import UserError
-from pollbench.stack.agent import AGENT_FILES, API
+from pollbench.stack.agent import AGENT_FILES, API, NAME
 from pollbench.stack.net import OPENER
 
 
@@ -79,8 +84,6 @@ class AgentClient:
                 skew = answer.get("agent_time")
                 if "stale timestamp" in answer.get("error", "") and \
                         isinstance(skew, (int, float)):
-                    import time
-
                     raise UserError(f"the agent at {self.url} refused the request: its clock "
                                     f"is {skew - time.time():+.0f} s from this host's (more "
                                     "than 30 s): synchronise the clocks (NTP)") from None
@@ -220,7 +223,7 @@ DEFAULT_LEASE_S = 30.0
 def spec_to_wire(spec) -> dict:
     """A StackSpec as the agent's stack request states it (typed values only: no path, no
     address, no port: those are the agent's)."""
-    if not nginx_name_ok(spec.profile):
+    if not NAME.fullmatch(spec.profile):
         raise UserError(f"--profile {spec.profile}: a stack on another host takes the name of "
                         "a profile shipped with pollbench (the agent reads no files of this host)")
     for value, option in ((spec.redis_url, "--redis"), (spec.cpus, "--cpus"),
@@ -241,23 +244,12 @@ def spec_to_wire(spec) -> dict:
     return wire
 
 
-def nginx_name_ok(name: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) is not None
-
-
 class Session:
     """This controller's hold on the stack of a ``pollbench agent``: start (or keep) the
     stack a run needs, renew the lease in a thread while it lives, arm and end faults, stop
     it.  ``holder`` names this controller to the agent."""
 
     def __init__(self, client: AgentClient, lease_s: float = DEFAULT_LEASE_S):
-        import re
-        import secrets
-        import socket
-        import threading
-
         self.client, self.lease_s = client, lease_s
         self.holder = re.sub(r"[^A-Za-z0-9_.:-]", "-",
                              f"{socket.gethostname()[:40]}-{secrets.token_hex(4)}")
@@ -273,8 +265,6 @@ class Session:
         """The agent's /v1/info once the stack ``spec`` runs (started, or kept when this
         controller's running stack is the same); a stack another controller holds is waited
         for, at most ``wait_s`` (its lease runs out when that controller is gone)."""
-        import time
-
         body = {"holder": self.holder, "lease_s": self.lease_s, "stack": spec_to_wire(spec),
                 "faults": list(faults), "cooldown_max_s": cooldown_max_s}
         deadline = time.monotonic() + wait_s
@@ -298,8 +288,6 @@ class Session:
         return info
 
     def _start_renewing(self) -> None:
-        import threading
-
         if self._renewer is not None:
             return
         stop = threading.Event()
