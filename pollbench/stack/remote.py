@@ -106,19 +106,17 @@ class AgentClient:
     def call(self, method: str, path: str, body: dict | None = None,
              timeout: float | None = None) -> Any:
         """A control request (POST / DELETE with a JSON body); its JSON answer."""
-        with self._open(path, method, body if body is not None else {}, timeout) as resp:
+        return self._json(path, method, body if body is not None else {}, timeout)
+
+    def get_json(self, path: str) -> Any:
+        return self._json(path)
+
+    def _json(self, path: str, method: str = "GET", body: Any = None,
+              timeout: float | None = None) -> Any:
+        with self._open(path, method, body, timeout) as resp:
             raw = resp.read()
         try:
             return json.loads(raw)
-        except ValueError:
-            raise UserError(f"{self.url}{path} is not a pollbench agent's answer (not "
-                            "JSON)") from None
-
-    def get_json(self, path: str) -> Any:
-        with self._open(path) as resp:
-            body = resp.read()
-        try:
-            return json.loads(body)
         except ValueError:
             raise UserError(f"{self.url}{path} is not a pollbench agent's answer (not "
                             "JSON)") from None

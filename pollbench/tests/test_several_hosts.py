@@ -83,6 +83,31 @@ def test_a_wrong_token_and_a_target_that_is_not_pollbench_are_refused(tmp_path):
         assert "is not a pollbench stack" in refused(*args)
 
 
+def start_in(hosts, host: str, log: Path, args, env: dict,
+             procs: list[subprocess.Popen]) -> tuple[subprocess.Popen, Path]:
+    """``pollbench args`` inside namespace ``host``, its output in ``log``; kept in procs."""
+    with log.open("w") as out:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen(hosts.cmd(host, pollbench_cmd(*args)), cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.append(proc)
+    return proc, log
+
+
+def stop_all(procs: list[subprocess.Popen], sig: int) -> None:
+    """``sig`` to every process group still running, then SIGKILL after 20 s."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
     def seen() -> bool:
         if path.exists() and text in path.read_text(errors="replace"):
@@ -110,13 +135,7 @@ def test_a_run_across_four_namespaces(tmp_path):
     procs: list[subprocess.Popen] = []
 
     def start(hosts, host: str, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / f"{name}.log"
-        with log.open("w") as out:  # the child has its own copy of the descriptor
-            proc = subprocess.Popen(hosts.cmd(host, pollbench_cmd(*args)), cwd=REPO, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        procs.append(proc)
-        return proc, log
+        return start_in(hosts, host, tmp_path / f"{name}.log", args, env, procs)
 
     with netns.Hosts(["target", "controller", "w1", "w2"]) as hosts:
         try:
@@ -193,17 +212,7 @@ def test_a_run_across_four_namespaces(tmp_path):
             assert json.loads((tmp_path / "run3" / "run.json").read_text())["status"] == \
                 "failed"
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    try:
-                        os.killpg(p.pid, signal.SIGINT)
-                    except ProcessLookupError:
-                        pass
-            for p in procs:
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_all(procs, signal.SIGINT)
 
 
 def test_the_master_refuses_a_worker_of_another_pollbench_version():
@@ -283,13 +292,7 @@ def test_a_sweep_with_a_fault_on_a_target_host_survives_its_controllers_death(tm
     procs: list[subprocess.Popen] = []
 
     def start(hosts, host: str, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / f"{name}.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(hosts.cmd(host, pollbench_cmd(*args)), cwd=REPO, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        procs.append(proc)
-        return proc, log
+        return start_in(hosts, host, tmp_path / f"{name}.log", args, env, procs)
 
     with netns.Hosts(["target", "controller", "w1", "w2"]) as hosts:
         try:
@@ -346,14 +349,4 @@ def test_a_sweep_with_a_fault_on_a_target_host_survives_its_controllers_death(tm
             assert "stack" in faulted and faulted["stack"]["backends"] == 4
             assert "stopped by" in agent_log.read_text().splitlines()[-1]  # idle at the end
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    try:
-                        os.killpg(p.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-            for p in procs:
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_all(procs, signal.SIGTERM)
