@@ -12,6 +12,10 @@ import base64
 import html
 import io
 import json
+import multiprocessing
+import os
+import signal
+import threading
 from pathlib import Path
 
 import jinja2
@@ -182,19 +186,73 @@ Configuration: <code>{{ config }}</code></p>
 """, autoescape=True)
 
 
-def render_charts(fig: Figures, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """Save every chart the data allows; return (title, base64 PNG) pairs and notes."""
-    (out / "charts").mkdir(parents=True, exist_ok=True)
-    images, notes = [], []
-    for name, (func, title) in charts.CHARTS.items():
-        figure = func(fig)
+# The figures the chart processes draw: set before they are forked, so each inherits them
+# (nothing large is pickled); None outside render_charts.
+_FIGURES: Figures | None = None
+MAX_CHART_PROCESSES = 4
+
+
+def _draw(names: list[str]) -> list[tuple[str, bytes | None]]:
+    """Each named chart of :data:`_FIGURES` as PNG bytes (None: its data is missing)."""
+    assert _FIGURES is not None, "render_charts sets the figures first"
+    drawn: list[tuple[str, bytes | None]] = []
+    for name in names:
+        func, _ = charts.CHARTS[name]
+        figure = func(_FIGURES)
         if figure is None:
-            notes.append(f"chart '{title}' left out: the data it needs is missing")
+            drawn.append((name, None))
             continue
         buf = io.BytesIO()
         figure.savefig(buf, format="png", dpi=100)
         plt.close(figure)
-        png = buf.getvalue()
+        drawn.append((name, buf.getvalue()))
+    return drawn
+
+
+def _chart_child() -> None:
+    """A chart process leaves Ctrl-C to its parent (which stops it) and dies quietly on
+    SIGTERM, with none of the parent's handlers it inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def chart_processes() -> int:
+    """How many processes draw a report's charts: one per CPU this process may run on (at
+    most :data:`MAX_CHART_PROCESSES`); one where forking is not safe (another thread runs:
+    a lock it holds would stay held in the child) or not available."""
+    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, MAX_CHART_PROCESSES))
+
+
+def render_charts(fig: Figures, out: Path, processes: int | None = None,
+                  ) -> tuple[list[tuple[str, str]], list[str]]:
+    """Save every chart the data allows; return (title, base64 PNG) pairs and notes.  The
+    charts are drawn by ``processes`` forked processes (default :func:`chart_processes`),
+    each a share of them; the result is the same whatever the number."""
+    global _FIGURES
+    names = list(charts.CHARTS)
+    n = max(1, min(processes or chart_processes(), len(names)))
+    _FIGURES = fig
+    try:
+        if n == 1:
+            drawn = dict(_draw(names))
+        else:
+            with multiprocessing.get_context("fork").Pool(n, initializer=_chart_child) as pool:
+                shares = pool.map(_draw, [names[i::n] for i in range(n)])
+                pool.close()  # the children end on their own; terminate() would kill them
+                pool.join()
+            drawn = dict(d for share in shares for d in share)
+    finally:
+        _FIGURES = None
+    (out / "charts").mkdir(parents=True, exist_ok=True)
+    images, notes = [], []
+    for name, (_, title) in charts.CHARTS.items():
+        png = drawn[name]
+        if png is None:
+            notes.append(f"chart '{title}' left out: the data it needs is missing")
+            continue
         write_atomic(out / "charts" / f"{name}.png", png)
         images.append((title, base64.b64encode(png).decode()))
     return images, notes

@@ -74,6 +74,31 @@ def test_every_chart_is_produced_and_the_html_is_self_contained(known_run, tmp_p
     assert "| Delivery p99 |" in paths["markdown"].read_text()
 
 
+def test_charts_drawn_by_several_processes_are_the_ones_one_process_draws(known_run, tmp_path):
+    """The charts are shared out among forked processes (one per CPU): the same PNGs, in the
+    same order, with the same notes, as one process drawing them all."""
+    import threading
+
+    from analysis.report import chart_processes, render_charts
+
+    (known_run / "samples" / "processes.csv").unlink()  # a chart left out: notes compared too
+    fig = compute(load_run(known_run))
+    one = render_charts(fig, tmp_path / "one", processes=1)
+    three = render_charts(fig, tmp_path / "three", processes=3)
+    assert one == three and one[1] and len(one[0]) >= 6
+    assert sorted(p.read_bytes() for p in (tmp_path / "one" / "charts").iterdir()) == \
+        sorted(p.read_bytes() for p in (tmp_path / "three" / "charts").iterdir())
+    # no fork while another thread runs: a lock it holds would stay held in the child
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert chart_processes() == 1
+    finally:
+        stop.set()
+        other.join()
+
+
 def test_missing_optional_file_drops_only_its_charts(known_run, tmp_path):
     (known_run / "nginx" / "logs" / "access.jsonl").unlink()
     paths = write_run_report(known_run, tmp_path / "report")

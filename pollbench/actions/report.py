@@ -63,16 +63,17 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
         warmup = m["warmup_s"] if warmup is None else warmup
     if warmup is not None:
         check_number("--warmup", warmup, 0)
-    target = None
+    target = None  # the folder this call made: removed again if the report is not finished
     try:
         if len(runs) == 1:
             from analysis.report import write_run_report
 
-            target = out or runs[0] / "report"
-            if target.exists():
-                raise UserError(f"{target} already exists; pollbench does not overwrite a "
+            folder = out or runs[0] / "report"
+            if folder.exists():
+                raise UserError(f"{folder} already exists; pollbench does not overwrite a "
                                 "report: pass --out or remove it")
-            target.mkdir(parents=True)
+            folder.mkdir(parents=True)
+            target = folder
             paths_written = write_run_report(runs[0], target, warmup)
         else:
             from analysis.compare_report import write_comparison
@@ -81,10 +82,12 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
                 out = next_report_dir(paths[0])
             target = new_run_dir("compare", out)
             paths_written = write_comparison(runs, target, warmup, **rank)
-    except AnalysisError as e:
+    except (AnalysisError, KeyboardInterrupt) as e:
         if target is not None and target.is_dir():
-            # nothing usable was written; left behind, the folder would block the next report
+            # unfinished (bad data, or Ctrl-C): left behind, it would block the next report
             shutil.rmtree(target)
+        if isinstance(e, KeyboardInterrupt):
+            raise
         raise UserError(str(e)) from None
     if not quiet:
         for kind, path in paths_written.items():

@@ -137,11 +137,11 @@ def independent_loss(events: list[dict], tail_s: float = 1.0) -> tuple[int, int]
 
 
 @pytest.mark.parametrize("kind, faults", [
-    ("kill", ("4s:kill=1s:backend-1", "9s:kill=1s:backend-2")),
-    ("restart", ("4s:restart:backend-1", "9s:restart:backend-2")),
-    ("stop", ("4s:stop=2s:backend-1",)),
-    ("reload", ("4s:reload", "8s:reload:keepalive")),
-    ("upgrade", ("5s:upgrade",)),
+    ("kill", ("3s:kill=1s:backend-1", "6s:kill=1s:backend-2")),
+    ("restart", ("3s:restart:backend-1", "6s:restart:backend-2")),
+    ("stop", ("3s:stop=2s:backend-1",)),
+    ("reload", ("3s:reload", "6s:reload:keepalive")),
+    ("upgrade", ("4s:upgrade",)),
 ])
 def test_lost_messages_equal_an_independent_count_for_each_fault_kind(tmp_path, monkeypatch,
                                                                       kind, faults):
@@ -155,7 +155,7 @@ def test_lost_messages_equal_an_independent_count_for_each_fault_kind(tmp_path, 
     port, backend_port = free_stack_ports()
     # answers leave 300 ms after a poll is woken: a kill strands what was published meanwhile
     spec = StackSpec(port=port, backend_port=backend_port, delivery_delay_ms=300)
-    load = LoadSpec(users=21, spawn_rate=200, duration_s=14, channels=20, publish_rate=100,
+    load = LoadSpec(users=21, spawn_rate=200, duration_s=10, channels=20, publish_rate=100,
                     poll_timeout_s=5, faults=faults)
     out = tmp_path / "run"
     assert run(spec, load, out=out, report=False) == 0

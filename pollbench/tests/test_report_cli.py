@@ -74,3 +74,37 @@ def test_corrupt_run_json_leaves_no_report_folder_to_block_the_next(tmp_path):
     assert not (run / "report").exists()
     (run / "run.json").write_text(good)  # mended: the next report is not blocked
     assert report(run).returncode == 0
+
+
+def test_ctrl_c_while_the_charts_are_drawn_stops_their_processes_and_blocks_nothing(tmp_path):
+    """Ctrl-C reaches the whole process group (the chart processes too): one line, exit 130,
+    no chart process left, and no half-written report folder to block the next report."""
+    import os
+    import signal
+
+    import psutil
+
+    from analysis.report import chart_processes
+    from pollbench.stack.processes import wait_until
+
+    if chart_processes() < 2:
+        pytest.skip("one CPU: the charts are drawn in this process, none is forked")
+    run = make_run(tmp_path / "run", delivery_ms=np.arange(1, 1001) / 10)
+    proc = subprocess.Popen(pollbench_cmd("report", str(run)), cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        parent = psutil.Process(proc.pid)
+        assert wait_until(lambda: proc.poll() is not None or len(parent.children()) >= 2, 60)
+        drawing = parent.children()
+        assert len(drawing) >= 2, "no chart processes were seen"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130 and err.strip().count("\n") == 0, err
+    assert psutil.wait_procs(drawing, timeout=10)[1] == []  # every chart process ended
+    assert not (run / "report").exists()
+    assert report(run).returncode == 0  # the next report is not blocked

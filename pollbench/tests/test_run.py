@@ -44,9 +44,11 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     out = {}
     for scenario in ("channels", "tasks", "mixed"):
+        # one of the three writes its report as a plain run does (a report costs ~5 s)
+        report = [] if scenario == "channels" else ["--no-report"]
         proc = run_pollbench(base / scenario, "--scenario", scenario, "--users", "30",
                              "--duration", "8s", "--publish-rate", "40", "--channels", "4",
-                             "--task-duration-ms", "200")
+                             "--task-duration-ms", "200", *report)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out[scenario] = (base / scenario, proc)
     return out
@@ -65,6 +67,9 @@ def test_short_run_leaves_every_file_and_a_valid_run_json(runs, scenario):
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
     for log in ("backend-0.log", "nginx.log", "locust.log"):
         assert (run_dir / "logs" / log).exists()
+    if scenario == "channels":  # a run without --no-report ends with its report
+        assert (run_dir / "report" / "report.html").is_file()
+        assert f"report: {run_dir / 'report' / 'report.html'}" in proc.stdout
 
 
 @pytest.mark.parametrize("scenario", ["channels", "mixed"])
@@ -106,7 +111,7 @@ def test_keepalive_reuses_client_connections(runs):
 
 def test_connection_close_makes_exactly_one_request_per_connection(tmp_path):
     proc = run_pollbench(tmp_path / "close", "--scenario", "mixed", "--users", "12",
-                         "--duration", "6s", "--connection", "close")
+                         "--duration", "6s", "--connection", "close", "--no-report")
     assert proc.returncode == 0, proc.stderr
     df = access_log(tmp_path / "close")
     assert len(df) > 50
@@ -192,7 +197,7 @@ def test_workers_add_up_across_processes_and_a_shape_drives_the_users(tmp_path):
     out = tmp_path / "workers"
     proc = run_pollbench(out, "--scenario", "channels", "--users", "40", "--duration", "10s",
                          "--workers", "2", "--shape", "steps", "--publish-rate", "40",
-                         "--channels", "4")
+                         "--channels", "4", "--no-report")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads((out / "run.json").read_text())
     assert record["loadgen"]["delivered"] > 50

@@ -124,7 +124,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> 
 def test_a_run_across_four_namespaces(tmp_path):
     """Target, controller and two workers, each in its own namespace: the run delivers
     exactly once and in order, its folder holds the target's samples and access log pulled
-    from the agent, and report works on it; a second run that loses a worker says so.
+    from the agent, and its report is drawn from them; a second run that loses a worker says so.
     Where namespaces cannot be made this fails (CI must test the distributed path; .ci/run
     installs iproute2 and runs as root), never skips in silence."""
     why_not = netns.available()
@@ -175,12 +175,9 @@ def test_a_run_across_four_namespaces(tmp_path):
             access = (run / "nginx" / "logs" / "access.jsonl").read_text().splitlines()
             assert len(access) > 100 and '"status"' in access[0]
             assert (run / "samples" / "stub_status.csv").read_text().count("\n") > 2
+            # the run's own report, from what was pulled from the agent
             assert (run / "report" / "charts" / "resources.png").exists()
-            report = subprocess.run(pollbench_cmd("report", str(run), "--out",
-                                                  str(tmp_path / "report")),
-                                    cwd=REPO, capture_output=True, text=True, timeout=120)
-            assert report.returncode == 0, report.stderr
-            assert (tmp_path / "report" / "charts" / "connection_reuse.png").exists()
+            assert (run / "report" / "charts" / "connection_reuse.png").exists()
 
             # the second run loses w2 mid-run: said in run.json and in the report
             run2 = tmp_path / "run2"

@@ -140,7 +140,7 @@ def test_the_wheel_installs_beside_other_pandas_and_numpy_and_works_with_them(wh
 
     def pip(*args: str) -> str:
         proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
-                               "-q", "--disable-pip-version-check", *args],
+                               "-q", "--disable-pip-version-check", "--no-compile", *args],
                               capture_output=True, text=True, timeout=900, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
