@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -219,8 +220,11 @@ def _chart_child() -> None:
 def chart_processes() -> int:
     """How many processes draw a report's charts: one per CPU this process may run on (at
     most :data:`MAX_CHART_PROCESSES`); one where forking is not safe (another thread runs:
-    a lock it holds would stay held in the child) or not available."""
-    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
+    a lock it holds would stay held in the child; gevent has patched threading, as importing
+    Locust does: the pool's result thread would never run) or not available."""
+    monkey = sys.modules.get("gevent.monkey")  # Locust's: Pool's helper threads are greenlets
+    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods() \
+            or (monkey is not None and monkey.is_module_patched("threading")):
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cpus or 1, MAX_CHART_PROCESSES))

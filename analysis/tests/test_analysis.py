@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,24 @@ def test_charts_drawn_by_several_processes_are_the_ones_one_process_draws(known_
     finally:
         stop.set()
         other.join()
+
+
+def test_a_report_written_where_locust_has_patched_threading_finishes(known_run, tmp_path):
+    """A process that imported Locust (gevent patches threading: a test process, a user's
+    notebook) draws the charts itself: a pool's result thread would be a greenlet that never
+    runs, and the report would hang."""
+    import subprocess
+    import sys
+
+    code = ("import locust, sys; from pathlib import Path; "
+            "from analysis.report import chart_processes, write_run_report; "
+            "print(chart_processes()); write_run_report(Path(sys.argv[1]), Path(sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(known_run), str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1"]
+    assert len(list((tmp_path / "r" / "charts").glob("*.png"))) == 8
 
 
 def test_missing_optional_file_drops_only_its_charts(known_run, tmp_path):
