@@ -233,11 +233,13 @@ def chart_processes() -> int:
 def render_charts(fig: Figures, out: Path, processes: int | None = None,
                   ) -> tuple[list[tuple[str, str]], list[str]]:
     """Save every chart the data allows; return (title, base64 PNG) pairs and notes.  The
-    charts are drawn by ``processes`` forked processes (default :func:`chart_processes`),
-    each a share of them; the result is the same whatever the number."""
+    charts are drawn by ``processes`` forked processes (default :func:`chart_processes`;
+    always one where that says forking is not safe), each a share of them; the result is the
+    same whatever the number."""
     global _FIGURES
     names = list(charts.CHARTS)
-    n = max(1, min(processes or chart_processes(), len(names)))
+    safe = chart_processes()
+    n = max(1, min(processes or safe, len(names))) if safe > 1 else 1
     _FIGURES = fig
     try:
         if n == 1:
