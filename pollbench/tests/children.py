@@ -1,9 +1,12 @@
 """Child processes of tests: their output read to its end from the start (a chatty child
 never blocks on a full pipe, no pipe is left open), lines waited for as events, and every
-child stopped at the end.
+child stopped at the end -- killed when it outlives the signal meant to stop it, so that a
+child a failed test could not stop never competes with the tests after it.
 
     with Child([sys.executable, "-m", "target_app", ...]) as child:
         assert child.output.wait_for("ready ", 30), child.output.text()
+
+    output, _ = interrupt(proc)  # a user's Ctrl-C, then what the process wrote
 """
 
 from __future__ import annotations
@@ -11,6 +14,35 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    """Signal ``proc`` (when it still runs) and wait for it, killed after ``timeout``; its
+    exit code (-9 when it had to be killed)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+def interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60
+              ) -> tuple[str, str]:
+    """``sig`` to ``proc`` (a user's Ctrl-C by default), then its output (stdout, stderr)
+    once it has ended.  A process that outlives ``timeout`` is killed and the test fails
+    with its output."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args!r} was still running {timeout} s after signal "
+                             f"{sig} and was killed:\n{(out or '')[-2000:]}{(err or '')[-2000:]}"
+                             ) from None
 
 
 class Output:
@@ -83,13 +115,7 @@ class Child:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         """Signal the child (when it still runs), wait for it (killed after ``timeout``);
         its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+        code = stop_process(self.proc, sig, timeout)
         self.output.wait_closed(10)
         return code
 

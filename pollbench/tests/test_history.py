@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from pollbench.errors import UserError
 from pollbench.records.history import SCHEMA_VERSION, History, _schema
 from pollbench.stack.net import find_free_ports
 from pollbench.stack.processes import wait_until
+from pollbench.tests.children import interrupt
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 
@@ -274,7 +274,7 @@ def test_runs_land_in_the_history_and_a_database_gone_mid_run_costs_nothing(post
         stdout, stderr = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            interrupt(proc)
     assert proc.returncode == 0, stderr
     warnings = [line for line in stderr.splitlines() if "not in the history" in line]
     assert len(warnings) == 1 and f"pollbench history import {out}" in warnings[0], stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 
@@ -15,6 +14,7 @@ from analysis.catalog import RUN_FILES as FILES
 from analysis.hdr import merged, read_hdr_log
 from pollbench.records.runinfo import validate_run_json
 from pollbench.stack.processes import wait_until
+from pollbench.tests.children import interrupt
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 # runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
@@ -132,8 +132,7 @@ def start_run_until_progress(out, users: int) -> subprocess.Popen:
 def test_sigint_mid_run_stops_everything_and_marks_incomplete(tmp_path):
     out = tmp_path / "interrupted"
     proc = start_run_until_progress(out, users=20)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    output, _ = interrupt(proc)
     assert proc.returncode == 130, output
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "incomplete" and record["complete"] is False

@@ -4,12 +4,12 @@ ranked comparison report; --resume reruns only what is missing."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 
 import pytest
 
 from pollbench.stack.processes import wait_until
+from pollbench.tests.children import interrupt
 from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
 
 # runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
@@ -59,8 +59,7 @@ def test_tiny_sweep_interrupted_then_resumed_runs_each_repetition_once(tmp_path)
             (out / plan[1]["run"] / "metrics" / "progress.json").exists()
 
     assert wait_until(second_run_is_loading, 90), "the second run never started its load"
-    proc.send_signal(signal.SIGINT)
-    text, _ = proc.communicate(timeout=60)
+    text, _ = interrupt(proc)
     assert proc.returncode == 130, text
     m = manifest(out)
     assert m["status"] == "interrupted"

@@ -19,6 +19,7 @@ from analysis.hdr import merged, read_hdr_log, summary_ms
 from pollbench.records.runinfo import validate_run_json
 from pollbench.stack.net import find_free_ports
 from pollbench.stack.processes import wait_until
+from pollbench.tests.children import stop_process
 from pollbench.tests.conftest import REPO, Output, free_stack_ports, pollbench_cmd
 
 # runs whole stacks (or reports on them): left out of the quick subset (-m 'not slow')
@@ -165,8 +166,7 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
         # quit while it runs, once it has recorded something
         assert wait_until(lambda: progress_of(out / "tests" / "002").get("requests", 0) > 0, 30)
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(120) is not None
+        stop_process(proc, signal.SIGINT, 120)  # killed when Ctrl-C does not end it
         tail = output.wait_closed(10)
     assert proc.returncode == 0, tail
     second = json.loads((out / "tests" / "002" / "run.json").read_text())
