@@ -4,6 +4,7 @@ a disk budget checked before the start, and a run that stops cleanly when the di
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 
@@ -95,6 +96,25 @@ def reuse(run_dir) -> tuple[float, float]:
             m["requests_per_connection_upstream"]["value"])
 
 
+def sampling_error(full, sampled) -> float:
+    """The standard error of the mean requests per connection over the connections the
+    sampled log kept, drawn from those of the full log (without replacement); 0 without a
+    log.  The connections cut short at the end of a run (1-3 requests, serial numbers close
+    together) make a one-in-ten sample's mean miss the full one by 7 % now and then."""
+    def per_connection(run_dir):
+        log = run_dir / "nginx" / "logs" / "access.jsonl"
+        if not log.exists():
+            return None
+        access = pd.read_json(log, lines=True, dtype=False)
+        return access.groupby("connection")["connection_requests"].max().astype(int)
+
+    everyone, kept = per_connection(full), per_connection(sampled)
+    if kept is None or len(kept) < 2:
+        return 0.0
+    n, total = len(kept), len(everyone)
+    return float(everyone.std()) / math.sqrt(n) * math.sqrt((total - n) / (total - 1))
+
+
 @pytest.mark.slow
 def test_sampled_and_off_logs_keep_the_reuse_figures_of_the_full_log(tmp_path):
     # every:4: each client connection carries 4 requests, so reuse is not trivially one
@@ -121,7 +141,8 @@ def test_sampled_and_off_logs_keep_the_reuse_figures_of_the_full_log(tmp_path):
             log.write_text("\n".join(lines) + "\n")
         got_client, got_upstream = reuse(copy)
         assert got_upstream == upstream  # the backends' own counters: exact in every mode
-        assert got_client == pytest.approx(client, rel=0.05), mode
+        assert abs(got_client - client) <= max(0.05 * client, 4 * sampling_error(full, copy)), \
+            (mode, got_client, client)
     # and for real: a sampled run logs whole connections, one in ten
     sampled = tmp_path / "real-sampled"
     proc = run(sampled, "--access-log", "sampled-10", "--connection", "every:4", "--no-report")
