@@ -52,7 +52,9 @@ class MasterWorkers:
         self.runner, self.sink = runner, sink
         self.workers: dict[str, dict] = {}  # node id -> what it said, its state
         self.lost: list[str] = []
-        self.stopped = False  # the session has ended: leaving is no loss
+        self.stopped = False  # no test runs (the last one stopped, or the session ended):
+        # leaving is no loss -- at a run's end Locust stops the test, then tells every
+        # worker to quit, then ends the session, and a watch can fall in between
 
     def on_hello(self, environment, msg, **_kw) -> None:
         data = msg.data if isinstance(msg.data, dict) else {}
@@ -73,21 +75,32 @@ class MasterWorkers:
         if self.sink is not None:
             self.sink.event("master", event)
 
+    def test_started(self) -> None:
+        self.stopped = False
+
+    def test_stopped(self) -> None:
+        self.stopped = True
+
     def watch(self) -> None:
-        """During a test: a worker that went missing or quit is lost (once each)."""
+        """A worker that went missing or quit during a test is lost (once each); one that
+        leaves while no test runs has left."""
         from locust.runners import STATE_MISSING
 
         present = {c.id: c.state for c in self.runner.clients.values()}
         for node, info in self.workers.items():
             gone = node not in present or present[node] == STATE_MISSING
-            if gone and not info["lost"] and not info.get("refused") and not self.stopped:
-                info["lost"] = True
-                name = node_name(node)
-                self.lost.append(name)
-                log.error("worker %s (%s) was lost mid-run", name, info.get("host"))
-                if self.sink is not None:
-                    self.sink.event("master", {"kind": "worker_lost", "node": name,
-                                               "host": info.get("host")})
+            if not gone or info["lost"] or info.get("refused") or info.get("left"):
+                continue
+            if self.stopped:  # it left between tests, or as told at the end: no loss
+                info["left"] = True
+                continue
+            info["lost"] = True
+            name = node_name(node)
+            self.lost.append(name)
+            log.error("worker %s (%s) was lost mid-run", name, info.get("host"))
+            if self.sink is not None:
+                self.sink.event("master", {"kind": "worker_lost", "node": name,
+                                           "host": info.get("host")})
 
 
 def say_hello(runner) -> None:

@@ -200,6 +200,8 @@ class MetricsPlumbing:
             self._greenlet = gevent.spawn(self._progress_loop)
         if not self.is_master:  # in the background: spawning goes on meanwhile
             gevent.spawn(measure_clock, self.env, self.recorder, "before")
+        if self.workers is not None:
+            self.workers.test_started()
         if self.tests is not None:
             self.tests.start(self.runner.worker_count if self.is_master else 0)
         if self.live is not None:
@@ -216,6 +218,8 @@ class MetricsPlumbing:
         # The users have stopped: Locust's final reports (its JSON file; a worker's last
         # stats message) come next and must hold every row.  A worker ships its last partial
         # interval now too: the message travels ahead of its "stopped" notice.
+        if self.workers is not None:
+            self.workers.test_stopped()  # the workers' leaving from now on is no loss
         if not self.is_master:
             self.flush()
             if measure_clock(self.env, self.recorder, "after"):
@@ -244,7 +248,7 @@ class MetricsPlumbing:
         if self._openmetrics_server is not None:
             self._openmetrics_server.stop(timeout=1)
         if self.workers is not None:
-            self.workers.stopped = True
+            self.workers.test_stopped()
         if self.sink is not None:
             if not self.is_master:
                 self.flush()

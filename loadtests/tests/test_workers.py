@@ -35,6 +35,28 @@ def test_a_refused_worker_that_leaves_is_not_reported_lost():
 def test_a_joined_worker_that_leaves_mid_run_is_lost_once():
     plumbing = master_plumbing()
     plumbing.on_hello(None, hello("node-abcdefgh", pollbench_version()))
+    plumbing.test_started()
     plumbing.watch()
     plumbing.watch()
     assert plumbing.lost == ["worker-abcdefgh"]
+
+
+def test_workers_that_quit_once_the_test_has_stopped_are_not_lost():
+    """At a run's end Locust's master stops the test, tells every worker to quit and waits
+    0.5 s before the session ends: a watch in that half second saw them gone and reported
+    them "lost mid-run" (a fresh-clone CI run, four-namespace test)."""
+    plumbing = master_plumbing()
+    for node in ("node-aaaaaaaa", "node-bbbbbbbb"):
+        plumbing.on_hello(None, hello(node, pollbench_version()))
+    plumbing.runner.clients = {"node-aaaaaaaa": SimpleNamespace(id="node-aaaaaaaa",
+                                                                 state="running")}
+    plumbing.test_started()
+    plumbing.watch()  # node-bbbbbbbb was killed mid-run
+    plumbing.test_stopped()
+    plumbing.runner.clients = {}  # the other one quit, as it was told to
+    plumbing.watch()
+    assert plumbing.lost == ["worker-bbbbbbbb"]
+    plumbing.test_started()  # a next test of the same session (the web UI)
+    plumbing.on_hello(None, hello("node-cccccccc", pollbench_version()))
+    plumbing.watch()
+    assert plumbing.lost == ["worker-bbbbbbbb", "worker-cccccccc"]
