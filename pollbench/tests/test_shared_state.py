@@ -88,8 +88,14 @@ def test_a_redis_kill_loses_what_it_held_counted_exactly_and_the_run_goes_on(
                                     ("4s:kill=1s:redis", "9s:stop=4s:redis"), duration_s=17)
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "complete" and all(f["ok"] for f in info["faults"]), info["faults"]
-    # the stop is flagged as a stall of the shared state
-    assert any(s["lasted_s"] >= 3 and 8 <= s["from_s"] <= 13 for s in metrics["redis_stalls"])
+    # the stop is flagged as a stall of the shared state, from when the stop began (the
+    # sampler asks once a second).  Measured on run.json's clock, not as seconds into the
+    # load: the faults count from when Locust is up, the analysis from its first load interval,
+    # and the two differed by 1.15 s on a slow machine (a stall "from 7.9 s" for a stop at 9 s)
+    start = data.start
+    stop_at = info["faults"][1]["started_at"]
+    assert any(s["lasted_s"] >= 3 and stop_at - 0.1 <= start + s["from_s"] <= stop_at + 2.5
+               for s in metrics["redis_stalls"]), (metrics["redis_stalls"], stop_at - start)
     assert "restarted as pid" in info["faults"][0]["detail"]
     lost, _ = independent_loss(data.events)
     assert metrics["lost_messages"]["value"] == lost
