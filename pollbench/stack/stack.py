@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -268,9 +268,13 @@ class Stack:
             raise RunFailed(f"{child.name} did not answer {url} within {timeout:g} s; "
                             f"last lines of {child.log_path}:\n{child.log_tail()}")
 
-    def check_alive(self) -> None:
+    def check_alive(self, watched_elsewhere: Collection[str] = ()) -> None:
+        """Raise RunFailed when a child has died that nothing took down on purpose.
+        ``watched_elsewhere``: children whose ending the caller handles itself (the run loop's
+        Locust, whose exit at its time limit is how a run ends)."""
         with self._children_lock:
-            dead = [c for c in self.group.dead() if c.name not in self.expected_down]
+            dead = [c for c in self.group.dead()
+                    if c.name not in self.expected_down and c.name not in watched_elsewhere]
             master_gone = self.nginx_master is not None and not self._master_alive()
         if dead:
             c = dead[0]

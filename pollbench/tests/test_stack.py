@@ -216,3 +216,27 @@ def test_a_faulted_process_that_cannot_be_reaped_is_not_left_expected_down(tmp_p
         assert stack.expected_down == set()
     finally:
         subprocess.Popen.wait(popen, 10)  # SIGKILL did reach it: reap it for real
+
+
+def test_locust_ending_at_its_time_limit_is_not_a_crash_but_a_backend_dying_is(tmp_path):
+    """The run loop looks at Locust, then asks the side whether the stack is alive; Locust
+    reaching its time limit between the two looks was reported as "loadgen exited
+    unexpectedly with code 0" and failed a complete run (a fresh-clone CI run, test_faults)."""
+    from pollbench.actions.run import LocalSide
+
+    stack = Stack(StackSpec().resolve(check_ports=False), tmp_path)
+    loadgen = stack.group.add(spawn("loadgen", [sys.executable, "-c", "pass"],
+                                    tmp_path / "locust.log"))
+    backend = stack.group.add(spawn("backend-0", [sys.executable, "-c", "import signal; "
+                                                  "signal.pause()"], tmp_path / "b.log"))
+    try:
+        loadgen.popen.wait(10)  # Locust has ended, as at its time limit
+        side = LocalSide(stack, [])
+        side.check()  # the loop handles Locust's exit itself: no failure here
+        with pytest.raises(RunFailed, match="loadgen exited unexpectedly"):
+            stack.check_alive()  # (without the loop, as in `pollbench ui`, it is one)
+        backend.stop()
+        with pytest.raises(RunFailed, match="backend-0 exited unexpectedly"):
+            side.check()
+    finally:
+        stack.group.stop_all()
