@@ -90,6 +90,12 @@ METRICS: dict[str, tuple[str, str, str]] = {
 COMPONENT_METRICS = {
     "cpu_percent_": ("% of a core", LOWER, "mean CPU of {} after the warm-up"),
     "cpu_seconds_": ("cpu-s", LOWER, "CPU time of {}"),
+    # the cost of the work: CPU-s per 1,000 = CPU-ms per one, over the measured window, from
+    # each process's own CPU time (steady where latency is not)
+    "cpu_per_kdelivery_": ("cpu-s/1k deliveries", LOWER,
+                           "CPU of {} per 1,000 deliveries, after the warm-up"),
+    "cpu_per_krequest_": ("cpu-s/1k requests", LOWER,
+                          "CPU of {} per 1,000 requests, after the warm-up"),
 }
 
 @dataclass(frozen=True)
@@ -102,7 +108,13 @@ class Compared:
     #                             repetitions in a verdict (latency percentiles only)
     rankable: bool = False      # a sweep may rank its cells by it
     group: str = ""             # the comparison chart it is drawn in
+    threshold: float | None = None  # its own verdict threshold (None: the default, 10 %)
+    shown: bool = False         # compare and check print it beside the verdicts, unjudged
 
+
+# A cost per delivery moves less than a latency between runs of the same code (a 5 % change
+# is worth catching; benchmarks/check_trials.py --kind cost): its verdicts' own threshold.
+COST_THRESHOLD = 0.03
 
 # Every figure a comparison shows, in its order: the one table that the side-by-side report
 # (compare, sweep), the verdicts (compare, check) and a sweep's rank_by read.
@@ -133,10 +145,25 @@ COMPARED_FIGURES: dict[str, Compared] = {
     "cpu_percent_backend_busiest": Compared("CPU busiest backend %", group="cpu"),
     "cpu_percent_backend_quietest": Compared("CPU quietest backend %", group="cpu"),
     "cpu_percent_redis": Compared("CPU Redis %", group="cpu"),
+    # the cost of a delivery / a request: the stack's judged (threshold COST_THRESHOLD), the
+    # load generator's shown, never judged (it is the instrument); each rankable
+    **{f"cpu_per_k{unit}_{comp}": Compared(
+        f"CPU {label} per 1k {'deliveries' if unit == 'delivery' else 'requests'}", verdict=unit == "delivery" and comp != "loadgen",
+        rankable=True, group=f"cost_{unit}", shown=unit == "delivery" and comp == "loadgen",
+        threshold=COST_THRESHOLD if unit == "delivery" and comp != "loadgen" else None)
+       for unit in ("delivery", "request")
+       for comp, label in (("stack", "stack"), ("backends", "backends"), ("nginx", "nginx"),
+                           ("redis", "Redis"), ("loadgen", "load generator"))},
 }
 # The figures a verdict compares -> the window series usable as samples (or None).
 COMPARED: dict[str, str | None] = {
     m: c.series for m, c in COMPARED_FIGURES.items() if c.verdict}
+# The figures compare and check show beside the verdicts without judging them (the instrument's
+# own cost: a change there says nothing of the target).
+SHOWN = tuple(m for m, c in COMPARED_FIGURES.items() if c.shown)
+# The compared figures with a threshold of their own.
+THRESHOLDS: dict[str, float] = {
+    m: c.threshold for m, c in COMPARED_FIGURES.items() if c.threshold is not None}
 # Absolute gates: any non-zero value fails, whatever the baseline.
 GATES = ("lost_messages", "duplicate_messages")
 # The figures a sweep may rank its cells by.

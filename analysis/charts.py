@@ -463,6 +463,43 @@ def resources(fig: Figures):
     return _finish(f)
 
 
+def cost(fig: Figures):
+    """CPU per 1,000 deliveries and per 1,000 requests of each component over the measured
+    window: each backend, nginx, Redis (shared state), the load generator."""
+    metrics = fig.summary["metrics"]
+    units = [u for u in ("delivery", "request")
+             if any(k.startswith(f"cpu_per_k{u}_") for k in metrics)]
+    if not units:
+        return None
+    order = sorted({k.split("_", 3)[3] for k in metrics if k.startswith("cpu_per_k")},
+                   key=lambda c: (c in ("backends", "stack"), c.startswith("backend-"), c))
+    parts = [c for c in order if c not in ("backends", "stack")]
+    f, axes = _figure(fig, "Cost: CPU per 1,000 deliveries and requests by component",
+                      ncols=len(units), height=max(3.0, 0.45 * len(parts) + 1.6))
+    axes = np.atleast_1d(axes)
+    colors = {"loadgen": "#7f7f7f", "nginx": "#2ca02c", "redis": "#d62728"}
+    for ax, u in zip(axes, units, strict=True):
+        values = [metrics.get(f"cpu_per_k{u}_{c}", {}).get("value") or 0.0 for c in parts]
+        y = np.arange(len(parts))
+        ax.barh(y, values, color=[colors.get(c, "#1f77b4") for c in parts])
+        for yi, v in zip(y, values, strict=True):
+            ax.text(v, yi, f" {v:.3g}", va="center", fontsize=8)
+        ax.set_yticks(y, parts)
+        ax.invert_yaxis()
+        what = "deliveries" if u == "delivery" else "requests"
+        total = metrics.get(f"cpu_per_k{u}_stack", {}).get("value")
+        ax.set_xlabel(f"CPU-s per 1,000 {what} (= CPU-ms per one)")
+        ax.set_title(f"per 1,000 {what}" + (f"; stack (nginx + backends + Redis) {total:.3g}"
+                                             if total is not None else ""),
+                     fontsize=9, loc="left")
+        ax.set_xlim(0, max(values + [1e-9]) * 1.25)
+    f.text(0.01, 0.01, f"over the measured window ({fig.summary['measured_s']:g} s after the "
+           f"{fig.warmup_s:g}-s warm-up), from each process's own CPU time; the load "
+           "generator is the instrument", fontsize=8, color="#444")
+    f.tight_layout(rect=(0, 0.06, 1, f._pollbench_top))  # the note below the axes
+    return f
+
+
 CHARTS = {
     "throughput": (throughput, "Users and throughput"),
     "latency_over_time": (latency_over_time, "Latency percentiles over time"),
@@ -472,4 +509,5 @@ CHARTS = {
     "upstream_timing": (upstream_timing, "Upstream timing"),
     "errors": (errors, "Errors, lost and duplicate messages"),
     "resources": (resources, "CPU and memory per component"),
+    "cost": (cost, "Cost per delivery and request by component"),
 }

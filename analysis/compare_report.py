@@ -237,6 +237,21 @@ def comparison_charts(cells: list[RunGroup]) -> list[tuple[str, str]]:
         f.tight_layout()
         add_key(f, cells)
         images.append(("CPU per component by configuration", _png(f)))
+    for unit, what in (("delivery", "deliveries"), ("request", "requests")):
+        metrics = [(m, label) for m, label in compared_in(f"cost_{unit}")
+                   if any(c.values(m) for c in cells)]
+        if not metrics:
+            continue
+        f, ax = plt.subplots(figsize=(11, 4.8))
+        _bars(ax, cells, metrics, f"CPU-s per 1,000 {what}")
+        f.suptitle(f"Cost per 1,000 {what} by configuration (CPU of each component over the "
+                   "measured window)", fontweight="bold")
+        ax.set_title(note + "; the stack is nginx + backends + Redis", fontsize=9,
+                     color="#444")
+        f.tight_layout()
+        add_key(f, cells)
+        images.append((f"Cost per 1,000 {what} by configuration", _png(f)))
+        break  # per delivery where there are deliveries; per request otherwise
     f, ax = plt.subplots(figsize=(11, 5))
     drawn = False
     for c in cells:

@@ -242,6 +242,29 @@ def component_kind(name: str) -> str:
     return re.sub(r"-\d+$", "", root)
 
 
+class BusyMeter:
+    """How busy each process was between two samples: on a CPU or ready and waiting for one,
+    in % of the time between them, from the cumulative ``cpu_time_s`` and ``wait_time_s`` that
+    processes.csv records (the kernel's schedstat).  Fed one sample at a time, by the sampler
+    during a run and by :func:`diagnose` after it."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, float]] = {}  # pid -> (time, cpu + wait)
+
+    def add(self, pid: int | str, t: float, cpu_time_s, wait_time_s) -> float | None:
+        """This sample's busy share since the process's last one (None: no schedstat, or the
+        process's first sample)."""
+        try:
+            total = float(cpu_time_s) + float(wait_time_s)
+        except (TypeError, ValueError):
+            return None
+        last = self._last.get(str(pid))
+        self._last[str(pid)] = (t, total)
+        if last is None or t <= last[0]:
+            return None
+        return (total - last[1]) / (t - last[0]) * 100
+
+
 class LimitWatch:
     """Limits reached so far, each with the first time and its evidence.
 
@@ -277,19 +300,30 @@ class LimitWatch:
                                  "evidence": evidence, "cure": cure,
                                  **({"during_fault": fault} if fault else {})}
 
-    def cpu(self, t: float, name: str, cpu_percent: float, age_s: float | None = None) -> None:
-        """One CPU sample of a process (% of one core) or of the machine (% of all cores)."""
+    def cpu(self, t: float, name: str, cpu_percent: float, age_s: float | None = None,
+            busy_percent: float | None = None) -> None:
+        """One CPU sample of a process (% of one core) or of the machine (% of all cores).
+        ``busy_percent``: the share of the second the process was on a CPU or ready and
+        waiting for one (:class:`BusyMeter`).  A single-threaded process is CPU-bound when it
+        is never idle, whether it got a whole core or had to share one: on a 2-core machine
+        the one backend that owns a hot channel ran at 72-100 % of a core while it waited
+        for a CPU the rest of the time (busy 83-101 %), and its cores were never both at
+        the machine's line."""
         machine = name.endswith(MACHINE)
         if not machine:
             born = self._born.setdefault(name, t - (age_s or 0.0))
             if t - born < STARTUP_GRACE_S:
                 return
         limit = MACHINE_PERCENT if machine else CPU_PERCENT
+        waited = not machine and cpu_percent < limit and busy_percent is not None \
+            and busy_percent >= limit
         recent = self._recent.setdefault(name, deque(maxlen=SUSTAINED_SAMPLES))
-        recent.append((t, cpu_percent >= limit))
-        hot = [at for at, is_hot in recent if is_hot]
+        recent.append((t, cpu_percent >= limit or waited, waited))
+        hot = [at for at, is_hot, _ in recent if is_hot]
         if recent[-1][1] and len(hot) >= SUSTAINED_HOT:
             what = "all cores" if machine else "a core"
+            if any(w for _, _, w in recent):
+                what += " (on it, or ready and waiting for it)"
             self.reach("cpu", hot[0], f">= {limit:g}% of {what} in {len(hot)} of "
                        f"{len(recent)} s", component=MACHINE_COMPONENT if machine
                        else name.split("/", 1)[0])
@@ -444,6 +478,7 @@ def diagnose(run_dir: Path, record: dict, span: tuple[float, float] | None = Non
         return lo <= t <= hi
 
     nofile = {str(r.get("pid")): r.get("nofile") for r in read_jsonl(run_dir / PROCESS_LIMITS_FILE)}
+    busy = BusyMeter()
     try:
         with open(run_dir / "samples" / "processes.csv", newline="") as f:
             for row in csv.DictReader(f):
@@ -451,7 +486,9 @@ def diagnose(run_dir: Path, record: dict, span: tuple[float, float] | None = Non
                 if not within(t):
                     continue
                 name = row["component"]
-                watch.cpu(t, name, float(row["cpu_percent"]))
+                watch.cpu(t, name, float(row["cpu_percent"]),
+                          busy_percent=busy.add(row.get("pid") or "", t, row.get("cpu_time_s"),
+                                                row.get("wait_time_s")))
                 if name.endswith(MACHINE):
                     if name == MACHINE:
                         watch.memory(t, float(row["rss_bytes"]))

@@ -43,6 +43,11 @@ HEADLINE = [
     ("retries", "Retries after a failure (each after its back-off)"),
     ("requests_per_connection_client", "Requests/connection, client -> nginx"),
     ("requests_per_connection_upstream", "Requests/connection, nginx -> backend"),
+    ("cpu_per_kdelivery_stack", "Cost per 1,000 deliveries: the stack (nginx + backends + Redis)"),
+    ("cpu_per_kdelivery_backends", "Cost per 1,000 deliveries: the backends"),
+    ("cpu_per_kdelivery_nginx", "Cost per 1,000 deliveries: nginx"),
+    ("cpu_per_kdelivery_loadgen", "Cost per 1,000 deliveries: the load generator"),
+    ("cpu_per_krequest_stack", "Cost per 1,000 requests: the stack"),
 ]
 
 

@@ -52,9 +52,9 @@ COMPARED_METRICS: dict[str, tuple[str, str | None]] = {
     m: (catalog.better(m), series) for m, series in catalog.COMPARED.items()}
 GATE_METRICS = catalog.GATES
 
-OK, REGRESSION, IMPROVEMENT, INSUFFICIENT, NOT_MEASURED, GATE_FAILED, VOID = (
+OK, REGRESSION, IMPROVEMENT, INSUFFICIENT, NOT_MEASURED, GATE_FAILED, VOID, SHOWN = (
     "ok", "regression", "improvement", "insufficient data", "not measured", "gate failed",
-    "void")
+    "void", "shown")
 
 
 class ThresholdsError(Exception):
@@ -69,7 +69,9 @@ class Thresholds:
     per_metric: dict[str, float] = field(default_factory=dict)
 
     def for_metric(self, metric: str) -> float:
-        return self.per_metric.get(metric, self.default)
+        """The file's [metrics.NAME] threshold, else the metric's own (the catalog's: 3 % for
+        a cost per delivery), else the default."""
+        return self.per_metric.get(metric, catalog.THRESHOLDS.get(metric, self.default))
 
 
 def read_thresholds(path: Path | None) -> Thresholds:
@@ -360,6 +362,15 @@ def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
         if headline and v.status != NOT_MEASURED:
             v.candidate_low, v.candidate_high = min(headline), max(headline)
         verdicts.append(v)
+    for metric in catalog.SHOWN:  # the instrument's own figures: shown, never judged
+        base, cand = (samples(side, metric, None, False) for side in (baseline, candidate))
+        if base and cand:
+            b, c = statistics.median(base), statistics.median(cand)
+            verdicts.append(Verdict(metric, SHOWN, b, c, relative_change(b, c), None, None,
+                                    "the instrument", len(base), len(cand),
+                                    f"change {relative_change(b, c):+.1%}: the load "
+                                    "generator's own cost, shown, never judged",
+                                    candidate_low=min(cand), candidate_high=max(cand)))
     for metric in GATE_METRICS:
         total = sum(samples(candidate, metric, None, False))
         verdicts.append(Verdict(metric, GATE_FAILED if total else OK, None, total, None, 0,

@@ -13,6 +13,7 @@ from analysis.verdict import (
     INSUFFICIENT,
     NOT_MEASURED,
     REGRESSION,
+    SHOWN,
     VOID,
     Verdict,
     exit_code,
@@ -20,7 +21,7 @@ from analysis.verdict import (
 
 HEADLINE = {0: "PASS: no regression", 1: "REGRESSION", 2: "BROKEN: void or undecidable"}
 MARK = {REGRESSION: "REGRESSION", GATE_FAILED: "FAILED", VOID: "VOID", INSUFFICIENT: "UNDECIDED",
-        IMPROVEMENT: "better", NOT_MEASURED: "-", "ok": "ok"}
+        IMPROVEMENT: "better", NOT_MEASURED: "-", "ok": "ok", SHOWN: "shown"}
 
 
 def _num(v) -> str:
@@ -83,8 +84,9 @@ def format_markdown(verdicts: list[Verdict], baseline: str, candidate: str) -> s
              f"significant. {_family(verdicts)}.", "",
              "| metric | verdict | baseline | candidate | change | p | caught | why |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
-    flagged = [v for v in verdicts if v.status not in ("ok", NOT_MEASURED)]
-    rest = [v for v in verdicts if v.status in ("ok", NOT_MEASURED)]
+    quiet = ("ok", NOT_MEASURED, SHOWN)
+    flagged = [v for v in verdicts if v.status not in quiet]
+    rest = [v for v in verdicts if v.status in quiet]
     for v in flagged + rest:
         verdict = f"**{MARK[v.status]}**" if v in flagged else MARK[v.status]
         lines.append(f"| {v.metric} | {verdict} | {_num(v.baseline)} | {_num(v.candidate)} | "

@@ -63,6 +63,14 @@ async def precise_sleep(seconds: float) -> None:
     while loop.time() < deadline:
         await asyncio.sleep(0)
 
+
+def burn_cpu(us: float) -> None:
+    """Spend ``us`` microseconds of this thread's CPU time (not wall time: a preempted spin
+    still costs exactly that much): the known regression of ``--burn-us``."""
+    end = time.thread_time_ns() + int(us * 1000)
+    while time.thread_time_ns() < end:
+        pass
+
 @dataclass
 class AppConfig:
     """Every bound of one process.  Defaults suit a 20,000-fd process behind nginx."""
@@ -89,6 +97,9 @@ class AppConfig:
     delivery_delay_ms: float = 0.0
     """Artificial delay before answering a channel poll that carries messages.
     Used to inject a known regression (CI checks); 0 in every real benchmark."""
+    burn_us: float = 0.0
+    """CPU time spent (busy) on every poll answered with messages: a known cost regression
+    (CI checks of the cost per delivery); 0 in every real benchmark."""
     loop_name: str = "asyncio"
     backend_index: int = 0
     state: str = "local"
@@ -482,6 +493,8 @@ class ChannelHandler(BaseHandler):
         await precise_sleep(self.service.config.delivery_delay_ms / 1000.0)
 
     def delivered(self, body: bytes, count: int, dropped: int) -> None:
+        if self.service.config.burn_us > 0:
+            burn_cpu(self.service.config.burn_us)
         stats = self.service.stats
         stats.messages_delivered += count
         stats.messages_dropped += dropped

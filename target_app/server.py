@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-results", type=int, default=d.max_results)
     p.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="inject a fixed delay into every delivery (regression tests only)")
+    p.add_argument("--burn-us", type=float, default=0.0,
+                   help="spend this many microseconds of CPU on every poll answered with "
+                        "messages (a known cost regression; tests only)")
     p.add_argument("--state", default=d.state, choices=STATES,
                    help="where channels and tasks live: local (this process) or redis (shared "
                         "by every process; needs --redis-url)")
@@ -182,6 +185,7 @@ def config_from_args(args: argparse.Namespace, index: int) -> AppConfig:
         max_channels=args.max_channels, channel_buffer_len=args.channel_buffer,
         max_body_bytes=args.max_body_bytes, result_ttl_s=args.result_ttl,
         max_results=args.max_results, delivery_delay_ms=args.delivery_delay_ms,
+        burn_us=args.burn_us,
         loop_name=args.loop, backend_index=index, state=args.state,
         redis_url=args.redis_url, redis_prefix=args.redis_prefix)
 

@@ -121,6 +121,36 @@ def test_a_machine_that_dips_below_the_line_now_and_then_still_ran_out():
     assert first["evidence"] == ">= 95% of all cores in 3 of 5 s"
 
 
+def test_a_process_that_waits_for_the_cpu_it_lacks_ran_out_of_it(tmp_path):
+    """The hot backend of a 2-core machine (issue 39's samples): under the 90 % line on its
+    own CPU, the rest of each second waiting for one, while no core was idle; a process as
+    busy on its CPU whose other time is idle did not run out.  The same rule from the run
+    folder's schedstat columns as from the sampler."""
+    rows = ["time,component,pid,cpu_percent,rss_bytes,num_fds,cpu_time_s,wait_time_s"]
+    cpu_s = {"backend-2": 0.0, "backend-0": 0.0}
+    wait_s = {"backend-2": 0.0, "backend-0": 0.0}
+    start = 100.0
+    for k, (hot, waited) in enumerate([(0.84, 0.12), (0.86, 0.12), (0.72, 0.16), (0.79, 0.12),
+                                       (0.87, 0.12), (0.84, 0.12), (0.80, 0.12)]):
+        for name, pid, (c, w) in (("backend-2", 22, (hot, waited)),
+                                  ("backend-0", 20, (hot, 0.02))):
+            cpu_s[name] += c
+            wait_s[name] += w
+            rows.append(f"{start + k},{name},{pid},{c * 100:.0f},{2**26},30,"
+                        f"{cpu_s[name]:.6f},{wait_s[name]:.6f}")
+        rows.append(f"{start + k},system,0,88,{2**30},0,,")
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "processes.csv").write_text("\n".join(rows) + "\n")
+    limits = diagnose(tmp_path, {"started_at": start - 5})
+    assert [(r["limit"], r["component"]) for r in limits["reached"]] == [("cpu", "backend-2")]
+    assert "waiting for it" in limits["first"]["evidence"]
+    assert "add backends" in limits["first"]["cure"]
+    # older run folders (no schedstat columns) are read as before: nothing reached
+    old = [",".join(r.split(",")[:6]) for r in rows]
+    (tmp_path / "samples" / "processes.csv").write_text("\n".join(old) + "\n")
+    assert diagnose(tmp_path, {"started_at": start - 5})["first"] is None
+
+
 def test_backend_and_redis_limits_come_from_their_own_counters():
     watch = LimitWatch({"max_waiters": 100, "redis_maxclients": 50}, start=0.0)
     watch.backend(2.0, 0, {"connections": {"rejected": 0}, "long_polls_waiting": 40})

@@ -43,9 +43,14 @@ def default_baseline() -> Path:
     return paths.results_dir() / "baselines" / "ci.json"
 
 
-def ci_config(delivery_delay_ms: float = 0.0) -> dict:
+# the known regressions a check can inject into its candidate (StackSpec fields), to prove
+# that it catches them: a delay on every delivery, and CPU burnt on every answered poll
+INJECTED = ("delivery_delay_ms", "burn_us")
+
+
+def ci_config(injected: dict[str, float] | None = None) -> dict:
     return {"profile": CI_PROFILE, "load": CI_LOAD, "warmup_s": CI_WARMUP_S,
-            "delivery_delay_ms": delivery_delay_ms}
+            **{k: (injected or {}).get(k, 0.0) for k in INJECTED}}
 
 
 def _summary(run_dir: Path) -> dict:
@@ -55,11 +60,12 @@ def _summary(run_dir: Path) -> dict:
     return compute(load_run(run_dir), CI_WARMUP_S).summary
 
 
-def run_candidate(out: Path, port: int, backend_port: int, delivery_delay_ms: float) -> dict:
+def run_candidate(out: Path, port: int, backend_port: int, injected: dict[str, float]) -> dict:
     from pollbench.actions.run import run
 
     spec = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port,
-                     delivery_delay_ms=delivery_delay_ms)
+                     delivery_delay_ms=injected.get("delivery_delay_ms", 0.0),
+                     burn_us=injected.get("burn_us", 0.0))
     code = run(spec, LoadSpec(**CI_LOAD), out=out, report=False, history_source="check",
                warmup_s=CI_WARMUP_S)
     if code != EXIT_OK:
@@ -67,15 +73,14 @@ def run_candidate(out: Path, port: int, backend_port: int, delivery_delay_ms: fl
     return _summary(out)
 
 
-def run_repetitions(repeat: int, port: int, backend_port: int, delivery_delay_ms: float,
+def run_repetitions(repeat: int, port: int, backend_port: int, injected: dict[str, float],
                     label: str) -> list[dict]:
     """Run the CI scenario ``repeat`` times; return each repetition's summary."""
     root = new_run_dir(label)
     summaries = []
     for i in range(repeat):
         log.info(f"== repetition {i + 1} of {repeat}")
-        summaries.append(run_candidate(root / f"rep-{i + 1}", port, backend_port,
-                                       delivery_delay_ms))
+        summaries.append(run_candidate(root / f"rep-{i + 1}", port, backend_port, injected))
     return summaries
 
 
@@ -175,7 +180,7 @@ def export_revision(ref: str) -> Path:
 
 
 def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
-                    delivery_delay_ms: float) -> tuple[list[dict], list[dict]]:
+                    injected: dict[str, float]) -> tuple[list[dict], list[dict]]:
     """Alternate the baseline revision and this checkout, so drift hits both sides alike."""
     import os
     import shutil
@@ -214,7 +219,7 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
             log.info(f"== candidate {i + 1} of {repeat}")
             (root / "candidate").mkdir(exist_ok=True)
             cand.append(run_candidate(root / "candidate" / f"rep-{i + 1}", port, backend_port,
-                                      delivery_delay_ms))
+                                      injected))
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return base, cand
@@ -222,7 +227,8 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
 
 def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fmt: str,
           output: Path | None, update: bool, force: bool, port: int, backend_port: int,
-          delivery_delay_ms: float, baseline_ref: str | None = None) -> int:
+          delivery_delay_ms: float, baseline_ref: str | None = None, burn_us: float = 0.0
+          ) -> int:
     """The gate.  Which baseline: ``--update-baseline`` records a file; ``--baseline FILE``
     compares with a recorded file (this machine's only); ``--baseline-ref REF`` reruns REF
     interleaved; with none of them, the default base revision (:func:`default_base`) is
@@ -230,6 +236,8 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
     from analysis.verdict import ThresholdsError, read_thresholds
 
     check_number("--delivery-delay-ms", delivery_delay_ms, 0, 60_000)
+    check_number("--burn-us", burn_us, 0, 1_000_000)
+    injected = {"delivery_delay_ms": delivery_delay_ms, "burn_us": burn_us}
     check_output_file(output, "--output")
     if force and not update:
         raise UserError("--force goes with --update-baseline")
@@ -244,7 +252,7 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
         raise UserError(str(e)) from None
     interleaved = update is False and baseline is None
     repeat = check_repeat(repeat, limits.alpha, paired=interleaved)
-    config = ci_config(delivery_delay_ms)
+    config = ci_config(injected)
     resolved = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port).resolve()
     here = machine_fingerprint(software_versions(resolved.nginx_path))
     if update:
@@ -252,8 +260,7 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
         if baseline.exists() and not force:
             raise UserError(f"{baseline} exists; pass --force to replace the baseline")
         started = time.time()
-        summaries = run_repetitions(repeat, port, backend_port, delivery_delay_ms,
-                                    "baseline")
+        summaries = run_repetitions(repeat, port, backend_port, injected, "baseline")
         baseline.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(baseline, {"schema_version": 1, "kind": "baseline",
                                      "created_at": started, "config": config,
@@ -267,7 +274,7 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
         log.info(f"baseline: revision {baseline_ref[:12]} ({why}), rerun here, interleaved "
                  f"with this checkout, {repeat} repetitions a side")
         base_runs, candidate = run_interleaved(baseline_ref, repeat, port, backend_port,
-                                               delivery_delay_ms)
+                                               injected)
         return _verdict(base_runs, candidate, limits, fmt, output,
                         f"revision {baseline_ref} ({repeat} interleaved repetitions)",
                         f"this checkout ({repeat} interleaved repetitions)", paired=True)
@@ -278,8 +285,8 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
     if not isinstance(recorded, dict) or recorded.get("schema_version") != 1 or \
             recorded.get("kind") != "baseline" or not isinstance(recorded.get("config"), dict):
         raise UserError(f"{baseline} is not a pollbench baseline (schema_version 1)")
-    wanted = {k: v for k, v in config.items() if k != "delivery_delay_ms"}
-    had = {k: v for k, v in recorded.get("config", {}).items() if k != "delivery_delay_ms"}
+    wanted = {k: v for k, v in config.items() if k not in INJECTED}
+    had = {k: v for k, v in recorded.get("config", {}).items() if k not in INJECTED}
     if wanted != had:
         raise UserError(f"{baseline} was recorded with another CI scenario ({had}); record a "
                         "new one with pollbench check --update-baseline --force")
@@ -289,7 +296,7 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
         raise UserError(f"{baseline} holds {len(runs)} repetitions, fewer than the {repeat} a "
                         "side this verdict needs: record it again with --update-baseline "
                         "--force")
-    candidate = run_repetitions(repeat, port, backend_port, delivery_delay_ms, "check")
+    candidate = run_repetitions(repeat, port, backend_port, injected, "check")
     return _verdict(recorded["runs"], candidate, limits, fmt, output, str(baseline),
                     f"this checkout ({repeat} repetitions)")
 

@@ -58,6 +58,7 @@ WIRE = {"profile": ("profile", str), "nginx": ("nginx_overrides", dict),
         "backends": ("backends", int), "loop": ("loop", str),
         "nginx_binary": ("nginx_binary", str), "state": ("state", str),
         "max_hold_s": ("max_hold_s", float), "delivery_delay_ms": ("delivery_delay_ms", float),
+        "burn_us": ("burn_us", float),
         "backend_max_connections": ("backend_max_connections", int),
         "redis": ("redis_overrides", dict)}
 SCALAR = (bool, int, float, str)

@@ -35,6 +35,7 @@ def target_record(resolved: ResolvedStack) -> dict:
         "stack": {"profile": spec.profile, "nginx": settings, "backends": settings["backends"],
                   "loop": spec.loop, "port": spec.port, "backend_ports": list(resolved.backend_ports),
                   "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
+                  "burn_us": spec.burn_us,
                   # each backend's bounds, against which "what ran out first" is judged
                   "target_limits": {"max_waiters": resolved.app_config.max_waiters,
                                     "max_connections": resolved.app_config.max_connections},

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from analysis.catalog import COMPARED
+from analysis.verdict import DEFAULT_ALPHA, min_samples
 from analysis.verdict_format import FORMATS
 from pollbench.cli.history import add_history_argument
 
@@ -27,10 +29,13 @@ def add_parser(sub) -> None:
                    help="compare with this baseline file, recorded on this machine, instead of "
                         "rerunning a revision (with --update-baseline: where to write it; "
                         "default results/baselines/ci.json)")
+    family = len(COMPARED)
+    paired, unpaired = (min_samples(DEFAULT_ALPHA / family, paired=x) for x in (True, False))
     p.add_argument("--repeat", type=int, default=None,
                    help="repetitions a side (default 22 rounds of 4-s runs, about 4 minutes; "
-                        "at least 9 interleaved, or 6 against a --baseline file: Holm over 11 "
-                        "metrics at alpha 0.05 needs them)")
+                        f"at least {paired} interleaved, or {unpaired} against a --baseline "
+                        f"file: Holm over {family} metrics at alpha {DEFAULT_ALPHA:g} needs "
+                        "them)")
     p.add_argument("--thresholds", type=Path, default=None)
     p.add_argument("--format", choices=sorted(FORMATS), default="text")
     p.add_argument("--output", type=Path, default=None, help="verdict file (default stdout)")
@@ -40,6 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--backend-port", type=int, default=8000)
     p.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="inject a fixed delay into every delivery (to prove the gate works)")
+    p.add_argument("--burn-us", type=float, default=0.0, metavar="US",
+                   help="the candidate's backends spend this many microseconds of CPU on each "
+                        "poll they answer with messages (a known cost regression, to prove "
+                        "the gate catches it)")
     p.add_argument("--baseline-ref", default=None, metavar="GIT_REF",
                    help="the revision rerun as the baseline, alternating with this checkout "
                         "(default: the merge-base with the default branch; on that branch, "
@@ -53,4 +62,4 @@ def handle(a) -> int:
 
     return check(a.baseline, a.repeat, a.thresholds, a.format, a.output,
                  a.update_baseline, a.force, a.port, a.backend_port, a.delivery_delay_ms,
-                 a.baseline_ref)
+                 a.baseline_ref, a.burn_us)

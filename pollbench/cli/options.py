@@ -36,6 +36,10 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delivery-delay-ms", type=float, default=0.0,
                    help="the backends delay every delivery by this much (a known regression, "
                         "to see that a check or the history catches it; default 0)")
+    g.add_argument("--burn-us", type=float, default=0.0, metavar="US",
+                   help="every backend spends this many microseconds of CPU on each poll it "
+                        "answers with messages (a known cost regression, to see that a check "
+                        "catches it; default 0)")
     g.add_argument("--state", default=None, choices=("local", "redis"),
                    help="where channels and tasks live: local (one backend each; nginx routes "
                         "by key) or redis (shared; any backend answers). Default: the "
@@ -67,6 +71,7 @@ def spec_from_args(args: argparse.Namespace) -> StackSpec:
                      backends=args.backends, loop=args.loop, port=args.port,
                      backend_port=args.backend_port, nginx_binary=args.nginx_binary,
                      max_hold_s=args.max_hold, delivery_delay_ms=args.delivery_delay_ms,
+                     burn_us=args.burn_us,
                      state=args.state, redis_url=args.redis_url, redis_port=args.redis_port,
                      backend_max_connections=_max_connections(args),
                      prometheus=getattr(args, "prometheus", False))

@@ -231,7 +231,8 @@ def spec_to_wire(spec) -> dict:
                             "the target host")
     wire: dict[str, Any] = {"profile": spec.profile, "nginx": dict(spec.nginx_overrides),
                             "loop": spec.loop, "max_hold_s": spec.max_hold_s,
-                            "delivery_delay_ms": spec.delivery_delay_ms}
+                            "delivery_delay_ms": spec.delivery_delay_ms,
+                            "burn_us": spec.burn_us}
     for key, value in (("backends", spec.backends), ("nginx_binary", spec.nginx_binary),
                        ("state", spec.state),
                        ("backend_max_connections", spec.backend_max_connections)):

@@ -3,11 +3,15 @@
 Runs in a thread of the orchestrator (no gevent here).  Files, appended as it goes
 so an interrupted run keeps what was sampled:
 
-* ``samples/processes.csv``: time,component,pid,cpu_percent,rss_bytes,num_fds
-  (cpu_percent is of one core: 100 = one core busy; component ``system`` is the
+* ``samples/processes.csv``: time,component,pid,cpu_percent,rss_bytes,num_fds,cpu_time_s,
+  wait_time_s (cpu_percent is of one core: 100 = one core busy; component ``system`` is the
   whole machine, 100 = every core busy; component ``pollbench`` is this process, the
   harness that samples and runs the loop: recorded so a soak shows its memory too, and
-  counted in no saturation or limit)
+  counted in no saturation or limit).  ``cpu_time_s`` is the process's own CPU time since
+  it started and ``wait_time_s`` the time it was ready to run but waited for a CPU, both
+  cumulative, to the nanosecond, from the kernel's per-thread schedstat (:func:`sched_times`):
+  a run's cost per delivery is the difference of ``cpu_time_s`` at its window's edges, not a
+  sum of rounded 1-s percentages; empty where the kernel keeps no schedstat
 * ``samples/stub_status.csv``: time,active,accepts,handled,requests,reading,writing,waiting
 * ``samples/backend_stats.jsonl``: {"time", "backend", "stats": <GET /stats>}
 * ``samples/nginx_errors.jsonl``: nginx's error log read as it grows, by category
@@ -39,7 +43,13 @@ import psutil
 
 from analysis.atomic import write_atomic
 from analysis.catalog import REDIS_INFO_FILE, RUN_FILES
-from analysis.limits import NGINX_ERRORS_FILE, PROCESS_LIMITS_FILE, ErrorLogTail, LimitWatch
+from analysis.limits import (
+    NGINX_ERRORS_FILE,
+    PROCESS_LIMITS_FILE,
+    BusyMeter,
+    ErrorLogTail,
+    LimitWatch,
+)
 from analysis.saturation import MACHINE, Counter
 from pollbench.stack.net import get_json, http_get
 
@@ -55,6 +65,30 @@ def parse_stub_status(body: bytes) -> list[int] | None:
 
 
 HARNESS = "pollbench"  # processes.csv's component for this process
+PROCESS_COLUMNS = ["time", "component", "pid", "cpu_percent", "rss_bytes", "num_fds",
+                   "cpu_time_s", "wait_time_s"]
+
+
+def sched_times(pid: int) -> tuple[float, float] | None:
+    """(CPU time, time waiting for a CPU) of a process's live threads since they started, in
+    seconds to the nanosecond: the first two fields of each ``/proc/PID/task/TID/schedstat``.
+    ``/proc/PID/stat``'s times (what psutil reads) come in 10-ms ticks, a tenth of what a
+    backend spends in a CI run's 3-s window; and only the scheduler knows the wait.  None where
+    the kernel keeps no schedstat (or the process is gone)."""
+    cpu = wait = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                fields = f.read().split()
+            cpu += int(fields[0])
+            wait += int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended between the listing and the read
+    return cpu / 1e9, wait / 1e9
 
 
 class Sampler(threading.Thread):
@@ -80,6 +114,7 @@ class Sampler(threading.Thread):
         self._errors = ErrorLogTail(out.parent / RUN_FILES["nginx_error_log"]) \
             if nginx_url else None
         self.limits = LimitWatch(capacity, time.time())  # what ran out, as the samples come
+        self._busy = BusyMeter()  # on a CPU or waiting for one, per process
         out.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
@@ -96,7 +131,7 @@ class Sampler(threading.Thread):
                 open(self.out.parent / PROCESS_LIMITS_FILE, "w", buffering=1) as lf:
             self._redis_out, self._errors_out, self._limits_out = rf, ef, lf
             pw, sw = csv.writer(pf), csv.writer(sf)
-            pw.writerow(["time", "component", "pid", "cpu_percent", "rss_bytes", "num_fds"])
+            pw.writerow(PROCESS_COLUMNS)
             sw.writerow(["time", "active", "accepts", "handled", "requests", "reading", "writing",
                          "waiting"])
             psutil.cpu_percent(None)
@@ -124,7 +159,7 @@ class Sampler(threading.Thread):
         now = round(time.time(), 3)
         system_cpu = psutil.cpu_percent(None)
         used = psutil.virtual_memory().used
-        pw.writerow([now, "system", 0, system_cpu, used, 0])
+        pw.writerow([now, "system", 0, system_cpu, used, 0, "", ""])
         self.counter.add(MACHINE, system_cpu)
         self.limits.cpu(now, MACHINE, system_cpu)
         self.limits.memory(now, used)
@@ -149,9 +184,12 @@ class Sampler(threading.Thread):
                         age = now - proc.create_time()
                 except psutil.Error:
                     continue
-                pw.writerow([now, name, pid, cpu, rss, fds])
+                times = sched_times(pid)
+                pw.writerow([now, name, pid, cpu, rss, fds,
+                             *((f"{times[0]:.6f}", f"{times[1]:.6f}") if times else ("", ""))])
                 self.counter.add(name, cpu, age)
-                self.limits.cpu(now, name, cpu, age)
+                self.limits.cpu(now, name, cpu, age, self._busy.add(
+                    pid, now, *(times or (None, None))))
                 self.limits.descriptors(now, name, fds, self._nofile.get(pid))
                 live["cpu"][component] = live["cpu"].get(component, 0.0) + cpu
                 self.cpu_seconds[component] = self.cpu_seconds.get(component, 0.0) + \
@@ -161,7 +199,7 @@ class Sampler(threading.Thread):
             if me is not None:
                 with me.oneshot():
                     pw.writerow([now, HARNESS, me.pid, me.cpu_percent(None),
-                                 me.memory_info().rss, me.num_fds()])
+                                 me.memory_info().rss, me.num_fds(), "", ""])
         except psutil.Error:
             pass
         if self.nginx_url:

@@ -53,6 +53,7 @@ class StackSpec:
     nginx_binary: str | None = None  # None: the profile's nginx_binary, else "nginx" on PATH
     max_hold_s: float = AppConfig.max_hold_s
     delivery_delay_ms: float = 0.0
+    burn_us: float = 0.0  # CPU each backend spends on every answered poll (a known regression)
     backend_max_connections: int | None = None
     cpus: tuple[int, ...] | None = None  # nginx and backends run only here (None: anywhere)
     # the address nginx listens on (backends stay on 127.0.0.1): pollbench up --bind
@@ -93,7 +94,7 @@ class StackSpec:
     def app_config(self) -> AppConfig:
         cfg = AppConfig(max_hold_s=self.max_hold_s, loop_name=self.loop,
                         default_hold_s=min(AppConfig.default_hold_s, self.max_hold_s),
-                        delivery_delay_ms=self.delivery_delay_ms)
+                        delivery_delay_ms=self.delivery_delay_ms, burn_us=self.burn_us)
         if self.backend_max_connections is not None:
             cfg.max_connections = self.backend_max_connections
         cfg.state = self.state_name()
@@ -112,6 +113,7 @@ class StackSpec:
             raise UserError(f"unknown --loop {self.loop!r}; choose one of {', '.join(LOOPS)}")
         check_number("--max-hold", self.max_hold_s, 0, 3600, above=True)
         check_number("--delivery-delay-ms", self.delivery_delay_ms, 0, 60_000)
+        check_number("--burn-us", self.burn_us, 0, 1_000_000)
         nginx_config.check_listen_address(self.bind)
         if not address_here(self.bind):
             raise UserError(f"--bind {self.bind} is not an address of this host (nothing can "

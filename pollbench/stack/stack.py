@@ -168,7 +168,8 @@ class Stack:
                    "--default-hold", str(cfg.default_hold_s),
                    "--max-connections", str(cfg.max_connections),
                    "--max-waiters", str(cfg.max_waiters),
-                   "--delivery-delay-ms", str(cfg.delivery_delay_ms), *state_args]
+                   "--delivery-delay-ms", str(cfg.delivery_delay_ms),
+                   "--burn-us", str(cfg.burn_us), *state_args]
             self.backend_cmds.append(cmd)
             self.backends.append(self.group.add(self._spawn_backend(i)))
         for child, url in zip(self.backends, self.backend_urls, strict=True):
