@@ -95,7 +95,7 @@ COMPONENT_METRICS = {
     "cpu_per_kdelivery_": ("cpu-s/1k deliveries", LOWER,
                            "CPU of {} per 1,000 deliveries, after the warm-up"),
     "cpu_per_krequest_": ("cpu-s/1k requests", LOWER,
-                          "CPU of {} per 1,000 requests, after the warm-up"),
+                          "CPU of {} per 1,000 requests attempted, after the warm-up"),
 }
 
 @dataclass(frozen=True)

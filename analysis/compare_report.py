@@ -331,25 +331,17 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
     # rank_within names a group per run, so it comes with labels (a sweep's cell names)
     groups = dict(zip(labels, rank_within, strict=True)) if labels and rank_within else {}
     ranking = rank_groups(cells, groups, rank_by, rank_threshold) if rank_by else []
-    ranking_md = ranking_markdown(ranking, rank_by) if rank_by else ""
+    # every ranked sweep is ranked on its cost too (the stack's, per delivery where there
+    # are deliveries): what its settings cost where latency may not tell them apart
+    cost_by = cost_metric(cells) if rank_by and not rank_by.startswith("cpu_per_k") else None
+    cost_ranking = rank_groups(cells, groups, cost_by, rank_threshold) if cost_by else []
+    rankings = [(m, rows) for m, rows in ((rank_by, ranking), (cost_by, cost_ranking)) if m]
+    ranking_md = "\n\n".join(ranking_markdown(rows, m) for m, rows in rankings)
     warnings = [f"{f.summary['run']}: {w}" for f in figs for w in f.summary["warnings"]]
     warnings += [f"{f.summary['run']}: the load generator was CPU-saturated; its figures are "
                  "void" for f in figs if f.summary["loadgen_saturated"]]
-    ranking_html = ""
-    if ranking:
-        rows = "".join(
-            "<tr>" + "".join(f"<td>{html_mod.escape(str(v))}</td>" for v in (
-                r.group, r.rank or "-", r.label, r.runs, "n/a" if r.value is None else f"{r.value:.4g}",
-                "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}",
-                r.verdict + (" (load generator saturated: void)" if r.void else ""),
-                "" if r.p_value is None else f"{r.p_value:.3g}", r.method, r.note)) + "</tr>"
-            for r in ranking)
-        ranking_html = (f"<h2>Ranking by {html_mod.escape(str(rank_by))}</h2><p>Each configuration "
-                        f"against the best (of its group, where cells differ in load): worse only when beyond {rank_threshold:.0%} and "
-                        "significant (Mann-Whitney U, alpha 0.05); otherwise within noise.</p>"
-                        "<table><tr><th>ranked within</th><th>rank</th><th>configuration</th><th>runs</th>"
-                        "<th>value</th><th>vs best</th><th>verdict</th><th>p</th>"
-                        f"<th>samples</th><th>note</th></tr>{rows}</table>")
+    ranking_html = "".join(_ranking_html(rows, m, rank_threshold) for m, rows in rankings
+                           if rows)
     html = PAGE.format(
         n=len(figs), title=html_mod.escape(title or f"pollbench comparison of {len(figs)} runs"),
         table=ranking_html + "<h2>Figures by configuration</h2>"
@@ -367,7 +359,9 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
                          for c in cells],
                "warnings": warnings,
                "ranking": {"metric": rank_by, "threshold": rank_threshold,
-                           "rows": [r.as_dict() for r in ranking]} if rank_by else None}
+                           "rows": [r.as_dict() for r in ranking]} if rank_by else None,
+               "cost_ranking": {"metric": cost_by, "threshold": rank_threshold,
+                                "rows": [r.as_dict() for r in cost_ranking]} if cost_by else None}
     paths = {"html": out / "report.html", "markdown": out / "summary.md",
              "json": out / "summary.json"}
     write_atomic(paths["html"], html.encode())
@@ -376,6 +370,32 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
                                      + markdown_table(table) + "\n").encode())
     write_atomic(paths["json"], (json.dumps(summary, indent=2) + "\n").encode())
     return paths
+
+
+def cost_metric(cells: list[RunGroup]) -> str | None:
+    """The stack's cost per delivery where any cell delivered, else per request; None when no
+    run measured a cost."""
+    for metric in ("cpu_per_kdelivery_stack", "cpu_per_krequest_stack"):
+        if any(c.values(metric) for c in cells):
+            return metric
+    return None
+
+
+def _ranking_html(rows, metric: str, threshold: float) -> str:
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html_mod.escape(str(v))}</td>" for v in (
+            r.group, r.rank or "-", r.label, r.runs, "n/a" if r.value is None else f"{r.value:.4g}",
+            "" if r.change_vs_best is None else f"{r.change_vs_best:+.1%}",
+            r.verdict + (" (load generator saturated: void)" if r.void else ""),
+            "" if r.p_value is None else f"{r.p_value:.3g}", r.method, r.note)) + "</tr>"
+        for r in rows)
+    return (f"<h2>Ranking by {html_mod.escape(str(metric))}</h2><p>Each configuration "
+            f"against the best (of its group, where cells differ in load): worse only when "
+            f"beyond {threshold:.0%} and significant (Mann-Whitney U, alpha 0.05); otherwise "
+            "within noise.</p>"
+            "<table><tr><th>ranked within</th><th>rank</th><th>configuration</th><th>runs</th>"
+            "<th>value</th><th>vs best</th><th>verdict</th><th>p</th>"
+            f"<th>samples</th><th>note</th></tr>{body}</table>")
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -12,7 +12,6 @@ log and the backends' /stats.  Every figure carries its unit.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 from hdrh.histogram import HdrHistogram
 
 from analysis import catalog
+from analysis.cost import cost_figures, default_warmup, measured_window, window_cpu
 from analysis.faults import backend_stalls, epoch_loss, per_fault, redis_stalls
 from analysis.hdr import new_histogram, percentiles_us, summary_ms
 from analysis.limits import (
@@ -136,18 +136,6 @@ def run_label(info: dict) -> str:
     return label
 
 
-def default_warmup(info: dict) -> float:
-    """The run's own warm-up when the command that made it fixed one (``warmup_s`` in
-    run.json: a check's or a sweep's, so that every reader ranks and stores the same
-    figures), else the spawn time (users / spawn rate), at most a fifth of the run."""
-    own = info.get("warmup_s")
-    if isinstance(own, (int, float)) and not isinstance(own, bool) and own >= 0:
-        return float(own)
-    p = info["parameters"]
-    spawn = p["users"] / p["spawn_rate"] if p.get("spawn_rate") else 0.0
-    return round(min(spawn, 0.2 * p["duration_s"]), 3)
-
-
 def counter_totals(run: RunData, warmup_s: float | None = None) -> dict[str, int]:
     c = run.counters
     if c.empty:
@@ -220,78 +208,17 @@ def measured_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
     return out
 
 
-STACK_COMPONENTS = ("nginx", "backends", "redis")  # the whole stack, the instrument apart
-SAMPLE_S = 1.0  # the sampler's interval (pollbench.stack.sampler)
-
-
-def measured_window(run: RunData, warmup_s: float) -> tuple[float, float] | None:
-    """The span of the load generator's intervals counted after the warm-up (an interval counts
-    when most of it is after it, as for the latencies and the counts): the window whose CPU
-    the deliveries and requests of the summary cost."""
-    c = run.counters
-    if c.empty:
-        return None
-    c = c[(c["t0"] + c["t1"]) / 2 - run.start >= warmup_s]
-    if c.empty:
-        return None
-    return float(c["t0"].min()), float(c["t1"].max())
-
-
-def _cpu_at(times: np.ndarray, cpu: np.ndarray, t: float) -> float:
-    """A process's cumulative CPU time at ``t``, linear between its samples.  Before its first
-    sample: back along its first rate, not below 0 (a process started, or restarted by a fault,
-    inside the window).  After its last: along its last rate for at most one sampling interval
-    (a process that ended within it, killed or at the load's end), then flat."""
-    if times.size == 1:
-        return float(cpu[0])
-    if t <= times[0]:
-        rate = (cpu[1] - cpu[0]) / (times[1] - times[0])
-        return max(float(cpu[0] - rate * (times[0] - t)), 0.0)
-    if t >= times[-1]:
-        rate = (cpu[-1] - cpu[-2]) / (times[-1] - times[-2])
-        return float(cpu[-1] + rate * min(t - times[-1], SAMPLE_S))
-    return float(np.interp(t, times, cpu))
-
-
-def window_cpu(processes: pd.DataFrame, window: tuple[float, float]) -> dict[str, float]:
-    """CPU seconds each component spent inside ``window``, from every one of its processes' own
-    cumulative CPU time (processes.csv's ``cpu_time_s``), each process read at the window's
-    edges, so that one restarted by a fault counts with both its lives; with each backend,
-    ``backends`` (their sum) and ``stack`` (nginx, backends and Redis).  Empty when the samples
-    carry no CPU times (older runs, or no schedstat)."""
-    if processes.empty or "cpu_time_s" not in processes:
+def cost_window_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
+    """CPU seconds of each component over the measured window (:mod:`analysis.cost`)."""
+    c, p = run.counters, run.processes
+    if c.empty or p.empty or "cpu_time_s" not in p:
         return {}
-    p = processes.dropna(subset=["cpu_time_s"])
-    p = p[~p["component"].str.endswith("system") & (p["component"] != "pollbench")]
-    lo, hi = window
-    out: dict[str, float] = {}
-    for (name, _pid), rows in p.sort_values("time").groupby(["component", "pid"]):
-        times = rows["time"].to_numpy(dtype=float)
-        cpu = rows["cpu_time_s"].to_numpy(dtype=float)
-        if times[-1] + SAMPLE_S < lo or times[0] - SAMPLE_S > hi:
-            continue  # lived and ended outside the window (or started after it)
-        spent = _cpu_at(times, cpu, hi) - _cpu_at(times, cpu, lo)
-        component = str(name).split("/", 1)[0]
-        out[component] = out.get(component, 0.0) + max(spent, 0.0)
-    backends = [v for k, v in out.items() if re.fullmatch(r"backend-\d+", k)]
-    if backends:
-        out["backends"] = sum(backends)
-    stack = [out[k] for k in STACK_COMPONENTS if k in out]
-    if stack:
-        out["stack"] = sum(stack)
-    return out
-
-
-def cost_figures(cpu_s: dict[str, float], deliveries: int, requests: int) -> dict[str, float]:
-    """CPU seconds per 1,000 deliveries and per 1,000 requests of each component (the same
-    number as CPU milliseconds per delivery / request)."""
-    out = {}
-    for comp, secs in cpu_s.items():
-        if deliveries:
-            out[f"cpu_per_kdelivery_{comp}"] = secs / deliveries * 1000
-        if requests:
-            out[f"cpu_per_krequest_{comp}"] = secs / requests * 1000
-    return out
+    window = measured_window(zip(c["t0"], c["t1"], strict=True), run.start, warmup_s)
+    if window is None:
+        return {}
+    p = p.dropna(subset=["cpu_time_s"])
+    return window_cpu(zip(p["time"], p["component"], p["pid"], p["cpu_time_s"], strict=True),
+                      window)
 
 
 def _m(name: str, value) -> dict:
@@ -367,10 +294,9 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     cpu = info.get("cpu", {})
     for comp, secs in sorted(cpu.get("cpu_seconds", {}).items()):
         metrics[f"cpu_seconds_{comp}"] = _m(f"cpu_seconds_{comp}", secs)
-    window = measured_window(run, warmup)
-    window_cpu_s = window_cpu(run.processes, window) if window else {}
+    window_cpu_s = cost_window_cpu(run, warmup)
     for name, value in sorted(cost_figures(window_cpu_s, totals.get("delivered", 0),
-                                           requests).items()):
+                                           totals.get("requests", requests)).items()):
         metrics[name] = _m(name, value)
 
     windows = {}

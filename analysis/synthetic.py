@@ -62,6 +62,11 @@ def run_json(parameters: dict | None = None, stack: dict | None = None, **extra)
     return record
 
 
+# (component, pid, % of a core, RSS, descriptors) of a synthetic run's processes
+SYNTHETIC_PROCESSES = (("loadgen", 10, 40.0, 5000000, 30), ("nginx", 11, 5.0, 2000000, 20),
+                       ("nginx/12", 12, 10.0, 2000000, 40), ("backend-0", 13, 20.0, 3000000, 25))
+
+
 def make_run(path: Path, *, delivery_ms=None, request_ms=None, task_ms=None,
              duration_s: float = 10.0, counters: dict | None = None,
              access_connections: dict[int, int] | None = None,
@@ -110,11 +115,12 @@ def make_run(path: Path, *, delivery_ms=None, request_ms=None, task_ms=None,
              "long_polls_waiting": 0, "messages_delivered": 0, "gc": {"pause_max_ms": 0.1}}
     (path / "samples" / "backend_stats.jsonl").write_text(
         json.dumps({"time": T0 + duration_s, "backend": 0, "stats": stats}) + "\n")
-    rows = ["time,component,pid,cpu_percent,rss_bytes,num_fds"]
+    # each process busy at a steady share of a core, its CPU time (schedstat) counted since T0
+    rows = ["time,component,pid,cpu_percent,rss_bytes,num_fds,cpu_time_s,wait_time_s"]
     for i in range(int(duration_s)):
-        rows += [f"{T0 + i},system,0,50.0,1000000,0", f"{T0 + i},loadgen,10,40.0,5000000,30",
-                 f"{T0 + i},nginx,11,5.0,2000000,20", f"{T0 + i},nginx/12,12,10.0,2000000,40",
-                 f"{T0 + i},backend-0,13,20.0,3000000,25"]
+        rows += [f"{T0 + i},system,0,50.0,1000000,0,,"]
+        rows += [f"{T0 + i},{name},{pid},{pct},{rss},{fds},{pct / 100 * (i + 1):.6f},0.0"
+                 for name, pid, pct, rss, fds in SYNTHETIC_PROCESSES]
     (path / "samples" / "processes.csv").write_text("\n".join(rows) + "\n")
     stub = ["time,active,accepts,handled,requests,reading,writing,waiting"]
     stub += [f"{T0 + i},5,{10 + i},{10 + i},{100 + 10 * i},0,5,0" for i in range(int(duration_s))]

@@ -198,6 +198,9 @@ class LiveView:
                 conns += b["connections_accepted"] - b0["connections_accepted"] - samples
                 reqs += b["requests"] - b0["requests"] - samples
         cpu = live.get("cpu", {})
+        # CPU time spent since this test began (a restarted process's first life is lost)
+        spent = {k: max(v - (base.get("cpu_time_s") or {}).get(k, 0.0), 0.0)
+                 for k, v in (live.get("cpu_time_s") or {}).items()}
         first = (live.get("limits") or {}).get("first")
         loadgen = sorted(n for n in live.get("saturated", []) if n.startswith("loadgen"))
         return {
@@ -214,6 +217,7 @@ class LiveView:
                 if any(k.startswith("backend-") for k in cpu) else None,
                 **({"redis": cpu.get("redis")} if "redis" in cpu else {}),
                 "system": cpu.get("system")},
+            "cpu_s_this_test": cost_groups(spent),
             # with shared state: the sampler's latest INFO (or why it went unanswered)
             "redis": live.get("redis"),
             "loadgen_saturated": loadgen,
@@ -286,12 +290,27 @@ class LiveView:
                     f"{_int(redis.get('pubsub_channels'))}")
                 row("Redis memory (MiB), keys", f"{_num(redis.get('used_memory', 0) / 2**20, 1)}"
                     f" / {_int(redis.get('keys'))}")
+        delivered = self.totals.get("delivered", 0)
+        for comp, secs in target.get("cpu_s_this_test", {}).items():
+            if delivered:
+                row(f"cost per 1,000 deliveries, {comp} (CPU-s)",
+                    test=_num(secs / delivered * 1000, 3))
         for comp, value in target.get("cpu_percent", {}).items():
             label = "all cores = 100" if comp == "system" else "one core = 100"
             row(f"CPU % {comp} ({label})", _num(value, 0))
         if reports_href:
             row("reports of finished tests", reports_href)
         return rows
+
+
+def cost_groups(spent: dict[str, float]) -> dict[str, float]:
+    """CPU seconds by what the tab prices: the stack (nginx, backends, Redis), the backends,
+    nginx, Redis, and the load generator."""
+    backends = sum(v for k, v in spent.items() if k.startswith("backend-"))
+    out = {"stack": backends + spent.get("nginx", 0.0) + spent.get("redis", 0.0),
+           "backends": backends, "nginx": spent.get("nginx"), "redis": spent.get("redis"),
+           "load generator": spent.get("loadgen")}
+    return {k: v for k, v in out.items() if v is not None} if spent else {}
 
 
 def _errors(counters: dict[str, int]) -> dict[str, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.catalog import COMPARED
 from analysis.tracker_format import TRACKER_FORMATS
 from analysis.verdict import (
     INSUFFICIENT,
@@ -24,6 +25,8 @@ from analysis.verdict import (
     read_thresholds,
 )
 from analysis.verdict_format import FORMATS
+
+FAMILY = len(COMPARED)
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(42)
@@ -170,10 +173,9 @@ def test_cli_exit_codes_and_malformed_thresholds(tmp_path):
 
 # -- many metrics at once: Holm, and what a passing check could have missed -------------------
 
-def eleven_metric_side(rng, n: int, shift: dict | None = None, spread: float = 0.05) -> list[dict]:
-    """``n`` repetitions of every compared metric: independent noise around 100 (or a
+def every_metric_side(rng, n: int, shift: dict | None = None, spread: float = 0.05) -> list[dict]:
+    """``n`` repetitions of every compared metric (the catalog's FAMILY): independent noise around 100 (or a
     throughput of 1000), each metric moved by ``shift[metric]`` (relative)."""
-    from analysis.catalog import COMPARED
 
     out = []
     for i in range(n):
@@ -188,16 +190,17 @@ def eleven_metric_side(rng, n: int, shift: dict | None = None, spread: float = 0
 
 
 def test_holm_keeps_the_false_alarm_rate_of_a_whole_check_under_alpha():
-    # A/A checks of 11 noisy metrics with no threshold to hide behind: tested one by one at
-    # 0.05, some metric of most checks would look significant; Holm keeps whole checks at 5 %.
+    # A/A checks of every compared metric (15: latencies, throughput, reuse, cost), noisy, with
+    # no threshold to hide behind: tested one by one at 0.05, some metric of most checks would
+    # look significant; Holm keeps whole checks at 5 %.
     rng = np.random.default_rng(7)
-    limits = Thresholds(default=0.0)
+    limits = Thresholds(default=0.0, per_metric={m: 0.0 for m in COMPARED})
     alarms = unadjusted = 0
     trials = 200
     for _ in range(trials):
-        verdicts = compare(eleven_metric_side(rng, 8), eleven_metric_side(rng, 8), limits)
+        verdicts = compare(every_metric_side(rng, 8), every_metric_side(rng, 8), limits)
         tested = [v for v in verdicts if v.family > 1]
-        assert len(tested) == 11 and all(v.family == 11 for v in tested)
+        assert len(tested) == FAMILY and all(v.family == FAMILY for v in tested)
         alarms += any(v.status in (REGRESSION, "improvement") for v in tested)
         unadjusted += any(v.p_value is not None and v.p_value < 0.05 for v in tested)
     assert alarms / trials <= 0.08
@@ -210,13 +213,13 @@ def test_holm_adjusted_p_values():
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
 
 
-def test_a_real_regression_in_one_of_eleven_metrics_is_still_caught():
+def test_a_real_regression_in_one_of_every_compared_metric_is_still_caught():
     rng = np.random.default_rng(8)
     verdicts = {v.metric: v for v in compare(
-        eleven_metric_side(rng, 8, spread=0.02),
-        eleven_metric_side(rng, 8, {"delivery_latency_p95": 0.20}, spread=0.02), Thresholds())}
+        every_metric_side(rng, 8, spread=0.02),
+        every_metric_side(rng, 8, {"delivery_latency_p95": 0.20}, spread=0.02), Thresholds())}
     v = verdicts["delivery_latency_p95"]
-    assert v.status == REGRESSION and v.p_adjusted < 0.05 and "Holm over 11" in v.explanation
+    assert v.status == REGRESSION and v.p_adjusted < 0.05 and f"Holm over {FAMILY}" in v.explanation
     assert exit_code(list(verdicts.values())) == 1
 
 
@@ -237,37 +240,37 @@ def test_the_detectable_change_has_the_power_it_claims():
 
 def test_a_pass_says_how_large_a_regression_it_could_have_missed():
     rng = np.random.default_rng(10)
-    quiet = compare(eleven_metric_side(rng, 8, spread=0.01),
-                    eleven_metric_side(rng, 8, spread=0.01), Thresholds())
-    noisy_check = compare(eleven_metric_side(rng, 8, spread=0.15),
-                          eleven_metric_side(rng, 8, spread=0.15), Thresholds())
+    quiet = compare(every_metric_side(rng, 8, spread=0.01),
+                    every_metric_side(rng, 8, spread=0.01), Thresholds())
+    noisy_check = compare(every_metric_side(rng, 8, spread=0.15),
+                          every_metric_side(rng, 8, spread=0.15), Thresholds())
     q = {v.metric: v for v in quiet}["delivery_latency_p95"]
     n = {v.metric: v for v in noisy_check}["delivery_latency_p95"]
     assert q.status == OK and q.detectable < 0.10 and "could have missed up to 10%" in \
         q.explanation  # the threshold, not the noise, bounds a quiet check
     assert n.detectable > 0.25  # noise of 15 % hides changes of 25 % and more
     text = FORMATS["text"](noisy_check, "b", "c")
-    assert "Holm-adjusted over 11 metrics" in text
+    assert f"Holm-adjusted over {FAMILY} metrics" in text
     row = next(line for line in text.splitlines() if line.startswith("delivery_latency_p95"))
     assert f"{n.detectable:.0%}" in row
 
 
-def test_six_repetitions_are_the_fewest_that_can_flag_one_of_eleven_metrics():
+def test_six_repetitions_are_the_fewest_that_can_flag_one_of_every_compared_metric():
     from analysis.verdict import min_samples
 
-    assert min_samples(0.05) == 4 and min_samples(0.05 / 11) == 6
+    assert FAMILY == 15  # 2 / C(12, 6) = 0.0022 < 0.05 / 15 < 2 / C(10, 5)
+    assert min_samples(0.05) == 4 and min_samples(0.05 / FAMILY) == 6
     rng = np.random.default_rng(11)
     base, cand = list(100 + rng.normal(0, 1, 5)), list(150 + rng.normal(0, 1, 5))
-    v = judge("delivery_latency_p95", base, cand, "lower", 0.10, 0.05, family=11)
+    v = judge("delivery_latency_p95", base, cand, "lower", 0.10, 0.05, family=FAMILY)
     assert v.status == INSUFFICIENT and "need 6 per side" in v.explanation
     assert judge("delivery_latency_p95", base + [100.0], cand + [150.0], "lower", 0.10, 0.05,
-                 family=11).status == REGRESSION
+                 family=FAMILY).status == REGRESSION
 
 
 def test_interleaved_pairs_cancel_drift_that_hides_a_regression_from_an_unpaired_test():
     # each round's machine speed drifts by 15 %; both runs of a round share it
     rng = np.random.default_rng(12)
-    from analysis.catalog import COMPARED
 
     base, cand = [], []
     for i in range(12):
@@ -287,3 +290,42 @@ def test_interleaved_pairs_cancel_drift_that_hides_a_regression_from_an_unpaired
     assert all(paired[m].status == OK for m in COMPARED if m != "delivery_latency_p95")
     assert "Wilcoxon signed-rank's over the interleaved pairs" in FORMATS["text"](
         list(paired.values()), "b", "c")
+
+
+def cost_side(rng, drift, shift: dict | None = None, noise: float = 0.03) -> list[dict]:
+    """Interleaved rounds of the stack's and the load generator's cost per delivery (each
+    round's machine speed ``drift`` shared by both sides), every other metric steady."""
+    out = []
+    for i, d in enumerate(drift):
+        metrics = {m: {"value": 0.0 if m == "error_rate" else 100.0} for m in COMPARED}
+        for m in ("cpu_per_kdelivery_stack", "cpu_per_kdelivery_backends",
+                  "cpu_per_kdelivery_nginx", "cpu_per_kdelivery_loadgen"):
+            value = 0.8 * d * (1 + (shift or {}).get(m, 0.0)) * (1 + rng.normal(0, noise))
+            metrics[m] = {"value": value}
+        out.append({"schema_version": 1, "run": f"r{i}", "metrics": metrics,
+                    "loadgen_saturated": False})
+    return out
+
+
+def test_a_five_percent_cost_regression_is_caught_and_the_load_generators_cost_only_shown():
+    rng = np.random.default_rng(38)
+    drift = 1 + rng.normal(0, 0.10, 22)  # the machine drifts 10 % between rounds
+    base = cost_side(rng, drift)
+    worse = cost_side(rng, drift, {"cpu_per_kdelivery_backends": 0.05,
+                                   "cpu_per_kdelivery_stack": 0.04})
+    verdicts = {v.metric: v for v in compare(base, worse, Thresholds(), paired=True)}
+    v = verdicts["cpu_per_kdelivery_backends"]
+    assert v.status == REGRESSION and v.threshold == 0.03, v.explanation
+    assert v.method == "interleaved pairs"
+    assert exit_code(list(verdicts.values())) == 1
+    # the instrument's own cost: shown with its change, never a verdict
+    heavier_instrument = cost_side(rng, drift, {"cpu_per_kdelivery_loadgen": 0.50})
+    verdicts = compare(base, heavier_instrument, Thresholds(), paired=True)
+    shown = next(v for v in verdicts if v.metric == "cpu_per_kdelivery_loadgen")
+    assert shown.status == "shown" and shown.change > 0.3
+    assert exit_code(verdicts) == 0
+    text = FORMATS["text"](verdicts, "b", "c")
+    assert "cpu_per_kdelivery_loadgen" in text and "never judged" in text
+    # a thresholds file can still set a cost metric's own threshold
+    assert Thresholds(per_metric={"cpu_per_kdelivery_backends": 0.2}).for_metric(
+        "cpu_per_kdelivery_backends") == 0.2

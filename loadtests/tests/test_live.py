@@ -213,3 +213,23 @@ def test_the_live_view_leaves_no_histogram_garbage_over_a_long_session():
         assert len(garbage) <= alive + 8, (len(garbage), alive)
     finally:
         gc.enable()
+
+
+def test_the_tab_prices_this_tests_deliveries_in_each_components_cpu(tmp_path):
+    live = tmp_path / "live.json"
+    sample = {"time": time.time(), "seq": 1, "cpu": {"system": 50.0}, "stub_status": None,
+              "backends": [], "cpu_time_s": {"backend-0": 10.0, "backend-1": 4.0,
+                                             "nginx": 3.0, "loadgen": 7.0}}
+    live.write_text(json.dumps(sample))
+    view = LiveView(live)  # the test begins: this sample is its base
+    # then 2,000 deliveries while the backends spent 1.2 + 0.4 CPU-s, nginx 0.2, Locust 0.6
+    sample.update(seq=5, cpu_time_s={"backend-0": 11.2, "backend-1": 4.4, "nginx": 3.2,
+                                     "loadgen": 7.6})
+    live.write_text(json.dumps(sample))
+    p, _ = payload(time.time(), [1000] * 10, delivered=2000, requests=2100)
+    view.add(p)
+    table = {r["figure"]: r["test"] for r in view.rows()}
+    assert table["cost per 1,000 deliveries, backends (CPU-s)"] == "0.800"
+    assert table["cost per 1,000 deliveries, nginx (CPU-s)"] == "0.100"
+    assert table["cost per 1,000 deliveries, stack (CPU-s)"] == "0.900"
+    assert table["cost per 1,000 deliveries, load generator (CPU-s)"] == "0.300"

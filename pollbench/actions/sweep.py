@@ -309,11 +309,17 @@ def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
     summary = json.loads(paths["json"].read_text())
     manifest["report"] = str(out.relative_to(root))
     manifest["ranking"] = summary.get("ranking")
+    manifest["cost_ranking"] = summary.get("cost_ranking")
     return paths["html"]
 
 
 def print_ranking(manifest: dict) -> None:
-    ranking = manifest.get("ranking")
+    """The sweep's ranking by its rank_by, then by the stack's cost (when it was measured)."""
+    for key in ("ranking", "cost_ranking"):
+        _print_ranking(manifest.get(key))
+
+
+def _print_ranking(ranking: dict | None) -> None:
     if not ranking:
         return
     print(f"\nRanking by {ranking['metric']} (each cell against the best; worse = beyond "

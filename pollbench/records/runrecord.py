@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from analysis.catalog import METRICS_DIR, PROGRESS_FILE, RUN_FILES, RUN_SCHEMA_VERSION
+from analysis.cost import run_cost
 from analysis.limits import (
     NGINX_ERRORS_FILE,
     diagnose,
@@ -81,6 +82,10 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     if (lost := lost_warning(lg)) is not None:
         record["warnings"].append(lost)
     try:
+        record["cost"] = run_cost(run_dir, record, RUN_FILES["counters"], RUN_FILES["processes"])
+    except (OSError, ValueError, TypeError, KeyError) as e:  # run.json matters more
+        record["warnings"].append(f"the cost per delivery could not be worked out ({e!r})")
+    try:
         explain(record, run_dir)
     except (OSError, ValueError, TypeError, KeyError) as e:  # run.json matters more
         record["warnings"].append(f"what ran out first could not be worked out ({e!r}); "
@@ -91,6 +96,8 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     for line in summary_lines(record):
         log.info(line)
     for line in latency_lines(run_dir / RUN_FILES["latency_hdr"]):
+        log.info(line)
+    for line in cost_lines(record.get("cost")):
         log.info(line)
     failing = failing_line(error_rate(record), (record.get("limits") or {}).get("first"))
     if failing is not None:  # the summary's last word: how much failed, and why
@@ -143,6 +150,20 @@ def summary_lines(record: dict) -> list[str]:
         lines.append(f"  failed: {entry['count']:,} x {entry['cause']}")
     return lines
 
+
+
+def cost_lines(cost: dict | None) -> list[str]:
+    """What the work cost, per 1,000 deliveries (a channels run) or requests (else)."""
+    figures = (cost or {}).get("figures") or {}
+    for unit, what in (("kdelivery", "deliveries"), ("krequest", "requests")):
+        got = {k.split("_", 3)[3]: v for k, v in figures.items()
+               if k.startswith(f"cpu_per_{unit}_")}
+        if "stack" in got:
+            parts = ", ".join(f"{name} {got[name]:.3g}" for name in ("backends", "nginx", "redis")
+                              if name in got)
+            loadgen = f"; load generator {got['loadgen']:.3g}" if "loadgen" in got else ""
+            return [f"cost per 1,000 {what} (CPU-s): stack {got['stack']:.3g} ({parts}){loadgen}"]
+    return []
 
 
 def store_in_history(record: dict, run_dir: Path, source: str, git: dict | None = None) -> None:

@@ -22,7 +22,8 @@ so an interrupted run keeps what was sampled:
 * ``samples/redis_info.jsonl`` (with shared state): {"time", "info": <INFO's ops, clients,
   memory, pub/sub channels, CPU>} or {"time", "error": <why INFO went unanswered>}
 * ``samples/live.json`` (only with ``live=True``, for the web UI's "Long polling" tab):
-  the latest sample, rewritten atomically each second: CPU per component, stub_status,
+  the latest sample, rewritten atomically each second: CPU per component (and its CPU time
+  so far, ``cpu_time_s``: the tab's cost per delivery), stub_status,
   each backend's held polls and connection counters, and which processes are saturated
   over the last :data:`LIVE_WINDOW` samples, and the limits reached so far
   (:class:`analysis.limits.LimitWatch`, with ``capacity``: what the stack allows).
@@ -165,7 +166,7 @@ class Sampler(threading.Thread):
         self.limits.memory(now, used)
         self._seq += 1
         live: dict = {"time": now, "seq": self._seq, "cpu": {"system": system_cpu}, "stub_status": None,
-                      "backends": []}
+                      "backends": [], "cpu_time_s": {}}
         for component, root in self.components().items():
             try:
                 pids = [root] + [c.pid for c in psutil.Process(root).children(recursive=True)]
@@ -192,6 +193,9 @@ class Sampler(threading.Thread):
                     pid, now, *(times or (None, None))))
                 self.limits.descriptors(now, name, fds, self._nofile.get(pid))
                 live["cpu"][component] = live["cpu"].get(component, 0.0) + cpu
+                if times:  # each component's CPU time so far: the web UI's cost per delivery
+                    live["cpu_time_s"][component] = live["cpu_time_s"].get(component, 0.0) + \
+                        times[0]
                 self.cpu_seconds[component] = self.cpu_seconds.get(component, 0.0) + \
                     cpu / 100 * self.interval
         try:  # the harness itself (this process): its own row, judged by no rule

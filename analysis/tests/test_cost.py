@@ -1,0 +1,69 @@
+"""Cost per delivery: the CPU each component spent in the measured window, from each process's
+own CPU time at the window's edges, over the deliveries and requests counted in it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analysis.cost import cpu_at, run_cost, window_cpu
+from analysis.figures import compute
+from analysis.load import load_run
+from analysis.synthetic import make_run
+
+
+def test_the_summary_and_run_json_price_each_component_per_delivery_and_request(tmp_path):
+    # 10 s of 1,000 deliveries and 1,200 requests a second; after a 2-s warm-up the window is
+    # the last 8 intervals: the backend's 20 % of a core is 1.6 CPU-s over 8,000 deliveries
+    run = make_run(tmp_path / "run", delivery_ms=[2.0] * 5000, duration_s=10,
+                   counters={"delivered": 10_000, "requests": 12_000})
+    metrics = compute(load_run(run), warmup_s=2.0).summary["metrics"]
+    expected = {"backend-0": 0.20, "backends": 0.20, "nginx": 0.15, "stack": 0.35,
+                "loadgen": 0.40}
+    for comp, cpu_share in expected.items():
+        got = metrics[f"cpu_per_kdelivery_{comp}"]
+        assert got["value"] == pytest.approx(cpu_share * 8 / 8000 * 1000)
+        assert got["unit"] == "cpu-s/1k deliveries" and got["better"] == "lower"
+        assert metrics[f"cpu_per_krequest_{comp}"]["value"] == \
+            pytest.approx(cpu_share * 8 / 9600 * 1000)
+    # run.json's cost, worked out without pandas when the run ends, is the same
+    info = json.loads((run / "run.json").read_text())
+    info["warmup_s"] = 2.0
+    cost = run_cost(run, info, "metrics/counters.jsonl", "samples/processes.csv")
+    assert cost is not None and cost["deliveries"] == 8000 and cost["requests"] == 9600
+    for name, value in cost["figures"].items():
+        assert metrics[name]["value"] == pytest.approx(value, abs=1e-6)
+
+
+def test_a_run_without_cpu_times_has_no_cost_rather_than_a_wrong_one(tmp_path):
+    run = make_run(tmp_path / "run", delivery_ms=[2.0] * 100, counters={"delivered": 100})
+    csv = run / "samples" / "processes.csv"
+    csv.write_text("\n".join(",".join(line.split(",")[:6])
+                             for line in csv.read_text().splitlines()) + "\n")
+    metrics = compute(load_run(run)).summary["metrics"]
+    assert not [m for m in metrics if m.startswith("cpu_per_k")]
+    assert "cpu_percent_backends" in metrics  # the 1-s percentages are still there
+
+
+def test_a_backend_restarted_inside_the_window_counts_with_both_its_lives():
+    # backend-0 burns half a core: its first life sampled at 0..4 s and killed at 4.5 s, its
+    # second born at 4.5 s and sampled from 5 s; the window is 0.5-8.5 s: 4 CPU-s in truth
+    rows = [(float(t), "backend-0", 13, 0.5 * t) for t in range(5)]
+    rows += [(float(t), "backend-0", 14, 0.5 * (t - 4.5)) for t in range(5, 10)]
+    rows += [(float(t), "nginx/20", 20, 0.1 * t) for t in range(10)]
+    rows += [(float(t), "system", 0, 0.0) for t in range(10)]
+    cpu = window_cpu(rows, (0.5, 8.5))
+    # the first life's end is extrapolated for at most one sampling interval (+0.25 here)
+    assert cpu["backend-0"] == pytest.approx(4.25)
+    assert cpu["backends"] == cpu["backend-0"] and cpu["nginx"] == pytest.approx(0.8)
+    assert cpu["stack"] == pytest.approx(5.05) and "system" not in cpu
+
+
+def test_cpu_between_and_beyond_samples():
+    samples = [(10.0, 1.0), (11.0, 1.5), (12.0, 2.5)]
+    assert cpu_at(samples, 11.5) == pytest.approx(2.0)
+    assert cpu_at(samples, 9.0) == pytest.approx(0.5)    # back along the first rate
+    assert cpu_at(samples, 5.0) == 0.0                   # not below 0: born inside the window
+    assert cpu_at(samples, 12.5) == pytest.approx(3.0)   # on along the last rate ...
+    assert cpu_at(samples, 20.0) == pytest.approx(3.5)   # ... for one interval at most
