@@ -139,7 +139,7 @@ def run_cost(run_dir: Path, info: dict, counters_file: str, processes_file: str)
     """run.json's ``cost``: the window, the CPU each component spent in it, the deliveries
     and requests the load generator counted in it, and the cost figures; None when the run
     has no CPU times or no counted interval."""
-    rows = []
+    intervals: list[tuple[float, float, dict]] = []
     try:
         lines = (run_dir / counters_file).read_text().splitlines()
     except OSError:
@@ -147,20 +147,20 @@ def run_cost(run_dir: Path, info: dict, counters_file: str, processes_file: str)
     for line in lines:
         try:
             r = json.loads(line)
-            rows.append((float(r["t0"]), float(r["t1"]), r.get("counters") or {}))
+            intervals.append((float(r["t0"]), float(r["t1"]), r.get("counters") or {}))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    if not rows:
+    if not intervals:
         return None
     # the run's clock starts at its first load interval, as the analysis's does
-    start = min(t0 for t0, _, _ in rows)
+    start = min(t0 for t0, _, _ in intervals)
     warmup = default_warmup(info)
     delivered = requests = 0
-    for t0, t1, counts in rows:
+    for t0, t1, counts in intervals:
         if (t0 + t1) / 2 - start >= warmup:
             delivered += int(counts.get("delivered", 0))
             requests += int(counts.get("requests", 0))
-    window = measured_window([(t0, t1) for t0, t1, _ in rows], start, warmup)
+    window = measured_window([(t0, t1) for t0, t1, _ in intervals], start, warmup)
     rows = process_rows(run_dir / processes_file)
     if window is None or not rows:
         return None

@@ -73,10 +73,10 @@ def report(rows: list[dict], log: Path) -> None:
     print(f"\nover {log} ({len(rows)} checks):")
     print(f"A/A: {sum(r['exit'] == 0 for r in aa)} of {len(aa)} passed; false alarms "
           f"(exit 1) {sum(r['exit'] == 1 for r in aa)}; exits {[r['exit'] for r in aa]}")
-    amounts = ", ".join(sorted({f"{r['amount']:g}" for r in inj}))
+    amounts = ", ".join(sorted({f"{r['amount']:g}" for r in inj if r.get("amount") is not None}))
     print(f"injected ({amounts}): {sum(r['exit'] == 1 for r in inj)} of {len(inj)} caught "
           f"(exit 1); exits {[r['exit'] for r in inj]}")
-    watched = {r.get("metric") for r in rows} - {None}
+    watched: set[str] = {r["metric"] for r in rows if r.get("metric")}
     for metric in sorted(watched):
         self_flagged = sum(any(f.startswith(metric + " ") for f in r.get("flagged", []))
                            for r in inj)
