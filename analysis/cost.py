@@ -107,6 +107,16 @@ def window_cpu(rows: Iterable[tuple[float, str, object, float]],
     return out
 
 
+def with_workers(cpu_s: dict[str, float], workers_cpu_s: float) -> dict[str, float]:
+    """``cpu_s`` with the CPU the load hosts' Locust workers counted themselves in the window
+    (``cpu_ms`` of the counted intervals) added to the load generator's: in a run across
+    hosts nobody else samples them (a local run's workers are the load generator's sampled
+    children, and are not added again)."""
+    if not workers_cpu_s:
+        return cpu_s
+    return {**cpu_s, "loadgen": cpu_s.get("loadgen", 0.0) + workers_cpu_s}
+
+
 def cost_figures(cpu_s: dict[str, float], deliveries: int, requests: int) -> dict[str, float]:
     """CPU seconds per 1,000 deliveries and per 1,000 requests of each component (the same
     number as CPU milliseconds per delivery / request); none where there were none."""
@@ -155,16 +165,19 @@ def run_cost(run_dir: Path, info: dict, counters_file: str, processes_file: str)
     # the run's clock starts at its first load interval, as the analysis's does
     start = min(t0 for t0, _, _ in intervals)
     warmup = default_warmup(info)
-    delivered = requests = 0
+    delivered = requests = workers_ms = 0
     for t0, t1, counts in intervals:
         if (t0 + t1) / 2 - start >= warmup:
             delivered += int(counts.get("delivered", 0))
             requests += int(counts.get("requests", 0))
+            workers_ms += int(counts.get("cpu_ms", 0))
     window = measured_window([(t0, t1) for t0, t1, _ in intervals], start, warmup)
     rows = process_rows(run_dir / processes_file)
     if window is None or not rows:
         return None
     cpu = window_cpu(rows, window)
+    if info.get("distributed"):
+        cpu = with_workers(cpu, workers_ms / 1000)
     return {"window": [round(window[0], 3), round(window[1], 3)], "warmup_s": warmup,
             "cpu_s": {k: round(v, 6) for k, v in sorted(cpu.items())},
             "deliveries": delivered, "requests": requests,

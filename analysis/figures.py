@@ -19,7 +19,13 @@ import pandas as pd
 from hdrh.histogram import HdrHistogram
 
 from analysis import catalog
-from analysis.cost import cost_figures, default_warmup, measured_window, window_cpu
+from analysis.cost import (
+    cost_figures,
+    default_warmup,
+    measured_window,
+    window_cpu,
+    with_workers,
+)
 from analysis.faults import backend_stalls, epoch_loss, per_fault, redis_stalls
 from analysis.hdr import new_histogram, percentiles_us, summary_ms
 from analysis.limits import (
@@ -217,8 +223,12 @@ def cost_window_cpu(run: RunData, warmup_s: float) -> dict[str, float]:
     if window is None:
         return {}
     p = p.dropna(subset=["cpu_time_s"])
-    return window_cpu(zip(p["time"], p["component"], p["pid"], p["cpu_time_s"], strict=True),
-                      window)
+    cpu = window_cpu(zip(p["time"], p["component"], p["pid"], p["cpu_time_s"], strict=True),
+                     window)
+    if run.info.get("distributed"):  # the load hosts' workers: their own count
+        counted = c[((c["t0"] + c["t1"]) / 2 - run.start >= warmup_s) & (c["counter"] == "cpu_ms")]
+        cpu = with_workers(cpu, float(counted["value"].sum()) / 1000)
+    return cpu
 
 
 def _m(name: str, value) -> dict:

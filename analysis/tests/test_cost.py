@@ -67,3 +67,23 @@ def test_cpu_between_and_beyond_samples():
     assert cpu_at(samples, 5.0) == 0.0                   # not below 0: born inside the window
     assert cpu_at(samples, 12.5) == pytest.approx(3.0)   # on along the last rate ...
     assert cpu_at(samples, 20.0) == pytest.approx(3.5)   # ... for one interval at most
+
+
+def test_load_hosts_workers_count_their_own_cpu_in_a_run_across_hosts(tmp_path):
+    # a run across hosts: the workers' cpu_ms (300 ms a second each interval) is the load
+    # generator's too; in a local run the same counter is its sampled children's, not added
+    counters = {"delivered": 10_000, "requests": 12_000, "cpu_ms": 3_000}
+    local = make_run(tmp_path / "local", delivery_ms=[2.0] * 100, counters=counters)
+    info = json.loads((local / "run.json").read_text())
+    info["distributed"] = {"workers": 1}
+    remote = make_run(tmp_path / "remote", delivery_ms=[2.0] * 100, counters=counters,
+                      info=info)
+    loadgen = {name: compute(load_run(run), warmup_s=2.0).summary["metrics"][
+        "cpu_per_kdelivery_loadgen"]["value"] for name, run in (("local", local),
+                                                               ("remote", remote))}
+    assert loadgen["local"] == pytest.approx(0.40 * 8 / 8000 * 1000)
+    assert loadgen["remote"] == pytest.approx((0.40 + 0.30) * 8 / 8000 * 1000)
+    info["warmup_s"] = 2.0
+    cost = run_cost(remote, info, "metrics/counters.jsonl", "samples/processes.csv")
+    assert cost is not None
+    assert cost["figures"]["cpu_per_kdelivery_loadgen"] == pytest.approx(loadgen["remote"])

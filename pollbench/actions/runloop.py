@@ -65,8 +65,12 @@ def base_parameters(load: LoadSpec) -> dict:
 class Progress:
     """One line per interval: elapsed / total, users, HTTP requests/s, deliveries/s, errors.
 
-    The two rates are kept apart: Locust's own total also counts its synthetic rows
-    (DELIVERY, TASK ...), which are not requests."""
+    The rates are the line's own: the requests and deliveries counted since the previous line
+    over the time between them (progress.json's cumulative counts), so that a broadcast every
+    few seconds shows in every line (progress.json's own rates cover its last second only,
+    which a burst every 5 s misses: 0.0 while 200 requests/s flowed).  The two rates are
+    kept apart: Locust's own total also counts its synthetic rows (DELIVERY, TASK ...), which
+    are not requests."""
 
     def __init__(self, path: Path, total_s: float, every_s: float = 5.0):
         self.path, self.total_s, self.every_s = path, total_s, every_s
@@ -78,14 +82,20 @@ class Progress:
             return
         self._next += self.every_s
         try:
-            self.last = json.loads(self.path.read_text())
+            p = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return
-        p = self.last
-        log.info(f"[{p['elapsed_s']:6.0f}s/{self.total_s:.0f}s] users {p['users']:>6}  "
-                 f"HTTP req/s {p['requests_per_s']:>8.1f}  deliveries/s "
-                 f"{p['deliveries_per_s']:>8.1f}  failures {p['failures']}  lost {p['lost']}  "
-                 f"duplicates {p['duplicates']}")
+        log.info(self.line(p, self.last))
+        self.last = p
+
+    def line(self, p: dict, before: dict) -> str:
+        """The line for ``p`` (progress.json), its rates since ``before`` (empty: the start)."""
+        span = max(p["elapsed_s"] - before.get("elapsed_s", 0.0), 1e-3)
+        requests = (p["requests"] - before.get("requests", 0)) / span
+        deliveries = (p["delivered"] - before.get("delivered", 0)) / span
+        return (f"[{p['elapsed_s']:6.0f}s/{self.total_s:.0f}s] users {p['users']:>6}  "
+                f"HTTP req/s {requests:>8.1f}  deliveries/s {deliveries:>8.1f}  failures "
+                f"{p['failures']}  lost {p['lost']}  duplicates {p['duplicates']}")
 
 
 class Side:

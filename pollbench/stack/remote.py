@@ -202,8 +202,11 @@ def _keep_span(key: str, fetched: Path, dest: Path, t0: float, t1: float) -> Pat
     if key == "processes" and dest.exists():  # this host's own samples (the load side)
         with dest.open(newline="") as f:
             local = list(csv.reader(f))[1:]
-        rows += [[r[0], "controller-system" if r[1] == "system" else r[1], *r[2:]]
-                 for r in local if r]
+        # as many fields as the target's header (an agent of another version writes fewer
+        # or more columns: a CPU time it lacks is left empty)
+        width = len(header)
+        rows += [([r[0], "controller-system" if r[1] == "system" else r[1], *r[2:]]
+                  + [""] * width)[:width] for r in local if r]
         rows.sort(key=lambda r: float(r[0]))
     out = io.StringIO()
     w = csv.writer(out)

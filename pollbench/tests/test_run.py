@@ -95,6 +95,33 @@ def test_receipt_clock_and_separate_rates_are_on_the_record(runs):
     assert "HTTP requests " in proc.stdout and f"delivered {lg['delivered']}" in proc.stdout
 
 
+def test_every_run_prices_its_work_in_each_components_cpu(runs):
+    # channels: per delivery and per request, each component, printed when the run ends
+    run_dir, proc = runs["channels"]
+    cost = json.loads((run_dir / "run.json").read_text())["cost"]
+    figures = cost["figures"]
+    for comp in ("backends", "nginx", "loadgen", "stack"):
+        assert figures[f"cpu_per_kdelivery_{comp}"] > 0, figures
+        assert figures[f"cpu_per_krequest_{comp}"] > 0, figures
+    assert figures["cpu_per_kdelivery_stack"] == pytest.approx(
+        figures["cpu_per_kdelivery_backends"] + figures["cpu_per_kdelivery_nginx"], rel=1e-3)
+    # the window's CPU is each process's own time, summed: the backends spent what their
+    # samples say they did (1-s CPU percentages agree within a sample's worth)
+    samples = pd.read_csv(run_dir / FILES["processes"])
+    assert samples["cpu_time_s"].notna().any() and samples["wait_time_s"].notna().any()
+    assert cost["deliveries"] > 0 and 0 < cost["window"][1] - cost["window"][0] <= 8
+    assert f"cost per 1,000 deliveries (CPU-s): stack {figures['cpu_per_kdelivery_stack']:.3g}" \
+        in proc.stderr + proc.stdout
+    # the summary's figures are the same (report of the channels run)
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary["metrics"]["cpu_per_kdelivery_backends"]["value"] == pytest.approx(
+        figures["cpu_per_kdelivery_backends"], rel=1e-4)
+    assert (run_dir / "report" / "charts" / "cost.png").stat().st_size > 10_000
+    # tasks: nothing delivered, so per request only
+    tasks = json.loads((runs["tasks"][0] / "run.json").read_text())["cost"]["figures"]
+    assert "cpu_per_krequest_stack" in tasks and "cpu_per_kdelivery_stack" not in tasks
+
+
 @pytest.mark.parametrize("scenario", ["tasks", "mixed"])
 def test_task_turnaround_is_recorded_and_at_least_the_task_duration(runs, scenario):
     run_dir, _ = runs[scenario]
@@ -107,6 +134,30 @@ def test_keepalive_reuses_client_connections(runs):
     df = access_log(runs["channels"][0])
     assert df["connection_requests"].max() >= 10
     assert df.groupby("connection")["connection_requests"].max().mean() > 5
+
+
+def test_a_broadcast_every_5_s_shows_in_every_progress_line(tmp_path):
+    # one message every 5 s to 100 subscribers: the lines' rates are of their own 5 s, and
+    # they add up to what the run counted (progress.json's 1-s rates read 0.0 in every line)
+    import re
+
+    out = tmp_path / "bursty"
+    proc = run_pollbench(out, "--profile", "longpoll", "--users", "101", "--channels", "1",
+                         "--publish-rate", "0.2", "--spawn-rate", "101", "--duration", "16s",
+                         "--no-report")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = re.findall(r"\[\s*(\d+)s/16s\].*HTTP req/s\s+([\d.]+)\s+deliveries/s\s+([\d.]+)",
+                       proc.stderr + proc.stdout)
+    assert len(lines) >= 3, proc.stderr
+    elapsed = [0.0] + [float(t) for t, _, _ in lines]
+    rates = [float(d) for _, _, d in lines]
+    assert all(float(r) > 0 for _, r, _ in lines[1:]), lines  # re-polls flow in every line
+    assert sum(1 for r in rates if r > 0) >= 2, lines
+    delivered = json.loads((out / "run.json").read_text())["loadgen"]["delivered"]
+    printed = sum(r * (b - a) for r, a, b in zip(rates, elapsed, elapsed[1:], strict=False))
+    # the last broadcast may land after the last line; the printed seconds are rounded
+    assert delivered - 100 - 0.1 * delivered <= printed <= delivered * 1.1 + 10, \
+        (printed, delivered, lines)
 
 
 def test_connection_close_makes_exactly_one_request_per_connection(tmp_path):

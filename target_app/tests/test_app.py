@@ -315,3 +315,23 @@ def test_an_injected_delivery_delay_below_a_millisecond_is_what_was_asked():
     assert 0.0003 <= short < 0.0006, short
     long = statistics.median(asyncio.run(timed(0.005)))
     assert 0.005 <= long < 0.0065, long
+
+
+class TestBurn(TargetCase):
+    """--burn-us, the known cost regression: each poll answered with messages costs that
+    much CPU more, and a poll answered with none (204) costs nothing more."""
+
+    config = AppConfig(max_hold_s=5, default_hold_s=2, burn_us=20_000)
+
+    @gen_test(timeout=20)
+    async def test_every_answered_poll_spends_the_cpu_it_is_told_to(self):
+        await self.call("POST", "/channels/c", {"n": 0})
+        before = time.thread_time()  # the server runs in this thread (tornado.testing)
+        for _ in range(5):
+            code, body, _ = await self.call("GET", "/channels/c?cursor=0&timeout=1")
+            assert code == 200 and body["messages"]
+        spent = time.thread_time() - before
+        assert spent >= 5 * 0.020, spent  # five answers, 20 ms of CPU each
+        before = time.thread_time()
+        code, _, _ = await self.call("GET", "/channels/c?timeout=0")  # nothing new: 204
+        assert code == 204 and time.thread_time() - before < 0.020

@@ -1,0 +1,40 @@
+"""The progress lines ``pollbench run`` prints every 5 s: rates that see a broadcast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pollbench.actions.runloop import Progress
+
+
+def snapshots(seconds: int) -> list[dict]:
+    """progress.json as Locust rewrites it each second: one message to 1,000 subscribers
+    every 5 s (a broadcast) and their 1,000 re-polls, nothing in between."""
+    out, delivered, requests = [], 0, 0
+    for t in range(1, seconds + 1):
+        if t % 5 == 3:  # the broadcast lands between two lines
+            delivered += 1000
+            requests += 1001
+        out.append({"elapsed_s": float(t), "users": 1001, "requests": requests,
+                    "delivered": delivered, "failures": 0, "lost": 0, "duplicates": 0,
+                    # what progress.json says of its own last second
+                    "requests_per_s": 1001.0 if t % 5 == 3 else 0.0,
+                    "deliveries_per_s": 1000.0 if t % 5 == 3 else 0.0})
+    return out
+
+
+def test_a_broadcast_every_5_s_shows_in_every_line_and_adds_up_to_the_counts():
+    progress = Progress(Path("unread"), total_s=30)  # its file is not read: line() is given it
+    snaps = snapshots(30)
+    lines, before = [], {}
+    for snap in snaps[4::5]:  # the lines, every 5 s
+        lines.append(progress.line(snap, before))
+        before = snap
+    rates = [float(line.split("deliveries/s")[1].split()[0]) for line in lines]
+    # each line's own 5 s held one broadcast: 1,000 deliveries in 5 s, never 0.0
+    assert rates == pytest.approx([200.0] * 6)
+    assert sum(r * 5 for r in rates) == snaps[-1]["delivered"]
+    requests = [float(line.split("HTTP req/s")[1].split()[0]) for line in lines]
+    assert requests == pytest.approx([200.2] * 6)
