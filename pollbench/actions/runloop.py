@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from analysis.catalog import (
+    EXIT_BROKEN,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REGRESSION,
@@ -29,8 +30,13 @@ from analysis.saturation import Counts
 from pollbench.errors import RunFailed, UserError
 from pollbench.log import log
 from pollbench.records.rundir import write_json_atomic
-from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
-from pollbench.records.runrecord import error_rate, finish_record, store_in_history
+from pollbench.records.runinfo import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_INCOMPLETE,
+    STATUS_VOID,
+)
+from pollbench.records.runrecord import error_rate, finish_record, store_in_history, void_reason
 from pollbench.stack.disk import DiskWatch
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import find_free_ports
@@ -223,6 +229,13 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                 sampler.stop()
             cpu = side.collect(record, sampler)
             finish_record(record, run_dir, status, reason, code, cpu, exit_codes)
+            if status == STATUS_COMPLETE and (void := void_reason(record)) is not None:
+                # ran its course and measured nothing: no figure of it may pass for one
+                status, reason, code = STATUS_VOID, f"void: {void}", EXIT_BROKEN
+                record.update(status=status, complete=False)
+                record["exit"].update(code=code, reason=reason)
+                write_json_atomic(run_dir / "run.json", record)
+                log.warning(f"the run is void: {void}")
             if status == STATUS_COMPLETE and max_error_rate is not None \
                     and error_rate(record) > max_error_rate:
                 code = EXIT_REGRESSION

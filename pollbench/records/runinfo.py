@@ -20,8 +20,8 @@ from pollbench.paths import SCHEMAS_DIR
 
 SCHEMA_PATH = SCHEMAS_DIR / "run.schema.json"
 
-STATUS_RUNNING, STATUS_COMPLETE, STATUS_INCOMPLETE, STATUS_FAILED = (
-    "running", "complete", "incomplete", "failed")
+STATUS_RUNNING, STATUS_COMPLETE, STATUS_INCOMPLETE, STATUS_FAILED, STATUS_VOID = (
+    "running", "complete", "incomplete", "failed", "void")  # void: ran its course, measured nothing
 
 
 def _version(dist: str) -> str | None:

@@ -129,6 +129,24 @@ def explain(record: dict, run_dir: Path, span: tuple[float, float] | None = None
                                       record["loadgen"]["error_rate"])
 
 
+def void_reason(record: dict) -> str | None:
+    """Why a run that ran its course measured nothing (None: it measured something): no HTTP
+    request succeeded, or a channels run with publishers delivered no message."""
+    lg = record.get("loadgen") or {}
+    requests, failed = lg.get("requests") or 0, lg.get("http_failures") or 0
+    if requests == 0:
+        return ("no HTTP request was made: the users were still starting when the run time "
+                "ran out; lengthen --duration, raise --spawn-rate or use fewer --workers")
+    if requests - failed <= 0:
+        return f"none of its {requests:,} HTTP requests succeeded"
+    params = record.get("parameters") or {}
+    if params.get("scenario") == "channels" and (params.get("publish_rate") or 0) > 0 \
+            and not lg.get("delivered"):
+        return (f"no message was delivered ({requests:,} HTTP requests): nothing to measure "
+                "a delivery latency on")
+    return None
+
+
 def error_rate(record: dict) -> float:
     """Failed HTTP requests / HTTP requests attempted (:func:`explain` counts them)."""
     return float((record.get("loadgen") or {}).get("error_rate") or 0.0)

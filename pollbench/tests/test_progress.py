@@ -1,4 +1,5 @@
-"""The progress lines ``pollbench run`` prints every 5 s: rates that see a broadcast."""
+"""What ``pollbench run`` says as it goes and at its end: progress lines whose rates see a
+broadcast, and a run that measured nothing called void."""
 
 from __future__ import annotations
 
@@ -38,3 +39,25 @@ def test_a_broadcast_every_5_s_shows_in_every_line_and_adds_up_to_the_counts():
     assert sum(r * 5 for r in rates) == snaps[-1]["delivered"]
     requests = [float(line.split("HTTP req/s")[1].split()[0]) for line in lines]
     assert requests == pytest.approx([200.2] * 6)
+
+
+def test_a_run_that_measured_nothing_is_void_and_says_why():
+    from pollbench.records.runrecord import void_reason
+
+    channels = {"scenario": "channels", "publish_rate": 20.0}
+    # 64 workers still starting when 4 s ran out: not one request
+    why = void_reason({"parameters": channels, "loadgen": {"requests": 0, "delivered": 0}})
+    assert why is not None and "no HTTP request was made" in why and "--duration" in why
+    # every request failed
+    why = void_reason({"parameters": channels,
+                       "loadgen": {"requests": 500, "http_failures": 500, "delivered": 0}})
+    assert why == "none of its 500 HTTP requests succeeded"
+    # polls answered, but no message delivered in a channels run that publishes
+    why = void_reason({"parameters": channels,
+                       "loadgen": {"requests": 40, "http_failures": 0, "delivered": 0}})
+    assert why is not None and "no message was delivered" in why
+    # measured: deliveries; or a tasks run, which delivers none by design
+    assert void_reason({"parameters": channels,
+                        "loadgen": {"requests": 40, "http_failures": 39, "delivered": 3}}) is None
+    assert void_reason({"parameters": {"scenario": "tasks"},
+                        "loadgen": {"requests": 40, "http_failures": 0, "delivered": 0}}) is None
