@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FD_LIMIT = 20000
 
 
 def peak(rows, component_prefix: str, column: str) -> float:
@@ -30,33 +28,17 @@ def peak(rows, component_prefix: str, column: str) -> float:
     return max(vals, default=0.0)
 
 
-def diagnose(run: Path, record: dict, summary: dict, proc_rows) -> list[str]:
-    """What ran out first: the evidence each limit leaves behind."""
-    found = []
-    if record.get("cpu", {}).get("loadgen_saturated"):
-        found.append("load generator CPU (>= 90% of a core)")
-    error_log = (run / "nginx" / "logs" / "error.log").read_text(errors="replace")
-    if "worker_connections are not enough" in error_log:
-        found.append("nginx worker_connections")
-    if "Too many open files" in error_log:
-        found.append("nginx open files (worker_rlimit_nofile)")
-    if re.search(r"connect\(\) failed \(111", error_log):
-        found.append("backend refused connections (listen backlog or process down)")
-    for log in (run / "logs").glob("backend-*.log"):
-        text = log.read_text(errors="replace")
-        if "Too many open files" in text:
-            found.append(f"{log.stem} open files")
-    if peak(proc_rows, "loadgen", "num_fds") > 0.95 * FD_LIMIT:
-        found.append("load generator open files (20,000 per process)")
-    system = [float(r["cpu_percent"]) for r in proc_rows if r["component"] == "system"]
-    if system and sorted(system)[len(system) // 2] > 95:
-        found.append("machine CPU (both cores busy)")
-    causes = summary.get("errors_by_cause", {})
-    if any("503" in c for c in causes):
-        found.append("backend limits (503: waiters or connections)")
-    if any("timeout" in c.lower() for c in causes):
-        found.append("client timeouts")
-    return found
+def limits_hit(record: dict) -> list[str]:
+    """What ran out, as the run itself recorded it (run.json's ``limits``: the one rule,
+    analysis.limits), the first first, with the failures it caused (run.json's
+    ``failures``)."""
+    limits = record.get("limits") or {}
+    hit = [f"{r['what']} at {r['at_s']:g} s ({r['evidence']})" + (
+        f" [during {r['during_fault']}]" if r.get("during_fault") else "")
+        for r in limits.get("reached") or []]
+    for entry in (record.get("failures") or [])[:3]:
+        hit.append(f"failed: {entry['count']:,} x {entry['cause']}")
+    return hit
 
 
 def run_count(users: int, args, out_root: Path) -> dict:
@@ -70,8 +52,10 @@ def run_count(users: int, args, out_root: Path) -> dict:
            str(args.backend_port), "--out", str(out), "--no-report"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode not in (0,):
-        return {"users": users, "held": False, "why": [f"pollbench run exited {proc.returncode}: "
-                                                        f"{proc.stderr.strip()[-300:]}"]}
+        why = [f"pollbench run exited {proc.returncode}: {proc.stderr.strip()[-300:]}"]
+        if (out / "run.json").exists():
+            why += limits_hit(json.loads((out / "run.json").read_text()))
+        return {"users": users, "held": False, "why": why}
     subprocess.run([sys.executable, "-m", "pollbench", "report", str(out), "--warmup",
                     f"{args.spawn_seconds:g}"], capture_output=True, cwd=REPO, check=True)
     record = json.loads((out / "run.json").read_text())
@@ -101,7 +85,7 @@ def run_count(users: int, args, out_root: Path) -> dict:
                          for c in ("loadgen", "nginx", "backend")},
         "nginx_active_max": active,
         "machine_saturated": record["cpu"].get("machine_saturated"),
-        "why": diagnose(out, record, summary, proc_rows),
+        "why": limits_hit(record),
     }
 
 
