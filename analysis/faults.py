@@ -60,7 +60,9 @@ def per_fault(run: RunData) -> list[dict]:
                 failures[str(cause)[len("error:"):]] = int(n)
         row = {
             "fault": f.get("fault", f.get("action")), "action": f.get("action"),
-            "at_s": round(t0 - run.start, 2),
+            # on the report's clock (from the load's first interval), and as the fault spec
+            # said it (from when Locust was up: earlier by its start-up, ~1 s)
+            "at_s": round(t0 - run.start, 2), "spec_at_s": f.get("at_s"),
             "lasted_s": round(float(f.get("ended_at") or t0) - t0, 2),
             "detail": f.get("detail", ""), "ok": f.get("ok", True),
             "epoch_changes": len(changes), "lost_epoch_messages": lost,

@@ -78,7 +78,11 @@ def fault_rows(summary: dict) -> list[list[str]]:
         lost = str(f["lost_epoch_messages"]) + (
             f" (+{f['epoch_changes_loss_unknown']} unknown)"
             if f["epoch_changes_loss_unknown"] else "")
-        rows.append([f"{f['at_s']:g} s", str(f["fault"]), f"{f['lasted_s']:g} s",
+        at = f"{f['at_s']:g} s"
+        spec = f.get("spec_at_s")
+        if isinstance(spec, (int, float)) and abs(spec - f["at_s"]) >= 0.05:
+            at += f" (spec {spec:g} s)"
+        rows.append([at, str(f["fault"]), f"{f['lasted_s']:g} s",
                      str(f["failed_requests"]), str(f.get("connections_opened", "-")),
                      str(f["epoch_changes"]), lost, rec, old,
                      ("" if f.get("ok", True) else "NOT INJECTED: ") + str(f["detail"])])
@@ -176,7 +180,7 @@ measured {{ s.measured_s }} s after a {{ s.warmup_s }} s warm-up (shaded grey in
 <table><tr><th>figure</th><th>value</th></tr>
 {% for label, value in rows %}<tr><td>{{ label }}</td><td class="v">{{ value }}</td></tr>{% endfor %}
 </table>
-{% if faults %}<h2>Injected faults</h2><p class="note">Each fault's costs count until the next fault; red lines mark them in the time charts.</p><table><tr>{% for h in fault_header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% if faults %}<h2>Injected faults</h2><p class="note">Each fault's costs count until the next fault; red lines mark them in the time charts. Times count from the load's first interval, as the charts' do; a fault spec ("9s:stop") counts from when Locust was up, earlier by its start-up: where they differ, both are shown.</p><table><tr>{% for h in fault_header %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in faults %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 <h2>What ran out first</h2><p>{{ first }}.</p>
 {% if limits %}<table><tr>{% for h in limit_header %}<th>{{ h }}</th>{% endfor %}</tr>
