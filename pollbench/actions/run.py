@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from analysis.saturation import LOADGEN
 from pollbench.actions.runloop import Side, base_parameters, drive, run_label
 from pollbench.errors import UserError
 from pollbench.log import log
@@ -169,7 +170,7 @@ class LocalSide(Side):
     def check(self) -> None:
         # the loop watches Locust itself: it exits at its time limit, and may do so between
         # the loop's look at it and this one (a false "loadgen exited unexpectedly, code 0")
-        self.stack.check_alive(watched_elsewhere={"loadgen"})
+        self.stack.check_alive(watched_elsewhere={LOADGEN})  # the run loop watches Locust
 
     def halt(self) -> None:
         if self.injector is not None:

@@ -26,7 +26,7 @@ from analysis.catalog import (
     METRICS_DIR,
     PROGRESS_FILE,
 )
-from analysis.saturation import Counts
+from analysis.saturation import LOADGEN, Counts
 from pollbench.errors import RunFailed, UserError
 from pollbench.log import log
 from pollbench.records.rundir import write_json_atomic
@@ -185,7 +185,7 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                                     "data": "prometheus/data", "config": "prometheus/prometheus.yml"}
             log.info(f"Prometheus: {side.prometheus_url()} (data in {run_dir / 'prometheus'})")
         record["locust_command"] = side.shown_command(cmd)
-        locust = side.group.add(spawn("loadgen", cmd, run_dir / "logs" / "locust.log",
+        locust = side.group.add(spawn(LOADGEN, cmd, run_dir / "logs" / "locust.log",
                                       stop_signal=signal.SIGTERM, cpus=load.cpus))
         record["pids"] = side.pids()
         sampler = side.sampler(run_dir / "samples")
