@@ -50,13 +50,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def limit_s(item: pytest.Item) -> float:
-    """pytest-timeout's limit for ``item`` (its marker, else --timeout, else the ini
-    value); 0 when there is none."""
+    """pytest-timeout's limit for ``item``, in its own order: its marker, else --timeout,
+    else $PYTEST_TIMEOUT, else the ini value; 0 when there is none."""
     marker = item.get_closest_marker("timeout")
     if marker is not None:
         value = marker.args[0] if marker.args else marker.kwargs.get("timeout")
     else:
         value = item.config.getoption("timeout", None)
+        if value is None:
+            value = os.environ.get("PYTEST_TIMEOUT") or None
         if value is None:
             try:
                 value = item.config.getini("timeout")

@@ -51,3 +51,23 @@ def test_a_test_the_alarm_cannot_reach_ends_its_process_with_every_thread_shown(
     assert proc.returncode == 1 and elapsed < 30, (elapsed, proc.stdout, proc.stderr)
     assert "Timeout (0:00:03)!" in proc.stderr and 'test_stuck.py", line 5 in test_stuck' \
         in proc.stderr, proc.stderr
+
+
+def test_the_backstop_follows_pytest_timeouts_own_order(monkeypatch):
+    """Its marker, else --timeout, else $PYTEST_TIMEOUT, else the ini value (as pytest-timeout
+    reads them): a suite given PYTEST_TIMEOUT=900 is not ended at the ini's 300 s."""
+    from types import SimpleNamespace
+
+    from pollbench.tests.guards import limit_s
+
+    def item(marker=None, option=None):
+        config = SimpleNamespace(getoption=lambda name, default=None: option,
+                                 getini=lambda name: "300")
+        return SimpleNamespace(get_closest_marker=lambda name: marker, config=config)
+
+    monkeypatch.delenv("PYTEST_TIMEOUT", raising=False)
+    assert limit_s(item()) == 300
+    monkeypatch.setenv("PYTEST_TIMEOUT", "900")
+    assert limit_s(item()) == 900
+    assert limit_s(item(option=60)) == 60
+    assert limit_s(item(marker=SimpleNamespace(args=(5,), kwargs={}), option=60)) == 5
