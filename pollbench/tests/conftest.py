@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pollbench.stack.net import find_free_ports
-from pollbench.tests.children import Output
+from pollbench.tests.children import Output, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,9 +75,4 @@ def stack_up(tmp_path):
 
     yield start
     for up in started:
-        if up.proc.poll() is None:
-            up.proc.send_signal(signal.SIGTERM)
-            try:
-                up.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                up.proc.kill()
+        stop_process(up.proc)
