@@ -151,11 +151,17 @@ def counter_totals(run: RunData, warmup_s: float | None = None) -> dict[str, int
     return {str(k): int(v) for k, v in c.groupby("counter")["value"].sum().items()}
 
 
+def requests_per_client_connection(access: pd.DataFrame) -> pd.Series:
+    """Each logged client->nginx connection's requests ($connection -> its highest
+    $connection_requests)."""
+    return access.groupby("connection")["connection_requests"].max()
+
+
 def client_reuse(access: pd.DataFrame) -> dict:
     """Requests per client->nginx connection, from $connection / $connection_requests."""
     if access.empty:
         return {}
-    per_conn = access.groupby("connection")["connection_requests"].max()
+    per_conn = requests_per_client_connection(access)
     return {"connections": int(per_conn.size), "mean": float(per_conn.mean()),
             "p50": float(per_conn.median()), "max": int(per_conn.max()),
             "distribution": per_conn.value_counts().sort_index()}

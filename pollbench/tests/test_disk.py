@@ -11,7 +11,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from analysis.figures import compute
+from analysis.figures import compute, requests_per_client_connection
 from analysis.load import load_run
 from pollbench.records.runinfo import validate_run_json
 from pollbench.stack import nginx_config
@@ -106,7 +106,7 @@ def sampling_error(full, sampled) -> float:
         if not log.exists():
             return None
         access = pd.read_json(log, lines=True, dtype=False)
-        return access.groupby("connection")["connection_requests"].max().astype(int)
+        return requests_per_client_connection(access).astype(int)
 
     everyone, kept = per_connection(full), per_connection(sampled)
     if kept is None or len(kept) < 2:
