@@ -10,7 +10,8 @@ from pollbench.errors import UserError
 from pollbench.records.history import History, HistoryRun, run_rows, shown_url
 from pollbench.records.rundir import write_atomic
 
-DEFAULT_METRICS = ["delivery_latency_p50", "delivery_latency_p99", "throughput_deliveries"]
+DEFAULT_METRICS = ["delivery_latency_p50", "delivery_latency_p99", "throughput_deliveries",
+                   "cpu_per_kdelivery_stack"]
 
 
 def run_folders(paths: list[Path]) -> list[Path]:

@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--since", default=None, metavar="DATE", help="runs started from DATE")
     p.add_argument("--until", default=None, metavar="DATE", help="runs started before DATE")
     p.add_argument("--metric", action="append", metavar="NAME",
-                   help="figures to show (repeatable; default delivery p50, p99, throughput)")
+                   help="figures to show (repeatable; default delivery p50, p99, throughput "
+                        "and the stack's cost per 1,000 deliveries)")
     p.add_argument("--detector", default="pelt", choices=DETECTORS,
                    help="how --html finds steps: pelt (default; PELT with a noise penalty) "
                         "or edivisive (E-Divisive means with Student's t-test, p <= 0.001, "
