@@ -315,10 +315,13 @@ configuration was repeated. All latencies come from the lossless HdrHistogram lo
 def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = None,
                      rank_by: str | None = None, rank_threshold: float = 0.05,
                      title: str | None = None, labels: list[str] | None = None,
-                     rank_within: list[str] | None = None) -> dict:
+                     rank_within: list[str] | None = None,
+                     cost_rank_by: str | None = None) -> dict:
     """Charts, table (and with ``rank_by`` a ranking with noise verdicts) of several runs;
     ``labels``: a name per run (runs with the same name are repetitions of one cell);
-    ``rank_within``: a group text per run: cells are ranked within their group."""
+    ``rank_within``: a group text per run: cells are ranked within their group.
+    ``cost_rank_by``: the cost figure ranked beside ``rank_by`` (default: the stack's per
+    delivery, else per request)."""
     from analysis.ranking import rank_groups, ranking_markdown
 
     if len(run_dirs) < 2:
@@ -333,7 +336,8 @@ def write_comparison(run_dirs: list[Path], out: Path, warmup_s: float | None = N
     ranking = rank_groups(cells, groups, rank_by, rank_threshold) if rank_by else []
     # every ranked sweep is ranked on its cost too (the stack's, per delivery where there
     # are deliveries): what its settings cost where latency may not tell them apart
-    cost_by = cost_metric(cells) if rank_by and not rank_by.startswith("cpu_per_k") else None
+    cost_by = (cost_rank_by or cost_metric(cells)) \
+        if rank_by and not rank_by.startswith("cpu_per_k") else None
     cost_ranking = rank_groups(cells, groups, cost_by, rank_threshold) if cost_by else []
     rankings = [(m, rows) for m, rows in ((rank_by, ranking), (cost_by, cost_ranking)) if m]
     ranking_md = "\n\n".join(ranking_markdown(rows, m) for m, rows in rankings)

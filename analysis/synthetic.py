@@ -71,9 +71,11 @@ def make_run(path: Path, *, delivery_ms=None, request_ms=None, task_ms=None,
              duration_s: float = 10.0, counters: dict | None = None,
              access_connections: dict[int, int] | None = None,
              backend_histogram: dict[int, int] | None = None, info: dict | None = None,
-             parameters: dict | None = None, stack: dict | None = None) -> Path:
+             parameters: dict | None = None, stack: dict | None = None,
+             cpu_scale: float = 1.0) -> Path:
     """Write a run folder.  ``access_connections`` maps nginx $connection -> its request count;
-    ``backend_histogram`` maps requests-per-connection -> connections (summed over backends)."""
+    ``backend_histogram`` maps requests-per-connection -> connections (summed over backends);
+    ``cpu_scale`` multiplies every process's CPU (a costlier run of the same work)."""
     path = Path(path)
     (path / catalog.METRICS_DIR).mkdir(parents=True)
     (path / "samples").mkdir()
@@ -119,7 +121,8 @@ def make_run(path: Path, *, delivery_ms=None, request_ms=None, task_ms=None,
     rows = ["time,component,pid,cpu_percent,rss_bytes,num_fds,cpu_time_s,wait_time_s"]
     for i in range(int(duration_s)):
         rows += [f"{T0 + i},system,0,50.0,1000000,0,,"]
-        rows += [f"{T0 + i},{name},{pid},{pct},{rss},{fds},{pct / 100 * (i + 1):.6f},0.0"
+        rows += [f"{T0 + i},{name},{pid},{pct * cpu_scale},{rss},{fds},"
+                 f"{pct * cpu_scale / 100 * (i + 1):.6f},0.0"
                  for name, pid, pct, rss, fds in SYNTHETIC_PROCESSES]
     (path / "samples" / "processes.csv").write_text("\n".join(rows) + "\n")
     stub = ["time,active,accepts,handled,requests,reading,writing,waiting"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from analysis.cost import cpu_at, run_cost, window_cpu
@@ -87,3 +88,33 @@ def test_load_hosts_workers_count_their_own_cpu_in_a_run_across_hosts(tmp_path):
     cost = run_cost(remote, info, "metrics/counters.jsonl", "samples/processes.csv")
     assert cost is not None
     assert cost["figures"]["cpu_per_kdelivery_loadgen"] == pytest.approx(loadgen["remote"])
+
+
+def test_a_ranked_comparison_ranks_on_cost_too_and_finds_the_costlier_cell(tmp_path):
+    from analysis.compare_report import write_comparison
+
+    rng = np.random.default_rng(5)
+    runs, labels = [], []
+    for cell, scale in (("lean", 1.0), ("heavy", 1.25)):
+        for rep in range(4):
+            runs.append(make_run(tmp_path / f"{cell}-{rep}",
+                                 delivery_ms=list(rng.normal(5.0, 0.5, 2000).clip(0.1)),
+                                 counters={"delivered": 10_000, "requests": 12_000},
+                                 cpu_scale=scale * (1 + 0.01 * rep)))
+            labels.append(cell)
+    paths = write_comparison(runs, tmp_path / "report", warmup_s=2.0,
+                             rank_by="delivery_latency_p99", labels=labels,
+                             cost_rank_by="cpu_per_krequest_nginx")
+    summary = json.loads(paths["json"].read_text())
+    cost = summary["cost_ranking"]
+    assert cost["metric"] == "cpu_per_krequest_nginx"
+    verdicts = {r["label"]: r["verdict"] for r in cost["rows"]}
+    assert verdicts["lean"] == "best" and verdicts["heavy"].startswith("worse"), verdicts
+    assert summary["ranking"]["metric"] == "delivery_latency_p99"
+    text = paths["markdown"].read_text()
+    assert "Ranked by delivery_latency_p99" in text and "Ranked by cpu_per_krequest_nginx" in text
+    # without a cost figure named: the stack's per delivery
+    again = write_comparison(runs, tmp_path / "report2", warmup_s=2.0,
+                             rank_by="delivery_latency_p99", labels=labels)
+    assert json.loads(again["json"].read_text())["cost_ranking"]["metric"] == \
+        "cpu_per_kdelivery_stack"

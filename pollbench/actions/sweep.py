@@ -301,6 +301,7 @@ def write_report(sweep: Sweep, root: Path, manifest: dict) -> Path | None:
     try:
         paths = write_comparison(runs, out, sweep.warmup_s, rank_by=sweep.rank_by,
                                  rank_threshold=sweep.rank_threshold,
+                                 cost_rank_by=sweep.cost_rank_by,
                                  title=f"pollbench sweep {sweep.name}",
                                  labels=run_labels(manifest),
                                  rank_within=run_labels(manifest, "rank_group"))

@@ -58,7 +58,7 @@ FRESH_PORTS_SETTLE_S = 2.0
 PORT_SETS = 4
 TOP_KEYS = {"description", "profile", "nginx_binary", "loop", "state", "max_hold", "repetitions",
             "order",
-            "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "rank_threshold", "rank_within",
+            "seed", "warmup", "cooldown", "cooldown_max", "rank_by", "cost_rank_by", "rank_threshold", "rank_within",
             "nginx",
             "load", "grid", "cells"}
 STACK_PARAMS = {"profile", "loop", "nginx_binary", "state"}
@@ -114,6 +114,7 @@ class Sweep:
     rank_by: str
     rank_threshold: float
     rank_within: list[str] = field(default_factory=list)
+    cost_rank_by: str | None = None  # the cost figure ranked beside rank_by (None: the stack's)
     description: str = ""
 
     @property
@@ -307,6 +308,10 @@ def load_sweep(name_or_path: str) -> Sweep:
     rank_by = data.get("rank_by", "delivery_latency_p99")
     if rank_by not in RANKABLE:
         raise UserError(f"{where}: rank_by {rank_by!r} is not one of {', '.join(RANKABLE)}")
+    cost_rank_by = data.get("cost_rank_by")
+    costs = [m for m in RANKABLE if m.startswith("cpu_per_k")]
+    if cost_rank_by is not None and cost_rank_by not in costs:
+        raise UserError(f"{where}: cost_rank_by {cost_rank_by!r} is not one of {', '.join(costs)}")
     threshold = data.get("rank_threshold", 0.05)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
             not 0 <= threshold < 1:
@@ -324,7 +329,7 @@ def load_sweep(name_or_path: str) -> Sweep:
     return Sweep(path=path, name=path.stem, data=data, cells=cells, repetitions=repetitions,
                  order=order, seed=seed, warmup_s=warmup, cooldown=cooldown,
                  cooldown_max_s=cooldown_max, rank_by=rank_by, rank_threshold=float(threshold),
-                 rank_within=rank_within,
+                 rank_within=rank_within, cost_rank_by=cost_rank_by,
                  description=str(data.get("description", "")))
 
 

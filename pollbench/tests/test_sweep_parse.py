@@ -99,6 +99,8 @@ def test_invalid_sweeps_are_refused_naming_the_cell(tmp_path, body, words):
     ("repetitions = 0", "repetitions must be a whole number from 1"),
     ("order = \"random\"", "order 'random' is not one of"),
     ("rank_by = \"speed\"", "rank_by 'speed' is not one of"),
+    ("cost_rank_by = \"delivery_latency_p99\"",
+     "cost_rank_by 'delivery_latency_p99' is not one of cpu_per_kdelivery_stack"),
     ("warmup = \"10s\"", "the warm-up (10 s) leaves nothing"),
     ("cooldown = \"soon\"", "duration 'soon' does not parse"),
     ("colour = 1", "unknown key(s) colour"),
@@ -271,3 +273,13 @@ upstream_keepalive = 16
     bad.write_text('rank_within = ["use"]\n' + BASE + "[grid]\nusers = [20, 40]\n")
     with pytest.raises(UserError, match="rank_within must list parameters the cells vary"):
         load_sweep(str(bad))
+
+
+def test_the_shipped_tuning_sweeps_rank_on_the_cost_their_settings_change():
+    from pollbench.paths import SWEEPS_DIR
+
+    nginx = load_sweep(str(SWEEPS_DIR / "epoll-tuning.toml"))
+    loops = load_sweep(str(SWEEPS_DIR / "event-loop.toml"))
+    assert (nginx.rank_by, nginx.cost_rank_by) == ("delivery_latency_p99",
+                                                   "cpu_per_krequest_nginx")
+    assert loops.cost_rank_by == "cpu_per_krequest_backends"
