@@ -110,6 +110,9 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
             assert any(k.startswith("held polls, backend-") for k in figures)
             assert "nginx connections active / reading / writing / waiting" in figures
             assert "CPU % loadgen (one core = 100)" in figures
+            # this test's deliveries priced in each component's CPU time (the sampler's)
+            assert number(figures["cost per 1,000 deliveries, stack (CPU-s)"][1]) > 0
+            assert number(figures["cost per 1,000 deliveries, load generator (CPU-s)"][1]) > 0
             # what ran out first, in the words of a run's report (the sampler's watch)
             ran_out = figures["what ran out first (this session)"][0]
             assert ran_out == "no limit was reached" or " ran out first, at " in ran_out
