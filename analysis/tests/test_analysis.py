@@ -65,9 +65,9 @@ def test_every_chart_is_produced_and_the_html_is_self_contained(known_run, tmp_p
     charts = sorted(p.name for p in (tmp_path / "report" / "charts").glob("*.png"))
     assert charts == sorted(f"{n}.png" for n in (
         "throughput", "latency_over_time", "percentile_spectrum", "delivery_cdf",
-        "connection_reuse", "upstream_timing", "errors", "resources"))
+        "connection_reuse", "upstream_timing", "errors", "resources", "cost"))
     html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") == 8
+    assert html.count("data:image/png;base64,") == 9
     # nothing to fetch: no external scripts, stylesheets, images or links
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)
     summary = json.loads(paths["json"].read_text())
@@ -126,7 +126,7 @@ def test_a_report_written_where_locust_has_patched_threading_finishes(known_run,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["1"]
-    assert len(list((tmp_path / "r" / "charts").glob("*.png"))) == 8
+    assert len(list((tmp_path / "r" / "charts").glob("*.png"))) == 9
 
 
 def test_missing_optional_file_drops_only_its_charts(known_run, tmp_path):
