@@ -96,7 +96,10 @@ def rank(cells, metric: str, threshold: float = 0.05, alpha: float = DEFAULT_ALP
     series = COMPARED_METRICS.get(metric, (better, None))[1]
     summaries = {c.label: [f.summary for f in c.figures] for c in cells}
     headline = {label: samples(s, metric, None, False) for label, s in summaries.items()}
-    present = [v for v in headline.values() if v]
+    # how the competing cells are sampled: a cell excluded (failing, or its load generator
+    # saturated) is ranked last whatever its samples, and must not decide it (one such run
+    # without a p99 put every cell of an epoll-tuning sweep on pooled windows)
+    present = [v for label, v in headline.items() if v and _excluded(summaries[label]) is None]
     per_rep = bool(present) and all(len(v) >= MIN_SAMPLES for v in present)
     windows = {label: samples(s, metric, series, True) for label, s in summaries.items()}
     use_windows = not per_rep and series is not None and all(

@@ -118,3 +118,29 @@ def test_a_ranked_comparison_ranks_on_cost_too_and_finds_the_costlier_cell(tmp_p
                              rank_by="delivery_latency_p99", labels=labels)
     assert json.loads(again["json"].read_text())["cost_ranking"]["metric"] == \
         "cpu_per_kdelivery_stack"
+
+
+def test_a_failing_cell_missing_a_figure_does_not_pool_the_other_cells_windows(tmp_path):
+    """Four repetitions a cell are ranked on repetitions; a cell excluded for its errors, one
+    of whose runs measured no p99, is ranked last and must not send the rest to pooled 10-s
+    windows (not independent: they made p = 7e-05 of four runs a side)."""
+    from analysis.compare_report import write_comparison
+
+    rng = np.random.default_rng(6)
+    runs, labels = [], []
+    for cell, center in (("a", 5.0), ("b", 6.0), ("failing", 5.0)):
+        for rep in range(4):
+            delivered = None if (cell == "failing" and rep == 0) else \
+                list(rng.normal(center, 0.5, 2000).clip(0.1))
+            errors = {"error:GET /channels/[name]: connection reset": 5000} \
+                if cell == "failing" else {}
+            runs.append(make_run(tmp_path / f"{cell}-{rep}", delivery_ms=delivered,
+                                 request_ms=[3.0] * 100,
+                                 counters={"delivered": 10_000, "requests": 12_000, **errors}))
+            labels.append(cell)
+    paths = write_comparison(runs, tmp_path / "report", warmup_s=2.0,
+                             rank_by="delivery_latency_p99", labels=labels)
+    rows = {r["label"]: r for r in json.loads(paths["json"].read_text())["ranking"]["rows"]}
+    assert rows["failing"]["verdict"].startswith("excluded")
+    assert rows["a"]["method"] == rows["b"]["method"] == "repetitions"
+    assert rows["b"]["verdict"].startswith("worse") and rows["b"]["p_value"] >= 0.028
