@@ -57,6 +57,7 @@ def report(paths: list[Path], out: Path | None = None, warmup: float | None = No
         m = read_manifest(paths[0])  # a sweep: its ranking, warm-up, name and cell names
         rank = {"rank_by": m["rank_by"], "title": f"pollbench sweep {m['name']}",
                 "rank_threshold": m["sweep"].get("rank_threshold", 0.05),
+                "cost_rank_by": m["sweep"].get("cost_rank_by"),
                 "labels": run_labels(m)}
         if any(c.get("rank_group") for c in m["cells"]):
             rank["rank_within"] = run_labels(m, "rank_group")
