@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pollbench.stack.net import find_free_ports  # noqa: E402
-from target_app.shared import _PUBLISH, _READ  # noqa: E402  (the list scripts the target runs)
+from target_app.shared_redis import PUBLISH as _PUBLISH  # noqa: E402  (the list scripts)
+from target_app.shared_redis import READ as _READ  # noqa: E402
 
 # The same scripts with the buffer kept in a stream: seq-numbered ids, MAXLEN on append, and
 # XRANGE from the cursor (everything else, epoch and channel limit included, unchanged).

@@ -24,13 +24,15 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING
 
 import tornado.web
 
 from target_app.connections import ConnectionStats, PollHTTPServer
+from target_app.local import LocalState
 from target_app.metrics import AnswerTimes
-from target_app.state import Channel, LimitExceeded, TaskStore
+from target_app.state import Answer, Task
+from target_app.store import CursorAhead, LimitExceeded, Position, State, TaskLost, Unavailable
 
 __all__ = ["AppConfig", "PollHTTPServer", "Service", "Stats", "make_app"]
 
@@ -38,8 +40,6 @@ STATES = ("local", "redis")
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
-
-    from target_app.shared import SharedState
 
 STATIC_PATH = Path(__file__).parent / "static"
 _CHANNEL_NAME = r"[A-Za-z0-9_.\-]{1,64}"
@@ -139,62 +139,28 @@ class Stats(ConnectionStats):
 
 
 class Service:
-    """Everything one process knows: channels, tasks, waiters and counters."""
+    """Everything one process knows: its state (channels and tasks), waiters and counters."""
 
     def __init__(self, config: AppConfig):
         self.config = config
         self.stats = Stats()
-        self.channels: dict[str, Channel] = {}
-        self.tasks = TaskStore(config.max_running_tasks, config.max_results, config.result_ttl_s)
         self.waiting = 0
         self.shutting_down = False
-        # Channel state lives as long as this process: one epoch for all its channels, so a
-        # channel dropped while it had no message (below) comes back as the same state.
-        self.epoch = secrets.token_hex(6)
-        self.shared: SharedState | None = None
         # /metrics' prometheus_client registry, made at the first scrape
         self.registry: CollectorRegistry | None = None
-        if config.state == "redis":
-            from target_app.shared import SharedState
+        self.state = make_state(config, self._task_done)
 
-            self.shared = SharedState(config.redis_url, config.redis_prefix,
-                                      config.channel_buffer_len, config.max_channels,
-                                      config.result_ttl_s, config.backend_index)
-
-    @overload
-    def channel(self, name: str, create: Literal[True]) -> Channel: ...
-
-    @overload
-    def channel(self, name: str, create: bool) -> Channel | None: ...
-
-    def channel(self, name: str, create: bool) -> Channel | None:
-        """The channel named ``name``; with ``create``, made when missing (never None)."""
-        ch = self.channels.get(name)
-        if ch is None and create:
-            if len(self.channels) >= self.config.max_channels:
-                raise LimitExceeded(f"too many channels (limit {self.config.max_channels})")
-            ch = self.channels[name] = Channel(name, self.config.channel_buffer_len,
-                                               epoch=self.epoch)
-        return ch
-
-    def forget_if_unused(self, ch: Channel) -> None:
-        """Drop a channel nobody published to and nobody waits on: polls (GETs) alone cannot
-        fill the channel table.  Its state (epoch, seq 0) is exactly what re-making it gives."""
-        if ch.last_seq == 0 and not len(ch.waiters) and self.channels.get(ch.name) is ch:
-            del self.channels[ch.name]
+    def _task_done(self) -> None:
+        self.stats.tasks_done += 1
 
     def wake_everyone(self) -> None:
         """On shutdown: answer every held poll (they return 204 and the client polls again)."""
         self.shutting_down = True
-        for ch in self.channels.values():
-            ch.waiters.wake_all()
-        for task in list(self.tasks.running.values()):
-            task.waiters.wake_all()
-        if self.shared is not None:
-            self.shared.wake_everyone()
+        self.state.wake_everyone()
 
     def snapshot(self) -> dict:
         s = self.stats
+        details = self.state.details()
         return {
             "pid": os.getpid(),
             "backend_index": self.config.backend_index,
@@ -206,7 +172,7 @@ class Service:
             "long_polls_waiting": self.waiting,
             "state": self.config.state,
             # with shared state: the channels this process follows (has a view of)
-            "channels": len(self.channels) if self.shared is None else len(self.shared.views),
+            "channels": self.state.channels.count(),
             "messages_published": s.messages_published,
             "messages_delivered": s.messages_delivered,
             "messages_dropped": s.messages_dropped,
@@ -214,8 +180,7 @@ class Service:
             "polls_timed_out": s.polls_timed_out,
             "tasks_submitted": s.tasks_submitted,
             "tasks_done": s.tasks_done,
-            "tasks_running": len(self.tasks.running) if self.shared is None
-            else self.shared.running_tasks,
+            "tasks_running": self.state.tasks.running(),
             "gc": {
                 "collections": {str(k): v for k, v in s.gc_collections.items()},
                 "pause_max_ms": round(s.gc_pause_max_ms, 3),
@@ -224,10 +189,21 @@ class Service:
                 "thresholds": list(gc.get_threshold()),
             },
             # (the Redis URL without a password)
-            "config": {**asdict(self.config),
-                       "redis_url": self.shared.where if self.shared is not None else ""},
-            **({"shared": self.shared.snapshot()} if self.shared is not None else {}),
+            "config": {**asdict(self.config), "redis_url": self.state.where()},
+            **({"shared": details} if details is not None else {}),
         }
+
+
+def make_state(config: AppConfig, on_task_done) -> State:
+    """The configured store (``config.state``) of one process."""
+    if config.state == "redis":
+        from target_app.shared import RedisState
+
+        return RedisState(config.redis_url, config.redis_prefix, config.channel_buffer_len,
+                          config.max_channels, config.max_running_tasks, config.result_ttl_s,
+                          config.backend_index, on_task_done)
+    return LocalState(config.channel_buffer_len, config.max_channels, config.max_running_tasks,
+                      config.max_results, config.result_ttl_s, on_task_done)
 
 
 def describe_loop() -> str:
@@ -368,22 +344,14 @@ class TasksHandler(BaseHandler):
         task_id = rid if _NGINX_REQUEST_ID.match(rid) else secrets.token_hex(16)
         return task_id, duration_ms, payload_bytes
 
-    def accepted(self, task_id: str) -> None:
-        self.service.stats.tasks_submitted += 1
-        self.write_json({"id": task_id, "poll": f"/tasks/{task_id}"}, status=202)
-
-    def post(self) -> None:
+    async def post(self) -> None:
         task_id, duration_ms, payload_bytes = self.task_request()
         try:
-            task = self.service.tasks.submit(task_id, duration_ms, payload_bytes)
-        except LimitExceeded as e:
+            task_id = await self.service.state.tasks.submit(task_id, duration_ms, payload_bytes)
+        except (LimitExceeded, Unavailable) as e:
             raise JsonError(503, str(e)) from None
-        asyncio.get_running_loop().call_later(duration_ms / 1000.0, self._finish, task)
-        self.accepted(task.id)
-
-    def _finish(self, task) -> None:
-        self.service.tasks.finish(task)
-        self.service.stats.tasks_done += 1
+        self.service.stats.tasks_submitted += 1
+        self.write_json({"id": task_id, "poll": f"/tasks/{task_id}"}, status=202)
 
 
 class TaskHandler(BaseHandler):
@@ -394,29 +362,45 @@ class TaskHandler(BaseHandler):
         self.set_status(204)
         self.finish()
 
-    def result(self, task_id: str, payload_bytes: int, duration_ms: int, submitted_at: float,
-               finished_at: float | None) -> None:
+    def result(self, task: Task) -> None:
         self.write_json({
-            "id": task_id,
-            "result": {"payload": "x" * payload_bytes, "duration_ms": duration_ms},
-            "submitted_at": submitted_at,
-            "finished_at": finished_at,
+            "id": task.id,
+            "result": {"payload": "x" * task.payload_bytes, "duration_ms": task.duration_ms},
+            "submitted_at": task.submitted_at,
+            "finished_at": task.finished_at,
         })
 
     async def get(self, task_id: str) -> None:
+        service = self.service
+        tasks = service.state.tasks
         timeout = self.hold_timeout()
-        task = self.service.tasks.get(task_id)
-        if task is None:
-            raise JsonError(404, f"unknown or expired task {task_id!r}")
-        if not task.done and timeout > 0:
-            await self.wait(task.waiters, timeout)
-        if self.client_gone:
-            return
-        if not task.done:
-            self.not_yet()
-            return
-        self.result(task.id, task.payload_bytes, task.duration_ms, task.submitted_at,
-                    task.finished_at)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        handle = tasks.acquire(task_id)  # before the read: the task's end wakes us from now
+        try:
+            while True:
+                try:
+                    task = await tasks.read(task_id, handle)
+                except Unavailable as e:
+                    raise JsonError(503, str(e)) from None
+                except TaskLost as e:
+                    raise JsonError(500, str(e)) from None
+                if self.client_gone:
+                    return
+                if task is None:
+                    raise JsonError(404, f"unknown or expired task {task_id!r}")
+                if task.done:
+                    self.result(task)
+                    return
+                remaining = deadline - loop.time()
+                if remaining <= 0 or service.shutting_down:
+                    self.not_yet()
+                    return
+                await self.wait(handle.waiters, remaining)
+                if self.client_gone:
+                    return
+        finally:
+            tasks.release(task_id, handle)
 
 
 class ChannelHandler(BaseHandler):
@@ -430,243 +414,89 @@ class ChannelHandler(BaseHandler):
             raise JsonError(400, f"channel name {self.path_args[0]!r} is refused: nginx "
                                  "normalises '.' and '..' away before routing; choose another")
 
-    def message_body(self) -> bytes:
-        body = self.request.body
+    async def post(self, name: str) -> None:
+        data = self.request.body
         self.json_body()  # validates size and syntax; the bytes are kept verbatim
-        return body.strip() or b"null"
-
-    def published(self, seq: int, ts: float, epoch: str) -> None:
+        try:
+            seq, ts, epoch = await self.service.state.channels.publish(
+                name, data.strip() or b"null")
+        except (LimitExceeded, Unavailable) as e:
+            raise JsonError(503, str(e)) from None
         self.service.stats.messages_published += 1
         self.write_json({"seq": seq, "ts": ts, "epoch": epoch}, status=201)
 
-    def post(self, name: str) -> None:
-        data = self.message_body()
-        try:
-            ch = self.service.channel(name, create=True)
-        except LimitExceeded as e:
-            raise JsonError(503, str(e)) from None
-        msg = ch.publish(data)
-        ch.waiters.wake_all()
-        self.published(msg.seq, msg.ts, ch.epoch)
-
-    def client_position(self) -> tuple[int | None, str | None]:
+    def client_position(self) -> Position:
         """The poll's ``cursor`` (None: "from now on") and ``epoch``, validated."""
         raw_cursor = self.get_query_argument("cursor", None)
         epoch = self.get_query_argument("epoch", None)
         if raw_cursor is None or raw_cursor == "":
-            return None, epoch
+            return Position(None, epoch)
         try:
             cursor = int(raw_cursor)
         except ValueError:
             raise JsonError(400, f"cursor must be a whole number, not {raw_cursor!r}") from None
         if cursor < 0:
             raise JsonError(400, "cursor must be 0 or more")
-        return cursor, epoch
+        return Position(cursor, epoch)
 
-    @staticmethod
-    def resolve_cursor(name: str, cursor: int | None, epoch: str | None, last_seq: int,
-                       current_epoch: str) -> int:
-        """Where the poll reads from, against the channel's last seq and epoch."""
-        if cursor is None:
-            return last_seq  # "from now on"
-        if epoch is not None and epoch != current_epoch:
-            # The client's cursor belongs to a previous life of this channel: everything it
-            # may have missed is reported through the epoch change; start from 0.
-            return 0
-        if cursor > last_seq:
-            raise JsonError(400, f"cursor {cursor} is ahead of channel {name!r} (last seq "
-                                 f"{last_seq}, epoch {current_epoch}): the channel restarted; "
-                                 "poll without a cursor")
-        return cursor
-
-    def timed_out(self, cursor: int, epoch: str) -> None:
+    def timed_out(self, position: Position) -> None:
         self.service.stats.polls_timed_out += 1
         self.set_status(204)
         # A 204 has no body: the cursor and epoch travel in headers so that a first poll
         # "from now on" that times out still tells the client where "now" is.
-        self.set_header("X-Cursor", str(cursor))
-        self.set_header("X-Epoch", epoch)
+        self.set_header("X-Cursor", str(position.cursor))
+        self.set_header("X-Epoch", position.epoch or "")
         self.finish()
 
-    async def injected_delay(self) -> None:
-        """The known regression of --delivery-delay-ms (0 in every real benchmark)."""
-        await precise_sleep(self.service.config.delivery_delay_ms / 1000.0)
-
-    def delivered(self, body: bytes, count: int, dropped: int) -> None:
-        if self.service.config.burn_us > 0:
-            burn_cpu(self.service.config.burn_us)
+    async def delivered(self, answer: Answer) -> None:
+        config = self.service.config
+        if config.delivery_delay_ms > 0:
+            # the known latency regression of --delivery-delay-ms (0 in every real benchmark)
+            await precise_sleep(config.delivery_delay_ms / 1000.0)
+        if config.burn_us > 0:
+            burn_cpu(config.burn_us)
         stats = self.service.stats
-        stats.messages_delivered += count
-        stats.messages_dropped += dropped
+        stats.messages_delivered += answer.delivered
+        stats.messages_dropped += answer.dropped
         stats.polls_answered_with_messages += 1
         stats.answer_times.observe(self.request.request_time())
         self.set_header("Content-Type", "application/json")
-        self.finish(body)
+        self.finish(answer.body)
 
     async def get(self, name: str) -> None:
-        timeout = self.hold_timeout()
         service = self.service
+        channels = service.state.channels
+        timeout = self.hold_timeout()
+        position = self.client_position()
+        limit = service.config.max_messages_per_poll
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            ch = service.channel(name, create=True)
+            handle = channels.acquire(name)  # before any read: wakes from now on count
         except LimitExceeded as e:
             raise JsonError(503, str(e)) from None
         try:
-            client_cursor, epoch = self.client_position()
-            cursor = self.resolve_cursor(name, client_cursor, epoch, ch.last_seq, ch.epoch)
-            if cursor >= ch.last_seq and timeout > 0:
-                await self.wait(ch.waiters, timeout)
-            if self.client_gone:
-                return
-            if cursor >= ch.last_seq:
-                self.timed_out(cursor, ch.epoch)
-                return
-            if service.config.delivery_delay_ms > 0:
-                await self.injected_delay()
-            self.delivered(*ch.render_after(cursor, service.config.max_messages_per_poll))
-        finally:
-            service.forget_if_unused(ch)
-
-
-# -- shared state (--state redis): the same API, any backend answers (target_app.shared) ------
-
-def _shared(handler: BaseHandler) -> SharedState:
-    shared = handler.service.shared
-    assert shared is not None  # these handlers are routed only with --state redis
-    return shared
-
-
-class SharedTasksHandler(TasksHandler):
-    async def post(self) -> None:  # type: ignore[override]
-        from target_app.shared import Unavailable
-
-        shared = _shared(self)
-        task_id, duration_ms, payload_bytes = self.task_request()
-        cfg = self.service.config
-        if shared.running_tasks >= cfg.max_running_tasks:
-            raise JsonError(503, f"too many running tasks (limit {cfg.max_running_tasks})")
-        try:
-            while not await shared.submit_task(task_id, duration_ms, payload_bytes, time.time()):
-                task_id = secrets.token_hex(16)  # the id was taken
-        except Unavailable as e:
-            raise JsonError(503, str(e)) from None
-        shared.running_tasks += 1
-        asyncio.get_running_loop().call_later(duration_ms / 1000.0, self._finish_shared,
-                                              shared, task_id)
-        self.accepted(task_id)
-
-    def _finish_shared(self, shared: SharedState, task_id: str) -> None:
-        shared.running_tasks -= 1
-        self.service.stats.tasks_done += 1
-        asyncio.ensure_future(shared.finish_task(task_id))
-
-
-class SharedTaskHandler(TaskHandler):
-    async def get(self, task_id: str) -> None:
-        from target_app.shared import Unavailable
-
-        shared = _shared(self)
-        timeout = self.hold_timeout()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        view = shared.acquire_task(task_id)  # before the read: its completion wakes us
-        try:
             while True:
                 try:
-                    rec = await shared.get_task(task_id)
+                    answer = await channels.read(handle, position, limit)
+                except CursorAhead as e:
+                    raise JsonError(400, str(e)) from None
                 except Unavailable as e:
                     raise JsonError(503, str(e)) from None
                 if self.client_gone:
                     return
-                if rec is None:
-                    raise JsonError(404, f"unknown or expired task {task_id!r}")
-                if rec["s"] == "d":
-                    self.result(task_id, int(rec["pay"]), int(rec["dur"]), float(rec["sub"]),
-                                float(rec["fin"]))
+                if answer is not None:
+                    await self.delivered(answer)
                     return
-                if rec["s"] == "l":
-                    raise JsonError(500, f"task {task_id} was lost: the backend running it "
-                                         f"({rec['o']}) stopped before it finished; submit "
-                                         "it again")
-                view.owner = rec["o"]
                 remaining = deadline - loop.time()
-                if remaining <= 0 or self.service.shutting_down:
-                    self.not_yet()
+                if remaining <= 0 or service.shutting_down:
+                    self.timed_out(position)
                     return
-                await self.wait(view.waiters, remaining)
+                await self.wait(handle.waiters, remaining)
                 if self.client_gone:
                     return
         finally:
-            shared.release_task(task_id, view)
-
-
-class SharedChannelHandler(ChannelHandler):
-    async def post(self, name: str) -> None:  # type: ignore[override]
-        from target_app.shared import ChannelLimit, Unavailable
-
-        data = self.message_body()
-        try:
-            seq, ts, epoch = await _shared(self).publish(name, data)
-        except (ChannelLimit, Unavailable) as e:
-            raise JsonError(503, str(e)) from None
-        self.published(seq, ts, epoch)
-
-    async def get(self, name: str) -> None:
-        from target_app.shared import Unavailable
-
-        shared = _shared(self)
-        timeout = self.hold_timeout()
-        client_cursor, client_epoch = self.client_position()
-        limit = self.service.config.max_messages_per_poll
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        view = shared.acquire(name)  # before any read: the fan-out fills it from now on
-        cursor: int | None = None
-        refreshed = False
-        try:
-            while True:
-                try:
-                    if not view.synced:
-                        await shared.sync(view)
-                        refreshed = True
-                        continue  # (a reconnect may have unsynced it again)
-                    if cursor is None and client_cursor is not None and not refreshed and \
-                            client_cursor > view.known_last and client_epoch in (None, view.epoch):
-                        # The client may have read from a process whose fan-out ran ahead of
-                        # this one's: ask Redis before calling the cursor ahead of the channel.
-                        await shared.sync(view)
-                        refreshed = True
-                        continue
-                    if cursor is None or client_epoch != view.epoch:
-                        cursor = self.resolve_cursor(name, client_cursor, client_epoch,
-                                                     view.known_last, view.epoch)
-                        client_cursor, client_epoch = cursor, view.epoch
-                    if cursor < view.known_last:
-                        if view.covers(cursor):
-                            shared.counters.polls_answered_from_view += 1
-                            if self.service.config.delivery_delay_ms > 0:
-                                await self.injected_delay()
-                            self.delivered(*view.render_after(cursor, limit))
-                            return
-                        got = await shared.read(name, cursor, limit)
-                        if got.epoch != view.epoch:
-                            view.synced = False  # Redis restarted since the view synced
-                            continue
-                        if got.messages or got.dropped(cursor):
-                            if self.service.config.delivery_delay_ms > 0:
-                                await self.injected_delay()
-                            self.delivered(*shared.render_read(got, cursor, view))
-                            return
-                except Unavailable as e:
-                    raise JsonError(503, str(e)) from None
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self.service.shutting_down:
-                    self.timed_out(cursor, view.epoch)
-                    return
-                await self.wait(view.waiters, remaining)
-                if self.client_gone:
-                    return
-        finally:
-            shared.release(view)
+            channels.release(handle)
 
 
 class HealthHandler(BaseHandler):
@@ -731,13 +561,11 @@ def make_app(config: AppConfig | None = None) -> tornado.web.Application:
     config = config or AppConfig()
     service = Service(config)
     args = {"service": service}
-    shared = config.state == "redis"
     app = tornado.web.Application(
         [
-            (r"/tasks", SharedTasksHandler if shared else TasksHandler, args),
-            (r"/tasks/([0-9a-f]{1,64})", SharedTaskHandler if shared else TaskHandler, args),
-            (rf"/channels/({_CHANNEL_NAME})", SharedChannelHandler if shared else ChannelHandler,
-             args),
+            (r"/tasks", TasksHandler, args),
+            (r"/tasks/([0-9a-f]{1,64})", TaskHandler, args),
+            (rf"/channels/({_CHANNEL_NAME})", ChannelHandler, args),
             (r"/healthz", HealthHandler, args),
             (r"/stats", StatsHandler, args),
             (r"/metrics", MetricsHandler, args),

@@ -97,7 +97,7 @@ class TargetCollector:
             requests.add_metric([route, method, str(status)], n)
         yield requests
         yield GaugeMetricFamily(PREFIX + "held_polls", "long polls held now", value=svc.waiting)
-        channels = len(svc.channels) if svc.shared is None else len(svc.shared.views)
+        channels = svc.state.channels.count()
         yield GaugeMetricFamily(PREFIX + "channels", "channels this process holds (shared "
                                 "state: follows)", value=channels)
         for name, value, text in (
@@ -117,7 +117,7 @@ class TargetCollector:
         polls.add_metric(["messages"], s.polls_answered_with_messages)
         polls.add_metric(["timeout"], s.polls_timed_out)
         yield polls
-        running = len(svc.tasks.running) if svc.shared is None else svc.shared.running_tasks
+        running = svc.state.tasks.running()
         yield GaugeMetricFamily(PREFIX + "tasks_running", "tasks running here", value=running)
         yield GaugeMetricFamily(PREFIX + "connections_open", "connections open now",
                                 value=len(s.open_connections))

@@ -23,6 +23,7 @@ import time
 import tornado.netutil
 
 from target_app.app import STATES, AppConfig, PollHTTPServer, make_app
+from target_app.store import Unavailable
 
 LOOPS = ("asyncio", "asyncio-poll", "asyncio-select", "uvloop")
 # select() cannot watch a descriptor numbered FD_SETSIZE (1024) or above.  A process has a
@@ -98,13 +99,10 @@ def watch_gc(stats) -> None:
 async def serve(config: AppConfig, port: int, address: str, backlog: int) -> None:
     app = make_app(config)
     service = app.settings["service"]
-    if service.shared is not None:
-        from target_app.shared import Unavailable
-
-        try:
-            await service.shared.start()
-        except Unavailable as e:
-            raise ConfigError(str(e)) from None
+    try:
+        await service.state.start()
+    except Unavailable as e:
+        raise ConfigError(str(e)) from None
     server = PollHTTPServer(app, xheaders=True, stats=service.stats,
                             max_connections=config.max_connections,
                             refuse_body_above=max(config.max_body_bytes * 4, 1 << 20),
@@ -137,8 +135,7 @@ async def serve(config: AppConfig, port: int, address: str, backlog: int) -> Non
         await asyncio.wait_for(server.close_all_connections(), timeout=3)
     except TimeoutError:
         log.warning("some connections did not close within 3 s")
-    if service.shared is not None:
-        await service.shared.stop()
+    await service.state.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:

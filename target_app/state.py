@@ -23,6 +23,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class LimitExceeded(Exception):
@@ -43,6 +44,15 @@ class ReadResult:
     messages: list[Message]
     cursor: int
     dropped: tuple[int, int] | None
+
+
+class Answer(NamedTuple):
+    """A poll's 200: its JSON body, how many messages it holds, how many its dropped range
+    names."""
+
+    body: bytes
+    delivered: int
+    dropped: int
 
 
 class Waiters:
@@ -90,7 +100,7 @@ class Channel:
         self.buffer: collections.deque[Message] = collections.deque(maxlen=buffer_len)
         self.last_seq = 0
         self.waiters = Waiters()
-        self._rendered: dict[tuple[int, int], tuple[bytes, int, int]] = {}
+        self._rendered: dict[tuple[int, int], Answer] = {}
         self._now = now
 
     def publish(self, data: bytes) -> Message:
@@ -149,7 +159,7 @@ class Channel:
         last = msgs[-1].seq if msgs else (dropped[1] if dropped else cursor)
         return ReadResult(msgs, last, dropped)
 
-    def render_after(self, cursor: int, limit: int) -> tuple[bytes, int, int]:
+    def render_after(self, cursor: int, limit: int) -> Answer:
         """The JSON answer for a poll at ``cursor``, how many messages it holds, and how
         many its dropped range names.
 
@@ -166,7 +176,8 @@ class Channel:
                              res.dropped)
         if len(self._rendered) >= 64:
             self._rendered.clear()
-        answer = self._rendered[key] = (body, len(res.messages), dropped_count(res.dropped))
+        answer = self._rendered[key] = Answer(body, len(res.messages),
+                                              dropped_count(res.dropped))
         return answer
 
 

@@ -153,8 +153,9 @@ class TestChannels(TargetCase):
         _, data, _ = await self.call("GET", "/channels/e1?cursor=0")
         epoch = data["epoch"]
         # what a process restart does to state: no channel, and a new epoch for the process
-        self.service.channels.clear()
-        self.service.epoch = "restarted"
+        local = self.service.state.channels
+        local.channels.clear()
+        local.epoch = "restarted"
         await self.call("POST", "/channels/e1", 2)
         _, data, _ = await self.call("GET", f"/channels/e1?cursor=5&epoch={epoch}")
         assert data["epoch"] != epoch
@@ -171,7 +172,7 @@ class TestChannels(TargetCase):
         sock.close()
         await self.until(lambda: self.stats()["long_polls_waiting"] == 0,
                          "the disconnected poll is released", timeout=1.0)
-        ch = self.service.channels.get("d1")  # forgotten: nothing was ever published to it
+        ch = self.service.state.channels.channels.get("d1")  # forgotten: nothing was ever published to it
         assert ch is None or len(ch.waiters) == 0
 
     @gen_test(timeout=10)

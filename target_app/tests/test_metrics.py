@@ -43,7 +43,7 @@ class TestMetrics(TargetCase):
         for i in range(8):  # buffer of 5: seqs 1..3 fall out
             assert (await self.call("POST", "/channels/news", {"i": i}))[0] == 201
         code, got, _ = await self.call("GET", "/channels/news?cursor=0&epoch="
-                                       + self.service.epoch)
+                                       + self.service.state.channels.epoch)
         assert code == 200 and got["dropped"] == [1, 3] and len(got["messages"]) == 5
         assert (await self.call("GET", "/channels/news?cursor=8&timeout=0"))[0] == 204
         held = asyncio.ensure_future(self.call("GET", "/channels/news?cursor=8&timeout=5"))
