@@ -24,6 +24,7 @@ from pollbench.records.runinfo import (
     software_versions,
 )
 from pollbench.stack.loadgen import LoadSpec, check_number
+from pollbench.stack.preflight import preflight
 from pollbench.stack.spec import StackSpec
 
 # The CI scenario: small enough for four repetitions in well under 5 minutes on 2 cores,
@@ -253,7 +254,8 @@ def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fm
     interleaved = update is False and baseline is None
     repeat = check_repeat(repeat, limits.alpha, paired=interleaved)
     config = ci_config(injected)
-    resolved = StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port).resolve()
+    resolved = preflight(StackSpec(profile=CI_PROFILE, port=port, backend_port=backend_port),
+                         LoadSpec(**CI_LOAD), warn=False).resolved
     here = machine_fingerprint(software_versions(resolved.nginx_path))
     if update:
         baseline = baseline or default_baseline()

@@ -40,6 +40,7 @@ from pollbench.records.runinfo import host_info
 from pollbench.stack import nginx_config
 from pollbench.stack.agent import API, NAME, Agent, Control
 from pollbench.stack.faults import Fault, FaultInjector, parse_fault, schedule
+from pollbench.stack.preflight import check_fault_targets, preflight
 from pollbench.stack.sampler import Sampler
 from pollbench.stack.spec import ResolvedStack, StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
@@ -243,10 +244,8 @@ class Lab(Control):
         if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or \
                 not 0 <= cooldown <= MAX_COOLDOWN_S:
             raise UserError(f"cooldown_max_s must be from 0 to {MAX_COOLDOWN_S:g}")
-        from pollbench.actions.run import check_fault_targets
-
-        resolved = spec.resolve(check_ports=False)  # every check before anything stops
-        check_fault_targets(resolved, faults)
+        # every check before anything stops
+        preflight(spec, faults=faults, check_ports=False).release()
         wire = {"stack": body.get("stack", {}), "upgrade": any(f.action == "upgrade"
                                                                for f in faults)}
         with self._op:
@@ -291,7 +290,7 @@ class Lab(Control):
         import tempfile
 
         spec = spec_from_wire(body.get("stack", {}), self.base)
-        resolved = spec.resolve(check_ports=False)
+        resolved = preflight(spec, check_ports=False).resolved
         with tempfile.TemporaryDirectory(prefix="pollbench-agent-check-") as tmp:
             stack = Stack(resolved, Path(tmp))
             try:
@@ -311,8 +310,6 @@ class Lab(Control):
         if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or \
                 not 0 <= elapsed <= 60:
             raise UserError("elapsed_s (how long ago the load started) must be 0 to 60 s")
-        from pollbench.actions.run import check_fault_targets
-
         with self._op:
             with self._lock:
                 cur = self.current

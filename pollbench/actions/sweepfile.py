@@ -45,6 +45,7 @@ from pollbench.paths import SWEEPS_DIR
 from pollbench.records.inputs import read_toml
 from pollbench.stack import nginx_config
 from pollbench.stack.loadgen import MAX_DURATION_S, LoadSpec, check_number, parse_duration
+from pollbench.stack.preflight import preflight
 from pollbench.stack.spec import StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
 
@@ -342,8 +343,7 @@ def check_cells(sweep: Sweep, port: int, backend_port: int) -> None:
         where = f"sweep {sweep.path}, {cell.describe()}"
         spec = replace(cell.stack, port=port, backend_port=backend_port)
         try:
-            resolved = spec.resolve(check_ports=False)
-            cell.load.validate(spec.max_hold_s)
+            resolved = preflight(spec, cell.load, check_ports=False, warn=False).resolved
             with tempfile.TemporaryDirectory(prefix="pollbench-sweep-check-") as tmp:
                 stack = Stack(resolved, Path(tmp))
                 stack.test_config(stack.render())

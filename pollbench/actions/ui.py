@@ -30,6 +30,7 @@ from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import answers, find_free_ports, port_free
+from pollbench.stack.preflight import preflight
 from pollbench.stack.processes import spawn, wait_until
 from pollbench.stack.sampler import Sampler
 from pollbench.stack.spec import ResolvedStack, StackSpec
@@ -41,12 +42,12 @@ def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | 
     """``load``: the start form's defaults (users, spawn rate, the custom parameters) and
     the Locust worker processes; its duration is not used (a test runs until stopped)."""
     load = load or LoadSpec()
-    load.validate(spec.max_hold_s)
-    resolved = spec.resolve(claim=True)  # ports held until the session ends
+    # ports held until the session ends
+    checked = preflight(spec, load, out=out, claim=True, fit_access_log=False)
     try:
-        return _ui(resolved, web_port, web_host, out, max_seconds, load)
+        return _ui(checked.resolved, web_port, web_host, out, max_seconds, load)
     finally:
-        resolved.release()
+        checked.release()
 
 
 class UiTestReports:

@@ -15,6 +15,7 @@ from pollbench import __version__
 from pollbench.errors import UserError
 from pollbench.records.rundir import new_run_dir
 from pollbench.stack.agent import Agent, new_token
+from pollbench.stack.preflight import preflight
 from pollbench.stack.redis_server import display_url
 from pollbench.stack.sampler import Sampler
 from pollbench.stack.spec import ResolvedStack, StackSpec
@@ -40,7 +41,8 @@ def up(spec: StackSpec, out: Path | None = None, agent_port: int | None = None,
         token = check_token(token)
     if agent_port is not None and not 1024 <= agent_port <= 65535:
         raise UserError(f"--agent-port {agent_port} must be from 1024 to 65535")
-    resolved = spec.resolve(claim=True)  # fail before creating anything; ports held
+    # every check before anything is created; ports held
+    resolved = preflight(spec, claim=True).resolved
     try:
         agent = None
         if remote:

@@ -174,17 +174,17 @@ def test_more_channels_than_the_target_holds_is_refused(tmp_path):
 
 
 def test_probable_mistakes_are_warned_about_before_the_start(capsys):
-    from pollbench.actions.run import check_load_fits
     from pollbench.stack.loadgen import LoadSpec
+    from pollbench.stack.preflight import load_fits
     from pollbench.stack.spec import StackSpec
 
     port, backend_port = free_stack_ports()
     resolved = StackSpec(port=port, backend_port=backend_port).resolve()
-    warnings = check_load_fits(resolved, LoadSpec(users=11, channels=50, workers=64))
+    warnings = load_fits(resolved, LoadSpec(users=11, channels=50, workers=64))
     assert any("40 channels have no subscriber" in w for w in warnings)
     assert any("--workers 64 on a machine with" in w for w in warnings)
     assert capsys.readouterr().err.count("WARNING:") == 2
-    assert check_load_fits(resolved, LoadSpec(users=200, channels=10)) == []
+    assert load_fits(resolved, LoadSpec(users=200, channels=10)) == []
 
 
 @pytest.mark.parametrize("args, says", [

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from pollbench.actions.run import check_load_fits
 from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.preflight import load_fits
 from pollbench.stack.spec import StackSpec
 
 
 def warnings(profile: str, **load) -> list[str]:
     resolved = StackSpec(profile=profile).resolve(claim=False)
     try:
-        return check_load_fits(resolved, LoadSpec(**load))
+        return load_fits(resolved, LoadSpec(**load))
     finally:
         resolved.release()
 
@@ -55,7 +55,7 @@ def test_the_stacks_redis_is_checked_against_its_maxclients():
         resolved = StackSpec(profile="shared", redis_overrides={"maxclients": maxclients}
                              ).resolve(claim=False)
         try:
-            return check_load_fits(resolved, LoadSpec(users=50, channels=10))
+            return load_fits(resolved, LoadSpec(users=50, channels=10))
         finally:
             resolved.release()
 

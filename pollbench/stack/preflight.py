@@ -1,0 +1,151 @@
+"""A run's checks in one place: everything that can be refused before a process starts.
+
+    checked = preflight(spec, load, out=out, min_free_disk=floor, claim=True)
+    try:
+        ... checked.resolved, checked.faults, checked.warnings ...
+    finally:
+        checked.release()
+
+Every command that starts a stack calls it, so a check added here holds for all of them:
+``run`` (the stack, the load, its faults, the disk, the output folder), ``sweep`` (each
+cell, before the first starts), ``check`` (its CI stack and load), ``ui`` (the start form's
+load), ``up`` (the stack alone) and the agent (a controller's stack and faults).  The
+first problem is raised as one :class:`~pollbench.errors.UserError` line; what is probably a
+mistake but may be meant comes back as warnings (logged, and kept in run.json).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pollbench.errors import UserError
+from pollbench.log import log
+from pollbench.paths import results_dir
+from pollbench.stack import capacity, disk, nginx_config
+from pollbench.stack.faults import BACKEND_ACTIONS, Fault
+from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.spec import ResolvedStack, StackSpec
+
+__all__ = ["Checked", "check_fault_targets", "preflight"]
+
+
+@dataclass
+class Checked:
+    """A stack and load that passed every check: resolved (ports held with ``claim``)."""
+
+    resolved: ResolvedStack
+    load: LoadSpec | None
+    faults: list[Fault] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def release(self) -> None:
+        self.resolved.release()
+
+
+def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence[Fault] = (),
+              out: Path | None = None, min_free_disk: int | None = None,
+              check_ports: bool = True, claim: bool = False, warn: bool = True,
+              fit_access_log: bool = True) -> Checked:
+    """Resolve ``spec`` (its knobs, nginx, ports) and check ``load`` against it: the load's
+    own bounds, that the target holds it, its faults' and ``faults``' targets, and, with
+    ``min_free_disk``, that its estimated bytes fit on the disk of ``out`` (default the
+    results folder).  ``warn``: log the warnings as well as return them.  ``fit_access_log``:
+    choose nginx's access-log mode for the load's length (a run; not a UI session, which has
+    none)."""
+    if load is not None:
+        load.validate(spec.max_hold_s)  # the load's own bounds, before the stack's files
+        if fit_access_log:
+            spec = with_access_log(spec, load)
+    resolved = spec.resolve(check_ports=check_ports, claim=claim)
+    try:
+        warnings: list[str] = []
+        every_fault = list(faults)
+        if load is not None:
+            warnings = load_fits(resolved, load)
+            every_fault += load.fault_schedule()
+        check_fault_targets(resolved, every_fault)
+        if load is not None and min_free_disk is not None:
+            check_disk(resolved, load, out, min_free_disk)
+        if out is not None:
+            nginx_config.safe_path(Path(out).resolve() / "nginx")  # refused before it is made
+    except BaseException:
+        resolved.release()
+        raise
+    if warn:
+        for w in warnings:
+            log.warning(w)
+    return Checked(resolved, load, every_fault, warnings)
+
+
+def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
+    """Backends that exist, reload profiles that load with the same backend count."""
+    backends = resolved.settings["backends"]
+    for f in faults:
+        if f.target == "redis":
+            if resolved.redis_port is None:
+                raise UserError(f"--fault {f.text()}: this stack starts no Redis (it needs "
+                                "--state redis, and no --redis URL)")
+            continue
+        if f.action in BACKEND_ACTIONS and f.backend >= backends:
+            raise UserError(f"--fault {f.text()}: there is no {f.target} (the stack has "
+                            f"{backends} backends: backend-0 to backend-{backends - 1})")
+        if f.action == "reload" and f.target:
+            other = replace(resolved.spec, profile=f.target).settings()
+            if other["backends"] != backends:
+                raise UserError(f"--fault {f.text()}: profile {f.target} has "
+                                f"{other['backends']} backends, the stack {backends}")
+
+
+def load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
+    """Refuse a load the target cannot hold as asked (one line); return warnings for what is
+    probably a mistake."""
+    warnings = []
+    app = resolved.app_config
+    if "ChannelSubscriber" in load.user_classes():
+        # with local state each backend holds its own channels; shared state holds them all once
+        holds = app.max_channels * (resolved.settings["backends"]
+                                    if resolved.state == "local" else 1)
+        if load.channels > holds:
+            raise UserError(f"--channels {load.channels} is more than the target holds "
+                            f"({holds:,}: {app.max_channels:,} per "
+                            f"{'backend' if resolved.state == 'local' else 'shared state'}); "
+                            "publishes past it would be refused with 503")
+        subscribers = load.users - 1
+        if load.channels > subscribers:
+            warnings.append(f"--channels {load.channels} with {subscribers} subscribers: "
+                            f"{load.channels - subscribers} channels have no subscriber (their "
+                            "messages reach nobody)")
+    started_redis = resolved.redis_port is not None  # (a server of the user's: its own limit)
+    warnings += capacity.warnings_for(resolved.settings, resolved.spec.profile, resolved.state,
+                                      load, app.max_waiters, app.max_connections,
+                                      resolved.redis_settings.get("maxclients")
+                                      if started_redis else None)
+    cores = os.cpu_count() or 1
+    if load.workers > cores:
+        warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "
+                        "Locust processes queue behind each other (and the stack) for CPU")
+    return warnings
+
+
+def with_access_log(spec: StackSpec, load: LoadSpec) -> StackSpec:
+    """The spec with nginx's access-log mode fixed: the user's or the profile's, else the one
+    that fits the run (:func:`pollbench.stack.disk.choose_access_log`)."""
+    settings = spec.settings()
+    if settings.get("access_log") is not None:
+        return spec
+    chosen = disk.choose_access_log(load, settings["backends"])
+    if chosen == "full":  # nginx's own default: the settings (and run.json) stay as they were
+        return spec
+    return replace(spec, nginx_overrides={**spec.nginx_overrides, "access_log": chosen})
+
+
+def check_disk(resolved: ResolvedStack, load: LoadSpec, out: Path | None,
+               floor: int) -> None:
+    """Refuse a run whose estimated bytes would bring its disk under ``floor``."""
+    per_hour = disk.estimate(load, resolved.settings["backends"],
+                             resolved.settings.get("access_log"))
+    total = sum(per_hour.values()) * load.duration_s / 3600
+    disk.check_fits(Path(out) if out is not None else results_dir(), total, per_hour, floor)
