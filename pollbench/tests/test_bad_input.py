@@ -166,25 +166,36 @@ def test_a_master_name_that_does_not_resolve_is_said_at_once():
     assert "does not resolve" in line and time.monotonic() - started < 30
 
 
-def test_more_channels_than_the_target_holds_is_refused(tmp_path):
+@pytest.mark.parametrize("command", ["run", "ui", "sweep"])
+def test_more_channels_than_the_target_holds_is_refused_by_every_command(tmp_path, command):
+    """One preflight: the same check, the same line, whichever command starts the stack."""
     port, backend_port = free_stack_ports()
-    line = refused("run", "--channels", "100000", "--users", "10", "--port", str(port),
-                   "--backend-port", str(backend_port), "--out", str(tmp_path / "r"))
-    assert "more than the target holds" in line and not (tmp_path / "r").exists()
+    ports = ["--port", str(port), "--backend-port", str(backend_port)]
+    if command == "sweep":
+        sweep = tmp_path / "s.toml"
+        sweep.write_text("profile = \"seed\"\n[load]\nduration = \"20s\"\nusers = 10\n"
+                         "[grid]\nchannels = [5, 100000]\n")
+        line = refused("sweep", str(sweep), *ports, "--out", str(tmp_path / "r"))
+        assert "channels=100000" in line
+    else:
+        line = refused(command, "--channels", "100000", "--users", "10", *ports,
+                       "--out", str(tmp_path / "r"))
+    assert "--channels 100000 is more than the target holds (40,000" in line
+    assert not (tmp_path / "r").exists()
 
 
 def test_probable_mistakes_are_warned_about_before_the_start(capsys):
     from pollbench.stack.loadgen import LoadSpec
-    from pollbench.stack.preflight import load_fits
+    from pollbench.stack.preflight import preflight
     from pollbench.stack.spec import StackSpec
 
     port, backend_port = free_stack_ports()
-    resolved = StackSpec(port=port, backend_port=backend_port).resolve()
-    warnings = load_fits(resolved, LoadSpec(users=11, channels=50, workers=64))
+    spec = StackSpec(port=port, backend_port=backend_port)
+    warnings = preflight(spec, LoadSpec(users=11, channels=50, workers=64)).warnings
     assert any("40 channels have no subscriber" in w for w in warnings)
     assert any("--workers 64 on a machine with" in w for w in warnings)
     assert capsys.readouterr().err.count("WARNING:") == 2
-    assert load_fits(resolved, LoadSpec(users=200, channels=10)) == []
+    assert preflight(spec, LoadSpec(users=200, channels=10)).warnings == []
 
 
 @pytest.mark.parametrize("args, says", [
