@@ -81,7 +81,7 @@ class LocalTasks(TaskStoreBase[Task]):
         pass
 
     async def read(self, task_id: str, handle: Task) -> Task | None:
-        return handle if handle is not self._unknown else self.store.get(task_id)
+        return handle if handle is not self._unknown else None
 
     def running(self) -> int:
         return len(self.store.running)
