@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hdrh.histogram import HdrHistogram
 
 from loadtests.recorder import Recorder
@@ -30,6 +31,7 @@ def test_each_interval_holds_only_its_own_values_though_histograms_are_reused():
     assert third["hists"] == {}
 
 
+@pytest.mark.serial  # imports locust here: gevent patches this process's threads
 def test_locust_bookkeeping_stays_bounded_over_a_day_and_the_report_still_covers_it(monkeypatch):
     # A day of Locust's own per-second counts and 5-s history, trimmed as the run goes:
     # what a soak's memory depends on.  Locust's real classes, its real clock patched.

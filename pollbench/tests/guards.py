@@ -12,6 +12,11 @@ holding CI when a test hangs; every test directory gets it (pyproject's addopts:
   imported Locust) it may never: a hung test then held CI for its 90 minutes.  Past
   pytest-timeout's limit plus ``timeout_backstop`` seconds, faulthandler's own C thread
   writes every thread's traceback to stderr and exits the process (code 1).
+- **A test that patches threads in a parallel worker is named.**  tox runs the suite 2
+  tests at a time (pytest-xdist), and a worker's link to pytest runs on threads: once a test
+  imports Locust there (gevent patches ``threading``), the worker dies later, in another
+  test, with "LoopExit: This operation would block forever".  The test that did it fails
+  instead, told to be marked ``serial`` (run alone, after the rest).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import sys
 from typing import IO
 
 import pytest
@@ -79,3 +85,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def _threads_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") and _threads_patched():
+        pytest.fail(f"{item.nodeid} left gevent's patched threads in a parallel test worker "
+                    "(it imported Locust here), which breaks the worker: mark it "
+                    "@pytest.mark.serial", pytrace=False)

@@ -194,6 +194,7 @@ def test_a_revision_without_pollbench_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_an_interleaved_check_catches_an_injected_delay_pair_by_pair(tmp_path):
     """A real check, 10 rounds (the fewest the signed-rank test decides on with Holm over the
     15 compared metrics): this working tree, committed into a repository of its own, against

@@ -11,7 +11,7 @@ import pytest
 
 from pollbench.tests.conftest import REPO, run_cmd
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 # the seed's nginx with fewer connections: 60 held polls need ~120, it allows 64
 TIGHT_NGINX = """description = "the seed, 64 worker_connections"
