@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from loadtests.hosts import MasterWorkers, pollbench_version
+
+# MasterWorkers imports Locust's runners: gevent patches this process's threads
+pytestmark = pytest.mark.serial
 
 
 class FakeMaster:

@@ -212,6 +212,7 @@ def test_a_run_across_four_namespaces(tmp_path):
             stop_all(procs, signal.SIGINT)
 
 
+@pytest.mark.serial  # imports Locust's runners here: gevent patches this process's threads
 def test_the_master_refuses_a_worker_of_another_pollbench_version():
     """The master's side of the version check (loadtests.hosts), without a master."""
     from types import SimpleNamespace
