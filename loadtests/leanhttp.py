@@ -149,7 +149,11 @@ class LeanConnection:
             self.close()
         sock = self.sock or self._connect()
         try:
-            sock.sendall(raw)
+            # one send() takes a request this small whole; gevent's sendall asks the socket
+            # for SO_SNDBUF on every call to size its chunks (a syscall per request)
+            sent = sock.send(raw)
+            if sent < len(raw):
+                sock.sendall(raw[sent:])
             resp = self._read_response(raw.startswith(b"HEAD "))
         except BaseException:
             self.close()

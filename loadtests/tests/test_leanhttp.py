@@ -163,3 +163,42 @@ def test_refused_connection_raises_oserror():
     s.close()  # nothing listens there now
     with pytest.raises(OSError):
         LeanConnection("127.0.0.1", port, connect_timeout=2).request(build_request("GET", "/", "h"))
+
+
+def test_a_request_larger_than_the_socket_buffer_arrives_whole():
+    """One send() takes a small request whole; a large one is sent in part, and the rest
+    must follow (the server counts every byte of the body before it answers)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    got: list[int] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            head, _, body = buf.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            n = len(body)
+            while n < length:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                n += len(chunk)
+            got.append(n)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    conn = LeanConnection("127.0.0.1", srv.getsockname()[1], timeout=30)
+    try:
+        body = b"x" * 8_000_000
+        resp = conn.request(build_request("POST", "/big", "h", body))
+        assert resp.status == 200 and resp.body == b"ok"
+        assert got == [len(body)]
+    finally:
+        conn.close()
+        thread.join(10)
+        srv.close()
