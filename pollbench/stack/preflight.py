@@ -55,15 +55,14 @@ def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence
     results folder).  ``warn``: log the warnings as well as return them.  ``fit_access_log``:
     choose nginx's access-log mode for the load's length (a run; not a UI session, which has
     none)."""
-    if load is not None:
-        load.validate(spec.max_hold_s)  # the load's own bounds, before the stack's files
-        if fit_access_log:
-            spec = with_access_log(spec, load)
-    resolved = spec.resolve(check_ports=check_ports, claim=claim)
+    if load is not None and fit_access_log:
+        spec = with_access_log(spec, load)
+    resolved = spec.resolve(check_ports=check_ports, claim=claim)  # the stack's own knobs first
     try:
         warnings: list[str] = []
         every_fault = list(faults)
         if load is not None:
+            load.validate(spec.max_hold_s)  # (the poll timeout is bounded by the stack's hold)
             warnings = load_fits(resolved, load)
             every_fault += load.fault_schedule()
         check_fault_targets(resolved, every_fault)
