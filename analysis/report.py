@@ -224,6 +224,7 @@ def _chart_child() -> None:
     SIGTERM, with none of the parent's handlers it inherited."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by its parent's fork
 
 
 def chart_processes() -> int:
@@ -254,7 +255,15 @@ def render_charts(fig: Figures, out: Path, processes: int | None = None,
         if n == 1:
             drawn = dict(_draw(names))
         else:
-            with multiprocessing.get_context("fork").Pool(n, initializer=_chart_child) as pool:
+            # Ctrl-C held back while the pool forks: one that lands in an at-fork handler
+            # (logging's _releaseLock) is "ignored" there and lost (the report then ran on to
+            # exit 0); once unblocked it is raised here, in plain code
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                pool = multiprocessing.get_context("fork").Pool(n, initializer=_chart_child)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            with pool:
                 shares = pool.map(_draw, [names[i::n] for i in range(n)])
                 pool.close()  # the children end on their own; terminate() would kill them
                 pool.join()
