@@ -115,6 +115,9 @@ NGINX_ERRORS: dict[str, tuple[str, str]] = {
     "open_files": ("Too many open files", "too many open files"),
     "upstream_timed_out": ("upstream timed out", "upstream timed out"),
     "no_live_upstreams": ("no live upstreams", "no live upstreams"),
+    # before connect_failed: nginx's own ports to a backend ran out (or a proxy_bind address)
+    "upstream_ports": ("(99: Cannot assign requested address)",
+                       "no free local port to a backend"),
     "connect_failed": ("connect() failed", "connect() to a backend failed"),
     "upstream_closed": ("upstream prematurely closed", "a backend closed mid-answer"),
     "client_closed": ("client prematurely closed", "a client closed first"),
@@ -187,7 +190,11 @@ LIMITS: dict[str, tuple[str, str]] = {
                     "spread the sockets over more processes (--workers for the load "
                     "generator, more backends or nginx workers for the stack)"),
     "loadgen_ports": ("the load generator's local ports",
-                      "fewer new connections (keep-alive), or load from more addresses"),
+                      "spread the connections over more source addresses (--source-addresses; "
+                      "auto does on a loopback target), or fewer new connections (keep-alive)"),
+    "upstream_ports": ("nginx's local ports to a backend",
+                       "spread nginx's connections to the backends over more source addresses "
+                       "(the nginx knob upstream_sources), or add backends"),
     "backend_connections": ("a backend's connection limit (max_connections)",
                             "raise --backend-max-connections or add backends"),
     "backend_waiters": ("a backend's held-poll limit (max_waiters)",
@@ -215,6 +222,7 @@ _CPU_CURES = {
 }
 # when two limits are first seen in the same second, the one that explains the other leads
 _ORDER = ("nginx_connections", "nginx_descriptors", "descriptors", "loadgen_ports",
+          "upstream_ports",
           "backend_connections", "backend_waiters", "redis_clients", "redis_unavailable",
           "backends_unreachable", "upstream_timeouts", "memory", "cpu")
 # a failure cause that shows a limit by itself
@@ -229,6 +237,7 @@ _CAUSE_LIMITS = (
 _NGINX_LIMITS = {"worker_connections": "nginx_connections", "open_files": "nginx_descriptors",
                  "no_live_upstreams": "backends_unreachable",
                  "connect_failed": "backends_unreachable",
+                 "upstream_ports": "upstream_ports",
                  "upstream_timed_out": "upstream_timeouts"}
 
 

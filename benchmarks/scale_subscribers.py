@@ -89,18 +89,25 @@ def run_count(users: int, args, out_root: Path) -> dict:
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--users", type=int, nargs="+", default=[5000])
-    ap.add_argument("--seconds", type=float, default=60, help="hold time after spawning")
+def add_run_arguments(ap: argparse.ArgumentParser, seconds: float = 60,
+                      publish_rate: float = 2.0) -> None:
+    """The options of :func:`run_count` (also benchmarks/ceilings.py's)."""
+    ap.add_argument("--seconds", type=float, default=seconds, help="hold time after spawning")
     ap.add_argument("--spawn-seconds", type=float, default=15)
     ap.add_argument("--channels", type=int, default=10)
-    ap.add_argument("--publish-rate", type=float, default=2.0, help="messages/s, all channels")
+    ap.add_argument("--publish-rate", type=float, default=publish_rate,
+                    help="messages/s, all channels")
     ap.add_argument("--profile", default="scale")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--backend-port", type=int, default=8000)
     ap.add_argument("--keep", type=Path, default=None, help="keep run folders here")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, nargs="+", default=[5000])
+    add_run_arguments(ap)
     args = ap.parse_args()
     out_root = args.keep or Path(tempfile.mkdtemp(prefix="pollbench-scale-"))
     out_root.mkdir(parents=True, exist_ok=True)

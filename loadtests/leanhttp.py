@@ -27,6 +27,12 @@ safe to share between greenlets: nothing switches between the read and the copy.
 A numeric host (``127.0.0.1``) is connected without a name lookup: gevent would hand
 each ``getaddrinfo`` to a thread of its resolver pool.
 
+Source address: ``source="127.0.0.2"`` binds the connection to that local address before
+it connects, with ``IP_BIND_ADDRESS_NO_PORT`` so that the port is chosen at connect time
+(per destination, as without a bind): each source address then has the whole ephemeral
+range to every destination, which is how one host holds more connections to one address
+and port than ``ip_local_port_range`` has ports.
+
 Sockets are gevent's (cooperative).  This module imports gevent, not locust.
 """
 
@@ -46,6 +52,7 @@ _READ_BUF = bytearray(_READ_SIZE)  # every read's landing place (see the module'
 _READ_VIEW = memoryview(_READ_BUF)
 CLOCK_KERNEL = "kernel (SO_TIMESTAMPNS)"
 CLOCK_USER = "user (time.time after read)"
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux value
 
 
 def _numeric_family(host: str) -> int | None:
@@ -95,8 +102,9 @@ class LeanConnection:
     stale_after_s = 1.0
 
     def __init__(self, host: str, port: int, timeout: float = 300.0,
-                 connect_timeout: float = 10.0, kernel_timestamps: bool = True) -> None:
-        self.host, self.port = host, port
+                 connect_timeout: float = 10.0, kernel_timestamps: bool = True,
+                 source: str | None = None) -> None:
+        self.host, self.port, self.source = host, port, source
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.kernel_timestamps = kernel_timestamps
         self.clock = CLOCK_KERNEL if kernel_timestamps else CLOCK_USER
@@ -109,10 +117,18 @@ class LeanConnection:
     # --- connection
     def _connect(self) -> socket.socket:
         if self.family is None:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            sock = socket.create_connection(
+                (self.host, self.port), timeout=self.connect_timeout,
+                source_address=(self.source, 0) if self.source else None)
         else:  # a numeric address: no lookup through gevent's resolver threads
             sock = socket.socket(self.family, socket.SOCK_STREAM)
             try:
+                if self.source:  # the port is chosen at connect(), per destination
+                    try:
+                        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                    except OSError:
+                        pass  # an older kernel: bind() takes a port of its own
+                    sock.bind((self.source, 0))
                 sock.settimeout(self.connect_timeout)
                 sock.connect((self.host, self.port))
             except BaseException:

@@ -8,12 +8,20 @@ on the command line): ``ChannelSubscriber`` + ``Publisher`` (channels),
 from __future__ import annotations
 
 import gc
+import os
 
 from locust import events
 
 from loadtests import memtrace
 from loadtests.metrics import MetricsPlumbing
-from loadtests.options import DEFAULTS, parse_backoff, parse_connection_mode, parse_mix
+from loadtests.options import (
+    DEFAULTS,
+    SOURCE_ENV,
+    parse_backoff,
+    parse_connection_mode,
+    parse_mix,
+    parse_source_addresses,
+)
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
@@ -41,6 +49,10 @@ def add_options(parser) -> None:
                         "0 retries at once")
     g.add_argument("--pb-connection", default=DEFAULTS.connection,
                    help="keepalive, close (new connection per request) or every:K")
+    g.add_argument("--pb-source-addresses", default="", include_in_web_ui=False,
+                   help="the clients' source addresses, a list or CIDR range, each connection "
+                        "bound to the next (default: the kernel chooses; a load host's "
+                        f"${SOURCE_ENV} wins)")
     g.add_argument("--pb-mix", default="", include_in_web_ui=False,
                    help="user class weights, e.g. ChannelSubscriber:9,TaskPoller:1")
     g.add_argument("--pb-tests", default="", include_in_web_ui=False,
@@ -83,6 +95,7 @@ def on_init(environment, **_kw) -> None:
     if opts is not None:
         parse_connection_mode(opts.pb_connection)  # fail at start, not in every user
         parse_backoff(opts.pb_retry_backoff)
+        parse_source_addresses(os.environ.get(SOURCE_ENV) or opts.pb_source_addresses)
         classes = {c.__name__: c for c in (ChannelSubscriber, TaskPoller)}
         for name, weight in parse_mix(opts.pb_mix).items():
             classes[name].weight = weight

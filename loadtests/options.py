@@ -23,6 +23,9 @@ class LoadDefaults:
     # after a failed poll or request a client waits MIN, then twice as long each failure in a
     # row up to MAX (s), each wait drawn from [half, all] of it (jitter); "0" retries at once
     retry_backoff: str = "0.1:5"
+    # the load generator's source addresses: "auto" (the kernel's choice, spread over
+    # loopback aliases when the users need more ports than one address has), or a list
+    source_addresses: str = "auto"
 
 
 DEFAULTS = LoadDefaults()
@@ -90,6 +93,44 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+MAX_SOURCE_ADDRESSES = 4096
+# A load host's own source addresses (pollbench worker --source-addresses sets it for its
+# Locust processes): they win over the run's --pb-source-addresses, which the master sends
+# to every worker alike.
+SOURCE_ENV = "POLLBENCH_SOURCE_ADDRESSES"
+
+
+def parse_source_addresses(text: str) -> list[str]:
+    """'127.0.0.1,127.0.0.2' or '127.0.0.0/29' (or both, comma-separated) -> the IPv4
+    addresses, in order, each once; '' -> [] (the kernel chooses).  A CIDR range gives its
+    host addresses (127.0.0.0/29: .1 to .6; a /32 or /31: every address).  ValueError says
+    what is wrong."""
+    import ipaddress
+
+    out: dict[str, None] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if "/" in part:
+                net = ipaddress.IPv4Network(part, strict=False)
+                hosts = list(net.hosts()) if net.num_addresses <= 1 << 16 else None
+                if hosts is None:
+                    raise ValueError("range")
+                found = [str(a) for a in hosts]
+            else:
+                found = [str(ipaddress.IPv4Address(part))]
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IPv4 address or CIDR range (use e.g. "
+                             "127.0.0.1,127.0.0.2 or 127.0.0.0/28)") from None
+        for addr in found:
+            out[addr] = None
+        if len(out) > MAX_SOURCE_ADDRESSES:
+            raise ValueError(f"more than {MAX_SOURCE_ADDRESSES} addresses; each holds "
+                             "tens of thousands of connections, a few are enough")
+    return list(out)
 
 
 MIX_ALIASES = {"subscriber": "ChannelSubscriber", "tasks": "TaskPoller", "poller": "TaskPoller"}

@@ -37,7 +37,13 @@ from locust import User, constant, task
 
 from analysis.limits import answer_cause
 from loadtests.leanhttp import HttpError, LeanConnection, Response, build_request
-from loadtests.options import Backoff, parse_backoff, parse_connection_mode
+from loadtests.options import (
+    SOURCE_ENV,
+    Backoff,
+    parse_backoff,
+    parse_connection_mode,
+    parse_source_addresses,
+)
 from loadtests.recorder import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
 
 # POLLBENCH_TRACE=1: subscribers and the publisher log every seq to events.jsonl, so that a
@@ -47,6 +53,20 @@ TRACE = os.environ.get("POLLBENCH_TRACE") == "1"
 
 _user_ids = itertools.count()
 _rng = random.Random()  # the back-off jitter of every user of this process
+
+_sources: tuple[str, itertools.cycle | None] = ("", None)  # (the text, its cycle)
+
+
+def next_source(opts) -> str | None:
+    """The source address of this process's next connection (round-robin over the list;
+    None: the kernel chooses)."""
+    global _sources
+    text = os.environ.get(SOURCE_ENV) or getattr(opts, "pb_source_addresses", "") or ""
+    if text != _sources[0]:
+        addresses = parse_source_addresses(text)
+        _sources = (text, itertools.cycle(addresses) if addresses else None)
+    cycle = _sources[1]
+    return next(cycle) if cycle is not None else None
 
 
 class MessageLost(Exception):
@@ -92,7 +112,8 @@ class PollbenchUser(User):
 
     def new_connection(self) -> LeanConnection:
         return LeanConnection(*self.address, timeout=self.network_timeout,
-                              connect_timeout=self.connection_timeout)
+                              connect_timeout=self.connection_timeout,
+                              source=next_source(self.opts))
 
     def close_next(self) -> bool:
         """Connection: close on every K-th request when connection reuse is being limited."""

@@ -61,6 +61,7 @@ def base_parameters(load: LoadSpec) -> dict:
         "spawn_rate": load.effective_spawn_rate(), "duration_s": load.duration_s,
         "shape": load.shape, "workers": load.workers, "connection": load.connection,
         "retry_backoff": load.retry_backoff,
+        "source_addresses": load.sources(),  # [] the kernel's choice (one address)
         "channels": load.channels, "publish_rate": load.publish_rate,
         "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
         "cpus_loadgen": list(load.cpus) if load.cpus else None,

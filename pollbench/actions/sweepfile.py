@@ -69,6 +69,7 @@ LOAD_PARAMS = {
     "spawn_rate": ("spawn_rate", float), "duration": ("duration_s", parse_duration),
     "shape": ("shape", str), "workers": ("workers", int), "connection": ("connection", str),
     "retry_backoff": ("retry_backoff", str),
+    "source_addresses": ("source_addresses", str),
     "channels": ("channels", int), "publish_rate": ("publish_rate", float),
     "poll_timeout": ("poll_timeout_s", float), "task_duration_ms": ("task_duration_ms", int),
     "message_bytes": ("message_bytes", int), "faults": ("faults", tuple),

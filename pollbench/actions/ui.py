@@ -45,7 +45,7 @@ def ui(spec: StackSpec, web_port: int, web_host: str = "127.0.0.1", out: Path | 
     # ports held until the session ends
     checked = preflight(spec, load, out=out, claim=True, fit_access_log=False)
     try:
-        return _ui(checked.resolved, web_port, web_host, out, max_seconds, load)
+        return _ui(checked.resolved, web_port, web_host, out, max_seconds, checked.load or load)
     finally:
         checked.release()
 

@@ -22,6 +22,8 @@ from analysis.catalog import WORKER_REFUSED_MARK as REFUSED_MARK
 from pollbench import __version__
 from pollbench.errors import RunFailed, UserError
 from pollbench.paths import LOCUSTFILE
+from pollbench.stack.loadgen import SOURCE_ENV, parse_sources
+from pollbench.stack.net import can_bind_source
 from pollbench.stack.nginx_config import check_listen_address
 from pollbench.stack.processes import die_with_parent
 
@@ -62,8 +64,17 @@ def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] pollbench worker: {text}", flush=True)
 
 
-def worker(master: str, processes: int = 1, max_runs: int = 1000, once: bool = False) -> int:
+def worker(master: str, processes: int = 1, max_runs: int = 1000, once: bool = False,
+           source_addresses: str = "") -> int:
+    """``source_addresses``: this host's own (a list or CIDR range), for its Locust processes;
+    they win over the run's, which the master sends to every worker alike."""
     host, port = parse_master(master)
+    sources = parse_sources(source_addresses)
+    for address in sources:
+        why = can_bind_source(address)
+        if why:
+            raise UserError(f"--source-addresses: {address} is not an address of this host "
+                            f"({why}); give addresses of its interfaces")
     if not 1 <= processes <= 64:
         raise UserError(f"--processes must be from 1 to 64 (it is {processes})")
     if not 1 <= max_runs <= 100_000:
@@ -72,11 +83,16 @@ def worker(master: str, processes: int = 1, max_runs: int = 1000, once: bool = F
            "--master-host", host, "--master-port", str(port)]
     if processes > 1:
         cmd += ["--processes", str(processes)]
+    env = dict(os.environ)
+    if sources:
+        env[SOURCE_ENV] = ",".join(sources)
     say(f"pollbench {__version__}, {processes} Locust worker process(es) for the master at "
-        f"{host}:{port}")
+        f"{host}:{port}" + (f", connecting from {len(sources)} source address(es) "
+                            f"({sources[0]}{'...' if len(sources) > 1 else ''})"
+                            if sources else ""))
     for round_ in range(1, max_runs + 1):
         say(f"waiting for a run (round {round_})")
-        outcome = _round(cmd)
+        outcome = _round(cmd, env)
         if outcome == "refused":
             return 2
         if outcome == "no master":
@@ -89,10 +105,10 @@ def worker(master: str, processes: int = 1, max_runs: int = 1000, once: bool = F
     return 0
 
 
-def _round(cmd: list[str]) -> str:
+def _round(cmd: list[str], env: dict[str, str] | None = None) -> str:
     """One Locust worker session; returns "ran", "refused" or "no master"."""
     # its own group (Ctrl-C here stops it in order), and it ends if this process is killed
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True,
                             preexec_fn=die_with_parent)
     connected, refused = 0, False

@@ -111,6 +111,11 @@ def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None
                    help="after a failure a client waits MIN s, doubling each failure in a row "
                         f"up to MAX s, with jitter (default {D.retry_backoff}); 0 retries at "
                         "once")
+    g.add_argument("--source-addresses", default=D.source_addresses, metavar="LIST|CIDR|auto",
+                   help="the load generator's source addresses, e.g. 127.0.0.1,127.0.0.2 or "
+                        "127.0.0.0/28, each connection bound to the next: every address has "
+                        "the whole ip_local_port_range to nginx (default auto: one address, "
+                        "spread over loopback aliases when the users need more ports)")
     g.add_argument("--channels", type=int, default=D.channels,
                    help=f"channels to spread subscribers over (default {D.channels})")
     g.add_argument("--publish-rate", type=float, default=D.publish_rate,
@@ -141,7 +146,7 @@ def load_from_args(args: argparse.Namespace) -> LoadSpec:
                     duration_s=D.duration_s if web_ui else parse_duration(args.duration),
                     shape=getattr(args, "shape", "constant"), workers=args.workers,
                     connection=args.connection, retry_backoff=args.retry_backoff,
-                    channels=args.channels,
+                    source_addresses=args.source_addresses, channels=args.channels,
                     publish_rate=args.publish_rate, poll_timeout_s=args.poll_timeout,
                     task_duration_ms=args.task_duration_ms,
                     faults=tuple(getattr(args, "faults", ())))

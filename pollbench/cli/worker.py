@@ -14,10 +14,15 @@ def add_parser(sub) -> None:
     p.add_argument("--max-runs", type=int, default=1000,
                    help="serve at most this many runs, then exit (default 1000)")
     p.add_argument("--once", action="store_true", help="serve one run, then exit")
+    p.add_argument("--source-addresses", default="", metavar="LIST|CIDR",
+                   help="this host's source addresses for the clients' connections, e.g. "
+                        "10.0.0.5,10.0.0.6 or 10.0.1.0/28, each connection bound to the next "
+                        "(each address has the whole ip_local_port_range to the target; "
+                        "default: the kernel chooses one); wins over the run's own")
     p.set_defaults(func=handle)
 
 
 def handle(a) -> int:
     from pollbench.actions.worker import worker
 
-    return worker(a.master, a.processes, a.max_runs, a.once)
+    return worker(a.master, a.processes, a.max_runs, a.once, a.source_addresses)

@@ -14,6 +14,11 @@ The needs are estimates of the steady state (every user holding a poll at once):
 * backends: each holds at most ``max_waiters`` polls and ``max_connections`` connections;
   round-robin (or any balance with shared state) spreads the polls evenly, a key hash puts
   a channel's subscribers on one backend.
+* local ports: every connection from one source address to one destination address and
+  port needs a port of its own from the kernel's ``ip_local_port_range`` (read, not
+  assumed), on both hops: the load generator to nginx, and nginx to each backend.  More
+  source addresses lift it (``--source-addresses``; the nginx knob ``upstream_sources``):
+  the preflight chooses them on loopback when the load needs them.
 """
 
 from __future__ import annotations
@@ -37,6 +42,72 @@ def held_polls(load: LoadSpec) -> int:
     if not any(c in POLLERS for c in classes):
         return 0
     return max(load.users - (1 if "Publisher" in classes else 0), 0)
+
+
+# Of one pair's ports, the share a load may plan to hold at once: the rest for connections
+# being replaced (a re-poll's new connection before the old one is gone), TIME_WAIT, the
+# sampler's requests.
+PORT_SHARE = 0.9
+MAX_LOOPBACK_SOURCES = 254  # 127.0.0.1 to 127.0.0.254
+
+
+def usable_ports(port_range: tuple[int, int]) -> int:
+    return max(int((port_range[1] - port_range[0] + 1) * PORT_SHARE), 1)
+
+
+def loadgen_connections(load: LoadSpec) -> int:
+    """Connections the load generator holds at once: one per user (a publisher's requests in
+    flight and the odd reconnect are in the margin)."""
+    return load.users + 16
+
+
+def sources_needed(connections: int, port_range: tuple[int, int]) -> int:
+    """Source addresses that hold ``connections`` to one destination (1 or more)."""
+    return max(math.ceil(connections / usable_ports(port_range)), 1)
+
+
+def loopback_sources(count: int) -> list[str]:
+    """127.0.0.1 .. 127.0.0.COUNT: loopback aliases that need no set-up (all of 127/8 is
+    this host's)."""
+    return [f"127.0.0.{i}" for i in range(1, min(count, MAX_LOOPBACK_SOURCES) + 1)]
+
+
+def polls_per_backend(settings: dict[str, Any], state: str, load: LoadSpec) -> int:
+    """The most polls one backend holds: even spread, except a key hash with local state
+    (a channel's subscribers on one backend)."""
+    polls = held_polls(load)
+    backends = int(settings["backends"])
+    channels = load.channels if "ChannelSubscriber" in load.user_classes() else polls
+    hashed = state == "local" and settings.get("balance") == "key-hash"
+    return math.ceil(polls / min(backends, max(channels, 1))) if hashed \
+        else math.ceil(polls / backends)
+
+
+def port_warnings(settings: dict[str, Any], state: str, load: LoadSpec,
+                  port_range: tuple[int, int], target: str = "nginx") -> list[str]:
+    """Each hop whose busiest (source, destination) pair needs more ports than the range
+    gives, naming the option that spreads it."""
+    out = []
+    ports = port_range[1] - port_range[0] + 1
+    have = (f"ip_local_port_range {port_range[0]}-{port_range[1]} gives {ports:,} ports per "
+            "(source address, destination) pair")
+    sources = max(len(load.sources()), 1)
+    per_source = math.ceil(loadgen_connections(load) / sources)
+    if per_source > usable_ports(port_range):
+        need = sources_needed(loadgen_connections(load), port_range)
+        out.append(f"the load generator holds about {per_source:,} connections to {target} "
+                   f"from each of its {sources} source address(es); {have}: expect \"no free "
+                   f"local port\" failures: --source-addresses with {need} or more of this "
+                   "host's addresses spreads them (auto does on a loopback target)")
+    if held_polls(load):
+        upstream = int(settings.get("upstream_sources") or 1)
+        per_pair = math.ceil(polls_per_backend(settings, state, load) / upstream)
+        if per_pair > usable_ports(port_range):
+            out.append(f"nginx holds about {per_pair:,} connections to one backend from each "
+                       f"of its {upstream} source address(es); {have}: expect 502s "
+                       "(\"Cannot assign requested address\"; set the nginx knob "
+                       "upstream_sources)")
+    return out
 
 
 def nginx_capacity(settings: dict[str, Any]) -> tuple[int, int]:
@@ -112,12 +183,7 @@ def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadS
     if per_worker > nofile:
         out.append(f"each nginx worker needs about {per_worker:,} descriptors; its limit is "
                    f"{nofile:,}: expect \"Too many open files\" (set worker_rlimit_nofile)")
-    backends = int(settings["backends"])
-    # key-hash with local state: a channel's subscribers all on one backend
-    channels = load.channels if "ChannelSubscriber" in load.user_classes() else polls
-    hashed = state == "local" and settings.get("balance") == "key-hash"
-    per_backend = math.ceil(polls / min(backends, max(channels, 1))) if hashed \
-        else math.ceil(polls / backends)
+    per_backend = polls_per_backend(settings, state, load)
     if per_backend > max_waiters:
         out.append(f"about {per_backend:,} polls would wait on one backend; each holds at most "
                    f"{max_waiters:,} (the target's max_waiters): the rest get 503")

@@ -47,6 +47,18 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+SOURCE_ENV = loadtest_options.SOURCE_ENV  # a load host's own source addresses, for Locust
+
+
+def parse_sources(text: str) -> list[str]:
+    """``--source-addresses`` as :func:`loadtests.options.parse_source_addresses` reads it,
+    refused as a UserError."""
+    try:
+        return loadtest_options.parse_source_addresses(text)
+    except ValueError as e:
+        raise UserError(f"--source-addresses {e}") from None
+
+
 def parse_mix(text: str) -> dict[str, int]:
     """``--mix`` as :func:`loadtests.options.parse_mix` reads it, refused as a UserError."""
     try:
@@ -73,6 +85,9 @@ class LoadSpec:
     task_duration_ms: int = DEFAULTS.task_duration_ms
     task_payload_bytes: int = DEFAULTS.task_payload_bytes
     cpus: tuple[int, ...] | None = None  # the load generator runs only here (None: anywhere)
+    # "auto" (resolved by the preflight: one address unless the users need more ports), or a
+    # list / CIDR range ("" after resolving: the kernel chooses)
+    source_addresses: str = DEFAULTS.source_addresses
     faults: tuple[str, ...] = ()  # --fault AT:ACTION[=D][:TARGET] (pollbench.stack.faults)
 
     def fault_schedule(self) -> list[Fault]:
@@ -121,6 +136,12 @@ class LoadSpec:
         except ValueError as e:
             raise UserError(str(e)) from None
         self.fault_schedule()
+        self.sources()
+
+    def sources(self) -> list[str]:
+        """The source addresses asked for ([] for "auto" before the preflight resolved it,
+        and for the kernel's choice); refused in one line if the text is bad."""
+        return [] if self.source_addresses == "auto" else parse_sources(self.source_addresses)
 
     def locust_options(self) -> list[str]:
         """The pollbench options the locustfile defines (``--pb-*``)."""
@@ -131,6 +152,8 @@ class LoadSpec:
                 "--pb-task-payload-bytes", str(self.task_payload_bytes),
                 "--pb-connection", self.connection,
                 "--pb-retry-backoff", self.retry_backoff]
+        if self.sources():
+            opts += ["--pb-source-addresses", ",".join(self.sources())]
         if self.mix:
             opts += ["--pb-mix", ",".join(f"{k}:{v}" for k, v in parse_mix(self.mix).items())]
         return opts

@@ -112,3 +112,29 @@ class PortTaken(Exception):
     def __init__(self, port: int, holder: str):
         super().__init__(f"port {port} is claimed by another pollbench run ({holder})")
         self.port = port
+
+
+PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_PORT_RANGE = (32768, 60999)  # Linux's default, where the file cannot be read
+
+
+def local_port_range(path: Path = PORT_RANGE_FILE) -> tuple[int, int]:
+    """This host's (this network namespace's) ephemeral port range, as the kernel has it: the
+    ports one (source address, destination address and port) pair can use at once."""
+    try:
+        low, high = (int(x) for x in path.read_text().split()[:2])
+    except (OSError, ValueError):
+        return DEFAULT_PORT_RANGE
+    return (low, high) if 0 < low <= high <= 65535 else DEFAULT_PORT_RANGE
+
+
+def can_bind_source(address: str) -> str | None:
+    """Why a connection cannot be bound to the local ``address`` (None: it can).  Binds
+    without taking a port (IP_BIND_ADDRESS_NO_PORT), as the load generator does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+            s.bind((address, 0))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None

@@ -92,6 +92,17 @@ class Hosts:
             _ip("-n", self.bridge_ns, "link", "set", port, "master", "br0")
             _ip("-n", self.bridge_ns, "link", "set", port, "up")
 
+    def set_port_range(self, name: str, low: int, high: int) -> None:
+        """Host ``name``'s ephemeral port range (``net.ipv4.ip_local_port_range``, one per
+        namespace): the ports each (source, destination) pair of its connections can use."""
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError("a port range within 1024-65535")
+        proc = subprocess.run(self.cmd(name, ["sh", "-c", f"echo {low} {high} > "
+                                              "/proc/sys/net/ipv4/ip_local_port_range"]),
+                              capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise UserError(f"setting the port range in {self.ns(name)}: {proc.stderr.strip()}")
+
     def pids(self, ns: str) -> list[int]:
         proc = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
                               timeout=30)

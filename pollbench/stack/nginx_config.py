@@ -114,6 +114,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          100000),
     Knob("upstream_keepalive_requests", "int", "requests per upstream connection", 1, 10_000_000),
     Knob("upstream_keepalive_timeout", "int", "idle upstream connection timeout, s", 1, 3600),
+    Knob("upstream_sources", "int", "source addresses of nginx's connections to the backends, "
+         "127.0.0.1 to 127.0.0.N (proxy_bind): each has the whole ip_local_port_range to a "
+         "backend; unset: one (pollbench sets it when the held polls per backend need more)",
+         1, 254),
     Knob("proxy_buffering", "bool", "buffer upstream responses"),
     Knob("proxy_read_timeout", "int", "longest wait for the backend, s (> the app's max hold)",
          1, 3600, nullable=False),
@@ -341,4 +345,14 @@ def render(settings: Mapping[str, Any], paths: RenderPaths, listen_port: int,
         run_as_root = os.geteuid() == 0
     return template.render(s=settings, paths=paths, listen_port=listen_port,
                            backend_ports=backend_ports, run_as_root=run_as_root,
-                           listen_address=listen_address)
+                           listen_address=listen_address,
+                           upstream_split=upstream_split(settings["upstream_sources"] or 1))
+
+
+def upstream_split(count: int) -> list[tuple[str, str]]:
+    """split_clients' lines for ``count`` upstream source addresses: (share, address), the
+    last one ``*`` (the rest); [] for one address (nginx's own choice, no proxy_bind)."""
+    if count <= 1:
+        return []
+    share = f"{int(10000 / count) / 100:.2f}%"
+    return [(share if i < count else "*", f"127.0.0.{i}") for i in range(1, count + 1)]

@@ -16,15 +16,17 @@ mistake but may be meant comes back as warnings (logged, and kept in run.json).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pollbench.errors import UserError
 from pollbench.log import log
 from pollbench.paths import results_dir
-from pollbench.stack import capacity, disk, nginx_config
+from pollbench.stack import capacity, disk, net, nginx_config
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.spec import ResolvedStack, StackSpec
@@ -55,15 +57,20 @@ def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence
     results folder).  ``warn``: log the warnings as well as return them.  ``fit_access_log``:
     choose nginx's access-log mode for the load's length (a run; not a UI session, which has
     none)."""
-    if load is not None and fit_access_log:
-        spec = with_access_log(spec, load)
+    port_range = net.local_port_range()
+    if load is not None:
+        if fit_access_log:
+            spec = with_access_log(spec, load)
+        spec = with_upstream_sources(spec, load, port_range)
     resolved = spec.resolve(check_ports=check_ports, claim=claim)  # the stack's own knobs first
     try:
         warnings: list[str] = []
         every_fault = list(faults)
         if load is not None:
             load.validate(spec.max_hold_s)  # (the poll timeout is bounded by the stack's hold)
-            warnings = load_fits(resolved, load)
+            load = with_sources(load, resolved.url, port_range)
+            check_sources(load)
+            warnings = load_fits(resolved, load, port_range)
             every_fault += load.fault_schedule()
         check_fault_targets(resolved, every_fault)
         if load is not None and min_free_disk is not None:
@@ -98,7 +105,58 @@ def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
                                 f"{other['backends']} backends, the stack {backends}")
 
 
-def load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
+def with_upstream_sources(spec: StackSpec, load: LoadSpec,
+                          port_range: tuple[int, int]) -> StackSpec:
+    """The spec with nginx's upstream source addresses fixed: the user's or the profile's,
+    else as many as the busiest backend's held polls need (one, the kernel's choice, for
+    all but the largest loads)."""
+    settings = spec.settings()
+    if settings.get("upstream_sources") is not None:
+        return spec
+    per_backend = capacity.polls_per_backend(settings, spec.state_name(), load)
+    need = capacity.sources_needed(per_backend, port_range)
+    if need <= 1:
+        return spec
+    need = min(need, capacity.MAX_LOOPBACK_SOURCES)
+    log.info(f"about {per_backend:,} held polls per backend need more ports than one address "
+             f"has (ip_local_port_range {port_range[0]}-{port_range[1]}): nginx's connections "
+             f"to the backends spread over 127.0.0.1-127.0.0.{need} (upstream_sources = {need})")
+    return replace(spec, nginx_overrides={**spec.nginx_overrides, "upstream_sources": need})
+
+
+def with_sources(load: LoadSpec, target_url: str, port_range: tuple[int, int]) -> LoadSpec:
+    """The load with its source addresses resolved: "auto" on a loopback target becomes as
+    many loopback aliases as its connections need ("": one, the kernel's choice); anywhere
+    else the kernel chooses (the capacity check warns when one address will not do)."""
+    if load.source_addresses != "auto":
+        return load
+    host = urlsplit(target_url).hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    need = capacity.sources_needed(capacity.loadgen_connections(load), port_range)
+    if not loopback or need <= 1:
+        return replace(load, source_addresses="")
+    chosen = capacity.loopback_sources(need)
+    log.info(f"{load.users:,} users need more local ports than one address has "
+             f"(ip_local_port_range {port_range[0]}-{port_range[1]}): the load generator's "
+             f"connections spread over {chosen[0]}-{chosen[-1]} (--source-addresses)")
+    return replace(load, source_addresses=",".join(chosen))
+
+
+def check_sources(load: LoadSpec) -> None:
+    """Every source address is one of this host's (a connection can be bound to it)."""
+    for address in load.sources():
+        why = net.can_bind_source(address)
+        if why:
+            raise UserError(f"--source-addresses: {address} is not an address of this host "
+                            f"({why}); give addresses of its interfaces (on a loopback target "
+                            "any of 127.0.0.0/8)")
+
+
+def load_fits(resolved: ResolvedStack, load: LoadSpec,
+              port_range: tuple[int, int] | None = None) -> list[str]:
     """Refuse a load the target cannot hold as asked (one line); return warnings for what is
     probably a mistake."""
     warnings = []
@@ -122,6 +180,9 @@ def load_fits(resolved: ResolvedStack, load: LoadSpec) -> list[str]:
                                       load, app.max_waiters, app.max_connections,
                                       resolved.redis_settings.get("maxclients")
                                       if started_redis else None)
+    warnings += capacity.port_warnings(resolved.settings, resolved.state, load,
+                                       port_range or net.local_port_range(),
+                                       target=resolved.url.split("//", 1)[-1])
     cores = os.cpu_count() or 1
     if load.workers > cores:
         warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "
