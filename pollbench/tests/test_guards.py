@@ -3,6 +3,7 @@ started with SIGINT ignored, and a test that pytest-timeout cannot stop ends its
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -71,3 +72,23 @@ def test_the_backstop_follows_pytest_timeouts_own_order(monkeypatch):
     assert limit_s(item()) == 900
     assert limit_s(item(option=60)) == 60
     assert limit_s(item(marker=SimpleNamespace(args=(5,), kwargs={}), option=60)) == 5
+
+
+def test_a_phase_the_selection_leaves_empty_passes_but_an_empty_suite_does_not(tmp_path):
+    """``tox -e py -- -k NAME`` runs two phases (not serial, then serial): the one without
+    NAME selects nothing, which must not fail the tox run; nothing selected by the markers
+    alone (no -k, no paths) is still exit 5."""
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntestpaths = .\nmarkers =\n    serial\n")
+
+    def pytest(*args: str) -> int:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "-p", "pollbench.tests.guards", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}
+                              ).returncode
+
+    assert pytest("-m", "serial", "-k", "test_one") == 0      # the serial phase of -k
+    assert pytest("-m", "not serial", "-k", "test_one") == 0  # (the one that ran it)
+    assert pytest("-m", "serial", "test_one.py") == 0         # a file given
+    assert pytest("-m", "serial") == 5                        # nothing, not narrowed
