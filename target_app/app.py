@@ -305,6 +305,16 @@ class BaseHandler(tornado.web.RequestHandler):
         # Never hold past nginx's proxy_read_timeout: that would be a 504 and a backend marked down.
         return min(value, self.service.config.max_hold_s)
 
+    async def wait_more(self, waiters, deadline: float) -> str:
+        """After a read that had nothing to answer: "read" once woken (read again),
+        "timeout" when the hold is over (its deadline passed, or the server is shutting
+        down: the caller answers "nothing yet"), "gone" when the client left meanwhile."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0 or self.service.shutting_down:
+            return "timeout"
+        await self.wait(waiters, remaining)
+        return "gone" if self.client_gone else "read"
+
     async def wait(self, waiters, timeout: float) -> bool:
         """Hold until woken (True) or timed out / disconnected (False)."""
         service = self.service
@@ -392,12 +402,10 @@ class TaskHandler(BaseHandler):
                 if task.done:
                     self.result(task)
                     return
-                remaining = deadline - loop.time()
-                if remaining <= 0 or service.shutting_down:
-                    self.not_yet()
-                    return
-                await self.wait(handle.waiters, remaining)
-                if self.client_gone:
+                after = await self.wait_more(handle.waiters, deadline)
+                if after != "read":
+                    if after == "timeout":
+                        self.not_yet()
                     return
         finally:
             tasks.release(task_id, handle)
@@ -488,12 +496,10 @@ class ChannelHandler(BaseHandler):
                 if answer is not None:
                     await self.delivered(answer)
                     return
-                remaining = deadline - loop.time()
-                if remaining <= 0 or service.shutting_down:
-                    self.timed_out(position)
-                    return
-                await self.wait(handle.waiters, remaining)
-                if self.client_gone:
+                after = await self.wait_more(handle.waiters, deadline)
+                if after != "read":
+                    if after == "timeout":
+                        self.timed_out(position)
                     return
         finally:
             channels.release(handle)
