@@ -17,7 +17,7 @@ user-space clock (time.time() after parsing), which adds its own queueing.
 Prints, per load, each run and then the medians with the spread over pairs of:
 delivery p50 / p99 of each client, their ratio, and load-generator CPU-seconds
 per 1,000 deliveries; and whether the bounds hold (p50 within 1 ms or 10 %,
-p99 within 20 %, CPU per delivery at most 2x the reference's), on the medians
+p99 within 20 %, CPU per delivery at most 1.2x the reference's), on the medians
 over pairs, and in how many pairs each holds.  ``--json FILE``
 keeps every figure.  Traffic goes to 127.0.0.1 only; every run is bounded.
 """
@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+CPU_BOUND = 1.2  # the load generator's CPU per delivery, at most this times the reference's
 sys.path.insert(0, str(REPO))
 
 from analysis.hdr import merged, percentiles_ms, read_hdr_log  # noqa: E402
@@ -146,10 +147,11 @@ def spread(values: list[float]) -> str:
 
 
 def bounds(pb: dict, ref: dict) -> dict[str, bool]:
-    """Issue 10's bounds: p50 within max(1 ms, 10 %), p99 within 20 %, CPU per delivery <= 2x."""
+    """The bounds: p50 within max(1 ms, 10 %), p99 within 20 %, CPU per delivery <= 1.2x
+    (issue 10 set 2x; issue 38, a lighter load generator, 1.2x)."""
     return {"p50": abs(pb["p50_ms"] - ref["p50_ms"]) <= max(1.0, 0.10 * ref["p50_ms"]),
             "p99": abs(pb["p99_ms"] - ref["p99_ms"]) <= 0.20 * ref["p99_ms"],
-            "cpu": pb["cpu_s_per_1k"] <= 2 * ref["cpu_s_per_1k"]}
+            "cpu": pb["cpu_s_per_1k"] <= CPU_BOUND * ref["cpu_s_per_1k"]}
 
 
 def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels: int) -> list[str]:
@@ -192,7 +194,7 @@ def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels:
     lines.append("bounds on the medians: "
                  f"p50 within max(1 ms, 10 %): {'yes' if ok['p50'] else 'NO'}; "
                  f"p99 within 20 %: {'yes' if ok['p99'] else 'NO'}; "
-                 f"CPU per delivery <= 2x: {'yes' if ok['cpu'] else 'NO'} "
+                 f"CPU per delivery <= {CPU_BOUND:g}x: {'yes' if ok['cpu'] else 'NO'} "
                  f"(pairs within each bound: {held['p50']}/{n}, {held['p99']}/{n}, "
                  f"{held['cpu']}/{n})")
     return lines

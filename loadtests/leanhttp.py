@@ -33,6 +33,14 @@ it connects, with ``IP_BIND_ADDRESS_NO_PORT`` so that the port is chosen at conn
 range to every destination, which is how one host holds more connections to one address
 and port than ``ip_local_port_range`` has ports.
 
+Timeouts: a request (send and read) that takes longer than ``timeout`` fails with
+``TimeoutError("timed out")``.  The sockets themselves wait without a timeout: gevent makes a
+Timeout object and a timer for every wait on a socket that has one, a tenth of the client's
+CPU per long-poll answer (py-spy, 1,000 subscribers).  Instead one watchdog greenlet per
+process looks at the busy connections a few times a timeout and closes any past its
+deadline, which wakes the waiting read with an error that the request turns into the
+timeout.
+
 Sockets are gevent's (cooperative).  This module imports gevent, not locust.
 """
 
@@ -41,7 +49,9 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
+import weakref
 
+import gevent
 from gevent import socket
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; absent elsewhere
@@ -62,6 +72,35 @@ def _numeric_family(host: str) -> int | None:
     except ValueError:
         return None
     return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+
+_live: weakref.WeakSet[LeanConnection] = weakref.WeakSet()  # every connected client
+_watchdog: gevent.Greenlet | None = None
+_watch_every_s = 5.0  # a quarter of the shortest timeout seen (0.05 to 5 s)
+
+
+def _watch() -> None:
+    """Close every connection busy past its timeout, until none is connected."""
+    while _live:
+        gevent.sleep(_watch_every_s)
+        now = time.monotonic()
+        for conn in list(_live):
+            since = conn.busy_since
+            if since and now - since > conn.timeout and conn.sock is not None:
+                conn.expired = True
+                conn.close()  # the greenlet waiting on it wakes with an error
+
+
+def _watch_over(conn: LeanConnection) -> None:
+    global _watchdog, _watch_every_s
+    _live.add(conn)
+    every = max(min(conn.timeout / 4, 5.0), 0.05)
+    if every < _watch_every_s and _watchdog is not None:
+        _watchdog.kill(block=False)  # (asleep for the longer interval)
+        _watchdog = None
+    _watch_every_s = min(_watch_every_s, every)
+    if _watchdog is None or _watchdog.dead:
+        _watchdog = gevent.spawn(_watch)
 
 
 class HttpError(Exception):
@@ -112,6 +151,8 @@ class LeanConnection:
         self.buf = b""
         self.connects = 0
         self.idle_since = 0.0  # time.monotonic() when the last answer was read
+        self.busy_since = 0.0  # time.monotonic() when the request under way began (0: none)
+        self.expired = False  # the watchdog closed it: the request under way timed out
         self.family = _numeric_family(host)
 
     # --- connection
@@ -140,9 +181,10 @@ class LeanConnection:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             except OSError:
                 self.kernel_timestamps, self.clock = False, CLOCK_USER
-        sock.settimeout(self.timeout)
+        sock.settimeout(None)  # waits without a gevent Timeout each: the watchdog times out
         self.sock, self.buf = sock, b""
         self.connects += 1
+        _watch_over(self)
         return sock
 
     def close(self) -> None:
@@ -160,20 +202,27 @@ class LeanConnection:
         connection idle for longer than ``stale_after_s`` is first checked: one the server
         has closed meanwhile (nginx's keepalive_timeout) is replaced before the request is
         sent, as browsers do, instead of failing it."""
-        if self.sock is not None and time.monotonic() - self.idle_since > self.stale_after_s \
+        now = time.monotonic()
+        if self.sock is not None and now - self.idle_since > self.stale_after_s \
                 and self._peer_closed():
             self.close()
-        sock = self.sock or self._connect()
+        self.busy_since = now
         try:
+            sock = self.sock or self._connect()
             # one send() takes a request this small whole; gevent's sendall asks the socket
             # for SO_SNDBUF on every call to size its chunks (a syscall per request)
             sent = sock.send(raw)
             if sent < len(raw):
                 sock.sendall(raw[sent:])
             resp = self._read_response(raw.startswith(b"HEAD "))
-        except BaseException:
+        except BaseException as e:
+            self.busy_since = 0.0
             self.close()
+            if self.expired:
+                self.expired = False
+                raise TimeoutError("timed out") from e
             raise
+        self.busy_since = 0.0
         if close or resp.headers.get("connection", "").lower() == "close":
             self.close()
         self.idle_since = time.monotonic()
@@ -194,7 +243,7 @@ class LeanConnection:
             return True
         finally:
             if self.sock is not None:
-                self.sock.settimeout(self.timeout)
+                self.sock.settimeout(None)
 
     def _recv(self) -> tuple[bytes, float]:
         """One read: its bytes and the receipt time of its last segment."""

@@ -202,3 +202,19 @@ def test_a_request_larger_than_the_socket_buffer_arrives_whole():
         conn.close()
         thread.join(10)
         srv.close()
+
+
+def test_a_request_the_server_never_answers_times_out_and_drops_the_connection():
+    """The sockets wait without a timeout of their own; the watchdog ends a request that
+    passes the connection's, as a timeout (the cause a user sees: "timed out")."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    conn = LeanConnection("127.0.0.1", srv.getsockname()[1], timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="timed out"):
+        conn.request(build_request("GET", "/never", "h"))
+    waited = time.monotonic() - t0
+    assert 0.5 <= waited < 3.0, waited
+    assert conn.sock is None and not conn.expired
+    srv.close()

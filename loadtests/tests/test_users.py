@@ -103,3 +103,46 @@ def test_subscriber_counts_every_kind_of_loss_once_and_feeds_locust_rows():
     assert out["requests"][1] == "GET /channels/ch0?timeout=1&cursor=5&epoch=e1 HTTP/1.1"
     assert out["requests"][6] == "GET /channels/ch0?timeout=1&cursor=1&epoch=e2 HTTP/1.1"
     assert out["clock"].startswith("kernel")
+
+
+ROWS_SCRIPT = textwrap.dedent('''
+    import json, random
+    from locust.stats import RequestStats, StatsEntry
+    from loadtests.recorder import LocustRows
+
+    rng = random.Random(7)
+    samples = [rng.choice([rng.uniform(0.1, 99), rng.uniform(100, 999), rng.uniform(1000, 90000)])
+               for _ in range(5000)]
+    batched, direct = RequestStats(), RequestStats()
+    rows = LocustRows(batched)
+    for i, ms in enumerate(samples):
+        rows.log("GET", "/a", ms, i % 7)
+        direct.get("/a", "GET").log(ms, i % 7)
+        direct.total.log(ms, i % 7)
+        if i % 1000 == 999:
+            rows.merge()
+    rows.merge()
+    out = {}
+    for name, stats in (("batched", batched), ("direct", direct)):
+        for row in ("row", "total"):
+            e = stats.get("/a", "GET") if row == "row" else stats.total
+            out[f"{name}-{row}"] = [e.num_requests, round(e.total_response_time, 6),
+                                    e.min_response_time, e.max_response_time,
+                                    e.total_content_length, sorted(e.response_times.items()),
+                                    [e.get_response_time_percentile(q) for q in (0.5, 0.95, 0.99)],
+                                    sum(e.num_reqs_per_sec.values())]
+    print(json.dumps(out))
+''')
+
+
+def test_batched_rows_read_as_locusts_own_logging_of_the_same_requests():
+    """LocustRows batches successes and merges them 4 times a second: Locust's rows (counts,
+    sums, min, max, bytes, rounded buckets, percentiles) must read as if every request had
+    been logged by Locust itself."""
+    proc = subprocess.run([sys.executable, "-c", ROWS_SCRIPT], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["batched-row"] == got["direct-row"]
+    assert got["batched-total"] == got["direct-total"]
+    assert got["batched-row"][0] == 5000
