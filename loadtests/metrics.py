@@ -224,6 +224,12 @@ class MetricsPlumbing:
             self.flush()
             if measure_clock(self.env, self.recorder, "after"):
                 self.flush()  # the "after" event, right behind the last interval
+            if self.is_worker:
+                # a worker on its way out (Locust's "quit" stops the test, then the process
+                # exits): zmq sends from a thread of its own, and what is still queued at
+                # exit is dropped (a fresh-clone CI run lost one worker's "after" clock
+                # event so).  The master waits 0.5 s for these last messages.
+                gevent.sleep(0.1)
         if self.live is not None:
             self.live.stop(time.time())
         if self.tests is not None:
