@@ -10,6 +10,7 @@ Exit codes are decided here only (their values are defined in :mod:`analysis.cat
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -17,8 +18,17 @@ from analysis.catalog import EXIT_BROKEN, EXIT_INTERRUPTED, EXIT_RUN_FAILED
 from pollbench import __version__
 from pollbench.errors import RunFailed, UserError
 
+_MAIN_PID = os.getpid()  # the process whose handler this is (set again when installed)
+
 
 def _sigterm_as_interrupt(signum, frame):
+    if os.getpid() != _MAIN_PID:
+        # a forked child (a report's chart process) that has not yet put its own handlers
+        # in place: it dies as SIGTERM's default would, not with a KeyboardInterrupt
+        # traceback on the terminal (seen once in a CI run, after a Ctrl-C)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise KeyboardInterrupt
 
 
@@ -65,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from pollbench import log
 
     log.setup(log.QUIET if args.quiet else log.VERBOSE if args.verbose else log.NORMAL)
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         if args.command in ("run", "check", "sweep", "ui"):
