@@ -149,16 +149,27 @@ def test_the_port_range_is_read_from_the_kernel(tmp_path):
     assert 0 < low <= high <= 65535
 
 
-def _run_in(hosts, out: Path, *args: str, profile: str = "longpoll"
+def _run_in(hosts, out: Path, *args: str, profile: str = "longpoll", duration: str = "20s"
             ) -> tuple[subprocess.CompletedProcess, dict]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(hosts.cmd("lab", pollbench_cmd(
         "run", "--profile", profile, "--backends", "2", "--users", "2501",
-        "--channels", "10", "--publish-rate", "2", "--poll-timeout", "10", "--duration", "25s",
+        "--channels", "10", "--publish-rate", "2", "--poll-timeout", "10", "--duration", duration,
         "--no-report", "--out", str(out), *args)), cwd=REPO, env=env, capture_output=True,
         text=True, timeout=240)
     record = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     return proc, record
+
+
+def _reached(record: dict) -> set[str]:
+    return {r["limit"] for r in record["limits"]["reached"]}
+
+
+def _limit(record: dict, name: str) -> dict:
+    """The limit ``name`` as the run named it (what ran out, when, the cure)."""
+    found = [r for r in record["limits"]["reached"] if r["limit"] == name]
+    assert found, record["limits"]
+    return found[0]
 
 
 def _peak_client_connections(run: Path) -> int:
@@ -170,7 +181,7 @@ def _peak_client_connections(run: Path) -> int:
 def test_2500_subscribers_hold_through_1000_ports_only_with_spread_addresses(tmp_path):
     """In a namespace with 1,000 ephemeral ports: 2,501 users (2,500 held polls, 1,250 on
     each of 2 backends) need more than one address on both hops.  Spread (auto): 0 failed,
-    0 lost; one address: the run names the load generator's ports as what ran out first;
+    0 lost; one address: the run names the load generator's ports as what ran out;
     nginx with one address to the backends: nginx's ports to a backend.
     Where namespaces cannot be made this fails, never skips in silence."""
     why_not = netns.available()
@@ -186,24 +197,27 @@ def test_2500_subscribers_hold_through_1000_ports_only_with_spread_addresses(tmp
         assert record["stack"]["nginx"]["upstream_sources"] == 2
         lg = record["loadgen"]
         assert lg["failures"] == 0 and lg["lost"] == 0 and lg["duplicates"] == 0, lg
-        assert lg["delivered"] > 2500 * 3, lg  # (2 messages/s over 10 channels: 0.2/s each)
+        assert lg["delivered"] > 2500 * 2, lg  # (2 messages/s over 10 channels: 0.2/s each)
         assert _peak_client_connections(tmp_path / "spread") >= 2500  # all held at once
-        assert record["limits"]["first"] is None, record["limits"]
+        # no port ran out (the machine's CPU may be named: the suite runs 2 tests at a time)
+        assert not _reached(record) & {"loadgen_ports", "upstream_ports"}, record["limits"]
 
-        proc, record = _run_in(hosts, tmp_path / "one", "--source-addresses", "127.0.0.1")
+        proc, record = _run_in(hosts, tmp_path / "one", "--source-addresses", "127.0.0.1",
+                               duration="12s")
         assert record, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "no free local port" in proc.stdout + proc.stderr  # the capacity warning
         assert record["loadgen"]["failures"] > 0
-        first = record["limits"]["first"]
-        assert first is not None and first["limit"] == "loadgen_ports", record["limits"]
-        assert "--source-addresses" in first["cure"]
+        ports = _limit(record, "loadgen_ports")  # named (first, unless the machine's CPU was)
+        assert "--source-addresses" in ports["cure"]
+        assert _reached(record) <= {"loadgen_ports", "cpu"}, record["limits"]
 
         profile = tmp_path / "one-upstream-source.toml"
         profile.write_text('extends = "longpoll"\ndescription = "one source to the backends"\n'
                            '[nginx]\nupstream_sources = 1\n')
-        proc, record = _run_in(hosts, tmp_path / "upstream", profile=str(profile))
+        proc, record = _run_in(hosts, tmp_path / "upstream", profile=str(profile),
+                               duration="12s")
         assert record, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "set the nginx knob upstream_sources" in proc.stdout + proc.stderr
         assert len(record["parameters"]["source_addresses"]) == 3  # (the first hop holds)
-        first = record["limits"]["first"]
-        assert first is not None and first["limit"] == "upstream_ports", record["limits"]
+        assert "upstream_sources" in _limit(record, "upstream_ports")["cure"]
+        assert "loadgen_ports" not in _reached(record), record["limits"]
