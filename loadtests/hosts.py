@@ -21,6 +21,7 @@ from typing import Any
 import gevent
 
 from analysis.catalog import WORKER_CONNECTED_MARK, WORKER_REFUSED_MARK
+from loadtests.options import SOURCE_ENV, parse_source_addresses
 from loadtests.recorder import Recorder, Sink
 
 HELLO_TYPE = "pollbench_hello"
@@ -71,7 +72,8 @@ class MasterWorkers:
             self.runner.send_message(REFUSE_TYPE, {"reason": reason}, client_id=msg.node_id)
             event: dict[str, Any] = {"kind": "worker_refused", "node": node, "reason": reason}
         else:
-            event = {"kind": "worker_joined", "node": node, "host": data.get("host")}
+            event = {"kind": "worker_joined", "node": node, "host": data.get("host"),
+                     "source_addresses": data.get("source_addresses") or []}
         if self.sink is not None:
             self.sink.event("master", event)
 
@@ -112,7 +114,10 @@ def say_hello(runner) -> None:
 
     runner.register_message(REFUSE_TYPE, on_refused)
     runner.send_message(HELLO_TYPE, {"pollbench": pollbench_version(),
-                                     "host": socket.gethostname(), "pid": os.getpid()})
+                                     "host": socket.gethostname(), "pid": os.getpid(),
+                                     # this load host's own (pollbench worker --source-addresses)
+                                     "source_addresses": parse_source_addresses(
+                                         os.environ.get(SOURCE_ENV, ""))})
     log.info("%s %s:%s (pollbench %s)", CONNECTED_MARK, runner.master_host,
              runner.master_port, pollbench_version())
 

@@ -320,7 +320,8 @@ def _collect(client: AgentClient, run_dir: Path, record: dict, at_start: dict, t
     lost = [e for e in events if e.get("kind") == "worker_lost"]
     refused = [e for e in events if e.get("kind") == "worker_refused"]
     record["distributed"].update(
-        workers_joined=[{"node": e.get("node"), "host": e.get("host")} for e in joined],
+        workers_joined=[{"node": e.get("node"), "host": e.get("host"),
+                         "source_addresses": e.get("source_addresses") or []} for e in joined],
         workers_lost=[{"node": e.get("node"), "host": e.get("host")} for e in lost],
         workers_refused=[e.get("reason") for e in refused])
     if lost:

@@ -143,7 +143,9 @@ def test_a_run_across_four_namespaces(tmp_path):
             up, up_log = start(hosts, "target", "up", "up", "--bind", t, "--port", "8080",
                                "--backend-port", "8000", "--agent-port", "9100",
                                "--agent-token", TOKEN, "--out", str(tmp_path / "up"))
-            workers = [start(hosts, w, w, "worker", "--master", f"{c}:5557", "--max-runs", "2")
+            # w1 binds its connections to its own address, as a host with several would
+            workers = [start(hosts, w, w, "worker", "--master", f"{c}:5557", "--max-runs", "2",
+                             *(["--source-addresses", hosts.address(w)] if w == "w1" else []))
                        for w in ("w1", "w2")]
             _wait_for(up_log, "Ctrl-C stops everything", up, 60)
             remote = ["--target", f"http://{t}:8080", "--agent", f"http://{t}:9100",
@@ -161,6 +163,8 @@ def test_a_run_across_four_namespaces(tmp_path):
             assert lg["delivered"] > 200
             assert (lg["lost"], lg["duplicates"], lg["failures"]) == (0, 0, 0)
             assert len(info["distributed"]["workers_joined"]) == 2
+            assert sorted(w["source_addresses"] for w in info["distributed"]["workers_joined"]
+                          ) == [[], [hosts.address("w1")]]  # each load host's own, recorded
             assert info["distributed"]["workers_lost"] == []
             for worker, cpu in info["distributed"]["workers_cpu_percent"].items():
                 assert 1 < cpu < 100, (worker, cpu)  # each worker's own count, per second
