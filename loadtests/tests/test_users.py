@@ -107,7 +107,7 @@ def test_subscriber_counts_every_kind_of_loss_once_and_feeds_locust_rows():
 
 ROWS_SCRIPT = textwrap.dedent('''
     import json, random
-    from locust.stats import RequestStats, StatsEntry
+    from locust.stats import RequestStats
     from loadtests.recorder import LocustRows
 
     rng = random.Random(7)

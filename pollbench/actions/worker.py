@@ -23,8 +23,8 @@ from pollbench import __version__
 from pollbench.errors import RunFailed, UserError
 from pollbench.paths import LOCUSTFILE
 from pollbench.stack.loadgen import SOURCE_ENV, parse_sources
-from pollbench.stack.net import can_bind_source
 from pollbench.stack.nginx_config import check_listen_address
+from pollbench.stack.preflight import check_sources
 from pollbench.stack.processes import die_with_parent
 
 DEFAULT_MASTER_PORT = 5557
@@ -70,11 +70,7 @@ def worker(master: str, processes: int = 1, max_runs: int = 1000, once: bool = F
     they win over the run's, which the master sends to every worker alike."""
     host, port = parse_master(master)
     sources = parse_sources(source_addresses)
-    for address in sources:
-        why = can_bind_source(address)
-        if why:
-            raise UserError(f"--source-addresses: {address} is not an address of this host "
-                            f"({why}); give addresses of its interfaces")
+    check_sources(sources)
     if not 1 <= processes <= 64:
         raise UserError(f"--processes must be from 1 to 64 (it is {processes})")
     if not 1 <= max_runs <= 100_000:

@@ -69,7 +69,7 @@ def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence
         if load is not None:
             load.validate(spec.max_hold_s)  # (the poll timeout is bounded by the stack's hold)
             load = with_sources(load, resolved.url, port_range)
-            check_sources(load)
+            check_sources(load.sources())
             warnings = load_fits(resolved, load, port_range)
             every_fault += load.fault_schedule()
         check_fault_targets(resolved, every_fault)
@@ -145,9 +145,10 @@ def with_sources(load: LoadSpec, target_url: str, port_range: tuple[int, int]) -
     return replace(load, source_addresses=",".join(chosen))
 
 
-def check_sources(load: LoadSpec) -> None:
-    """Every source address is one of this host's (a connection can be bound to it)."""
-    for address in load.sources():
+def check_sources(addresses: list[str]) -> None:
+    """Every source address is one of this host's (a connection can be bound to it): the
+    run's (its load generator's) and a load host's (pollbench worker) alike."""
+    for address in addresses:
         why = net.can_bind_source(address)
         if why:
             raise UserError(f"--source-addresses: {address} is not an address of this host "
