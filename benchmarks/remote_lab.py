@@ -36,7 +36,9 @@ from pollbench.stack import netns  # noqa: E402
 
 PY = sys.executable
 FIGURES = ("delivery_latency_p50", "delivery_latency_p99", "error_rate",
-           "requests_per_connection_upstream", "cpu_percent_nginx", "cpu_percent_backends")
+           "requests_per_connection_upstream", "cpu_percent_nginx", "cpu_percent_backends",
+           "cpu_per_kdelivery_stack", "cpu_per_kdelivery_nginx", "cpu_per_kdelivery_backends",
+           "cpu_per_kdelivery_loadgen")
 
 
 def pb(*args: str) -> list[str]:
@@ -101,6 +103,7 @@ def figures(out: Path) -> dict:
             "ran_out_first": cell.get("ran_out_first"),
         }
     return {"cells": cells, "ranking": manifest.get("ranking"),
+            "cost_ranking": manifest.get("cost_ranking"),
             "plan": [{k: e.get(k) for k in ("run", "status", "attempts", "cooldown")}
                      for e in manifest["plan"]]}
 
@@ -182,12 +185,14 @@ def main() -> int:
         cpu = [round(sum(w.values()), 1) for w in cell["workers_cpu"] if w]
         print(f"| {label} | " + " | ".join(fmt(cell[k]) for k in FIGURES)
               + f" | {cell['failed_requests']} | {cpu} |")
-    ranking = result.get("ranking") or {}
-    print(f"\nranking by {ranking.get('metric')}:")
-    for r in ranking.get("rows", []):
-        pv = "" if r["p_value"] is None else f", p={r['p_value']:.3g}"
-        change = "" if r["change_vs_best"] is None else f" ({r['change_vs_best']:+.1%})"
-        print(f"  {r['rank']}. {r['label']}: {r['value']}{change} {r['verdict']}{pv}")
+    for ranking in (result.get("ranking") or {}, result.get("cost_ranking") or {}):
+        if not ranking:
+            continue
+        print(f"\nranking by {ranking.get('metric')}:")
+        for r in ranking.get("rows", []):
+            pv = "" if r["p_value"] is None else f", p={r['p_value']:.3g}"
+            change = "" if r["change_vs_best"] is None else f" ({r['change_vs_best']:+.1%})"
+            print(f"  {r['rank']}. {r['label']}: {r['value']}{change} {r['verdict']}{pv}")
     if a.json:
         a.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return 0

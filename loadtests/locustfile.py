@@ -58,7 +58,8 @@ def add_options(parser) -> None:
     g.add_argument("--pb-tests", default="", include_in_web_ui=False,
                    help="web UI: a folder per test started in the UI (pollbench ui sets it)")
     g.add_argument("--pb-live", default="", include_in_web_ui=False,
-                   help="web UI: the target-side sample file (pollbench ui sets it)")
+                   help="the target-side sample file, rewritten each second (pollbench sets it): "
+                        "the web UI tab's and the Prometheus endpoint's CPU figures")
     g.add_argument("--pb-metrics-port", type=int, default=0, include_in_web_ui=False,
                    help="serve the run's live figures for Prometheus on 127.0.0.1:PORT/metrics "
                         "(pollbench sets it; 0: none)")

@@ -88,7 +88,8 @@ class MetricsPlumbing:
 
             sink = self.sink
             self.openmetrics = LoadgenMetrics(
-                (lambda: sink.epoch_loss.lost()) if sink is not None else (lambda: 0))
+                (lambda: sink.epoch_loss.lost()) if sink is not None else (lambda: 0),
+                Path(live_path) if live_path else None)
             try:
                 self._openmetrics_server = serve(self.openmetrics, metrics_port)
             except OSError as e:  # taken since pollbench chose it: the run goes on without

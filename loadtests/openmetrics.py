@@ -6,7 +6,13 @@ What it says is the run's own accounting, not Locust's rounded rows: the counter
 interval (deliveries, HTTP requests, failures by cause, lost messages by kind, duplicates)
 and delivery latency as a Prometheus histogram whose buckets are counted from the lossless
 HdrHistogram of all deliveries so far (each bucket's count exact to the HDR's 3 significant
-digits; the bounds are :data:`LATENCY_BUCKETS_S`).  Rendered at scrape time by
+digits; the bounds are :data:`LATENCY_BUCKETS_S`).  With the run's target-side sample
+(``samples/live.json``, rewritten each second by pollbench's sampler), also what the work
+costs: each component's CPU seconds as a counter (``component_cpu_seconds_total``, by
+``component``: backend-N, nginx, redis, loadgen) and the cost per 1,000 deliveries of the
+stack, backends, nginx, Redis and load generator so far (``cost_per_kdelivery_seconds``,
+CPU seconds since the first interval over the deliveries since then: the web UI tab's
+figure).  Rendered at scrape time by
 ``prometheus_client`` (text format 0.0.4, or OpenMetrics 1.0 on ``Accept:
 application/openmetrics-text``); names follow Prometheus' conventions (``pollbench_loadgen_``,
 ``_seconds``, ``_total``).  Nothing is added to the per-request path: one HDR decode and add
@@ -14,6 +20,9 @@ per interval and Locust process.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
@@ -50,12 +59,32 @@ def _le(bound: float) -> str:
 class LoadgenMetrics:
     """The run's totals so far, fed one interval at a time (``add``)."""
 
-    def __init__(self, epoch_lost=lambda: 0) -> None:
+    def __init__(self, epoch_lost=lambda: 0, live_path: Path | None = None) -> None:
         self.totals: dict[str, int] = {}
         self.delivery = new_histogram()
         self.epoch_lost = epoch_lost  # exact epoch loss so far (the Sink counts it)
+        self.live_path = live_path  # the sampler's latest sample: CPU time per component
+        # (CPU seconds per component, deliveries) when the first interval came: the cost's origin
+        self.cost_base: tuple[dict[str, float], int] | None = None
+
+    def cpu_time_s(self) -> dict[str, float] | None:
+        """Each component's CPU seconds so far, as the sampler last read them (None: no
+        sample yet, or no sampler)."""
+        if self.live_path is None:
+            return None
+        try:
+            cpu = json.loads(self.live_path.read_text()).get("cpu_time_s")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return cpu if isinstance(cpu, dict) and cpu else None
 
     def add(self, payload: dict) -> None:
+        if self.cost_base is None and self.live_path is not None:
+            # the first interval with a sample: CPU and deliveries count from its end
+            cpu = self.cpu_time_s()
+            if cpu is not None:
+                self.cost_base = (cpu, self.totals.get("delivered", 0)
+                                  + payload["counters"].get("delivered", 0))
         for name, n in payload["counters"].items():
             self.totals[name] = self.totals.get(name, 0) + n
         encoded = payload["hists"].get(DELIVERY)
@@ -99,6 +128,39 @@ class LoadgenMetrics:
                                     "time) -> message received by a subscriber, from the "
                                     "lossless HDR data", buckets=cumulative_buckets(self.delivery),
                                     sum_value=total_us / 1e6)
+        yield from self._cost()
+
+    def _cost(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from loadtests.live import cost_groups
+
+        cpu = self.cpu_time_s()
+        if cpu is None:
+            return
+        family = CounterMetricFamily(PREFIX + "component_cpu_seconds", "CPU seconds of each "
+                                     "process group of the run (its own CPU time, read once a "
+                                     "second by the run's sampler; a restarted process starts "
+                                     "again from 0)", labels=["component"])
+        for component, seconds in sorted(cpu.items()):
+            family.add_metric([component], seconds)
+        yield family
+        if self.cost_base is None:
+            return
+        base, delivered0 = self.cost_base
+        delivered = self.totals.get("delivered", 0) - delivered0
+        if delivered <= 0:
+            return
+        # CPU spent since the first interval (a restarted process counts from its new start)
+        spent = {k: v - base.get(k, 0.0) if v >= base.get(k, 0.0) else v for k, v in cpu.items()}
+        cost = GaugeMetricFamily(PREFIX + "cost_per_kdelivery_seconds", "CPU seconds per "
+                                 "1,000 deliveries since the load's first interval, by what "
+                                 "the run prices (stack = nginx + backends + Redis)",
+                                 labels=["component"])
+        for group, seconds in cost_groups(spent).items():
+            cost.add_metric(["loadgen" if group == "load generator" else group],
+                            seconds / delivered * 1000)
+        yield cost
 
 
 def _values(hist: HdrHistogram):

@@ -3,6 +3,9 @@ counted from the lossless HDR data."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
@@ -52,3 +55,38 @@ def test_two_intervals_add_up_exactly_with_latency_buckets_from_the_hdr_data():
     expected_sum = (10 * 1.5 + 5 * 30 + 2 * 700 + 3000) / 1000
     assert abs(m[("pollbench_loadgen_delivery_latency_seconds_sum", ())] - expected_sum) \
         < expected_sum * 0.002  # HDR: 3 significant digits
+
+
+def test_cost_per_delivery_counts_cpu_and_deliveries_from_the_first_interval(tmp_path):
+    live = tmp_path / "live.json"
+
+    def sample(cpu: dict[str, float]) -> None:
+        live.write_text(json.dumps({"time": 1.0, "cpu_time_s": cpu}))
+
+    metrics = LoadgenMetrics(live_path=live)
+    assert not any(name.startswith("pollbench_loadgen_co") for name, _ in scrape(metrics)), \
+        "no sample yet: no CPU figure"
+    sample({"backend-0": 10.0, "backend-1": 20.0, "nginx": 5.0, "loadgen": 8.0})
+    metrics.add(interval({2: 100}, {"delivered": 100, "requests": 100}))  # the origin
+    sample({"backend-0": 10.6, "backend-1": 20.4, "nginx": 5.2, "loadgen": 8.5})
+    metrics.add(interval({2: 1000}, {"delivered": 1000, "requests": 1000}))
+    m = scrape(metrics)
+    assert m[("pollbench_loadgen_component_cpu_seconds_total",
+              (("component", "backend-1"),))] == 20.4
+    cost = {dict(labels)["component"]: v for (name, labels), v in m.items()
+            if name == "pollbench_loadgen_cost_per_kdelivery_seconds"}
+    # 1,000 deliveries since the first interval; backends 1.0 CPU-s, nginx 0.2, loadgen 0.5
+    assert cost == pytest.approx({"stack": 1.2, "backends": 1.0, "nginx": 0.2, "loadgen": 0.5})
+    sample({"backend-0": 0.3, "backend-1": 20.9, "nginx": 5.2, "loadgen": 8.5})  # 0 restarted
+    metrics.add(interval({2: 1000}, {"delivered": 1000}))
+    cost = {dict(labels)["component"]: v for (name, labels), v in scrape(metrics).items()
+            if name == "pollbench_loadgen_cost_per_kdelivery_seconds"}
+    assert cost["backends"] == pytest.approx((0.3 + 0.9) / 2)  # its new life counts from 0
+
+
+def test_no_sample_file_no_cost_and_the_rest_still_served(tmp_path):
+    metrics = LoadgenMetrics(live_path=tmp_path / "missing.json")
+    metrics.add(interval({2: 10}, {"delivered": 10}))
+    m = scrape(metrics)
+    assert m[("pollbench_loadgen_deliveries_total", ())] == 10
+    assert not any(name.startswith("pollbench_loadgen_co") for name, _ in m)

@@ -106,7 +106,7 @@ class LocalSide(Side):
 
     def sampler(self, samples: Path) -> Sampler:
         s = self.stack
-        return Sampler(samples, s.pids, s.url, s.backend_urls, redis_url=s.redis_url)
+        return Sampler(samples, s.pids, s.url, s.backend_urls, redis_url=s.redis_url, live=True)
 
     def load_started(self) -> None:
         if self.faults:

@@ -23,6 +23,7 @@ from analysis.catalog import (
     EXIT_OK,
     EXIT_REGRESSION,
     EXIT_RUN_FAILED,
+    LIVE_FILE,
     METRICS_DIR,
     PROGRESS_FILE,
 )
@@ -136,7 +137,7 @@ class Side:
         raise NotImplementedError
 
     def sampler(self, samples: Path) -> Sampler:
-        return Sampler(samples, self.pids, None, [])
+        return Sampler(samples, self.pids, None, [], live=True)
 
     def load_started(self) -> None:
         """Locust is running (faults start their clock here)."""
@@ -178,7 +179,8 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                                 run_dir / "locust" / "stats",  # Locust adds .json
                                 extra=side.locust_args())
         metrics_port = side.loadgen_metrics_port() or find_free_ports(1)
-        cmd += ["--pb-metrics-port", str(metrics_port)]
+        # the sampler's latest sample (CPU time per component): the endpoint's cost figures
+        cmd += ["--pb-metrics-port", str(metrics_port), "--pb-live", str(run_dir / LIVE_FILE)]
         record["loadgen_metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
         log.info(f"load generator metrics (Prometheus): {record['loadgen_metrics_url']}")
         if side.prometheus_url():

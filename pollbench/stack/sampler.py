@@ -21,8 +21,8 @@ so an interrupted run keeps what was sampled:
   open-files limit, against which its descriptors are judged
 * ``samples/redis_info.jsonl`` (with shared state): {"time", "info": <INFO's ops, clients,
   memory, pub/sub channels, CPU>} or {"time", "error": <why INFO went unanswered>}
-* ``samples/live.json`` (only with ``live=True``, for the web UI's "Long polling" tab):
-  the latest sample, rewritten atomically each second: CPU per component (and its CPU time
+* ``samples/live.json`` (with ``live=True``: every run and web UI session; read by the web
+  UI's "Long polling" tab and the load generator's Prometheus endpoint): the latest sample, rewritten atomically each second: CPU per component (and its CPU time
   so far, ``cpu_time_s``: the tab's cost per delivery), stub_status,
   each backend's held polls and connection counters, and which processes are saturated
   over the last :data:`LIVE_WINDOW` samples, and the limits reached so far

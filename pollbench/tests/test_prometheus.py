@@ -79,6 +79,12 @@ def test_prometheus_scrapes_every_component_and_the_dashboard_queries_answer(tmp
         at, prom_p50 = float(result[0]["value"][0]), float(result[0]["value"][1])
         scraped = query(url, "timestamp(pollbench_loadgen_deliveries_total)")
         last_scrape = float(scraped[0]["value"][1])
+        # the endpoint prices the work: every component's CPU, the cost so far
+        components = {r["metric"]["component"] for r in
+                      query(url, "pollbench_loadgen_component_cpu_seconds_total")}
+        assert {"backend-0", "backend-3", "nginx", "loadgen"} <= components, components
+        gauge = {r["metric"]["component"]: float(r["value"][1]) for r in
+                 query(url, "pollbench_loadgen_cost_per_kdelivery_seconds")}
     finally:
         proc.wait(120)
     assert proc.returncode == 0, output.text()[-3000:]
@@ -88,6 +94,11 @@ def test_prometheus_scrapes_every_component_and_the_dashboard_queries_answer(tmp
     hdr = read_hdr_log(out / "metrics" / "latency.hdr.jsonl")
     hdr_p50 = percentiles_ms(merged(hdr, "DELIVERY", t_to=last_scrape), (50,))[50] / 1000
     assert abs(bucket_index(prom_p50) - bucket_index(hdr_p50)) <= 1, (prom_p50, hdr_p50, at)
+    # the live cost (from the load's start) reads as the run's (after its warm-up) does
+    cost = record["cost"]["figures"]
+    for component in ("stack", "backends", "nginx", "loadgen"):
+        ratio = gauge[component] / cost[f"cpu_per_kdelivery_{component}"]
+        assert 0.5 < ratio < 2, (component, gauge, cost)
     # stopped with the stack: nothing listens on its port any more
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/-/ready", timeout=2)
