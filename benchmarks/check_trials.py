@@ -11,8 +11,9 @@ trials change nothing; injected trials add a known regression to the candidate o
   20 % of the median p95 delivery latency that the first A/A trial measured; watched metric
   ``delivery_latency_p95``;
 * ``--kind cost``: every backend spends ``--burn-us`` microseconds of CPU on each poll it
-  answers with messages (default 20, which measured +5 % on the backends' CPU per delivery
-  of the CI scenario here); watched metric ``cpu_per_kdelivery_backends``.
+  answers with messages, sized (unless given) to 5 % of the backends' CPU per delivery that
+  the first A/A trial measured (the CI scenario's answered polls carry one message each, so
+  N us per answered poll is N us per delivery); watched metric ``cpu_per_kdelivery_backends``.
 
 A/A and injected trials alternate, so drift hits both kinds.  Every trial is appended to
 ``--log`` (JSON lines) as it ends, so the trials can run in parts: each part adds to the log,
@@ -66,6 +67,20 @@ def one_check(kind: str, amount: float, port: int, backend_port: int, ref: str) 
     return record
 
 
+def sized(kind: str, base: float) -> float:
+    """The injected amount for a baseline figure: +20 % p95 latency, +5 % backends' cost."""
+    if kind == "latency":
+        amount = round(0.2 * base, 3)
+        print(f"A/A p95 delivery latency {base:.3f} ms -> injected delay {amount} ms (+20 %)",
+              flush=True)
+    else:
+        # base is CPU-s per 1,000 deliveries: base * 1000 us per delivery, 5 % of it
+        amount = round(0.05 * base * 1000, 1)
+        print(f"A/A backends' CPU per delivery {base * 1000:.0f} us -> --burn-us {amount:g} "
+              f"(+5 %)", flush=True)
+    return amount
+
+
 def report(rows: list[dict], log: Path) -> None:
     aa = [r for r in rows if r["kind"] == "A/A"]
     inj = [r for r in rows if r["kind"] == "injected"]
@@ -110,8 +125,9 @@ def main() -> int:
     ap.add_argument("--baseline-ref", default="HEAD", help="the revision both sides run")
     ap.add_argument("--delay-ms", type=float, default=None,
                     help="latency: injected delay (default: 20 %% of the first A/A trial's p95)")
-    ap.add_argument("--burn-us", type=float, default=20.0,
-                    help="cost: CPU per answered poll in the candidate's backends (default 20)")
+    ap.add_argument("--burn-us", type=float, default=None,
+                    help="cost: CPU per answered poll in the candidate's backends (default: 5 %% "
+                         "of the first A/A trial's backends' CPU per delivery)")
     args = ap.parse_args()
     log = args.log or REPO / "results" / ("cost-trials.jsonl" if args.kind == "cost"
                                           else "check-trials.jsonl")
@@ -123,14 +139,13 @@ def main() -> int:
     for i in range(args.trials):
         for kind in ("A/A", "injected"):
             if kind == "injected" and amount is None:
-                raise SystemExit("the first A/A trial measured no p95: see its error above")
+                raise SystemExit("the first A/A trial measured no baseline figure: see its "
+                                 "error above")
             r = one_check(args.kind, 0.0 if kind == "A/A" else amount, args.port,
                           args.backend_port, args.baseline_ref)
             r.update(kind=kind, at=time.time())
             if amount is None and r.get("base"):
-                amount = round(0.2 * r["base"], 3)
-                print(f"A/A p95 delivery latency {r['base']:.3f} ms -> injected delay "
-                      f"{amount} ms (+20 %)", flush=True)
+                amount = sized(args.kind, r["base"])
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("a") as f:
                 f.write(json.dumps(r) + "\n")
