@@ -85,6 +85,10 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "requests_per_connection_client": ("requests/connection", HIGHER, "client -> nginx reuse"),
     "requests_per_connection_upstream": ("requests/connection", HIGHER,
                                          "nginx -> backend reuse"),
+    # the backends' cost with the machine's speed divided out (analysis.cost.relative_cost)
+    "cpu_relative_backends": ("cpu-s/cpu-s", LOWER,
+                              "CPU of the backends per CPU-second of nginx and the load "
+                              "generator in the same window, after the warm-up"),
 }
 # per-component metrics: prefix -> (unit, better, description with {} for the component)
 COMPONENT_METRICS = {
@@ -110,6 +114,7 @@ class Compared:
     group: str = ""             # the comparison chart it is drawn in
     threshold: float | None = None  # its own verdict threshold (None: the default, 10 %)
     shown: bool = False         # compare and check print it beside the verdicts, unjudged
+    yardstick: bool = False     # judged only between runs of one yardstick (run.json's)
 
 
 # A cost per delivery moves less than a latency between runs of the same code (a 5 % change
@@ -154,6 +159,12 @@ COMPARED_FIGURES: dict[str, Compared] = {
        for unit in ("delivery", "request")
        for comp, label in (("stack", "stack"), ("backends", "backends"), ("nginx", "nginx"),
                            ("redis", "Redis"), ("loadgen", "load generator"))},
+    # the backends' cost per CPU-second of nginx and the load generator: 2-3x steadier than
+    # their cost per delivery on a shared VM, but a cost only while nginx and the load
+    # generator do the same work the same way on both sides (never ranked: a sweep of nginx
+    # settings changes the yardstick itself)
+    "cpu_relative_backends": Compared("CPU backends / (nginx + load generator)", verdict=True,
+                                      threshold=COST_THRESHOLD, yardstick=True),
 }
 # The figures a verdict compares -> the window series usable as samples (or None).
 COMPARED: dict[str, str | None] = {
@@ -164,6 +175,8 @@ SHOWN = tuple(m for m, c in COMPARED_FIGURES.items() if c.shown)
 # The compared figures with a threshold of their own.
 THRESHOLDS: dict[str, float] = {
     m: c.threshold for m, c in COMPARED_FIGURES.items() if c.threshold is not None}
+# The compared figures judged only between runs that share a yardstick.
+NEEDS_YARDSTICK = tuple(m for m, c in COMPARED_FIGURES.items() if c.yardstick)
 # Absolute gates: any non-zero value fails, whatever the baseline.
 GATES = ("lost_messages", "duplicate_messages")
 # The figures a sweep may rank its cells by.

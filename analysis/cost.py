@@ -15,6 +15,14 @@ and :mod:`analysis.figures` the summary's ``cpu_per_k*`` metrics.
     window = measured_window(counter_rows, start, warmup_s)      # (t0, t1)
     cpu = window_cpu(process_rows, window)      # {"backend-0": 0.21, ..., "stack": 1.02}
     cost_figures(cpu, deliveries=1500, requests=1600)   # {"cpu_per_kdelivery_stack": 0.68, ...}
+    relative_cost(cpu)        # backends' CPU / (nginx's + the load generator's): 1.85
+
+The backends' cost per delivery moves with the machine's speed of the moment: on a shared
+2-core VM it spreads 11-14 % between two interleaved runs of the same code, while the
+backends' CPU divided by that of nginx and the load generator in the same window (the
+same work at the same moment, their per-run correlation 0.87-0.95) spreads 4-6 %.  That
+ratio is a cost only while the yardstick's own code (the load generator, nginx's config)
+is the same on both sides: run.json's ``yardstick`` names it (see :func:`relative_cost`).
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-STACK_COMPONENTS = ("nginx", "backends", "redis")  # the whole stack: the instrument apart
+STACK_COMPONENTS = ("nginx", "backends", "redis")
+# the processes whose CPU in the same window measures the machine's speed of the moment
+YARDSTICK = ("nginx", "loadgen")  # the whole stack: the instrument apart
 SAMPLE_S = 1.0  # the sampler's interval (pollbench.stack.sampler)
 _BACKEND = re.compile(r"backend-\d+")
 _NOT_A_COMPONENT = ("pollbench",)  # the harness's own row
@@ -127,6 +137,18 @@ def cost_figures(cpu_s: dict[str, float], deliveries: int, requests: int) -> dic
         if requests:
             out[f"cpu_per_krequest_{comp}"] = secs / requests * 1000
     return out
+
+
+def relative_cost(cpu_s: dict[str, float]) -> float | None:
+    """The backends' CPU seconds per CPU second of the yardstick (nginx and the load
+    generator) in the same window: the backends' cost with the machine's speed of the moment
+    divided out.  Only between runs whose yardstick (run.json's ``yardstick``: the load
+    generator's code, nginx's binary and config) is the same, and only when the whole
+    pipeline ran on one machine (not across hosts).  None when a part is missing or idle."""
+    ruler = sum(cpu_s.get(k, 0.0) for k in YARDSTICK)
+    if "backends" not in cpu_s or any(k not in cpu_s for k in YARDSTICK) or ruler <= 0:
+        return None
+    return cpu_s["backends"] / ruler
 
 
 def process_rows(path: Path) -> list[tuple[float, str, str, float]]:

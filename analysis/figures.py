@@ -23,6 +23,7 @@ from analysis.cost import (
     cost_figures,
     default_warmup,
     measured_window,
+    relative_cost,
     window_cpu,
     with_workers,
 )
@@ -314,6 +315,10 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     for name, value in sorted(cost_figures(window_cpu_s, totals.get("delivered", 0),
                                            totals.get("requests", requests)).items()):
         metrics[name] = _m(name, value)
+    # the pipeline on one machine only: across hosts the yardstick ran elsewhere
+    relative = None if info.get("distributed") else relative_cost(window_cpu_s)
+    if relative is not None:
+        metrics["cpu_relative_backends"] = _m("cpu_relative_backends", relative)
 
     windows = {}
     for fam_name, prefix in (("deliveries", "delivery_latency"), ("requests", "request_latency"),
@@ -354,6 +359,8 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         "warmup_s": warmup, "measured_s": round(measured_s, 3),
         # the CPU each component spent in the measured window (the cost figures' numerator)
         "window_cpu_s": {k: round(v, 6) for k, v in sorted(window_cpu_s.items())},
+        # what cpu_relative_backends is measured against (None: not recorded; older runs)
+        "yardstick": info.get("yardstick"),
         "loadgen_saturated": bool(cpu.get("loadgen_saturated", False)),
         "machine_saturated": bool(cpu.get("machine_saturated", False)),
         "warnings": warnings,

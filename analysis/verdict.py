@@ -24,6 +24,10 @@ level with 80 % power, for normal noise with the measured pooled spread.  A
 "no regression" verdict thus says how large a regression it could have missed:
 the larger of that and the threshold.
 
+A figure measured against a yardstick (``cpu_relative_backends``: the backends' CPU per
+CPU-second of nginx and the load generator) is judged only when every run names the same
+yardstick; otherwise it is "not measured", and says why.
+
 Absolute gates need no baseline: any lost or duplicate message, an error rate
 above its cap; and a CPU-saturated load generator voids the measurement.
 
@@ -328,6 +332,26 @@ def samples(summaries: list[dict], metric: str, window_series: str | None,
     return out
 
 
+def yardstick_differs(summaries: list[dict]) -> str | None:
+    """Why a figure measured against a yardstick (catalog.NEEDS_YARDSTICK) does not compare
+    across these runs, or None when it does: all of them name one yardstick."""
+    named = {s.get("yardstick") for s in summaries}
+    if None in named:
+        return ("a run does not record its yardstick (the load generator's code, nginx's "
+                "binary and config), so its CPU ratio has nothing to be compared against")
+    if len(named) > 1:
+        return ("the yardstick differs between the runs (the load generator's code or "
+                "nginx's binary or config changed), so the backends' CPU ratio to it is no "
+                "cost: judge the cost per delivery")
+    return None
+
+
+def strip(summary: dict, metrics: dict) -> dict:
+    """``summary`` without ``metrics`` (a copy)."""
+    return {**summary, "metrics": {k: v for k, v in summary.get("metrics", {}).items()
+                                   if k not in metrics}}
+
+
 def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
             paired: bool = False) -> list[Verdict]:
     """Every compared metric (Holm over those measured on both sides), then the absolute
@@ -335,6 +359,13 @@ def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
     other (an interleaved check), so each metric is tested on the pairs' differences, which
     cancels the machine's drift between rounds."""
     verdicts = []
+    unjudged = {m: why for m in catalog.NEEDS_YARDSTICK
+                if all(any(m in s.get("metrics", {}) for s in side)
+                       for side in (baseline, candidate))
+                and (why := yardstick_differs(baseline + candidate))}
+    if unjudged:  # measured against different yardsticks: no sample is comparable
+        baseline, candidate = ([strip(s, unjudged) for s in side]
+                               for side in (baseline, candidate))
     family = sum(1 for metric in COMPARED_METRICS
                  if samples(baseline, metric, None, False) and
                  samples(candidate, metric, None, False)) or 1
@@ -357,6 +388,8 @@ def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
             "interleaved pairs" if pair.get(metric) else "repetitions"
         v = judge(metric, base, cand, better, thresholds.for_metric(metric), thresholds.alpha,
                   method, family, adjusted.get(metric), pair.get(metric, False))
+        if metric in unjudged:
+            v.explanation = f"not judged: {unjudged[metric]}"
         # the medians shown are those of the headline figure, not of the windows
         if use_windows and v.status != NOT_MEASURED:
             hb, hc = samples(baseline, metric, None, False), samples(candidate, metric, None,

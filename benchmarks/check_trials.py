@@ -13,7 +13,9 @@ trials change nothing; injected trials add a known regression to the candidate o
 * ``--kind cost``: every backend spends ``--burn-us`` microseconds of CPU on each poll it
   answers with messages, sized (unless given) to 5 % of the backends' CPU per delivery that
   the first A/A trial measured (the CI scenario's answered polls carry one message each, so
-  N us per answered poll is N us per delivery); watched metric ``cpu_per_kdelivery_backends``.
+  N us per answered poll is N us per delivery); watched metric ``cpu_per_kdelivery_backends``,
+  and beside it ``cpu_relative_backends`` (the same CPU per CPU-second of nginx and the load
+  generator: the machine's speed of the moment divided out).
 
 A/A and injected trials alternate, so drift hits both kinds.  Every trial is appended to
 ``--log`` (JSON lines) as it ends, so the trials can run in parts: each part adds to the log,
@@ -38,6 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 # kind -> (the check's option that injects it, the metric it moves)
 KINDS = {"latency": ("--delivery-delay-ms", "delivery_latency_p95"),
          "cost": ("--burn-us", "cpu_per_kdelivery_backends")}
+# kind -> the other metrics it should move, reported beside (the backends' cost against the
+# yardstick: nginx's and the load generator's CPU in the same window)
+ALSO = {"latency": (), "cost": ("cpu_relative_backends",)}
 
 
 def one_check(kind: str, amount: float, port: int, backend_port: int, ref: str) -> dict:
@@ -59,6 +64,11 @@ def one_check(kind: str, amount: float, port: int, backend_port: int, ref: str) 
         m = metrics[watched]
         record.update(base=m["baseline"], change=m["change"], caught_from=m["detectable"],
                       status=m["status"])
+        record["also"] = {name: {"change": metrics[name]["change"],
+                                 "caught_from": metrics[name]["detectable"],
+                                 "status": metrics[name]["status"],
+                                 "explanation": metrics[name]["explanation"]}
+                          for name in ALSO[kind] if name in metrics}
         record["other"] = [f"{m['metric']}: {m['status']}" for m in out["metrics"]
                            if m["status"] not in ("ok", "regression", "improvement", "shown",
                                                   "not measured")]
@@ -92,11 +102,21 @@ def report(rows: list[dict], log: Path) -> None:
     print(f"injected ({amounts}): {sum(r['exit'] == 1 for r in inj)} of {len(inj)} caught "
           f"(exit 1); exits {[r['exit'] for r in inj]}")
     watched: set[str] = {r["metric"] for r in rows if r.get("metric")}
+    watched |= {m for r in rows for m in r.get("also", {})}
+
+    def of(r: dict, metric: str) -> dict:
+        return r if r.get("metric") == metric else r.get("also", {}).get(metric, {})
+
     for metric in sorted(watched):
         self_flagged = sum(any(f.startswith(metric + " ") for f in r.get("flagged", []))
                            for r in inj)
-        changes = sorted(r["change"] for r in inj if r.get("change") is not None)
-        aa_changes = sorted(r["change"] for r in aa if r.get("change") is not None)
+        changes = sorted(of(r, metric)["change"] for r in inj
+                         if of(r, metric).get("change") is not None)
+        aa_changes = sorted(of(r, metric)["change"] for r in aa
+                            if of(r, metric).get("change") is not None)
+        aa_flagged = sum(any(f.startswith(metric + " ") for f in r.get("flagged", []))
+                         for r in aa)
+        print(f"{metric}: flagged in {aa_flagged} of {len(aa)} A/A checks")
         if changes:
             print(f"injected: {metric} itself flagged in {self_flagged} of {len(inj)}; its "
                   f"measured change median {statistics.median(changes):+.1%} (min "
@@ -104,7 +124,8 @@ def report(rows: list[dict], log: Path) -> None:
         if aa_changes:
             print(f"A/A: {metric} change median {statistics.median(aa_changes):+.1%} (min "
                   f"{aa_changes[0]:+.1%}, max {aa_changes[-1]:+.1%})")
-        caught = sorted(r["caught_from"] for r in rows if r.get("caught_from") is not None)
+        caught = sorted(of(r, metric)["caught_from"] for r in rows
+                        if of(r, metric).get("caught_from") is not None)
         if caught:
             print(f"{metric} 'caught from' (80 % power): median {statistics.median(caught):.1%}"
                   f", range {caught[0]:.1%}..{caught[-1]:.1%}")
@@ -152,7 +173,11 @@ def main() -> int:
             change = r.get("change")
             print(f"trial {i + 1:2d} {kind:8}: exit {r['exit']} in {r['seconds']:.0f} s, "
                   f"{r['metric']} {'-' if change is None else f'{change:+.1%}'}, caught from "
-                  f"{r.get('caught_from') or 0:.1%}  {r.get('flagged') or ''} "
+                  f"{r.get('caught_from') or 0:.1%}; " + "; ".join(
+                      f"{m} {a['change']:+.1%} {a['status']}, caught from "
+                      f"{a['caught_from'] or 0:.1%}" for m, a in r.get("also", {}).items()
+                      if a.get("change") is not None) +
+                  f"  {r.get('flagged') or ''} "
                   f"{r.get('other') or ''} {r.get('error', '')}", flush=True)
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     report(rows, log)

@@ -28,6 +28,9 @@ def test_the_summary_and_run_json_price_each_component_per_delivery_and_request(
         assert got["unit"] == "cpu-s/1k deliveries" and got["better"] == "lower"
         assert metrics[f"cpu_per_krequest_{comp}"]["value"] == \
             pytest.approx(cpu_share * 8 / 9600 * 1000)
+    # the backends' CPU per CPU-second of nginx and the load generator in the same window
+    assert metrics["cpu_relative_backends"]["value"] == pytest.approx(0.20 / (0.15 + 0.40))
+    assert metrics["cpu_relative_backends"]["unit"] == "cpu-s/cpu-s"
     # run.json's cost, worked out without pandas when the run ends, is the same
     info = json.loads((run / "run.json").read_text())
     info["warmup_s"] = 2.0
@@ -84,6 +87,8 @@ def test_load_hosts_workers_count_their_own_cpu_in_a_run_across_hosts(tmp_path):
                                                                ("remote", remote))}
     assert loadgen["local"] == pytest.approx(0.40 * 8 / 8000 * 1000)
     assert loadgen["remote"] == pytest.approx((0.40 + 0.30) * 8 / 8000 * 1000)
+    # across hosts the yardstick (nginx, the load generator) ran on other machines: no ratio
+    assert "cpu_relative_backends" not in compute(load_run(remote)).summary["metrics"]
     info["warmup_s"] = 2.0
     cost = run_cost(remote, info, "metrics/counters.jsonl", "samples/processes.csv")
     assert cost is not None

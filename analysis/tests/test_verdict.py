@@ -185,12 +185,12 @@ def every_metric_side(rng, n: int, shift: dict | None = None, spread: float = 0.
             center *= 1 + (shift or {}).get(m, 0.0)
             metrics[m] = {"value": float(center * (1 + rng.normal(0, spread)))}
         out.append({"schema_version": 1, "run": f"r{i}", "metrics": metrics,
-                    "loadgen_saturated": False})
+                    "loadgen_saturated": False, "yardstick": "same"})
     return out
 
 
 def test_holm_keeps_the_false_alarm_rate_of_a_whole_check_under_alpha():
-    # A/A checks of every compared metric (15: latencies, throughput, reuse, cost), noisy, with
+    # A/A checks of every compared metric (16: latencies, throughput, reuse, cost), noisy, with
     # no threshold to hide behind: tested one by one at 0.05, some metric of most checks would
     # look significant; Holm keeps whole checks at 5 %.
     rng = np.random.default_rng(7)
@@ -258,7 +258,7 @@ def test_a_pass_says_how_large_a_regression_it_could_have_missed():
 def test_six_repetitions_are_the_fewest_that_can_flag_one_of_every_compared_metric():
     from analysis.verdict import min_samples
 
-    assert FAMILY == 15  # 2 / C(12, 6) = 0.0022 < 0.05 / 15 < 2 / C(10, 5)
+    assert FAMILY == 16  # 2 / C(12, 6) = 0.0022 < 0.05 / 16 < 2 / C(10, 5)
     assert min_samples(0.05) == 4 and min_samples(0.05 / FAMILY) == 6
     rng = np.random.default_rng(11)
     base, cand = list(100 + rng.normal(0, 1, 5)), list(150 + rng.normal(0, 1, 5))
@@ -279,7 +279,8 @@ def test_interleaved_pairs_cancel_drift_that_hides_a_regression_from_an_unpaired
             metrics = {m: {"value": float(100 * speed * (1 + rng.normal(0, 0.01)) *
                                           (1 + (shift if m == "delivery_latency_p95" else 0)))}
                        for m in COMPARED}
-            side_runs.append({"schema_version": 1, "run": f"r{i}", "metrics": metrics})
+            side_runs.append({"schema_version": 1, "run": f"r{i}", "metrics": metrics,
+                              "yardstick": "same"})
     unpaired = {v.metric: v for v in compare(base, cand, Thresholds())}
     paired = {v.metric: v for v in compare(base, cand, Thresholds(), paired=True)}
     assert unpaired["delivery_latency_p95"].status == OK  # lost in the drift
@@ -329,3 +330,49 @@ def test_a_five_percent_cost_regression_is_caught_and_the_load_generators_cost_o
     # a thresholds file can still set a cost metric's own threshold
     assert Thresholds(per_metric={"cpu_per_kdelivery_backends": 0.2}).for_metric(
         "cpu_per_kdelivery_backends") == 0.2
+
+
+def speed_side(rng, shift: float, yardstick: str | None = "y1") -> list[dict]:
+    """22 runs on a shared VM whose speed changes from run to run (sd 12 %, the same factor
+    for every process of a run), each component's cost per delivery with 2 % noise of its
+    own; the backends' cost ``shift`` heavier."""
+    out = []
+    for i in range(22):
+        speed = 1 + rng.normal(0, 0.12)
+        cpu = {c: base * speed * (1 + rng.normal(0, 0.02)) for c, base in
+               (("backends", 0.40 * (1 + shift)), ("nginx", 0.08), ("loadgen", 0.13))}
+        metrics = {m: {"value": 0.0 if m == "error_rate" else 100.0} for m in COMPARED}
+        metrics["cpu_per_kdelivery_backends"] = {"value": cpu["backends"]}
+        metrics["cpu_per_kdelivery_stack"] = {"value": cpu["backends"] + cpu["nginx"]}
+        metrics["cpu_per_kdelivery_nginx"] = {"value": cpu["nginx"]}
+        metrics["cpu_relative_backends"] = {
+            "value": cpu["backends"] / (cpu["nginx"] + cpu["loadgen"])}
+        out.append({"schema_version": 1, "run": f"r{i}", "metrics": metrics,
+                    "loadgen_saturated": False, "yardstick": yardstick})
+    return out
+
+
+def test_a_cost_regression_lost_in_the_machines_speed_is_caught_against_the_yardstick():
+    rng = np.random.default_rng(3805)
+    base, worse = speed_side(rng, 0.0), speed_side(rng, 0.06)
+    verdicts = {v.metric: v for v in compare(base, worse, Thresholds(), paired=True)}
+    # per delivery the 6 % drowns in the speed's 12 %; per CPU-second of the yardstick not
+    assert verdicts["cpu_per_kdelivery_backends"].status == OK
+    v = verdicts["cpu_relative_backends"]
+    assert v.status == REGRESSION and v.threshold == 0.03, v.explanation
+    assert v.detectable < verdicts["cpu_per_kdelivery_backends"].detectable / 2
+    assert exit_code(list(verdicts.values())) == 1
+    # the same runs with the load generator or nginx changed on one side: the ratio is no
+    # cost any more, so it is not judged (and not counted in Holm's family), and says why
+    other = [{**s, "yardstick": "y2"} for s in worse]
+    verdicts = {v.metric: v for v in compare(base, other, Thresholds(), paired=True)}
+    v = verdicts["cpu_relative_backends"]
+    assert v.status == "not measured" and "yardstick differs" in v.explanation
+    assert v.p_value is None and verdicts["cpu_per_kdelivery_backends"].family == sum(
+        1 for x in verdicts.values() if x.p_value is not None)
+    assert exit_code(list(verdicts.values())) == 0
+    # runs that do not record a yardstick (an older pollbench): not judged either
+    old = [{**s, "yardstick": None} for s in base]
+    v = next(v for v in compare(old, worse, Thresholds(), paired=True)
+             if v.metric == "cpu_relative_backends")
+    assert v.status == "not measured" and "does not record its yardstick" in v.explanation

@@ -16,7 +16,13 @@ from pollbench.actions.runloop import Side, base_parameters, drive, run_label
 from pollbench.log import log
 from pollbench.paths import CHECKOUT
 from pollbench.records.rundir import new_run_dir, write_json_atomic
-from pollbench.records.runinfo import git_info, host_info, machine_fingerprint, software_versions
+from pollbench.records.runinfo import (
+    git_info,
+    host_info,
+    machine_fingerprint,
+    software_versions,
+    yardstick,
+)
 from pollbench.records.runrecord import record_start
 from pollbench.stack import disk, redis_server
 from pollbench.stack.faults import Fault, FaultInjector
@@ -56,8 +62,11 @@ def target_record(resolved: ResolvedStack) -> dict:
 
 
 def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
-    """run.json as first written, for a stack on this host."""
-    return record_start(kind, base_parameters(load), target_record(resolved))
+    """run.json as first written, for a stack on this host; with the digest of the
+    yardstick the backends' cost is also measured against (records.runinfo.yardstick)."""
+    target, parameters = target_record(resolved), base_parameters(load)
+    return record_start(kind, parameters, {**target, "yardstick": yardstick(
+        target["software"], target["stack"]["nginx"], parameters)})
 
 
 def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True,

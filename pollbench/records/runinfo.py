@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from pollbench.paths import SCHEMAS_DIR
+from pollbench.paths import LOADTESTS, NGINX_DIR, SCHEMAS_DIR
 
 SCHEMA_PATH = SCHEMAS_DIR / "run.schema.json"
 
@@ -108,6 +108,28 @@ def git_info(repo: Path | None) -> dict | None:
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(status) if status is not None else None}
+
+
+def _source_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files under ``root`` a run executes or renders (tests and caches left out)."""
+    return sorted(f for f in root.rglob("*") if f.is_file() and f.suffix in suffixes and
+                  not {"tests", "__pycache__"} & set(f.relative_to(root).parts))
+
+
+def yardstick(software: dict, nginx_settings: dict, parameters: dict) -> str:
+    """A digest of what the yardstick of ``cpu_relative_backends`` (analysis.cost) does: the
+    load generator's code and versions, nginx's binary, template and settings, and the load.
+    Two runs with the same digest ran the same yardstick; a change to any of these changes
+    its CPU, which that ratio would read as a change of the backends' cost."""
+    h = hashlib.sha256()
+    for root, suffixes in ((LOADTESTS, (".py",)), (NGINX_DIR, (".j2", ".toml", ".types"))):
+        for f in _source_files(root, suffixes):
+            h.update(f"{root.name}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    h.update(json.dumps([software.get(k) for k in ("nginx_V", "locust", "python")],
+                        sort_keys=True).encode())
+    h.update(json.dumps([nginx_settings, parameters], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def machine_fingerprint(software: dict) -> dict:

@@ -118,6 +118,21 @@ def test_the_fingerprint_is_stable_and_names_the_machine_and_its_software():
     assert a["cpu_count"] and a["kernel"] and a["python"] and a["nginx"].startswith("nginx")
 
 
+def test_the_yardstick_names_the_load_generator_nginx_and_the_load_it_ran():
+    # cpu_relative_backends is judged only between runs that name one yardstick: the same
+    # code, nginx build and settings, and load give one; a change to any of them another
+    from pollbench.records.runinfo import yardstick
+
+    software = {"nginx_V": "nginx version: nginx/1.22.1", "locust": "2.47.0",
+                "python": "3.11.7"}
+    nginx, load = {"worker_connections": 1024, "use": "epoll"}, ci_config()["load"]
+    one = yardstick(software, nginx, load)
+    assert one == yardstick(dict(software), dict(nginx), dict(load))
+    assert len({one, yardstick(software, {**nginx, "worker_connections": 2048}, load),
+                yardstick({**software, "locust": "2.48.0"}, nginx, load),
+                yardstick(software, nginx, {**load, "users": 101})}) == 4
+
+
 def test_fewer_repetitions_than_a_verdict_needs_are_refused(tmp_path):
     for n in ("3", "5"):
         proc = check("--baseline", tmp_path / "none.json", "--repeat", n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -117,6 +118,14 @@ def test_every_run_prices_its_work_in_each_components_cpu(runs):
     assert summary["metrics"]["cpu_per_kdelivery_backends"]["value"] == pytest.approx(
         figures["cpu_per_kdelivery_backends"], rel=1e-4)
     assert (run_dir / "report" / "charts" / "cost.png").stat().st_size > 10_000
+    # the backends' CPU per CPU-second of nginx and the load generator, and what that
+    # yardstick was (the check judges the ratio only between runs of one yardstick)
+    cpu = cost["cpu_s"]
+    assert summary["metrics"]["cpu_relative_backends"]["value"] == pytest.approx(
+        cpu["backends"] / (cpu["nginx"] + cpu["loadgen"]), rel=1e-3)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{16}", record["yardstick"])
+    assert summary["yardstick"] == record["yardstick"]
     # tasks: nothing delivered, so per request only
     tasks = json.loads((runs["tasks"][0] / "run.json").read_text())["cost"]["figures"]
     assert "cpu_per_krequest_stack" in tasks and "cpu_per_kdelivery_stack" not in tasks
