@@ -33,9 +33,9 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-STACK_COMPONENTS = ("nginx", "backends", "redis")
+STACK_COMPONENTS = ("nginx", "backends", "redis")  # the whole stack: the instrument apart
 # the processes whose CPU in the same window measures the machine's speed of the moment
-YARDSTICK = ("nginx", "loadgen")  # the whole stack: the instrument apart
+YARDSTICK = ("nginx", "loadgen")
 SAMPLE_S = 1.0  # the sampler's interval (pollbench.stack.sampler)
 _BACKEND = re.compile(r"backend-\d+")
 _NOT_A_COMPONENT = ("pollbench",)  # the harness's own row

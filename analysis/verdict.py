@@ -340,9 +340,9 @@ def yardstick_differs(summaries: list[dict]) -> str | None:
         return ("a run does not record its yardstick (the load generator's code, nginx's "
                 "binary and config), so its CPU ratio has nothing to be compared against")
     if len(named) > 1:
-        return ("the yardstick differs between the runs (the load generator's code or "
-                "nginx's binary or config changed), so the backends' CPU ratio to it is no "
-                "cost: judge the cost per delivery")
+        return ("the yardstick differs between the runs (the load generator's code, "
+                "nginx's binary or config, or the load changed), so the backends' CPU ratio "
+                "to it is no cost: judge the cost per delivery")
     return None
 
 
