@@ -1,6 +1,7 @@
 """Benchmark: does pollbench's load generator report the latency an independent lean client sees?
 
     python benchmarks/fidelity.py [--loads 1000:20,3000:10,5000:5] [--pairs 3] [--seconds 30]
+                                  [--floor]
 
 One stack (``pollbench up --profile longpoll``, 4 backends, on free ports) serves
 every run.  For each load (SUBSCRIBERS:MESSAGES_PER_S over ``--channels``
@@ -18,7 +19,10 @@ Prints, per load, each run and then the medians with the spread over pairs of:
 delivery p50 / p99 of each client, their ratio, and load-generator CPU-seconds
 per 1,000 deliveries; and whether the bounds hold (p50 within 1 ms or 10 %,
 p99 within 20 %, CPU per delivery at most 1.2x the reference's), on the medians
-over pairs, and in how many pairs each holds.  ``--json FILE``
+over pairs, and in how many pairs each holds.  With ``--floor`` each pair runs the
+reference a second time (orders rotate: ABC, BCA, CAB ...) and the table adds that run
+against the first by the same bounds: how far two runs of one client stray on this
+machine, below which no client's pairs can be held.  ``--json FILE``
 keeps every figure.  Traffic goes to 127.0.0.1 only; every run is bounded.
 """
 
@@ -96,14 +100,15 @@ def run_pollbench(url: str, users: int, rate: float, args, work: Path, k: int) -
             "clock": progress.get("clock_source"), **window}
 
 
-def run_reference(url: str, users: int, rate: float, args, work: Path, k: int) -> dict:
+def run_reference(url: str, users: int, rate: float, args, work: Path, k: int,
+                  name: str = "reference") -> dict:
     cmd = [sys.executable, str(REPO / "benchmarks" / "reference_client.py"), "--url", url,
            "--users", str(users), "--channels", str(args.channels), "--publish-rate", f"{rate:g}",
            "--poll-timeout", f"{args.poll_timeout:g}", "--spawn-seconds", f"{args.spawn_seconds:g}",
            "--warmup", f"{args.warmup:g}", "--seconds", f"{args.seconds:g}"]
     launched = time.time()
     cmd += ["--start-at", f"{launched:.3f}"]
-    log = work / f"reference-{users}-{k}.log"
+    log = work / f"{name}-{users}-{k}.log"
     child = spawn("reference", cmd, log, cpus=args.loadgen_cpus)
     try:
         window = measure_window(child.popen, launched + args.warmup,
@@ -115,7 +120,7 @@ def run_reference(url: str, users: int, rate: float, args, work: Path, k: int) -
         raise RuntimeError(f"reference client failed; see {log}:\n{child.log_tail()}")
     result = json.loads(log.read_text().strip().splitlines()[-1])
     result.pop("cpu_s")  # its own reading; both sides use the same outside reading instead
-    return {**result, **window}
+    return {**result, **window, "client": name}
 
 
 def start_stack(args, work: Path) -> tuple[Child, str]:
@@ -154,20 +159,23 @@ def bounds(pb: dict, ref: dict) -> dict[str, bool]:
             "cpu": pb["cpu_s_per_1k"] <= CPU_BOUND * ref["cpu_s_per_1k"]}
 
 
-def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels: int) -> list[str]:
+def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels: int,
+              floor: list[dict] | None = None) -> list[str]:
+    """The table of one load.  ``floor``: each pair's second run of the reference, judged
+    against the first by the same bounds: how far two runs of one client stray here."""
     lines = [f"\n== {users} subscribers, {rate:g} msg/s over {channels} channels "
              f"({users * rate / channels:.0f} deliveries/s)",
-             f"{'run':>4} {'client':10} {'p50 ms':>8} {'p99 ms':>8} {'deliv/s':>8} "
+             f"{'run':>4} {'client':15} {'p50 ms':>8} {'p99 ms':>8} {'deliv/s':>8} "
              f"{'CPU-s/1k deliv':>14} {'machine CPU %':>13} {'lost':>5} {'dup':>4} {'fail':>5}"
              "  (reference: p50 / p99 by its user clock)"]
     r50, r99, rcpu = [], [], []
     held = {"p50": 0, "p99": 0, "cpu": 0}
     for k, (pb, ref) in enumerate(pairs):
-        for r in (pb, ref):
+        for r in (pb, ref, *([floor[k]] if floor else [])):
             per_k = 1000 * r["cpu_s"] / max(r["delivered"], 1)
             r["cpu_s_per_1k"] = per_k
             rate_s = r["delivered"] / max(r.get("window_s") or 1, 1e-9)
-            lines.append(f"{k + 1:>4} {r['client']:10} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
+            lines.append(f"{k + 1:>4} {r['client']:15} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
                          f"{rate_s:>8.0f} {per_k:>14.3f} {r['machine_cpu_percent']:>13.0f} "
                          f"{r['lost']:>5} {r['duplicates']:>4} "
                          f"{r.get('failures', r.get('errors', 0)):>5}"
@@ -197,6 +205,14 @@ def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels:
                  f"CPU per delivery <= {CPU_BOUND:g}x: {'yes' if ok['cpu'] else 'NO'} "
                  f"(pairs within each bound: {held['p50']}/{n}, {held['p99']}/{n}, "
                  f"{held['cpu']}/{n})")
+    if floor:
+        firsts = [ref for _, ref in pairs]
+        f50 = [a["p50_ms"] / r["p50_ms"] for a, r in zip(floor, firsts, strict=True)]
+        f99 = [a["p99_ms"] / r["p99_ms"] for a, r in zip(floor, firsts, strict=True)]
+        within = [bounds(a, r) for a, r in zip(floor, firsts, strict=True)]
+        lines.append(f"floor, reference run again / reference: p50 {spread(f50)}, p99 "
+                     f"{spread(f99)} (pairs within the p50 / p99 bounds: "
+                     f"{sum(w['p50'] for w in within)}/{n}, {sum(w['p99'] for w in within)}/{n})")
     return lines
 
 
@@ -215,6 +231,9 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=3, help="s between runs (held polls drain)")
     ap.add_argument("--cpus", default=None, metavar="LOADGEN/STACK",
                     help="CPU placement as in pollbench run --cpus (both clients alike)")
+    ap.add_argument("--floor", action="store_true",
+                    help="run the reference twice in each pair: how far two runs of one client "
+                         "stray, against the same bounds (the comparison's own noise floor)")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
     args.loadgen_cpus = args.stack_cpus = None
@@ -236,13 +255,15 @@ def main() -> int:
     results = []
     try:
         for users, rate in loads:
-            pairs = []
+            pairs, floor = [], []
+            sides = ["pollbench", "reference", *(["reference-again"] if args.floor else [])]
             for k in range(args.pairs):
-                order = ("pollbench", "reference") if k % 2 == 0 else ("reference", "pollbench")
+                order = sides[k % len(sides):] + sides[:k % len(sides)]  # AB BA ..., ABC BCA ...
                 got = {}
                 for side in order:
-                    runner = run_pollbench if side == "pollbench" else run_reference
-                    got[side] = runner(url, users, rate, args, work, k)
+                    got[side] = run_pollbench(url, users, rate, args, work, k) \
+                        if side == "pollbench" else run_reference(url, users, rate, args, work,
+                                                                  k, side)
                     r = got[side]
                     print(f"  {users} subs pair {k + 1} {side:9}: p50 {fmt(r['p50_ms'])} p99 "
                           f"{fmt(r['p99_ms'])} ms, {r['delivered']} deliveries, CPU "
@@ -250,9 +271,12 @@ def main() -> int:
                           flush=True)
                     time.sleep(args.pause)
                 pairs.append((got["pollbench"], got["reference"]))
-            for line in summarise(users, rate, pairs, args.channels):
+                if args.floor:
+                    floor.append(got["reference-again"])
+            for line in summarise(users, rate, pairs, args.channels, floor):
                 print(line, flush=True)
-            results.append({"users": users, "publish_rate": rate, "pairs": pairs})
+            results.append({"users": users, "publish_rate": rate, "pairs": pairs,
+                            **({"floor": floor} if args.floor else {})})
     finally:
         stack.stop(timeout=30)
         if args.json:
