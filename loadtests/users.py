@@ -273,7 +273,7 @@ class ChannelSubscriber(PollbenchUser):
                                         at=round(resp.received, 4))
             return
         try:
-            data = json.loads(resp.body)
+            data = resp.json()
         except ValueError:
             self.fail("GET", self.NAME, ms, BadAnswer("invalid JSON in a 200 poll answer"))
             return

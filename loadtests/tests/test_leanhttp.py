@@ -6,6 +6,7 @@ peer is a plain socket server in a real thread.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from loadtests.leanhttp import (
     CLOCK_USER,
     HttpError,
     LeanConnection,
+    Response,
     build_request,
 )
 
@@ -108,6 +110,52 @@ def test_receipt_time_excludes_the_wait_behind_a_busy_greenlet():
     resp, sent_at, clock = results[False]
     assert clock == CLOCK_USER
     assert resp.received - sent_at > 0.2  # the user clock includes the 0.3 s wait
+
+
+def test_an_answer_that_comes_later_costs_one_read_not_a_failed_read_and_one(monkeypatch):
+    """Reading right after the send finds nothing (a poll is held) and pays a failed
+    system call and an exception for it; the client waits for the socket first."""
+    from gevent import _socket3
+
+    calls = {"reads": 0, "would_block": 0}
+    real = {name: getattr(_socket3._wrefsocket, name, None)
+            for name in ("recvmsg_into", "recv_into")}
+
+    def counting(name):
+        def read(self, *args):
+            calls["reads"] += 1
+            try:
+                return real[name](self, *args)
+            except BlockingIOError:
+                calls["would_block"] += 1
+                raise
+        return read
+
+    for name in real:
+        monkeypatch.setattr(_socket3._wrefsocket, name, counting(name), raising=False)
+    for kernel in (True, False):
+        calls.update(reads=0, would_block=0)
+        server = ScriptedServer([ok_json(b'{"a": 1}')] * 3, delay_s=0.05)
+        conn = LeanConnection("127.0.0.1", server.port, kernel_timestamps=kernel)
+        for _ in range(3):
+            assert conn.request(build_request("GET", "/x", "h")).body == b'{"a": 1}'
+        assert calls == {"reads": 3, "would_block": 0}, kernel
+
+
+@pytest.mark.parametrize("body", [
+    b'{"epoch": "e1", "cursor": 3, "messages": [{"seq": 3, "ts": 1.5, "data": {"pad": "x"}}]}',
+    b'{"a": "caf\xc3\xa9"}', b' {"a": 1}\r\n', b'\xef\xbb\xbf{"a": 1}', b'[1, 2]',
+    '{"a": "\u00e9"}'.encode("utf-16"),
+    b'{"a": 1} trailing', b'{"a": ', b'', b'\xff\xfe\xfd', b'{"a": 1}{"b": 2}'])
+def test_an_answers_json_reads_as_json_loads_and_fails_where_it_fails(body):
+    resp = Response(200, {}, body, 0.0)
+    try:
+        expected = json.loads(body)
+    except ValueError:
+        with pytest.raises(ValueError):
+            resp.json()
+    else:
+        assert resp.json() == expected
 
 
 def test_keep_alive_reuses_one_connection_and_close_reconnects():
