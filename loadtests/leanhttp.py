@@ -277,10 +277,8 @@ class LeanConnection:
             raise ConnectionError("read on a closed connection")
         if wait_first:
             # gevent's own wait on the socket's read watcher; a close by the watchdog or
-            # another greenlet wakes it with an error, as it would wake gevent's recv
+            # another greenlet wakes it with an error (cancel_wait), as it wakes gevent's recv
             sock._wait(sock._read_event)
-            if self.sock is None:
-                raise ConnectionError("connection closed while waiting for the answer")
         if not self.kernel_timestamps:
             n = sock.recv_into(_READ_VIEW)
             return bytes(_READ_VIEW[:n]), time.time()
