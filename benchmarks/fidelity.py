@@ -17,7 +17,10 @@ user-space clock (time.time() after parsing), which adds its own queueing.
 
 Prints, per load, each run and then the medians with the spread over pairs of:
 delivery p50 / p99 of each client, their ratio, and load-generator CPU-seconds
-per 1,000 deliveries; and whether the bounds hold (p50 within 1 ms or 10 %,
+per 1,000 deliveries, beside the stack's CPU per 1,000 deliveries, the CPU-seconds
+the rest of the machine spent in the window (``other``: processes outside the
+benchmark) and the time the hypervisor stole (``steal``), so a pair disturbed from
+outside shows as such; and whether the bounds hold (p50 within 1 ms or 10 %,
 p99 within 20 %, CPU per delivery at most 1.2x the reference's), on the medians
 over pairs, and in how many pairs each holds.  With ``--floor`` each pair runs the
 reference a second time (orders rotate: ABC, BCA, CAB ...) and the table adds that run
@@ -62,14 +65,39 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return total
 
 
-def measure_window(popen: subprocess.Popen, start: float, end: float) -> dict:
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")  # guest time is inside user
+
+
+def machine_times() -> tuple[float, float]:
+    """CPU-seconds the whole machine has spent busy, and stolen by the hypervisor."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, f, 0.0) for f in BUSY_FIELDS), getattr(t, "steal", 0.0)
+
+
+def measure_window(popen: subprocess.Popen, start: float, end: float,
+                   stack_pid: int | None = None) -> dict:
+    """The load generator's CPU over [start, end], and where the machine's other CPU went:
+    the stack (its processes' own times), everything else (``other_cpu_s``: processes
+    outside this benchmark), and time the hypervisor stole.  A run whose latency strays
+    with ``other`` or ``steal`` high was disturbed from outside, not by its client."""
     proc = psutil.Process(popen.pid)
+    stack = psutil.Process(stack_pid) if stack_pid else None
+    me = psutil.Process()
     time.sleep(max(start - time.time(), 0))
-    cpu0 = cpu_seconds(proc)
+    cpu0, stack0, me0 = cpu_seconds(proc), stack and cpu_seconds(stack), me.cpu_times()
+    busy0, steal0 = machine_times()
     psutil.cpu_percent()
     time.sleep(max(end - time.time(), 0))
-    cpu1 = cpu_seconds(proc)
-    return {"cpu_s": round(cpu1 - cpu0, 3), "machine_cpu_percent": psutil.cpu_percent()}
+    cpu1, stack1, me1 = cpu_seconds(proc), stack and cpu_seconds(stack), me.cpu_times()
+    busy1, steal1 = machine_times()
+    out = {"cpu_s": round(cpu1 - cpu0, 3), "machine_cpu_percent": psutil.cpu_percent(),
+           "machine_busy_s": round(busy1 - busy0, 2), "steal_s": round(steal1 - steal0, 2)}
+    if stack:
+        out["stack_cpu_s"] = round(stack1 - stack0, 3)
+        mine = (me1.user + me1.system) - (me0.user + me0.system)
+        out["other_cpu_s"] = round(out["machine_busy_s"] - out["cpu_s"] - out["stack_cpu_s"]
+                                   - mine, 2)
+    return out
 
 
 def run_pollbench(url: str, users: int, rate: float, args, work: Path, k: int) -> dict:
@@ -84,7 +112,7 @@ def run_pollbench(url: str, users: int, rate: float, args, work: Path, k: int) -
     start, end = launched + args.warmup, launched + args.warmup + args.seconds
     child = spawn("loadgen", cmd, out / "locust.log", cwd=REPO, cpus=args.loadgen_cpus)
     try:
-        window = measure_window(child.popen, start, end)
+        window = measure_window(child.popen, start, end, args.stack_pid)
         child.popen.wait(timeout=args.poll_timeout + 60)
     finally:
         child.stop()
@@ -112,7 +140,7 @@ def run_reference(url: str, users: int, rate: float, args, work: Path, k: int,
     child = spawn("reference", cmd, log, cpus=args.loadgen_cpus)
     try:
         window = measure_window(child.popen, launched + args.warmup,
-                                launched + args.warmup + args.seconds)
+                                launched + args.warmup + args.seconds, args.stack_pid)
         child.popen.wait(timeout=60)
     finally:
         child.stop()
@@ -147,6 +175,11 @@ def fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def opt(r: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
+    """A figure older result files lack, as '-' there."""
+    return fmt(None if r.get(key) is None else r[key] * scale, digits)
+
+
 def spread(values: list[float]) -> str:
     return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
@@ -166,7 +199,8 @@ def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels:
     lines = [f"\n== {users} subscribers, {rate:g} msg/s over {channels} channels "
              f"({users * rate / channels:.0f} deliveries/s)",
              f"{'run':>4} {'client':15} {'p50 ms':>8} {'p99 ms':>8} {'deliv/s':>8} "
-             f"{'CPU-s/1k deliv':>14} {'machine CPU %':>13} {'lost':>5} {'dup':>4} {'fail':>5}"
+             f"{'CPU-s/1k deliv':>14} {'machine CPU %':>13} {'stack/1k':>8} {'other s':>7} "
+             f"{'steal s':>7} {'lost':>5} {'dup':>4} {'fail':>5}"
              "  (reference: p50 / p99 by its user clock)"]
     r50, r99, rcpu = [], [], []
     held = {"p50": 0, "p99": 0, "cpu": 0}
@@ -177,6 +211,8 @@ def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels:
             rate_s = r["delivered"] / max(r.get("window_s") or 1, 1e-9)
             lines.append(f"{k + 1:>4} {r['client']:15} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
                          f"{rate_s:>8.0f} {per_k:>14.3f} {r['machine_cpu_percent']:>13.0f} "
+                         f"{opt(r, 'stack_cpu_s', 1000 / max(r['delivered'], 1), 3):>8} "
+                         f"{opt(r, 'other_cpu_s'):>7} {opt(r, 'steal_s'):>7} "
                          f"{r['lost']:>5} {r['duplicates']:>4} "
                          f"{r.get('failures', r.get('errors', 0)):>5}"
                          + (f"  ({fmt(r['user_clock']['p50_ms'])} / "
@@ -251,6 +287,7 @@ def main() -> int:
         ap.error("--pairs >= 1, --seconds > 0 and --warmup >= --spawn-seconds")
     work = Path(tempfile.mkdtemp(prefix="pollbench-fidelity-"))
     stack, url = start_stack(args, work)
+    args.stack_pid = stack.popen.pid
     print(f"stack {url} ({args.profile}); runs in {work}", flush=True)
     results = []
     try:
