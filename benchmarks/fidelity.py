@@ -1,7 +1,7 @@
 """Benchmark: does pollbench's load generator report the latency an independent lean client sees?
 
     python benchmarks/fidelity.py [--loads 1000:20,3000:10,5000:5] [--pairs 3] [--seconds 30]
-                                  [--floor]
+                                  [--floor] [--together]
 
 One stack (``pollbench up --profile longpoll``, 4 backends, on free ports) serves
 every run.  For each load (SUBSCRIBERS:MESSAGES_PER_S over ``--channels``
@@ -25,7 +25,11 @@ p99 within 20 %, CPU per delivery at most 1.2x the reference's), on the medians
 over pairs, and in how many pairs each holds.  With ``--floor`` each pair runs the
 reference a second time (orders rotate: ABC, BCA, CAB ...) and the table adds that run
 against the first by the same bounds: how far two runs of one client stray on this
-machine, below which no client's pairs can be held.  ``--json FILE``
+machine, below which no client's pairs can be held.  With ``--together`` a pair's
+clients run at the same time over the same window, each with its share of the
+subscribers of the same channels (pollbench's publisher the only one): both then measure
+the same broadcasts on the same machine state, so what differs between them is the
+clients, not the machine's drift from one run to the next.  ``--json FILE``
 keeps every figure.  Traffic goes to 127.0.0.1 only; every run is bounded.
 """
 
@@ -39,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -74,81 +79,129 @@ def machine_times() -> tuple[float, float]:
     return sum(getattr(t, f, 0.0) for f in BUSY_FIELDS), getattr(t, "steal", 0.0)
 
 
-def measure_window(popen: subprocess.Popen, start: float, end: float,
-                   stack_pid: int | None = None) -> dict:
-    """The load generator's CPU over [start, end], and where the machine's other CPU went:
-    the stack (its processes' own times), everything else (``other_cpu_s``: processes
-    outside this benchmark), and time the hypervisor stole.  A run whose latency strays
-    with ``other`` or ``steal`` high was disturbed from outside, not by its client."""
-    proc = psutil.Process(popen.pid)
+def measure_window(popens: dict[str, subprocess.Popen], start: float, end: float,
+                   stack_pid: int | None = None) -> dict[str, dict]:
+    """Each client's CPU over [start, end], and where the machine's other CPU went: the
+    stack (its processes' own times), everything else (``other_cpu_s``: processes outside
+    this benchmark), and time the hypervisor stole.  A run whose latency strays with
+    ``other`` or ``steal`` high was disturbed from outside, not by its client."""
+    procs = {name: psutil.Process(p.pid) for name, p in popens.items()}
     stack = psutil.Process(stack_pid) if stack_pid else None
     me = psutil.Process()
+
+    def read() -> tuple[dict[str, float], float, float, float, float]:
+        t = me.cpu_times()
+        return ({name: cpu_seconds(p) for name, p in procs.items()},
+                cpu_seconds(stack) if stack else 0.0, t.user + t.system, *machine_times())
+
     time.sleep(max(start - time.time(), 0))
-    cpu0, stack0, me0 = cpu_seconds(proc), stack and cpu_seconds(stack), me.cpu_times()
-    busy0, steal0 = machine_times()
+    cpu0, stack0, me0, busy0, steal0 = read()
     psutil.cpu_percent()
     time.sleep(max(end - time.time(), 0))
-    cpu1, stack1, me1 = cpu_seconds(proc), stack and cpu_seconds(stack), me.cpu_times()
-    busy1, steal1 = machine_times()
-    out = {"cpu_s": round(cpu1 - cpu0, 3), "machine_cpu_percent": psutil.cpu_percent(),
-           "machine_busy_s": round(busy1 - busy0, 2), "steal_s": round(steal1 - steal0, 2)}
+    cpu1, stack1, me1, busy1, steal1 = read()
+    shared = {"machine_cpu_percent": psutil.cpu_percent(),
+              "machine_busy_s": round(busy1 - busy0, 2), "steal_s": round(steal1 - steal0, 2)}
+    clients = {name: round(cpu1[name] - cpu0[name], 3) for name in procs}
     if stack:
-        out["stack_cpu_s"] = round(stack1 - stack0, 3)
-        mine = (me1.user + me1.system) - (me0.user + me0.system)
-        out["other_cpu_s"] = round(out["machine_busy_s"] - out["cpu_s"] - out["stack_cpu_s"]
-                                   - mine, 2)
-    return out
+        shared["stack_cpu_s"] = round(stack1 - stack0, 3)
+        shared["other_cpu_s"] = round(shared["machine_busy_s"] - sum(clients.values())
+                                      - shared["stack_cpu_s"] - (me1 - me0), 2)
+    return {name: {"cpu_s": cpu, **shared} for name, cpu in clients.items()}
 
 
-def run_pollbench(url: str, users: int, rate: float, args, work: Path, k: int) -> dict:
-    out = work / f"pollbench-{users}-{k}"
+class Launched:
+    """One client's run under way: ``finish(window)`` waits for it and returns its figures."""
+
+    def __init__(self, child: Child, finish: Callable[[dict], dict]):
+        self.child, self.finish = child, finish
+
+
+def launch_pollbench(url: str, users: int, rate: float, args, work: Path, k: int,
+                     launched: float) -> Launched:
+    out = work / f"pollbench-{args.load_users}-{k}"
     (out / "locust").mkdir(parents=True)
     spec = LoadSpec(users=users + 1, spawn_rate=(users + 1) / args.spawn_seconds,
                     duration_s=args.warmup + args.seconds + 1, channels=args.channels,
                     publish_rate=rate, poll_timeout_s=args.poll_timeout, workers=args.workers)
     cmd = spec.headless_cmd(url, out / "metrics", out / "locust" / "locust",
                             out / "locust" / "report.html", out / "locust" / "stats")
-    launched = time.time()
     start, end = launched + args.warmup, launched + args.warmup + args.seconds
     child = spawn("loadgen", cmd, out / "locust.log", cwd=REPO, cpus=args.loadgen_cpus)
-    try:
-        window = measure_window(child.popen, start, end, args.stack_pid)
-        child.popen.wait(timeout=args.poll_timeout + 60)
-    finally:
-        child.stop()
-    hdr = read_hdr_log(out / "metrics" / "latency.hdr.jsonl")
-    rows = hdr[(hdr["metric"] == "DELIVERY") & (hdr["t0"] >= start - 0.5) & (hdr["t1"] <= end + 0.5)]
-    hist = merged(rows, "DELIVERY")
-    p = percentiles_ms(hist, [50, 99])
-    progress = json.loads((out / "metrics" / "progress.json").read_text())
-    return {"client": "pollbench", "users": users, "delivered": hist.get_total_count(),
-            "window_s": args.seconds,  # (intervals with no delivery have no rows)
-            "p50_ms": p[50], "p99_ms": p[99], "lost": progress["lost"],
-            "duplicates": progress["duplicates"], "failures": progress["failures"],
-            "clock": progress.get("clock_source"), **window}
+
+    def finish(window: dict) -> dict:
+        try:
+            child.popen.wait(timeout=args.poll_timeout + 60)
+        finally:
+            child.stop()
+        hdr = read_hdr_log(out / "metrics" / "latency.hdr.jsonl")
+        rows = hdr[(hdr["metric"] == "DELIVERY") & (hdr["t0"] >= start - 0.5)
+                   & (hdr["t1"] <= end + 0.5)]
+        hist = merged(rows, "DELIVERY")
+        p = percentiles_ms(hist, [50, 99])
+        progress = json.loads((out / "metrics" / "progress.json").read_text())
+        return {"client": "pollbench", "users": users, "delivered": hist.get_total_count(),
+                "window_s": args.seconds,  # (intervals with no delivery have no rows)
+                "p50_ms": p[50], "p99_ms": p[99], "lost": progress["lost"],
+                "duplicates": progress["duplicates"], "failures": progress["failures"],
+                "clock": progress.get("clock_source"), **window}
+    return Launched(child, finish)
 
 
-def run_reference(url: str, users: int, rate: float, args, work: Path, k: int,
-                  name: str = "reference") -> dict:
+def launch_reference(url: str, users: int, rate: float, args, work: Path, k: int,
+                     launched: float, name: str = "reference") -> Launched:
     cmd = [sys.executable, str(REPO / "benchmarks" / "reference_client.py"), "--url", url,
            "--users", str(users), "--channels", str(args.channels), "--publish-rate", f"{rate:g}",
            "--poll-timeout", f"{args.poll_timeout:g}", "--spawn-seconds", f"{args.spawn_seconds:g}",
-           "--warmup", f"{args.warmup:g}", "--seconds", f"{args.seconds:g}"]
-    launched = time.time()
-    cmd += ["--start-at", f"{launched:.3f}"]
-    log = work / f"{name}-{users}-{k}.log"
+           "--warmup", f"{args.warmup:g}", "--seconds", f"{args.seconds:g}",
+           "--start-at", f"{launched:.3f}"]
+    log = work / f"{name}-{args.load_users}-{k}.log"
     child = spawn("reference", cmd, log, cpus=args.loadgen_cpus)
-    try:
-        window = measure_window(child.popen, launched + args.warmup,
-                                launched + args.warmup + args.seconds, args.stack_pid)
-        child.popen.wait(timeout=60)
-    finally:
-        child.stop()
-    if child.exit_code != 0:
-        raise RuntimeError(f"reference client failed; see {log}:\n{child.log_tail()}")
-    result = json.loads(log.read_text().strip().splitlines()[-1])
-    result.pop("cpu_s")  # its own reading; both sides use the same outside reading instead
-    return {**result, **window, "client": name}
+
+    def finish(window: dict) -> dict:
+        try:
+            child.popen.wait(timeout=60)
+        finally:
+            child.stop()
+        if child.exit_code != 0:
+            raise RuntimeError(f"reference client failed; see {log}:\n{child.log_tail()}")
+        result = json.loads(log.read_text().strip().splitlines()[-1])
+        result.pop("cpu_s")  # its own reading; both sides use the same outside reading instead
+        return {**result, **window, "client": name}
+    return Launched(child, finish)
+
+
+def run_sides(sides: list[str], url: str, users: int, rate: float, args, work: Path,
+              k: int) -> dict[str, dict]:
+    """Run ``sides`` (pollbench, reference, reference-again) over one window each, one after
+    the other; or, with ``--together``, all at once over the same window, each with its share
+    of the subscribers, and pollbench's publisher the only one."""
+    def launch(side: str, n: int, publish: float, launched: float) -> Launched:
+        if side == "pollbench":
+            return launch_pollbench(url, n, publish, args, work, k, launched)
+        return launch_reference(url, n, publish, args, work, k, launched, side)
+
+    got = {}
+    groups = [sides] if args.together else [[side] for side in sides]
+    for group in groups:
+        launched = time.time()
+        n = users // len(group)
+        publisher = "pollbench" if "pollbench" in group else group[0]
+        running = {side: launch(side, n, rate if side == publisher else 0.0, launched)
+                   for side in group}
+        try:
+            windows = measure_window({side: r.child.popen for side, r in running.items()},
+                                     launched + args.warmup,
+                                     launched + args.warmup + args.seconds, args.stack_pid)
+        except BaseException:
+            for r in running.values():
+                r.child.stop()
+            raise
+        for side, r in running.items():
+            got[side] = r.finish(windows[side])
+        for side in group:  # the stack served every client of the group
+            got[side]["stack_delivered"] = sum(got[s]["delivered"] for s in group)
+        time.sleep(args.pause)
+    return got
 
 
 def start_stack(args, work: Path) -> tuple[Child, str]:
@@ -193,11 +246,15 @@ def bounds(pb: dict, ref: dict) -> dict[str, bool]:
 
 
 def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels: int,
-              floor: list[dict] | None = None) -> list[str]:
+              floor: list[dict] | None = None, together: int = 0) -> list[str]:
     """The table of one load.  ``floor``: each pair's second run of the reference, judged
-    against the first by the same bounds: how far two runs of one client stray here."""
+    against the first by the same bounds: how far two runs of one client stray here.
+    ``together``: the clients of a pair ran at once, this many, sharing the subscribers."""
     lines = [f"\n== {users} subscribers, {rate:g} msg/s over {channels} channels "
-             f"({users * rate / channels:.0f} deliveries/s)",
+             f"({users * rate / channels:.0f} deliveries/s)"
+             + (f"; together: {together} clients at once, {users // together} subscribers "
+                "each, pollbench's CPU with the only publisher (judge CPU without --together)"
+                if together else ""),
              f"{'run':>4} {'client':15} {'p50 ms':>8} {'p99 ms':>8} {'deliv/s':>8} "
              f"{'CPU-s/1k deliv':>14} {'machine CPU %':>13} {'stack/1k':>8} {'other s':>7} "
              f"{'steal s':>7} {'lost':>5} {'dup':>4} {'fail':>5}"
@@ -211,7 +268,7 @@ def summarise(users: int, rate: float, pairs: list[tuple[dict, dict]], channels:
             rate_s = r["delivered"] / max(r.get("window_s") or 1, 1e-9)
             lines.append(f"{k + 1:>4} {r['client']:15} {fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8} "
                          f"{rate_s:>8.0f} {per_k:>14.3f} {r['machine_cpu_percent']:>13.0f} "
-                         f"{opt(r, 'stack_cpu_s', 1000 / max(r['delivered'], 1), 3):>8} "
+                         f"{opt(r, 'stack_cpu_s', 1000 / max(r.get('stack_delivered', r['delivered']), 1), 3):>8} "
                          f"{opt(r, 'other_cpu_s'):>7} {opt(r, 'steal_s'):>7} "
                          f"{r['lost']:>5} {r['duplicates']:>4} "
                          f"{r.get('failures', r.get('errors', 0)):>5}"
@@ -270,6 +327,10 @@ def main() -> int:
     ap.add_argument("--floor", action="store_true",
                     help="run the reference twice in each pair: how far two runs of one client "
                          "stray, against the same bounds (the comparison's own noise floor)")
+    ap.add_argument("--together", action="store_true",
+                    help="run a pair's clients at the same time over the same window, each "
+                         "with its share of the subscribers, pollbench publishing: the "
+                         "machine's drift between runs leaves the comparison")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
     args.loadgen_cpus = args.stack_cpus = None
@@ -292,27 +353,27 @@ def main() -> int:
     results = []
     try:
         for users, rate in loads:
+            args.load_users = users
             pairs, floor = [], []
             sides = ["pollbench", "reference", *(["reference-again"] if args.floor else [])]
             for k in range(args.pairs):
                 order = sides[k % len(sides):] + sides[:k % len(sides)]  # AB BA ..., ABC BCA ...
-                got = {}
+                got = run_sides(order, url, users, rate, args, work, k)
                 for side in order:
-                    got[side] = run_pollbench(url, users, rate, args, work, k) \
-                        if side == "pollbench" else run_reference(url, users, rate, args, work,
-                                                                  k, side)
                     r = got[side]
                     print(f"  {users} subs pair {k + 1} {side:9}: p50 {fmt(r['p50_ms'])} p99 "
                           f"{fmt(r['p99_ms'])} ms, {r['delivered']} deliveries, CPU "
-                          f"{r['cpu_s']:.2f} s, machine {r['machine_cpu_percent']:.0f} %",
+                          f"{r['cpu_s']:.2f} s, machine {r['machine_cpu_percent']:.0f} %, "
+                          f"other {opt(r, 'other_cpu_s')} s, steal {opt(r, 'steal_s')} s",
                           flush=True)
-                    time.sleep(args.pause)
                 pairs.append((got["pollbench"], got["reference"]))
                 if args.floor:
                     floor.append(got["reference-again"])
-            for line in summarise(users, rate, pairs, args.channels, floor):
+            for line in summarise(users, rate, pairs, args.channels, floor,
+                                  len(sides) if args.together else 0):
                 print(line, flush=True)
-            results.append({"users": users, "publish_rate": rate, "pairs": pairs,
+            results.append({"users": users, "publish_rate": rate, "together": args.together,
+                            "pairs": pairs,
                             **({"floor": floor} if args.floor else {})})
     finally:
         stack.stop(timeout=30)
