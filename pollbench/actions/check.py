@@ -85,8 +85,9 @@ def run_repetitions(repeat: int, port: int, backend_port: int, injected: dict[st
     return summaries
 
 
-def record_base_run(out: Path, git: dict) -> None:
-    """Append a base revision's repetition to the history, as the revision it ran."""
+def record_side_run(out: Path, git: dict | None) -> None:
+    """Append one side's repetition to the history as the revision it ran (``git``: the base
+    revision's; None: the run's own record, this checkout's)."""
     from pollbench.records.runrecord import store_in_history
 
     record = json.loads((out / "run.json").read_text())
@@ -183,7 +184,6 @@ def export_revision(ref: str) -> Path:
 def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
                     injected: dict[str, float]) -> tuple[list[dict], list[dict]]:
     """Alternate the baseline revision and this checkout, so drift hits both sides alike."""
-    import os
     import shutil
     import subprocess
 
@@ -200,30 +200,45 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
         raise UserError(f"--baseline-ref {ref} has no pollbench (no pollbench/__main__.py in "
                         "that revision): choose a revision that has it")
     root = new_run_dir("check-interleaved")
-    base, cand = [], []
+    base: list[dict] = []
+    cand: list[dict] = []
+    sides = [("baseline", tree, {}, {"commit": commit, "branch": ref, "dirty": False}),
+             ("candidate", repo, injected, None)]
     try:
         for i in range(repeat):
-            out = root / "baseline" / f"rep-{i + 1}"
-            out.parent.mkdir(exist_ok=True)
-            log.info(f"== baseline ({ref}) {i + 1} of {repeat}")
-            # the base revision's run is appended to the history by this check, with the
-            # revision it ran (its exported tree is no git checkout)
-            env = dict(os.environ, PYTHONPATH=str(tree), POLLBENCH_HISTORY=HISTORY_OFF)
-            proc = subprocess.run([sys.executable, "-m", "pollbench", "run",
-                                   *ci_run_arguments(port, backend_port), "--out", str(out)],
-                                  cwd=tree, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RunFailed(f"the baseline revision {ref} failed its run (exit "
-                                f"{proc.returncode}): {proc.stderr.strip()[-300:]}")
-            base.append(_summary(out))
-            record_base_run(out, {"commit": commit, "branch": ref, "dirty": False})
-            log.info(f"== candidate {i + 1} of {repeat}")
-            (root / "candidate").mkdir(exist_ok=True)
-            cand.append(run_candidate(root / "candidate" / f"rep-{i + 1}", port, backend_port,
-                                      injected))
+            # both sides alike: each a `pollbench run` of its own tree, in its own process,
+            # and the order turned every round (AB BA AB ...), so neither a drift within a
+            # round nor the place in it leans on one side
+            for name, where, inject, git in (sides if i % 2 == 0 else sides[::-1]):
+                out = root / name / f"rep-{i + 1}"
+                out.parent.mkdir(exist_ok=True)
+                log.info(f"== {name} ({ref if name == 'baseline' else 'this checkout'}) "
+                         f"{i + 1} of {repeat}")
+                run_side(where, out, port, backend_port, inject,
+                         f"the baseline revision {ref}" if git else "this checkout")
+                (base if git else cand).append(_summary(out))
+                record_side_run(out, git)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return base, cand
+
+
+def run_side(tree: Path, out: Path, port: int, backend_port: int, injected: dict[str, float],
+             what: str) -> None:
+    """One repetition of the CI scenario: ``pollbench run`` of ``tree``, as its own process
+    (the history is appended by the check, with the revision it ran)."""
+    import os
+    import subprocess
+
+    extra = [arg for k, v in injected.items() if v
+             for arg in (f"--{k.replace('_', '-')}", f"{v:g}")]
+    env = dict(os.environ, PYTHONPATH=str(tree), POLLBENCH_HISTORY=HISTORY_OFF)
+    proc = subprocess.run([sys.executable, "-m", "pollbench", "run",
+                           *ci_run_arguments(port, backend_port), *extra, "--out", str(out)],
+                          cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RunFailed(f"{what} failed its run (exit {proc.returncode}): "
+                        f"{proc.stderr.strip()[-300:]}")
 
 
 def check(baseline: Path | None, repeat: int | None, thresholds: Path | None, fmt: str,

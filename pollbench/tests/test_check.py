@@ -249,3 +249,15 @@ def test_an_interleaved_check_catches_an_injected_delay_pair_by_pair(tmp_path):
     assert metrics["lost_messages"]["status"] == "ok"
     runs = sorted((tmp_path / "results").glob("*-check-interleaved/*/rep-*"))
     assert len(runs) == 20 and elapsed < 300
+    # both sides in turn go first (AB BA ...): no side always runs on the same place of a round
+    root = runs[0].parents[1]
+
+    def started(side: str, i: int) -> float:
+        return json.loads((root / side / f"rep-{i}" / "run.json").read_text())["started_at"]
+    assert [started("baseline", i) < started("candidate", i) for i in range(1, 11)] == \
+        [i % 2 == 1 for i in range(1, 11)]
+    # and the injected delay reached the candidate's runs only
+    delays = {side: {json.loads((root / side / f"rep-{i}" / "run.json").read_text())
+                     ["stack"].get("delivery_delay_ms") for i in range(1, 11)}
+              for side in ("baseline", "candidate")}
+    assert delays == {"baseline": {0.0}, "candidate": {8.0}}, delays

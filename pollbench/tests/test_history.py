@@ -306,12 +306,12 @@ def test_check_names_the_last_step_of_a_flagged_metric(tmp_path, monkeypatch):
 
 
 def test_a_checks_base_revision_runs_are_stored_as_that_revision(tmp_path, monkeypatch):
-    from pollbench.actions.check import record_base_run
+    from pollbench.actions.check import record_side_run
 
     url = f"sqlite:///{tmp_path / 'h.sqlite'}"
     monkeypatch.setenv("POLLBENCH_HISTORY", url)
     run = fake_run(tmp_path / "runs", "rep-1", 1_700_000_000, "", 3.0)  # no git of its own
-    record_base_run(run, {"commit": "f" * 40, "branch": "origin/main", "dirty": False})
+    record_side_run(run, {"commit": "f" * 40, "branch": "origin/main", "dirty": False})
     [stored] = History.open(url).query()
     assert (stored.commit, stored.branch, stored.source) == ("f" * 40, "origin/main", "check")
     assert json.loads((run / "run.json").read_text())["history"]["stored"] is True
