@@ -22,6 +22,7 @@ from loadtests.options import (
     parse_mix,
     parse_source_addresses,
 )
+from loadtests.protocols import load_protocol
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
@@ -32,6 +33,9 @@ def add_options(parser) -> None:
     g = parser  # (argument groups do not take include_in_web_ui)
     g.add_argument("--pb-out", default="", include_in_web_ui=False,
                    help="folder for lossless latency data and progress (pollbench sets it)")
+    g.add_argument("--pb-protocol", default="pollbench", include_in_web_ui=False,
+                   help="how the target is spoken: pollbench, nchan, or module:Class (a "
+                        "subclass of loadtests.protocols.Protocol)")
     g.add_argument("--pb-channels", type=int, default=DEFAULTS.channels,
                    help="channels subscribers spread over")
     g.add_argument("--pb-publish-rate", type=float, default=DEFAULTS.publish_rate,
@@ -97,6 +101,7 @@ def on_init(environment, **_kw) -> None:
         parse_connection_mode(opts.pb_connection)  # fail at start, not in every user
         parse_backoff(opts.pb_retry_backoff)
         parse_source_addresses(os.environ.get(SOURCE_ENV) or opts.pb_source_addresses)
+        load_protocol(opts.pb_protocol)  # fail at start, not in every user
         classes = {c.__name__: c for c in (ChannelSubscriber, TaskPoller)}
         for name, weight in parse_mix(opts.pb_mix).items():
             classes[name].weight = weight

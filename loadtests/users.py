@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import random
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -43,6 +44,16 @@ from loadtests.options import (
     parse_backoff,
     parse_connection_mode,
     parse_source_addresses,
+)
+from loadtests.protocols import (
+    EPOCHS,
+    SERVER_SEQ,
+    BadAnswer,
+    Poll,
+    Protocol,
+    Published,
+    load_protocol,
+    stamp_body,
 )
 from loadtests.recorder import DELIVERY, PUBLISH_LAG, REPOLL_GAP, TASK, TASK_OVERHEAD
 
@@ -75,12 +86,6 @@ class MessageLost(Exception):
 
 class DuplicateMessage(Exception):
     """A message delivered to the same subscriber twice."""
-
-
-class BadAnswer(Exception):
-    """An answer with an unexpected status or body; its text is the cause it is counted
-    under (:func:`analysis.limits.answer_cause`: "HTTP 503 from backend: too many waiting
-    polls"), so Locust's failures table groups it the same way."""
 
 
 class PollbenchUser(User):
@@ -121,11 +126,12 @@ class PollbenchUser(User):
         return bool(self.close_every) and self._requests % self.close_every == 0
 
     def exchange(self, method: str, target: str, name: str, body: bytes | None = None,
-                 conn: LeanConnection | None = None) -> tuple[Response | None, float]:
+                 conn: LeanConnection | None = None, headers: tuple[tuple[str, str], ...] = (),
+                 content_type: str = "application/json") -> tuple[Response | None, float]:
         """One request: (answer, ms from send to the answer's receipt).  A transport error is
         reported as a failure here and gives (None, ms)."""
         close = self.close_next()
-        raw = build_request(method, target, self.host_header, body, close)
+        raw = build_request(method, target, self.host_header, body, close, content_type, headers)
         self.recorder.count("requests")
         conn = conn or self.conn
         connects = conn.connects
@@ -219,22 +225,25 @@ class TaskPoller(PollbenchUser):
 
 
 class ChannelSubscriber(PollbenchUser):
-    """Long-polls one channel by cursor with no pause between polls; checks every seq."""
+    """Long-polls one channel by cursor with no pause between polls, in the run's protocol
+    (:mod:`loadtests.protocols`), and judges every message it gets: by the server's
+    sequence where the protocol gives one (its gap and epoch signals too), else by the
+    publisher's stamp (:class:`StampOrder`)."""
 
     weight = 10
-    NAME = "/channels/[name]"
-    NAME_TIMEOUT = "/channels/[name] (204 timeout)"
     # Polls per Locust task: Locust's task loop (pick a task, check the user's state, sleep(0)
     # through the hub) costs about as much as a poll; bounded so Locust still stops users.
     POLLS_PER_TASK = 20
 
     def on_start(self) -> None:
         super().on_start()
-        self.channel = f"ch{self.index % self.opts.pb_channels}"
-        self.path = f"/channels/{self.channel}"
-        self.cursor: int | None = None
+        self.proto = protocol_for(self.opts)
+        self.by_server_seq = SERVER_SEQ in self.proto.gives
+        self.channel = self.proto.channel(self.index % self.opts.pb_channels)
+        self.cursor = None  # the protocol's own
         self.epoch: str | None = None
-        self.expected: int | None = None  # next seq this subscriber must see
+        self.expected: int | None = None  # next server seq this subscriber must see
+        self.order = StampOrder()  # the publishers' stamps seen (protocols without a seq)
         self.last_receipt: float | None = None
         self.failing_since: float | None = None  # first failure since the last delivery
 
@@ -244,16 +253,20 @@ class ChannelSubscriber(PollbenchUser):
             self.poll()
 
     def poll(self) -> None:
-        """One long poll by cursor, and what its answer delivered."""
-        target = f"{self.path}?timeout={self.poll_timeout:g}"
-        if self.cursor is not None:
-            target += f"&cursor={self.cursor}&epoch={self.epoch}"
+        """One long poll from the cursor, and what its answer delivered."""
+        proto = self.proto
+        req = proto.poll(self.channel, self.cursor)
         if self.last_receipt is not None:
             self.recorder.record_ms(REPOLL_GAP, (time.time() - self.last_receipt) * 1000)
-        resp, ms = self.exchange("GET", target, self.NAME)
-        if resp is None or resp.status not in (200, 204):
-            if resp is not None:
-                self.fail_answer("GET", self.NAME, ms, resp)
+        resp, ms = self.exchange(req.method, req.target, proto.poll_name, req.body,
+                                 headers=req.headers)
+        answer = None
+        if resp is not None:
+            try:
+                answer = proto.read_poll(resp, self.cursor)
+            except BadAnswer as e:
+                self.fail(req.method, proto.poll_name, ms, e)
+        if answer is None:
             if self.failing_since is None:
                 self.failing_since = time.time()
             self.last_receipt = None
@@ -261,36 +274,36 @@ class ChannelSubscriber(PollbenchUser):
             return
         self.backoff.reset()
         self.last_receipt = resp.received
-        if resp.status == 204:
-            self.ok("GET", self.NAME_TIMEOUT, ms, 0)
-            if self.cursor is None:
-                self.cursor = int(resp.header("x-cursor") or "0")
-                self.epoch = resp.header("x-epoch")
-                self.expected = self.cursor + 1
+        if not answer.messages:
+            self.ok(req.method, proto.timeout_name, ms, 0)
+            if self.cursor is None and answer.at_seq is not None:  # joined "from now on"
+                self.epoch = answer.epoch
+                self.expected = answer.at_seq + 1
                 if TRACE:
                     self.recorder.event("trace_join", user=id(self), channel=self.channel,
-                                        epoch=self.epoch, cursor=self.cursor,
+                                        epoch=self.epoch, cursor=answer.at_seq,
                                         at=round(resp.received, 4))
+            self.cursor = answer.cursor
             return
-        try:
-            data = resp.json()
-        except ValueError:
-            self.fail("GET", self.NAME, ms, BadAnswer("invalid JSON in a 200 poll answer"))
-            return
-        self.ok("GET", self.NAME, ms, len(resp.body))
-        self.take(data, resp.received)
+        self.ok(req.method, proto.poll_name, ms, len(resp.body))
+        if self.by_server_seq:
+            self.take(answer, resp.received)
+        else:
+            self.take_stamped(answer, resp.received)
+        self.cursor = answer.cursor
 
-    def take(self, data: dict, received: float) -> None:
+    def take(self, answer: Poll, received: float) -> None:
+        """Messages judged by the server's sequence, with its gap and epoch signals."""
         rec = self.recorder
         clock_offset = rec.clock_offset_s  # this host's clock to the target's (0: one host)
         if TRACE:  # every seq seen, for tests that count losses independently
             if self.cursor is None:
                 rec.event("trace_join", user=id(self), channel=self.channel,
-                          epoch=data["epoch"], cursor=data["messages"][0]["seq"] - 1
-                          if data["messages"] else data["cursor"], at=round(received, 4))
-            rec.event("trace_seen", user=id(self), channel=self.channel, epoch=data["epoch"],
-                      seqs=[m["seq"] for m in data["messages"]], at=round(received, 4))
-        if self.epoch is not None and data["epoch"] != self.epoch:
+                          epoch=answer.epoch, cursor=answer.messages[0].server_seq - 1,
+                          at=round(received, 4))
+            rec.event("trace_seen", user=id(self), channel=self.channel, epoch=answer.epoch,
+                      seqs=[m.server_seq for m in answer.messages], at=round(received, 4))
+        if self.epoch is not None and answer.epoch != self.epoch:
             # The channel's state was lost (a backend restarted): whatever was in flight is
             # gone, and we cannot know how much.  Counted as its own kind of loss.
             rec.count("epoch_changes")
@@ -299,12 +312,12 @@ class ChannelSubscriber(PollbenchUser):
             # what was published after our cursor in the old epoch is lost: counted from
             # this and the publisher's publisher_epoch_end (loadtests.recorder.EpochLoss)
             rec.event("epoch_change", channel=self.channel, old_epoch=self.epoch,
-                      cursor=self.cursor or 0, new_epoch=data["epoch"])
+                      cursor=self.cursor[0] if self.cursor else 0, new_epoch=answer.epoch)
             if self.failing_since is None:
                 self.failing_since = time.time()
             self.expected = None
-        self.epoch = data["epoch"]
-        dropped = data.get("dropped")
+        self.epoch = answer.epoch
+        dropped = answer.dropped
         if dropped:
             n = dropped[1] - dropped[0] + 1
             rec.count("lost_dropped", n)
@@ -314,8 +327,7 @@ class ChannelSubscriber(PollbenchUser):
         expected = self.expected
         delivered = 0
         log_row = self.rows.log
-        for msg in data["messages"]:
-            seq = msg["seq"]
+        for _, seq, ts in answer.messages:
             if expected is not None:
                 if seq < expected:
                     rec.count("duplicate")
@@ -326,22 +338,108 @@ class ChannelSubscriber(PollbenchUser):
                     rec.count("lost_silent", seq - expected)
                     self.fail(DELIVERY, "lost (silent gap)", 0,
                               MessageLost(f"seqs {expected}..{seq - 1} never arrived"))
-            latency_ms = (received + clock_offset - msg["ts"]) * 1000
+            latency_ms = (received + clock_offset - ts) * 1000
             rec.record_ms(DELIVERY, latency_ms)
             log_row(DELIVERY, "publish -> receive", latency_ms)
             delivered += 1
             expected = seq + 1
         self.expected = expected
-        rec.count("delivered", delivered)
-        if delivered and self.failing_since is not None:
-            rec.event("recovered", channel=self.channel, since=round(self.failing_since, 4),
-                      at=round(received, 4))
+        self.delivered(delivered, received)
+
+    def take_stamped(self, answer: Poll, received: float) -> None:
+        """Messages judged by the publisher's stamp: (publisher, seq in the channel, send
+        time on the target's clock); latency from the server's time where it gives one."""
+        rec = self.recorder
+        clock_offset = rec.clock_offset_s
+        order = self.order
+        delivered = 0
+        log_row = self.rows.log
+        for stamp, _, server_ts in answer.messages:
+            if stamp is None:  # not our publisher's (no stamp): delivered, not timed
+                rec.count("unstamped")
+                continue
+            verdict = order.see(stamp[0], stamp[1])
+            if verdict is DUPLICATE:
+                rec.count("duplicate")
+                self.fail(DELIVERY, "duplicate", 0,
+                          DuplicateMessage(f"seq {stamp[1]} of {stamp[0]} seen twice"))
+                continue
+            if verdict is LATE:  # filled a gap counted lost: it was only out of order
+                rec.count("reordered")
+                rec.count("lost_silent", -1)
+            elif verdict:  # a gap of that many
+                rec.count("lost_silent", verdict)
+                self.fail(DELIVERY, "lost (silent gap)", 0, MessageLost(
+                    f"seqs {stamp[1] - verdict}..{stamp[1] - 1} of {stamp[0]} never arrived"))
+            sent = server_ts if server_ts is not None else stamp[2]
+            latency_ms = (received + clock_offset - sent) * 1000
+            rec.record_ms(DELIVERY, latency_ms)
+            log_row(DELIVERY, "publish -> receive", latency_ms)
+            delivered += 1
+        self.delivered(delivered, received)
+
+    def delivered(self, n: int, received: float) -> None:
+        self.recorder.count("delivered", n)
+        if n and self.failing_since is not None:
+            self.recorder.event("recovered", channel=self.channel,
+                                since=round(self.failing_since, 4), at=round(received, 4))
             self.failing_since = None
-        self.cursor = data["cursor"]
+
+
+DUPLICATE = "duplicate"
+LATE = "late"
+
+
+class StampOrder:
+    """The stamps one subscriber has seen, per publisher: the next sequence expected and
+    the gaps still open (at most :attr:`MAX_GAPS` ranges each, so a subscriber far behind
+    costs bounded memory; a late message in a forgotten gap reads as a duplicate).
+
+    :meth:`see` answers 0 (in order), N (N messages skipped: counted lost), LATE (it fills
+    a gap counted lost before: out of order, not lost) or DUPLICATE (seen already)."""
+
+    MAX_GAPS = 64
+
+    def __init__(self) -> None:
+        self.next: dict[str, int] = {}
+        self.gaps: dict[str, list[list[int]]] = {}
+
+    def see(self, publisher: str, seq: int) -> int | str:
+        expected = self.next.get(publisher)
+        if expected is None or seq == expected:  # the first seen starts the count
+            self.next[publisher] = seq + 1
+            return 0
+        if seq > expected:
+            gaps = self.gaps.setdefault(publisher, [])
+            gaps.append([expected, seq - 1])
+            del gaps[:-self.MAX_GAPS]
+            self.next[publisher] = seq + 1
+            return seq - expected
+        for i, (lo, hi) in enumerate(self.gaps.get(publisher, ())):
+            if lo <= seq <= hi:
+                gaps = self.gaps[publisher]
+                gaps[i:i + 1] = [r for r in ([lo, seq - 1], [seq + 1, hi]) if r[0] <= r[1]]
+                return LATE
+        return DUPLICATE
+
+
+_protocol: tuple[str, Protocol | None] = ("", None)
+
+
+def protocol_for(opts) -> Protocol:
+    """This process's protocol (one instance: protocols hold no per-subscriber state)."""
+    global _protocol
+    name = getattr(opts, "pb_protocol", "pollbench") or "pollbench"
+    if _protocol[0] != name or _protocol[1] is None:
+        _protocol = (name, load_protocol(name)(opts.pb_poll_timeout))
+    assert _protocol[1] is not None
+    return _protocol[1]
 
 
 class Publisher(PollbenchUser):
-    """Publishes at a fixed rate on a schedule that never waits for responses (open model).
+    """Publishes at a fixed rate on a schedule that never waits for responses (open model),
+    each payload stamped (publisher id, sequence per channel, send time): loss, duplicates
+    and order are judged from what was sent, whatever the server's cursor looks like.
 
     Lateness against the schedule is recorded, so coordinated omission is visible
     instead of silently thinning the load.
@@ -350,10 +448,12 @@ class Publisher(PollbenchUser):
     fixed_count = 1
     weight = 1
     concurrency = 200  # requests in flight at once from this one user (one connection each)
-    NAME = "/channels/[name]"
 
     def on_start(self) -> None:
         super().on_start()
+        self.proto = protocol_for(self.opts)
+        self.publisher_id = f"{socket.gethostname()}-{os.getpid()}-{self.index}"
+        self.sent: dict[str, int] = {}  # channel -> last stamp seq
         self.idle: list[LeanConnection] = [self.conn]
         self.epochs: dict[str, tuple[str, int]] = {}  # channel -> (epoch, last seq published)
         self.ended: dict[str, set[str]] = {}          # channel -> epochs reported ended
@@ -370,8 +470,7 @@ class Publisher(PollbenchUser):
             gevent.sleep(3600)
             return
         interval = 1.0 / rate
-        channels = opts.pb_channels
-        body = json.dumps({"pad": "x" * max(opts.pb_message_bytes - 11, 0)}).encode()
+        channels = [self.proto.channel(i) for i in range(opts.pb_channels)]
         pool = gevent.pool.Pool(self.concurrency)
         start = time.time()
         for k in itertools.count():
@@ -380,49 +479,52 @@ class Publisher(PollbenchUser):
             if delay > 0:
                 gevent.sleep(delay)
             self.recorder.record_ms(PUBLISH_LAG, max((time.time() - scheduled) * 1000, 0.001))
-            pool.spawn(self.publish, f"/channels/ch{k % channels}", body)
+            pool.spawn(self.publish, channels[k % len(channels)])
 
-    def note_published(self, path: str, answer: bytes) -> dict | None:
+    def note_published(self, channel: str, got: Published) -> None:
         """Track the last seq published in each channel's epoch; when an epoch ends (a new
-        one answers), report its last seq: subscribers' losses are counted against it.
-        Returns the parsed answer (None if it is not one)."""
-        try:
-            got = json.loads(answer)
-            seq, epoch = int(got["seq"]), got.get("epoch")
-        except (ValueError, KeyError, TypeError):
-            return None
-        if not epoch:
-            return got
-        channel = path.rsplit("/", 1)[1]
+        one answers), report its last seq: subscribers' losses are counted against it."""
+        seq, epoch = got.server_seq, got.epoch
+        if not epoch or seq is None:
+            return
         current = self.epochs.get(channel)
         if current is None or current[0] == epoch:
             self.epochs[channel] = (epoch, max(seq, current[1] if current else 0))
-            return got
+            return
         if epoch in self.ended.get(channel, ()):
             # a late answer from an epoch already reported ended: report its new last seq
             self.recorder.event("publisher_epoch_end", channel=channel, epoch=epoch,
                                 last_seq=seq)
-            return got
+            return
         self.recorder.event("publisher_epoch_end", channel=channel, epoch=current[0],
                             last_seq=current[1], next_epoch=epoch)
         self.ended.setdefault(channel, set()).add(current[0])
         self.epochs[channel] = (epoch, seq)
-        return got
 
-    def publish(self, path: str, body: bytes) -> None:
+    def publish(self, channel: str) -> None:
+        proto = self.proto
+        seq = self.sent[channel] = self.sent.get(channel, 0) + 1
+        body = stamp_body(self.publisher_id, seq, time.time() + self.recorder.clock_offset_s,
+                          self.opts.pb_message_bytes)
+        req = proto.publish(channel, body)
         conn = self.idle.pop() if self.idle else self.new_connection()
         try:
-            resp, ms = self.exchange("POST", path, self.NAME, body, conn=conn)
+            resp, ms = self.exchange(req.method, req.target, proto.publish_name, req.body,
+                                     conn=conn, headers=req.headers,
+                                     content_type=req.content_type)
             if resp is None:
                 return
-            if resp.status != 201:
-                self.fail_answer("POST", self.NAME, ms, resp)
+            try:
+                got = proto.read_publish(resp)
+            except BadAnswer as e:
+                self.fail(req.method, proto.publish_name, ms, e)
                 return
-            self.ok("POST", self.NAME, ms, len(resp.body))
+            self.ok(req.method, proto.publish_name, ms, len(resp.body))
             self.recorder.count("published")
-            got = self.note_published(path, resp.body)
-            if TRACE and got is not None:
-                self.recorder.event("trace_published", channel=path.rsplit("/", 1)[1],
-                                    epoch=got.get("epoch"), seq=got["seq"], ts=got["ts"])
+            if EPOCHS in proto.gives:
+                self.note_published(channel, got)
+            if TRACE and got.server_seq is not None:
+                self.recorder.event("trace_published", channel=channel, epoch=got.epoch,
+                                    seq=got.server_seq, ts=got.server_ts)
         finally:
             self.idle.append(conn)

@@ -7,6 +7,7 @@ import argparse
 from dataclasses import replace
 
 from pollbench.errors import UserError
+from pollbench.stack import nginx_config
 from pollbench.stack.loadgen import DEFAULTS as D
 from pollbench.stack.loadgen import SCENARIOS, SHAPES, LoadSpec, check_number, parse_duration
 from pollbench.stack.nginx_config import ACCESS_LOGS
@@ -18,8 +19,9 @@ from target_app.server import LOOPS
 
 def add_stack_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stack")
-    g.add_argument("--profile", default="seed",
-                   help="nginx profile name (nginx/profiles/*.toml) or a .toml path (default seed)")
+    g.add_argument("--profile", default=None,
+                   help="nginx profile name (nginx/profiles/*.toml) or a .toml path (default "
+                        "seed; nchan with --protocol nchan)")
     g.add_argument("--backends", type=int, default=None,
                    help="number of backend processes (default: the profile's, 4 in seed)")
     g.add_argument("--loop", default="asyncio", choices=LOOPS,
@@ -64,9 +66,16 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                         "at it too)")
 
 
+def profile_from_args(args: argparse.Namespace) -> str:
+    """--profile, else the protocol's own (nchan's for --protocol nchan), else seed."""
+    if args.profile is not None:
+        return args.profile
+    return "nchan" if getattr(args, "protocol", None) == "nchan" else "seed"
+
+
 def spec_from_args(args: argparse.Namespace) -> StackSpec:
     access_log = getattr(args, "access_log", "auto")
-    return StackSpec(profile=args.profile,
+    return StackSpec(profile=profile_from_args(args),
                      nginx_overrides={} if access_log == "auto" else {"access_log": access_log},
                      backends=args.backends, loop=args.loop, port=args.port,
                      backend_port=args.backend_port, nginx_binary=args.nginx_binary,
@@ -94,6 +103,11 @@ def add_load_arguments(p: argparse.ArgumentParser, web_ui: bool = False) -> None
                             "mixed")
         g.add_argument("--mix", default=None,
                        help="weights instead of --scenario, e.g. subscriber:9,tasks:1")
+    g.add_argument("--protocol", default=None, metavar="NAME|module:Class",
+                   help="how the target is spoken: pollbench (the reference target's API), "
+                        "nchan (nginx's pub/sub module; its profile unless --profile says), "
+                        "or module:Class, a subclass of loadtests.protocols.Protocol "
+                        "(default: the profile's, else pollbench)")
     g.add_argument("--users", type=int, default=D.users,
                    help=f"simulated clients (default {D.users})")
     g.add_argument("--spawn-rate", type=float, default=None,
@@ -149,7 +163,17 @@ def load_from_args(args: argparse.Namespace) -> LoadSpec:
                     source_addresses=args.source_addresses, channels=args.channels,
                     publish_rate=args.publish_rate, poll_timeout_s=args.poll_timeout,
                     task_duration_ms=args.task_duration_ms,
-                    faults=tuple(getattr(args, "faults", ())))
+                    faults=tuple(getattr(args, "faults", ())),
+                    protocol=_protocol(args))
+
+
+def _protocol(args: argparse.Namespace) -> str:
+    """--protocol, else what the profile's stack serves (a --target alone: pollbench)."""
+    if getattr(args, "protocol", None):
+        return args.protocol
+    if getattr(args, "target", None) is not None and getattr(args, "agent", None) is None:
+        return "pollbench"
+    return nginx_config.serves(nginx_config.read_profile(profile_from_args(args)).knobs)
 
 
 def place_cpus(spec: StackSpec, load: LoadSpec, text: str | None) -> tuple[StackSpec, LoadSpec]:

@@ -77,6 +77,8 @@ def polls_per_backend(settings: dict[str, Any], state: str, load: LoadSpec) -> i
     (a channel's subscribers on one backend)."""
     polls = held_polls(load)
     backends = int(settings["backends"])
+    if backends == 0:  # nginx is the target (nchan): no backend holds a poll
+        return 0
     channels = load.channels if "ChannelSubscriber" in load.user_classes() else polls
     hashed = state == "local" and settings.get("balance") == "key-hash"
     return math.ceil(polls / min(backends, max(channels, 1))) if hashed \
@@ -99,7 +101,7 @@ def port_warnings(settings: dict[str, Any], state: str, load: LoadSpec,
                    f"from each of its {sources} source address(es); {have}: expect \"no free "
                    f"local port\" failures: --source-addresses with {need} or more of this "
                    "host's addresses spreads them (auto does on a loopback target)")
-    if held_polls(load):
+    if held_polls(load) and settings["backends"]:
         upstream = int(settings.get("upstream_sources") or 1)
         per_pair = math.ceil(polls_per_backend(settings, state, load) / upstream)
         if per_pair > usable_ports(port_range):
@@ -118,14 +120,17 @@ def nginx_capacity(settings: dict[str, Any]) -> tuple[int, int]:
     return int(workers), int(workers) * int(settings["worker_connections"])
 
 
-def nginx_need(polls: int) -> int:
+def nginx_need(polls: int, proxied: bool = True) -> int:
     # with every poll held, the idle upstream keep-alive pool is (nearly) empty: its
-    # connections carry the polls; a few more for the sampler's and publishers' requests
-    return 2 * polls + 16
+    # connections carry the polls; a few more for the sampler's and publishers' requests.
+    # Not proxied (nchan holds the poll in nginx): one connection a poll.
+    return (2 if proxied else 1) * polls + 16
 
 
-def fitting_profile(polls: int, state: str, current: str) -> str | None:
-    """A shipped profile whose nginx holds ``polls`` (the smallest such), same state."""
+def fitting_profile(polls: int, state: str, current: str, serves: str = "pollbench"
+                    ) -> str | None:
+    """A shipped profile whose nginx holds ``polls`` (the smallest such), same state, same
+    target (``serves``: pollbench's backends or nchan)."""
     best: tuple[int, str] | None = None
     for name in nginx_config.profile_names():
         if name == current:
@@ -138,7 +143,10 @@ def fitting_profile(polls: int, state: str, current: str) -> str | None:
         except UserError:  # a profile that does not load is no advice
             continue
         _, allowed = nginx_capacity(settings)
-        if nginx_need(polls) <= allowed and (best is None or allowed < best[0]):
+        if nginx_config.serves(settings) != serves:
+            continue
+        if nginx_need(polls, not settings["nchan"]) <= allowed and \
+                (best is None or allowed < best[0]):
             best = (allowed, name)
     return best[1] if best else None
 
@@ -167,12 +175,14 @@ def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadS
     if polls == 0:
         return out
     workers, allowed = nginx_capacity(settings)
-    need = nginx_need(polls)
+    proxied = not settings["nchan"]
+    need = nginx_need(polls, proxied)
     if need > allowed:
-        other = fitting_profile(polls, state, profile)
+        other = fitting_profile(polls, state, profile, nginx_config.serves(settings))
+        per_poll = "x 2, client and upstream" if proxied else "held in nginx itself"
         out.append(
-            f"this load needs about {need:,} nginx connections ({polls:,} held polls x 2, "
-            f"client and upstream); profile {profile} allows {allowed:,} ({workers} worker(s) x "
+            f"this load needs about {need:,} nginx connections ({polls:,} held polls "
+            f"{per_poll}); profile {profile} allows {allowed:,} ({workers} worker(s) x "
             f"{settings['worker_connections']:,} worker_connections): expect failures "
             "(\"worker_connections are not enough\")"
             + (f"; --profile {other} holds it" if other else

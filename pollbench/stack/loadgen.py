@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loadtests import options as loadtest_options
 from loadtests.options import DEFAULTS, check_load
+from loadtests.protocols import TASKS, Protocol, load_protocol
 from pollbench.errors import UserError
 from pollbench.paths import LOCUSTFILE, SHAPESFILE
 from pollbench.stack.faults import Fault, parse_fault, schedule
@@ -89,6 +90,15 @@ class LoadSpec:
     # list / CIDR range ("" after resolving: the kernel chooses)
     source_addresses: str = DEFAULTS.source_addresses
     faults: tuple[str, ...] = ()  # --fault AT:ACTION[=D][:TARGET] (pollbench.stack.faults)
+    # how the target is spoken: pollbench, nchan or module:Class (loadtests.protocols)
+    protocol: str = "pollbench"
+
+    def protocol_class(self) -> type[Protocol]:
+        """The protocol's class, refused in one line (not found, not a Protocol ...)."""
+        try:
+            return load_protocol(self.protocol)
+        except ValueError as e:
+            raise UserError(f"--protocol: {e}") from None
 
     def fault_schedule(self) -> list[Fault]:
         """Every fault occurrence in the run, in time order (refused in one line if bad)."""
@@ -118,6 +128,10 @@ class LoadSpec:
         if self.scenario not in SCENARIOS:
             raise UserError(f"unknown scenario {self.scenario!r}; choose one of "
                             f"{', '.join(SCENARIOS)}")
+        protocol = self.protocol_class()
+        if "TaskPoller" in self.user_classes() and TASKS not in protocol.gives:
+            raise UserError(f"the {self.protocol} protocol has no background tasks: use "
+                            "--scenario channels")
         if self.mix:
             parse_mix(self.mix)
         check_number("--duration", self.duration_s, 0, MAX_DURATION_S, above=True)
@@ -151,7 +165,7 @@ class LoadSpec:
                 "--pb-task-duration-ms", str(self.task_duration_ms),
                 "--pb-task-payload-bytes", str(self.task_payload_bytes),
                 "--pb-connection", self.connection,
-                "--pb-retry-backoff", self.retry_backoff]
+                "--pb-retry-backoff", self.retry_backoff, "--pb-protocol", self.protocol]
         if self.sources():
             opts += ["--pb-source-addresses", ",".join(self.sources())]
         if self.mix:

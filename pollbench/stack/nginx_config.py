@@ -93,7 +93,8 @@ class Knob:
 ACCESS_LOGS = ("full", "sampled-10", "sampled-100", "sampled-1000", "off")
 
 KNOBS: dict[str, Knob] = {k.name: k for k in [
-    Knob("backends", "int", "number of Tornado backend processes", 1, 64, nullable=False),
+    Knob("backends", "int", "number of Tornado backend processes (0 only with nchan)", 0, 64,
+         nullable=False),
     Knob("worker_processes", "int-or-auto", "nginx worker processes", 1, 64, nullable=False),
     Knob("worker_connections", "int", "connections per worker; a proxied poll costs 2", 16, 65535,
          nullable=False),
@@ -130,7 +131,42 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("gzip", "bool", "gzip responses (seed: on)", nullable=False),
     Knob("access_log", "choice", "nginx's access log: every request (full), every request of "
          "one connection in N (sampled-N), or none (off); unset: full", choices=ACCESS_LOGS),
+    # Nchan (libnginx-mod-nchan): nginx holds the polls itself, no backends
+    Knob("nchan", "bool", "nginx is the target: Nchan's pub/sub locations /pub/<ch> and "
+         "/sub/<ch> (long-poll), no backends (backends = 0)"),
+    Knob("nchan_subscriber_timeout", "int", "Nchan: a held poll ends 408 after this many s "
+         "(below the client's 300 s network timeout)", 1, 240),
+    Knob("nchan_message_buffer_length", "int", "Nchan: messages kept per channel; a "
+         "subscriber further behind skips to the oldest kept (counted lost)", 1, 100_000),
+    Knob("nchan_message_timeout", "int", "Nchan: a message is kept this many s (must outlast "
+         "the run: Nchan 1.3.6 crashes a worker when every message of a polled channel has "
+         "expired)", 60, 7 * 24 * 3600),
+    Knob("nchan_longpoll_multipart", "bool", "Nchan: every waiting message in one "
+         "multipart/mixed answer (off: one message per answer)"),
+    Knob("nchan_shared_memory_mb", "int", "Nchan: shared memory for messages and channels, "
+         "MiB (all workers)", 8, 8192),
+    Knob("nchan_first_message", "choice", "Nchan: what a new subscriber gets first: the next "
+         "message (newest) or the buffered backlog (oldest)", choices=("newest", "oldest")),
 ]}
+NCHAN_KNOBS = tuple(k for k in KNOBS if k.startswith("nchan_"))
+# Where Debian's libnginx-mod-nchan puts the module: loaded by its absolute path (a relative
+# load_module resolves against `nginx -p`'s run folder and fails there).
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+# Nchan's own default message timeout (1 h), against which a run's length is checked
+NCHAN_DEFAULT_MESSAGE_TIMEOUT = 3600
+
+
+def find_nchan_module() -> str:
+    """The Nchan module's path, or a one-line refusal saying what to install."""
+    if not NCHAN_MODULE.is_file():
+        raise UserError(f"the Nchan module is not installed ({NCHAN_MODULE}): "
+                        "apt-get install -y libnginx-mod-nchan (scripts/bootstrap.sh does)")
+    return safe_path(NCHAN_MODULE)
+
+
+def serves(settings: Mapping[str, Any]) -> str:
+    """The protocol a stack of these settings serves: "nchan" or "pollbench"."""
+    return "nchan" if settings.get("nchan") else "pollbench"
 
 # The seed configuration's values; every knob the seed does not set is None (nginx default).
 SEED = {
@@ -165,6 +201,14 @@ def validate(settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     prefix = f"{where}: " if where else ""
     out = apply_knobs(KNOBS, settings, _knob_defaults(), prefix, "nginx")
     problems = []
+    if out["nchan"]:
+        if out["backends"] != 0:
+            problems.append("nchan = true serves without backends: set backends = 0 (it is "
+                            f"{out['backends']})")
+    else:
+        if out["backends"] < 1:
+            problems.append("backends = 0 needs nchan = true (nginx alone must be the target)")
+        problems += [f"{k} needs nchan = true" for k in NCHAN_KNOBS if out[k] is not None]
     if not out["upstream_keepalive"]:
         for dep in ("upstream_keepalive_requests", "upstream_keepalive_timeout"):
             if out[dep] is not None:
@@ -346,6 +390,7 @@ def render(settings: Mapping[str, Any], paths: RenderPaths, listen_port: int,
     return template.render(s=settings, paths=paths, listen_port=listen_port,
                            backend_ports=backend_ports, run_as_root=run_as_root,
                            listen_address=listen_address,
+                           nchan_module=find_nchan_module() if settings["nchan"] else None,
                            upstream_split=upstream_split(settings["upstream_sources"] or 1))
 
 

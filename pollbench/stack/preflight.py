@@ -162,7 +162,8 @@ def load_fits(resolved: ResolvedStack, load: LoadSpec,
     probably a mistake."""
     warnings = []
     app = resolved.app_config
-    if "ChannelSubscriber" in load.user_classes():
+    check_protocol(resolved, load)
+    if "ChannelSubscriber" in load.user_classes() and resolved.settings["backends"]:
         # with local state each backend holds its own channels; shared state holds them all once
         holds = app.max_channels * (resolved.settings["backends"]
                                     if resolved.state == "local" else 1)
@@ -189,6 +190,26 @@ def load_fits(resolved: ResolvedStack, load: LoadSpec,
         warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "
                         "Locust processes queue behind each other (and the stack) for CPU")
     return warnings
+
+
+def check_protocol(resolved: ResolvedStack, load: LoadSpec) -> None:
+    """The load speaks what the stack serves (a built-in protocol against the other's stack
+    is refused), and an Nchan stack keeps its messages for the whole run."""
+    from loadtests.protocols import BUILT_IN
+
+    served = nginx_config.serves(resolved.settings)
+    if load.protocol in BUILT_IN and load.protocol != served:
+        raise UserError(f"--protocol {load.protocol} does not speak to profile "
+                        f"{resolved.spec.profile}, whose stack serves {served}: use "
+                        f"--protocol {served}"
+                        + (" or --profile nchan" if load.protocol == "nchan" else ""))
+    if served == "nchan":
+        kept = resolved.settings["nchan_message_timeout"] or \
+            nginx_config.NCHAN_DEFAULT_MESSAGE_TIMEOUT
+        if load.duration_s + 60 > kept:
+            raise UserError(f"nchan_message_timeout {kept} s must outlast the run ("
+                            f"{load.duration_s:g} s + 60): messages expiring mid-run trigger "
+                            "Nchan 1.3.6's worker crash; raise it in the profile")
 
 
 def with_access_log(spec: StackSpec, load: LoadSpec) -> StackSpec:

@@ -127,7 +127,9 @@ class StackSpec:
         if self.port in ports:
             raise UserError(f"--port {self.port} collides with the backend ports "
                             f"{ports[0]}-{ports[-1]}")
-        if ports[-1] > 65535:
+        if settings["nchan"]:
+            nginx_config.find_nchan_module()  # one line saying what to install
+        if ports and ports[-1] > 65535:
             raise UserError(f"backend ports run past 65535 (from {self.backend_port})")
         if self.max_hold_s >= settings["proxy_read_timeout"]:
             raise UserError(f"the longest poll hold ({self.max_hold_s:g} s) must be below nginx's "
