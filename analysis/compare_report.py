@@ -293,7 +293,9 @@ def comparison_table(cells: list[RunGroup]) -> pd.DataFrame:
         row = {"configuration": c.label, "runs": len(c.figures)}
         for metric, name in COMPARED:
             mean, half = c.mean_ci(metric)
-            row[name] = ("n/a" if mean is None else
+            unmeasured = any(metric in (f.summary.get("not_measured") or {}) for f in c.figures)
+            row[name] = ("not measured" if mean is None and unmeasured else
+                         "n/a" if mean is None else
                          f"{mean:.4g}" + (f" ± {half:.2g}" if half is not None else ""))
         row["ran out first"] = ran_out_first(c)
         rows.append(row)

@@ -135,12 +135,52 @@ def spectrum(hist: HdrHistogram) -> pd.DataFrame:
 
 def run_label(info: dict) -> str:
     p, s = info["parameters"], info["stack"]
-    label = (f"{p['scenario']}, profile {s['profile']}, {s['backends']} backends, "
-             f"loop {s['loop']}, {p['users']} users, {p['connection']}")
+    protocol = p.get("protocol", "pollbench")
+    if s.get("external"):  # a service pollbench did not start
+        return (f"{p['scenario']}, {protocol} at {s['url']} (not started by pollbench), "
+                f"{p['users']} users, {p['connection']}")
+    where = f"{s['backends']} backends, loop {s['loop']}" if s["backends"] else \
+        f"nginx alone ({protocol})"
+    label = f"{p['scenario']}, profile {s['profile']}, {where}, {p['users']} users, " \
+        f"{p['connection']}"
     if p.get("cpus_loadgen") or s.get("cpus"):
         cpus = [",".join(map(str, c)) if c else "any" for c in (p.get("cpus_loadgen"), s.get("cpus"))]
         label += f", CPUs load generator {cpus[0]} / stack {cpus[1]}"
     return label
+
+
+STACK_COMPONENTS = ("stack", "nginx", "backends", "redis")
+BACKEND_FIGURES = ("cpu_percent_backends", "cpu_percent_backend_busiest",
+                   "cpu_percent_backend_quietest", "cpu_per_kdelivery_backends",
+                   "cpu_per_krequest_backends", "requests_per_connection_upstream",
+                   "cpu_relative_backends")
+
+
+def not_measured(info: dict) -> dict[str, str]:
+    """The figures this run's target cannot give -> why (a figure it cannot give reads "not
+    measured", never 0): the stack's own of a service pollbench did not start, the
+    backends' of a stack without backends (nginx alone), the epochs' of a protocol
+    without them."""
+    stack, params = info.get("stack") or {}, info.get("parameters") or {}
+    out: dict[str, str] = {}
+    if stack.get("external"):
+        why = stack.get("not_measured") or "a service pollbench did not start"
+        for comp in STACK_COMPONENTS:
+            for prefix in ("cpu_percent_", "cpu_seconds_", "cpu_per_kdelivery_",
+                           "cpu_per_krequest_"):
+                out[prefix + comp] = why
+        for name in BACKEND_FIGURES:
+            out[name] = why
+    elif stack.get("backends") == 0:
+        for name in BACKEND_FIGURES:
+            out[name] = "no backends: nginx itself is the target"
+    gives = (info.get("accounting") or {}).get("gives")
+    if gives is not None and "epochs" not in gives:
+        protocol = params.get("protocol", "this")
+        for name in ("lost_epoch_messages", "epoch_changes"):
+            out[name] = (f"the {protocol} protocol names no lifetime of a channel's state "
+                         "(epoch): a restart's loss counts as lost messages")
+    return out
 
 
 def counter_totals(run: RunData, warmup_s: float | None = None) -> dict[str, int]:
@@ -272,6 +312,10 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     if not creuse and run.access.empty and \
             (info["stack"].get("nginx") or {}).get("access_log") == "off":
         creuse = stub_reuse(run.stub_status)
+    if not creuse and info["stack"].get("external") and all_totals.get("connects"):
+        # a service pollbench did not start: the load generator's own count of its requests
+        # and the TCP connections it opened for them
+        creuse = {"mean": all_totals.get("requests", 0) / all_totals["connects"]}
 
     fam = {k: summary_ms(f.total) for k, f in families.items()}
     metrics = {}
@@ -328,6 +372,9 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
             for q in ("p50", "p95", "p99"):
                 windows[f"{prefix}_{q}"] = [round(float(x), 4) for x in w[q]]
 
+    unmeasured = not_measured(info)
+    for name in unmeasured:
+        metrics.pop(name, None)
     warnings = list(info.get("warnings", []))
     if lost_unknown:
         warnings.append(f"{lost_unknown} epoch changes with no publisher report of the old "
@@ -366,6 +413,8 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         "warnings": warnings,
         "faults": per_fault(run), "backend_stalls": stalls, "redis_stalls": shared_stalls,
         "metrics": metrics,
+        # figures this target cannot give, with the reason: "not measured", never 0
+        "not_measured": unmeasured,
         "errors_by_cause": errors,
         "failures": failures,
         "limits": limits,

@@ -63,8 +63,16 @@ def fmt_value(m: dict) -> str:
 
 
 def headline_rows(summary: dict) -> list[tuple[str, str]]:
-    metrics = summary["metrics"]
-    return [(label, fmt_value(metrics[key])) for key, label in HEADLINE if key in metrics]
+    """(label, value) of each headline figure the run has; one it cannot give reads "not
+    measured" with the reason."""
+    metrics, unmeasured = summary["metrics"], summary.get("not_measured") or {}
+    rows = []
+    for key, label in HEADLINE:
+        if key in metrics:
+            rows.append((label, fmt_value(metrics[key])))
+        elif key in unmeasured:
+            rows.append((label, f"not measured: {unmeasured[key]}"))
+    return rows
 
 
 def fault_rows(summary: dict) -> list[list[str]]:

@@ -178,7 +178,7 @@ class MetricsPlumbing:
         last_delivered, last_requests, last_t = sink.last
         dt = max(now - last_t, 1e-6)
         sink.last = (delivered, requests, now)
-        lost_epoch = sink.epoch_loss.lost()
+        lost_epoch, lost_unknown = sink.epoch_loss.counts()
         return {
             "time": now, "elapsed_s": round(now - started_at, 1),
             "users": self.runner.user_count, "state": str(self.runner.state),
@@ -190,6 +190,11 @@ class MetricsPlumbing:
             "lost": totals.get("lost_dropped", 0) + totals.get("lost_silent", 0)
             + lost_epoch,
             "lost_epoch": lost_epoch,
+            # subscribers that saw their channel's state lost (a restart, an epoch change),
+            # and of those the changes whose loss cannot be counted (no publisher report)
+            "epoch_changes": totals.get("epoch_changes", 0),
+            "lost_epoch_unknown": lost_unknown,
+            "reordered": totals.get("reordered", 0),
             "duplicates": totals.get("duplicate", 0),
             "clock_source": ", ".join(sorted(sink.clocks)),
             **({"workers": self.runner.worker_count, "workers_lost": list(self.workers.lost)}

@@ -267,6 +267,10 @@ class EpochLoss:
     def lost(self) -> int:
         return epoch_loss(self.events)[0]
 
+    def counts(self) -> tuple[int, int]:
+        """(messages lost to epoch changes, epoch changes whose loss is unknown)."""
+        return epoch_loss(self.events)
+
 
 def watch_gc(recorder: Recorder) -> None:
     started = [0.0]
@@ -287,7 +291,7 @@ def error_cause(exc) -> str:
     the socket error ("connection refused", "connection reset", "timed out"), or the load
     generator's own limit ("too many open files in the load generator"); the vocabulary is
     :mod:`analysis.limits`."""
-    if type(exc).__name__ == "BadAnswer":
+    if type(exc).__name__ in ("BadAnswer", "ChannelRestarted"):
         return str(exc)
     if isinstance(exc, OSError) or type(exc).__name__ == "HttpError":
         return transport_cause(exc)

@@ -84,6 +84,11 @@ class MessageLost(Exception):
     """Messages a subscriber will never see; counted, never hidden."""
 
 
+class ChannelRestarted(MessageLost):
+    """A channel's state was lost (an epoch change): what was in flight is counted from the
+    publisher's report (analysis.epochs), or said to be unknown; its text is its cause."""
+
+
 class DuplicateMessage(Exception):
     """A message delivered to the same subscriber twice."""
 
@@ -308,7 +313,7 @@ class ChannelSubscriber(PollbenchUser):
             # gone, and we cannot know how much.  Counted as its own kind of loss.
             rec.count("epoch_changes")
             self.fail(DELIVERY, "lost (epoch change)", 0,
-                      MessageLost(f"channel {self.channel} restarted"))
+                      ChannelRestarted("channel state lost (epoch change)"))
             # what was published after our cursor in the old epoch is lost: counted from
             # this and the publisher's publisher_epoch_end (loadtests.recorder.EpochLoss)
             rec.event("epoch_change", channel=self.channel, old_epoch=self.epoch,

@@ -63,6 +63,7 @@ def base_parameters(load: LoadSpec) -> dict:
         "shape": load.shape, "workers": load.workers, "connection": load.connection,
         "retry_backoff": load.retry_backoff,
         "source_addresses": load.sources(),  # [] the kernel's choice (one address)
+        "protocol": load.protocol,
         "channels": load.channels, "publish_rate": load.publish_rate,
         "poll_timeout_s": load.poll_timeout_s, "task_duration_ms": load.task_duration_ms,
         "cpus_loadgen": list(load.cpus) if load.cpus else None,
@@ -172,6 +173,8 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
     sampler: Sampler | None = None
     status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
     try:
+        # how this run's deliveries are judged and timed (the protocol's own signals)
+        record["accounting"] = load.accounting()
         side.start()
         (run_dir / "locust").mkdir()
         cmd = load.headless_cmd(side.url, run_dir / METRICS_DIR, run_dir / "locust" / "locust",

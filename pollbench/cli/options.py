@@ -194,7 +194,9 @@ def add_remote_arguments(p) -> None:
         "agent there, the run's stack (a sweep's, each cell's) is started through it; with "
         "pollbench up --bind (runs only), the stack is up's")
     g.add_argument("--target", default=None,
-                   help="nginx on the target host, http://ADDR:PORT")
+                   help="alone (pollbench run): a service already running, http://ADDR:PORT, "
+                        "measured as a client sees it (nothing is started; the stack's figures "
+                        "read \"not measured\"); with --agent: nginx on the target host")
     g.add_argument("--agent", default=None, help="the target's agent, http://ADDR:PORT")
     g.add_argument("--agent-token", default=None,
                    help="the agent's token (default $POLLBENCH_AGENT_TOKEN): the control token "
@@ -213,16 +215,20 @@ def add_remote_arguments(p) -> None:
                         "controller, then stops it (renewed every S/4; default 30)")
 
 
-def remote_from_args(a):
-    """The RemoteTarget the options name, or None for a stack on this host."""
+def remote_from_args(a, external_ok: bool = False):
+    """The RemoteTarget the options name, or None for a stack on this host (or, with
+    ``external_ok``, for ``--target`` alone: a service already running)."""
     import os
 
     remote_opts = (a.target, a.agent, a.expect_workers)
     if all(v is None for v in remote_opts):
         return None
+    if a.agent is None and a.expect_workers is None and external_ok:
+        return None  # --target alone: a service already running (actions.external_run)
     if any(v is None for v in remote_opts):
         raise UserError("a run on another host needs --target, --agent and --expect-workers "
-                        "together")
+                        "together" + ("; --target alone measures a service already running"
+                                      if external_ok else ""))
     from pollbench.actions.remote_run import RemoteTarget
 
     return RemoteTarget(a.target, a.agent,

@@ -51,7 +51,7 @@ def handle(a) -> int:
         from pollbench.stack.loadgen import check_number
 
         check_number("--max-error-rate", a.max_error_rate, 0, 1)
-    remote = remote_from_args(a)
+    remote = remote_from_args(a, external_ok=True)
     if remote is not None:
         if a.prometheus:
             raise UserError("--prometheus starts a Prometheus beside a stack of this host; with "
@@ -61,6 +61,22 @@ def handle(a) -> int:
         return run_remote(remote, load_from_args(a), out=a.out, report=a.report,
                           max_error_rate=a.max_error_rate,
                           min_free_disk=parse_size(a.min_free_disk), stack=spec_from_args(a))
+    if a.target is not None:  # a service already running: nothing of it is started
+        stack_options = [o for o, given in (("--profile", a.profile is not None),
+                                            ("--prometheus", a.prometheus),
+                                            ("--backends", a.backends is not None),
+                                            ("--state", a.state is not None),
+                                            ("--fault", bool(a.faults)),
+                                            ("--cpus", a.cpus is not None)) if given]
+        if stack_options:
+            raise UserError(f"{', '.join(stack_options)} shape(s) a stack pollbench starts; "
+                            f"--target {a.target} alone is a service it did not start (add "
+                            "--agent for a target host that pollbench agent serves)")
+        from pollbench.actions.external_run import run_external
+
+        return run_external(a.target, load_from_args(a), out=a.out, report=a.report,
+                            max_error_rate=a.max_error_rate,
+                            min_free_disk=parse_size(a.min_free_disk))
     from pollbench.actions.run import run
 
     spec, load = place_cpus(spec_from_args(a), load_from_args(a), a.cpus)

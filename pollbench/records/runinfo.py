@@ -31,11 +31,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def software_versions(nginx_binary: str, redis_binary: str | None = None) -> dict:
-    """Versions of what the run used; ``redis_binary``: the redis-server it started."""
+def software_versions(nginx_binary: str | None, redis_binary: str | None = None) -> dict:
+    """Versions of what the run used; ``redis_binary``: the redis-server it started.
+    ``nginx_binary`` None: no nginx of the run's (a service pollbench did not start)."""
+    nginx_v = ""
     try:
-        nginx_v = subprocess.run([nginx_binary, "-V"], capture_output=True, text=True,
-                                 timeout=10).stderr.strip()
+        if nginx_binary is not None:
+            nginx_v = subprocess.run([nginx_binary, "-V"], capture_output=True, text=True,
+                                     timeout=10).stderr.strip()
     except OSError as e:
         nginx_v = f"unavailable: {e}"
     redis_v = None
@@ -51,7 +54,7 @@ def software_versions(nginx_binary: str, redis_binary: str | None = None) -> dic
         "tornado": _version("tornado"), "locust": _version("locust"),
         "uvloop": _version("uvloop"), "hdrhistogram": _version("hdrhistogram"),
         "redis_py": _version("redis"),
-        "nginx": nginx_v.splitlines()[0] if nginx_v else None, "nginx_V": nginx_v,
+        "nginx": nginx_v.splitlines()[0] if nginx_v else None, "nginx_V": nginx_v or None,
         "redis_server": redis_v,
     }
 

@@ -49,10 +49,25 @@ def record_start(kind: str, parameters: dict, target: dict) -> dict:
     }
 
 
+def lost_text(progress: dict) -> str:
+    """Lost messages as the summary says them: a count, with what a restart cost named as
+    such (``12 (3 to 2 epoch changes)``), or "unknown" with the subscribers affected when a
+    channel's state was lost and nobody can count what went with it: never a bare 0."""
+    lost = progress.get("lost")
+    changes, unknown = progress.get("epoch_changes") or 0, progress.get("lost_epoch_unknown") or 0
+    if not changes:
+        return f"{lost}"
+    text = f"{lost} ({progress.get('lost_epoch', 0)} to {changes} epoch change(s): a channel's " \
+        "state lost"
+    if unknown:
+        text += f"; unknown for {unknown} subscriber(s): no publish told where it ended"
+    return text + ")"
+
+
 def lost_warning(progress: dict) -> str | None:
     """The warning of a run (or a web-UI test) that lost or duplicated messages."""
-    if progress.get("lost") or progress.get("duplicates"):
-        return (f"{progress.get('lost', 0)} messages lost and {progress.get('duplicates', 0)} "
+    if progress.get("lost") or progress.get("duplicates") or progress.get("epoch_changes"):
+        return (f"{lost_text(progress)} messages lost and {progress.get('duplicates', 0)} "
                 "duplicated")
     return None
 
@@ -97,7 +112,7 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
         log.info(line)
     for line in latency_lines(run_dir / RUN_FILES["latency_hdr"]):
         log.info(line)
-    for line in cost_lines(record.get("cost")):
+    for line in cost_lines(record.get("cost"), record.get("stack")):
         log.info(line)
     failing = failing_line(error_rate(record), (record.get("limits") or {}).get("first"))
     if failing is not None:  # the summary's last word: how much failed, and why
@@ -106,7 +121,11 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
 
 def not_written(record: dict) -> set[str]:
     """The run files this run's settings do not write (nginx's access log when it is off)."""
-    nginx = (record.get("stack") or {}).get("nginx") or {}
+    stack = record.get("stack") or {}
+    if stack.get("external"):  # nothing of the stack is pollbench's to write
+        return {"nginx_conf", "nginx_access_log", "nginx_error_log", "stub_status",
+                "backend_stats"}
+    nginx = stack.get("nginx") or {}
     return {"nginx_access_log"} if nginx.get("access_log") == "off" else set()
 
 
@@ -163,16 +182,24 @@ def summary_lines(record: dict) -> list[str]:
     lines = [f"HTTP requests {requests:,} attempted ({requests / seconds:,.1f}/s), "
              f"{requests - failed:,} succeeded ({(requests - failed) / seconds:,.1f}/s), "
              f"{failed:,} failed ({error_rate(record):.2%})  delivered {lg.get('delivered')}  "
-             f"lost {lg.get('lost')}  duplicates {lg.get('duplicates')}"]
+             f"lost {lost_text(lg)}  duplicates {lg.get('duplicates')}"
+             + (f"  out of order {lg['reordered']}" if lg.get("reordered") else "")]
     for entry in (record.get("failures") or [])[:3]:
         lines.append(f"  failed: {entry['count']:,} x {entry['cause']}")
     return lines
 
 
 
-def cost_lines(cost: dict | None) -> list[str]:
-    """What the work cost, per 1,000 deliveries (a channels run) or requests (else)."""
+def cost_lines(cost: dict | None, stack: dict | None = None) -> list[str]:
+    """What the work cost, per 1,000 deliveries (a channels run) or requests (else); the
+    stack's "not measured" (with the reason) for a service pollbench did not start."""
     figures = (cost or {}).get("figures") or {}
+    if (stack or {}).get("external"):
+        for unit, what in (("kdelivery", "deliveries"), ("krequest", "requests")):
+            if f"cpu_per_{unit}_loadgen" in figures:
+                return [f"cost per 1,000 {what} (CPU-s): stack not measured ({stack['not_measured']})"
+                        f"; load generator {figures[f'cpu_per_{unit}_loadgen']:.3g}"]
+        return []
     for unit, what in (("kdelivery", "deliveries"), ("krequest", "requests")):
         got = {k.split("_", 3)[3]: v for k, v in figures.items()
                if k.startswith(f"cpu_per_{unit}_")}

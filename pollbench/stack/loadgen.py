@@ -10,6 +10,7 @@ from pathlib import Path
 from loadtests import options as loadtest_options
 from loadtests.options import DEFAULTS, check_load
 from loadtests.protocols import TASKS, Protocol, load_protocol
+from loadtests.protocols import accounting as protocol_accounting
 from pollbench.errors import UserError
 from pollbench.paths import LOCUSTFILE, SHAPESFILE
 from pollbench.stack.faults import Fault, parse_fault, schedule
@@ -123,6 +124,10 @@ class LoadSpec:
             classes = list(parse_mix(self.mix))
             return classes + ["Publisher"] if "ChannelSubscriber" in classes else classes
         return SCENARIOS[self.scenario]
+
+    def accounting(self) -> dict:
+        """run.json's "accounting": how the protocol's deliveries are judged and timed."""
+        return protocol_accounting(self.protocol_class())
 
     def validate(self, max_hold_s: float) -> None:
         if self.scenario not in SCENARIOS:
