@@ -121,6 +121,12 @@ NGINX_ERRORS: dict[str, tuple[str, str]] = {
     "connect_failed": ("connect() failed", "connect() to a backend failed"),
     "upstream_closed": ("upstream prematurely closed", "a backend closed mid-answer"),
     "client_closed": ("client prematurely closed", "a client closed first"),
+    # Nchan: a long-poll cursor older than the channel's buffer skipped to the oldest kept
+    # message (warn level; the subscriber's stamps count the messages it skipped)
+    "nchan_missed": ("Missed message for longpoll subscriber",
+                     "Nchan: a subscriber's cursor was past the buffer (messages skipped)"),
+    # a worker that crashed (Nchan 1.3.6's spool assertion, say): its held polls dropped
+    "worker_crashed": ("exited on signal", "an nginx worker crashed (exited on a signal)"),
 }
 _LEVEL = re.compile(r"\[(warn|error|crit|alert|emerg)\]")
 

@@ -146,3 +146,99 @@ def test_batched_rows_read_as_locusts_own_logging_of_the_same_requests():
     assert got["batched-row"] == got["direct-row"]
     assert got["batched-total"] == got["direct-total"]
     assert got["batched-row"][0] == 5000
+
+
+STAMPED_SCRIPT = textwrap.dedent('''
+    import argparse, json, time
+    import locust  # monkey-patches, as in a real run
+    from gevent.server import StreamServer
+    from locust.env import Environment
+    from loadtests.metrics import MetricsPlumbing
+    from loadtests.users import ChannelSubscriber
+
+    def stamp(seq, pub="p1"):
+        return json.dumps({"pb": [pub, seq, time.time() - 0.002], "pad": "xx"}).encode()
+
+    def one(seq, etag, pub="p1"):
+        body = stamp(seq, pub) if seq is not None else b"no stamp here"
+        return (b"HTTP/1.1 200 OK\\r\\nLast-Modified: Sun, 06 Dec 2026 10:00:00 GMT\\r\\n"
+                b"Etag: %d\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (etag, len(body), body))
+
+    def multi(seqs, etag):
+        parts = b"".join(b"--BND\\r\\nContent-Type: text/plain\\r\\n\\r\\n" + stamp(s) + b"\\r\\n"
+                         for s in seqs) + b"--BND--"
+        return (b"HTTP/1.1 200 OK\\r\\nContent-Type: multipart/mixed; boundary=BND\\r\\n"
+                b"Last-Modified: Sun, 06 Dec 2026 10:00:01 GMT\\r\\nEtag: %d\\r\\n"
+                b"Content-Length: %d\\r\\n\\r\\n%s" % (etag, len(parts), parts))
+
+    script = [
+        lambda: b"HTTP/1.1 408 Request Timeout\\r\\nEtag: 0\\r\\nContent-Length: 0\\r\\n\\r\\n",
+        lambda: one(1, 0),                 # the first stamp seen starts the count
+        lambda: one(2, 1),                 # in order
+        lambda: one(2, 2),                 # seen already: a duplicate
+        lambda: one(5, 3),                 # 3 and 4 never came: 2 lost
+        lambda: one(4, 4),                 # 4 came late: out of order, no longer lost
+        lambda: multi([6, 7, 9], 5),       # three in one answer; 8 missing: 1 lost
+        lambda: one(None, 6),              # a message without a stamp: not ours
+        lambda: one(1, 7, pub="p2"),       # another publisher: its own count
+        lambda: b"HTTP/1.1 408 Request Timeout\\r\\nEtag: 7\\r\\nContent-Length: 0\\r\\n\\r\\n",
+    ]
+    requests = []
+
+    def handle(sock, _addr):
+        buf = b""
+        for make in script:
+            while b"\\r\\n\\r\\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+            requests.append(head.decode())
+            sock.sendall(make())
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
+                              pb_retry_backoff="0.1:5", pb_protocol="nchan")
+    env = Environment(user_classes=[ChannelSubscriber], parsed_options=opts)
+    env.create_local_runner()
+    env.pollbench = plumbing = MetricsPlumbing(env, None)
+    ChannelSubscriber.host = f"http://127.0.0.1:{server.server_port}"
+    user = ChannelSubscriber(env)
+    user.on_start()
+    for _ in script:
+        user.poll()
+    plumbing.rows.merge()
+    counters = plumbing.recorder.cut()["counters"]
+    rows = {f"{e.method} {e.name}": [e.num_requests, e.num_failures]
+            for e in env.stats.entries.values()}
+    print(json.dumps({"counters": counters, "rows": rows, "requests": requests}))
+''')
+
+
+def test_stamped_subscriber_judges_loss_duplicates_and_order_from_the_publishers_stamps():
+    """A protocol without a server sequence (Nchan's wire, scripted): every message is judged
+    by the publisher's stamp, so a gap is lost, a repeat a duplicate, a late one out of order
+    (no longer lost), several in one multipart answer each counted, and a 408 an empty poll
+    that keeps the cursor."""
+    proc = subprocess.run([sys.executable, "-c", STAMPED_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    c, rows, requests = out["counters"], out["rows"], out["requests"]
+    assert c["delivered"] == 8  # 1, 2, 5, 4, 6, 7, 9 and p2's 1
+    assert c["duplicate"] == 1
+    assert c["lost_silent"] == 2 - 1 + 1  # 3 and 4, less 4 found late, plus 8
+    assert c["reordered"] == 1
+    assert c["unstamped"] == 1
+    assert rows["DELIVERY publish -> receive"] == [8, 0]
+    assert rows["DELIVERY duplicate"] == [1, 1]
+    assert rows["DELIVERY lost (silent gap)"] == [2, 2]
+    assert rows["GET /sub/[channel] (408 timeout)"] == [2, 0]
+    # Nchan's cursor: nothing at first, then both headers of the last answer on every poll
+    # (a 408 keeps the cursor it had)
+    assert "If-None-Match" not in requests[0] and "If-None-Match" not in requests[1]
+    assert "If-Modified-Since: Sun, 06 Dec 2026 10:00:00 GMT\r\nIf-None-Match: 0" in requests[2]
+    assert "If-Modified-Since: Sun, 06 Dec 2026 10:00:01 GMT\r\nIf-None-Match: 5" in requests[7]
+    assert requests[0].startswith("GET /sub/ch0 HTTP/1.1")

@@ -78,8 +78,12 @@ def _up(resolved: ResolvedStack, out: Path | None, agent: Agent | None, generate
         if stack.prometheus_url:
             print(f"prometheus:   {stack.prometheus_url}/  (scrapes the backends and nginx every "
                   f"second; a load generator on port {stack.loadgen_metrics_port} too)")
-        print(f"try:          curl -s '{stack.url}/channels/demo?timeout=10'   "
-              f"(and in another shell: curl -s -XPOST {stack.url}/channels/demo -d '{{\"hi\": 1}}')")
+        if stack.settings["nchan"]:
+            print(f"try:          curl -s {stack.url}/sub/demo   (and in another shell: "
+                  f"curl -s -XPOST {stack.url}/pub/demo -d '{{\"hi\": 1}}'; Nchan)")
+        else:
+            print(f"try:          curl -s '{stack.url}/channels/demo?timeout=10'   (and in "
+                  f"another shell: curl -s -XPOST {stack.url}/channels/demo -d '{{\"hi\": 1}}')")
         if agent is None:
             print("Ctrl-C stops everything.", flush=True)
             while True:

@@ -100,6 +100,13 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
         record["cost"] = run_cost(run_dir, record, RUN_FILES["counters"], RUN_FILES["processes"])
     except (OSError, ValueError, TypeError, KeyError) as e:  # run.json matters more
         record["warnings"].append(f"the cost per delivery could not be worked out ({e!r})")
+    logged = nginx_error_totals(run_dir)
+    if logged:
+        record["nginx_error_log"] = logged
+        if logged.get("worker_crashed"):
+            record["warnings"].append(
+                f"{logged['worker_crashed']} nginx worker(s) exited on a signal (a crash: "
+                "every poll it held was dropped); see nginx/logs/error.log")
     try:
         explain(record, run_dir)
     except (OSError, ValueError, TypeError, KeyError) as e:  # run.json matters more
@@ -117,6 +124,15 @@ def finish_record(record: dict, run_dir: Path, status: str, reason: str, code: i
     failing = failing_line(error_rate(record), (record.get("limits") or {}).get("first"))
     if failing is not None:  # the summary's last word: how much failed, and why
         log.warning(failing)
+
+
+def nginx_error_totals(run_dir: Path) -> dict[str, int]:
+    """nginx's error log over the whole run, by category (analysis.limits.NGINX_ERRORS)."""
+    totals: dict[str, int] = {}
+    for row in read_jsonl(run_dir / NGINX_ERRORS_FILE):
+        for category, n in (row.get("counts") or {}).items():
+            totals[category] = totals.get(category, 0) + int(n)
+    return totals
 
 
 def not_written(record: dict) -> set[str]:
@@ -186,6 +202,11 @@ def summary_lines(record: dict) -> list[str]:
              + (f"  out of order {lg['reordered']}" if lg.get("reordered") else "")]
     for entry in (record.get("failures") or [])[:3]:
         lines.append(f"  failed: {entry['count']:,} x {entry['cause']}")
+    missed = (record.get("nginx_error_log") or {}).get("nchan_missed")
+    if missed:
+        lines.append(f"  Nchan's error log: {missed:,} x \"Missed message for longpoll "
+                     "subscriber\" (a cursor past the buffer; the skipped messages are in "
+                     "lost)")
     return lines
 
 
