@@ -415,6 +415,8 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
         "metrics": metrics,
         # figures this target cannot give, with the reason: "not measured", never 0
         "not_measured": unmeasured,
+        # epoch changes whose loss nobody can count (not in lost_messages, never read as 0)
+        "lost_unknown": lost_unknown,
         "errors_by_cause": errors,
         "failures": failures,
         "limits": limits,

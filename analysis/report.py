@@ -67,9 +67,14 @@ def headline_rows(summary: dict) -> list[tuple[str, str]]:
     measured" with the reason."""
     metrics, unmeasured = summary["metrics"], summary.get("not_measured") or {}
     rows = []
+    unknown = summary.get("lost_unknown") or 0
     for key, label in HEADLINE:
         if key in metrics:
-            rows.append((label, fmt_value(metrics[key])))
+            value = fmt_value(metrics[key])
+            if unknown and key in ("lost_messages", "lost_epoch_messages"):
+                value += (f" counted + unknown for {unknown} subscriber(s) that saw their "
+                          "channel's state lost")
+            rows.append((label, value))
         elif key in unmeasured:
             rows.append((label, f"not measured: {unmeasured[key]}"))
     return rows

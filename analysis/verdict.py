@@ -352,6 +352,12 @@ def strip(summary: dict, metrics: dict) -> dict:
                                    if k not in metrics}}
 
 
+def not_measured_reason(summaries: list[dict], metric: str) -> str | None:
+    """Why a run's target could not give ``metric`` (figures.not_measured), if one says."""
+    return next((why for s in summaries
+                 if (why := (s.get("not_measured") or {}).get(metric))), None)
+
+
 def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
             paired: bool = False) -> list[Verdict]:
     """Every compared metric (Holm over those measured on both sides), then the absolute
@@ -390,6 +396,9 @@ def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
                   method, family, adjusted.get(metric), pair.get(metric, False))
         if metric in unjudged:
             v.explanation = f"not judged: {unjudged[metric]}"
+        elif v.status == NOT_MEASURED and (why := not_measured_reason(baseline + candidate,
+                                                                      metric)):
+            v.explanation = f"not measured: {why}"  # what the target cannot give, and why
         # the medians shown are those of the headline figure, not of the windows
         if use_windows and v.status != NOT_MEASURED:
             hb, hc = samples(baseline, metric, None, False), samples(candidate, metric, None,
@@ -411,10 +420,15 @@ def compare(baseline: list[dict], candidate: list[dict], thresholds: Thresholds,
                                     candidate_low=min(cand), candidate_high=max(cand)))
     for metric in GATE_METRICS:
         total = sum(samples(candidate, metric, None, False))
-        verdicts.append(Verdict(metric, GATE_FAILED if total else OK, None, total, None, 0,
-                                None, "absolute gate", 0, len(candidate),
-                                f"{total:g} in the candidate: must be 0" if total
-                                else "0 in the candidate"))
+        # a channel's state lost with nobody able to count what went with it: not 0
+        unknown = sum(int(s.get("lost_unknown") or 0) for s in candidate) \
+            if metric == "lost_messages" else 0
+        said = f"{total:g} in the candidate: must be 0" if total else "0 in the candidate"
+        if unknown:
+            said = (f"{total:g} counted, and unknown for {unknown} subscriber(s) that saw "
+                    "their channel's state lost (epoch change): must be 0")
+        verdicts.append(Verdict(metric, GATE_FAILED if total or unknown else OK, None, total,
+                                None, 0, None, "absolute gate", 0, len(candidate), said))
     rates = samples(candidate, "error_rate", None, False)
     worst = max(rates, default=0.0)
     verdicts.append(Verdict("error_rate_cap", GATE_FAILED if worst > thresholds.error_rate_cap

@@ -70,9 +70,13 @@ class _Second:
 class LiveView:
     """The live figures of one test (reset when the next one starts)."""
 
-    def __init__(self, live_path: Path | None, clock=time.time) -> None:
+    def __init__(self, live_path: Path | None, clock=time.time,
+                 gives: frozenset[str] | None = None) -> None:
         self.live_path = live_path
         self.clock = clock
+        # what the run's protocol gives (loadtests.protocols): a figure needing one it lacks
+        # reads "not measured"; None: everything (the reference target's API)
+        self.gives = gives
         self.total = new_histogram()
         self.seconds: dict[int, _Second] = {}
         self.reset(clock())
@@ -159,6 +163,8 @@ class LiveView:
             "lost": {"dropped": t.get("lost_dropped", 0), "silent": t.get("lost_silent", 0),
                      "epoch": self.lost_epoch},
             "duplicates": t.get("duplicate", 0), "epoch_changes": t.get("epoch_changes", 0),
+            "reordered": t.get("reordered", 0),
+            "gives": None if self.gives is None else sorted(self.gives),
             "errors": {"now": _errors(counts), "test": _errors(t)},
             "series": list(self.series),
             "target": self.target(self._error_rate(t)),
@@ -255,12 +261,19 @@ class LiveView:
             sparkline([p[5] for p in series]))
         row("HTTP requests/s (real requests only)", _rate(r_now["requests_per_s"]),
             _rate(r_test["requests_per_s"]), sparkline([p[6] for p in series]))
-        lost = snap["lost"]
-        row("lost: dropped by the server (slow reader)", test=_int(lost["dropped"]))
+        lost, gives = snap["lost"], snap.get("gives")
+
+        def given(capability: str, value: str) -> str:
+            return value if gives is None or capability in gives else \
+                "not measured (the protocol does not give it)"
+
+        row("lost: dropped by the server (slow reader)",
+            test=given("gap_signal", _int(lost["dropped"])))
         row("lost: never delivered (gap in seq)", test=_int(lost["silent"]))
-        row("lost: channel state lost (backend restart)", test=_int(lost["epoch"]))
+        row("lost: channel state lost (backend restart)", test=given("epochs", _int(lost["epoch"])))
         row("duplicate messages", test=_int(snap["duplicates"]))
-        row("epoch changes", test=_int(snap["epoch_changes"]))
+        row("out of order (late, not lost)", test=_int(snap.get("reordered", 0)))
+        row("epoch changes", test=given("epochs", _int(snap["epoch_changes"])))
         errors_now, errors_test = snap["errors"]["now"], snap["errors"]["test"]
         if not errors_test:
             row("errors", _int(0), _int(0))

@@ -57,8 +57,12 @@ class MetricsPlumbing:
         self.live = None
         if environment.web_ui is not None and not self.is_worker:
             from loadtests.live import LiveView
+            from loadtests.protocols import load_protocol
 
-            self.live = LiveView(Path(live_path) if live_path else None)
+            opts = environment.parsed_options
+            protocol = load_protocol(getattr(opts, "pb_protocol", None) or "pollbench")
+            self.live = LiveView(Path(live_path) if live_path else None,
+                                 gives=protocol.gives)
         self.started_at = time.time()
         self._greenlet = None
         self._stopped = False

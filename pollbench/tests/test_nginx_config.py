@@ -67,7 +67,9 @@ def test_upstream_keepalive_brings_its_two_companions(tmp_path):
     ("use", "kqueue", "epoll, poll, select"),
     ("proxy_next_upstream", ["error", "timeout;"], "drawn from"),
     ("balance", "sticky", "key-hash"),
-    ("backends", 0, "from 1 to 64"),
+    ("backends", 0, "backends = 0 needs nchan = true"),
+    ("backends", 65, "from 0 to 64"),
+    ("nchan_subscriber_timeout", "30s; include x", "nchan_subscriber_timeout"),
     ("not_a_knob", 1, "unknown nginx knob"),
 ])
 def test_bad_values_are_refused_naming_the_knob(knob, value, words):
@@ -75,6 +77,15 @@ def test_bad_values_are_refused_naming_the_knob(knob, value, words):
         nc.validate({knob: value})
     assert words in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_nchan_serves_without_backends_and_its_knobs_need_it():
+    with pytest.raises(UserError, match="nchan = true serves without backends"):
+        nc.validate({"nchan": True})  # the seed's 4 backends
+    with pytest.raises(UserError, match="nchan_message_buffer_length needs nchan = true"):
+        nc.validate({"nchan_message_buffer_length": 10})
+    assert nc.serves(nc.validate({"nchan": True, "backends": 0})) == "nchan"
+    assert nc.serves(nc.load_profile("seed")) == "pollbench"
 
 
 def test_rules_between_knobs():

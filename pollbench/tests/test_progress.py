@@ -61,3 +61,22 @@ def test_a_run_that_measured_nothing_is_void_and_says_why():
                         "loadgen": {"requests": 40, "http_failures": 39, "delivered": 3}}) is None
     assert void_reason({"parameters": {"scenario": "tasks"},
                         "loadgen": {"requests": 40, "http_failures": 0, "delivered": 0}}) is None
+
+
+def test_messages_lost_to_a_restart_are_named_never_a_bare_zero():
+    """38 subscribers saw their channel's state lost (nginx re-routed their polls): the
+    summary names the epoch changes, and says "unknown" with the subscribers affected when
+    no publish told where the old state ended, instead of "lost 0"."""
+    from pollbench.records.runrecord import summary_lines
+
+    base = {"requests": 1000, "http_failures": 0, "elapsed_s": 10.0, "delivered": 900,
+            "duplicates": 0, "lost_epoch": 0}
+    clean = summary_lines({"loadgen": {**base, "lost": 0}})[0]
+    assert clean.endswith("lost 0  duplicates 0")
+    unknown = summary_lines({"loadgen": {**base, "lost": 0, "epoch_changes": 38,
+                                         "lost_epoch_unknown": 38}})[0]
+    assert "lost 0 (0 to 38 epoch change(s): a channel's state lost; unknown for 38 " \
+           "subscriber(s)" in unknown
+    counted = summary_lines({"loadgen": {**base, "lost": 12, "lost_epoch": 12,
+                                         "epoch_changes": 3}})[0]
+    assert "lost 12 (12 to 3 epoch change(s)" in counted and "unknown" not in counted

@@ -49,6 +49,9 @@ def test_bad_input_is_refused_in_one_line_before_anything_starts(tmp_path):
     free = find_free_ports(2)
     target, agent = f"http://127.0.0.1:{free}", f"http://127.0.0.1:{free + 1}"
     assert "--target, --agent and --expect-workers together" in refused(
+        "run", "--target", target, "--agent", agent, "--users", "4")
+    # --target alone is a service already running: asked once, refused when it is not there
+    assert "does not answer GET /channels/pollbenchprobe" in refused(
         "run", "--target", target, "--users", "4")
     assert "must be http://HOST:PORT" in refused(*remote_args("127.0.0.1:80", agent))
     assert "must be http://HOST:PORT" in refused(*remote_args(target, f"{agent}/v1"))
