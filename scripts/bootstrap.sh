@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a machine for pollbench: nginx (Debian's nginx-light) and Redis (Debian's
-# redis-server, for --state redis) when they are missing, and a virtualenv in .venv with the
+# Set up a machine for pollbench: nginx (Debian's nginx-light), Nchan (Debian's
+# libnginx-mod-nchan, for --protocol nchan) and Redis (Debian's redis-server, for --state
+# redis) when they are missing, and a virtualenv in .venv with the
 # dependencies at the exact versions of constraints.txt (the lock).  Safe to rerun.
 #   --prometheus  also install Debian's prometheus and prometheus-nginx-exporter (for
 #            --prometheus; without their recommends: no node exporter)
@@ -23,6 +24,8 @@ done
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+# Nchan, loaded by its absolute path (pollbench.stack.nginx_config.NCHAN_MODULE)
+[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(libnginx-mod-nchan)
 if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 # the several-hosts test makes network namespaces with ip (iproute2)
 if [ "$want_test" = 1 ] && ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ]; then
