@@ -30,6 +30,7 @@ import os
 import random
 import socket
 import time
+from typing import cast
 from urllib.parse import urlsplit
 
 import gevent
@@ -271,7 +272,7 @@ class ChannelSubscriber(PollbenchUser):
                 answer = proto.read_poll(resp, self.cursor)
             except BadAnswer as e:
                 self.fail(req.method, proto.poll_name, ms, e)
-        if answer is None:
+        if answer is None or resp is None:
             if self.failing_since is None:
                 self.failing_since = time.time()
             self.last_receipt = None
@@ -301,13 +302,14 @@ class ChannelSubscriber(PollbenchUser):
         """Messages judged by the server's sequence, with its gap and epoch signals."""
         rec = self.recorder
         clock_offset = rec.clock_offset_s  # this host's clock to the target's (0: one host)
+        # a protocol that gives SERVER_SEQ gives it (and SERVER_TIME) for every message
+        messages = cast("list[tuple[None, int, float]]", answer.messages)
         if TRACE:  # every seq seen, for tests that count losses independently
             if self.cursor is None:
                 rec.event("trace_join", user=id(self), channel=self.channel,
-                          epoch=answer.epoch, cursor=answer.messages[0].server_seq - 1,
-                          at=round(received, 4))
+                          epoch=answer.epoch, cursor=messages[0][1] - 1, at=round(received, 4))
             rec.event("trace_seen", user=id(self), channel=self.channel, epoch=answer.epoch,
-                      seqs=[m.server_seq for m in answer.messages], at=round(received, 4))
+                      seqs=[m[1] for m in messages], at=round(received, 4))
         if self.epoch is not None and answer.epoch != self.epoch:
             # The channel's state was lost (a backend restarted): whatever was in flight is
             # gone, and we cannot know how much.  Counted as its own kind of loss.
@@ -332,7 +334,7 @@ class ChannelSubscriber(PollbenchUser):
         expected = self.expected
         delivered = 0
         log_row = self.rows.log
-        for _, seq, ts in answer.messages:
+        for _, seq, ts in messages:
             if expected is not None:
                 if seq < expected:
                     rec.count("duplicate")
@@ -364,15 +366,15 @@ class ChannelSubscriber(PollbenchUser):
                 rec.count("unstamped")
                 continue
             verdict = order.see(stamp[0], stamp[1])
-            if verdict is DUPLICATE:
+            if verdict == DUPLICATE:
                 rec.count("duplicate")
                 self.fail(DELIVERY, "duplicate", 0,
                           DuplicateMessage(f"seq {stamp[1]} of {stamp[0]} seen twice"))
                 continue
-            if verdict is LATE:  # filled a gap counted lost: it was only out of order
+            if verdict == LATE:  # filled a gap counted lost: it was only out of order
                 rec.count("reordered")
                 rec.count("lost_silent", -1)
-            elif verdict:  # a gap of that many
+            elif verdict > 0:  # a gap of that many
                 rec.count("lost_silent", verdict)
                 self.fail(DELIVERY, "lost (silent gap)", 0, MessageLost(
                     f"seqs {stamp[1] - verdict}..{stamp[1] - 1} of {stamp[0]} never arrived"))
@@ -391,8 +393,8 @@ class ChannelSubscriber(PollbenchUser):
             self.failing_since = None
 
 
-DUPLICATE = "duplicate"
-LATE = "late"
+DUPLICATE = -1  # StampOrder.see: seen already
+LATE = -2       # StampOrder.see: fills a gap counted lost
 
 
 class StampOrder:
@@ -409,7 +411,7 @@ class StampOrder:
         self.next: dict[str, int] = {}
         self.gaps: dict[str, list[list[int]]] = {}
 
-    def see(self, publisher: str, seq: int) -> int | str:
+    def see(self, publisher: str, seq: int) -> int:
         expected = self.next.get(publisher)
         if expected is None or seq == expected:  # the first seen starts the count
             self.next[publisher] = seq + 1

@@ -215,7 +215,8 @@ def cost_lines(cost: dict | None, stack: dict | None = None) -> list[str]:
     """What the work cost, per 1,000 deliveries (a channels run) or requests (else); the
     stack's "not measured" (with the reason) for a service pollbench did not start."""
     figures = (cost or {}).get("figures") or {}
-    if (stack or {}).get("external"):
+    stack = stack or {}
+    if stack.get("external"):
         for unit, what in (("kdelivery", "deliveries"), ("krequest", "requests")):
             if f"cpu_per_{unit}_loadgen" in figures:
                 return [f"cost per 1,000 {what} (CPU-s): stack not measured ({stack['not_measured']})"
