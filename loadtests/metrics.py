@@ -129,7 +129,13 @@ class MetricsPlumbing:
                 gevent.sleep(FLUSH_INTERVAL_S / ROWS_MERGES_PER_FLUSH)
                 self.rows.merge()
             gevent.sleep(FLUSH_INTERVAL_S / ROWS_MERGES_PER_FLUSH)
-            self.flush()
+            try:
+                self.flush()
+            except OSError as e:  # the record must outlive a load that exhausts the host
+                import logging
+
+                logging.getLogger(__name__).error(f"the run's figures could not be written "
+                                                  f"this second ({e}); trying again")
 
     def _trim_loop(self) -> None:
         while True:

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -219,6 +221,8 @@ class Sink:
         self.clocks: set[str] = set()
         self.epoch_loss = EpochLoss()
         self.last = (0, 0, time.time())  # delivered, requests, time at the last progress write
+        # held for the record's own writes when the load has taken every other descriptor
+        self._reserve = _reserve_descriptors(RESERVED_DESCRIPTORS)
 
     def write(self, source: str, payload: dict) -> None:
         t0, t1 = payload["t0"], payload["t1"]
@@ -243,12 +247,39 @@ class Sink:
                                        "source": source}) + "\n")
 
     def write_progress(self, progress: dict) -> None:
-        write_atomic(self.out / PROGRESS_FILE, json.dumps(progress), durable=False)
+        """progress.json, atomically: a new temporary file each time, so a load that has
+        used every descriptor would stop it; descriptors kept in reserve are given up for
+        the write and taken back after (as many as the process can get again)."""
+        try:
+            write_atomic(self.out / PROGRESS_FILE, json.dumps(progress), durable=False)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE) or not self._reserve:
+                raise
+            while self._reserve:
+                os.close(self._reserve.pop())
+            write_atomic(self.out / PROGRESS_FILE, json.dumps(progress), durable=False)
+            self._reserve = _reserve_descriptors(RESERVED_DESCRIPTORS)
 
     def close(self) -> None:
+        while self._reserve:
+            os.close(self._reserve.pop())
         self._hdr.close()
         self._counters.close()
         self._events.close()
+
+
+RESERVED_DESCRIPTORS = 4  # progress.json's temporary file, its folder, and room to spare
+
+
+def _reserve_descriptors(n: int) -> list[int]:
+    """Up to ``n`` descriptors (of /dev/null) held so the record can give them up to write."""
+    held = []
+    for _ in range(n):
+        try:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            break
+    return held
 
 
 class EpochLoss:

@@ -25,7 +25,7 @@ from pollbench.records.runrecord import record_start
 from pollbench.stack import disk
 from pollbench.stack.external import NOT_MEASURED, probe_target
 from pollbench.stack.loadgen import LoadSpec
-from pollbench.stack.processes import ChildGroup
+from pollbench.stack.processes import ChildGroup, open_files_line, raise_open_files
 from pollbench.stack.remote import check_http_url
 
 # the load's bound on --poll-timeout: the target's own hold limit is not known here
@@ -64,6 +64,7 @@ def run_external(url: str, load: LoadSpec, out: Path | None = None, report: bool
         raise UserError("--fault needs a stack pollbench starts (or a target host's agent): "
                         f"{url} is a service it did not start")
     probe_target(url, load.protocol)
+    log.info(open_files_line(raise_open_files()))
     label = run_label(load, "external")
     run_dir = new_run_dir(label, out)
     record = record_start("run", base_parameters(load), external_record(url, load))

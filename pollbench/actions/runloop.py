@@ -41,7 +41,7 @@ from pollbench.records.runrecord import error_rate, finish_record, store_in_hist
 from pollbench.stack.disk import DiskWatch
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.net import find_free_ports
-from pollbench.stack.processes import Child, ChildGroup, spawn
+from pollbench.stack.processes import Child, ChildGroup, raise_open_files, spawn
 from pollbench.stack.sampler import Sampler
 
 # Locust needs a moment past -t to stop users and write its reports.
@@ -85,6 +85,7 @@ class Progress:
         self.path, self.total_s, self.every_s = path, total_s, every_s
         self._next = time.monotonic() + every_s
         self.last: dict = {}
+        self.stalled = False
 
     def poll(self) -> None:
         if time.monotonic() < self._next:
@@ -94,6 +95,15 @@ class Progress:
             p = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return
+        if self.last and p.get("time") == self.last.get("time"):
+            # the same figures again: the load generator wrote nothing since (out of
+            # descriptors, stuck, gone): said once a stall, not repeated as if live
+            if not self.stalled:
+                log.warning(f"the load generator has written no figures since "
+                            f"{p['elapsed_s']:.0f} s (see logs/locust.log)")
+            self.stalled = True
+            return
+        self.stalled = False
         log.info(self.line(p, self.last))
         self.last = p
 
@@ -175,6 +185,8 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
     try:
         # how this run's deliveries are judged and timed (the protocol's own signals)
         record["accounting"] = load.accounting()
+        # the open-files limit every process of the run inherits (raised as far as it goes)
+        record["open_files"] = raise_open_files()
         side.start()
         (run_dir / "locust").mkdir()
         cmd = load.headless_cmd(side.url, run_dir / METRICS_DIR, run_dir / "locust" / "locust",
@@ -193,6 +205,7 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
         record["locust_command"] = side.shown_command(cmd)
         locust = side.group.add(spawn(LOADGEN, cmd, run_dir / "logs" / "locust.log",
                                       stop_signal=signal.SIGTERM, cpus=load.cpus))
+        load_started = time.monotonic()
         record["pids"] = side.pids()
         sampler = side.sampler(run_dir / "samples")
         sampler.start()
@@ -218,7 +231,13 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
             if rc not in (0, 1):
                 raise RunFailed(f"Locust exited with code {rc}; last lines of "
                                 f"{locust.log_path}:\n{locust.log_tail()}")
-            status, reason, code = STATUS_COMPLETE, "complete", EXIT_OK
+            cut_short = cut_short_reason(rc, time.monotonic() - load_started, load.duration_s,
+                                         locust)
+            if cut_short is not None:  # ran out of something: not a measurement of the load
+                log.warning(cut_short)
+                status, reason, code = STATUS_INCOMPLETE, cut_short, EXIT_RUN_FAILED
+            else:
+                status, reason, code = STATUS_COMPLETE, "complete", EXIT_OK
     except KeyboardInterrupt:
         status, reason, code = STATUS_INCOMPLETE, "interrupted (Ctrl-C or SIGTERM)", EXIT_INTERRUPTED
         raise
@@ -259,6 +278,20 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
         finally:
             signal.signal(signal.SIGINT, previous)
     return code
+
+
+def cut_short_reason(rc: int | None, ran_s: float, duration_s: float,
+                     locust: Child) -> str | None:
+    """Why a load generator that ended by itself did not run the load as asked (None: it
+    did): it exited with an error, or stopped before its duration (Locust's own start-up
+    only adds to its time, so a run shorter than the duration was cut)."""
+    if rc == 0 and ran_s >= duration_s - 1.0:
+        return None
+    last = next((ln.strip() for ln in reversed(locust.log_tail().splitlines()) if ln.strip()),
+                "(nothing)")
+    what = f"exited with code {rc}" if rc else "stopped"
+    return (f"incomplete: the load generator {what} after {ran_s:.0f} s of the "
+            f"{duration_s:g} s asked; the last line of {locust.log_path}: {last[:200]}")
 
 
 def write_report(run_dir: Path) -> None:

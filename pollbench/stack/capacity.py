@@ -205,6 +205,8 @@ def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     soft = max(soft, min(10_000, hard))  # Locust raises a soft limit under 10,000 to it
     if per_locust > soft:
+        need = math.ceil(load.users / max(soft - 64, 1))
         out.append(f"each Locust process would hold about {per_locust:,} sockets; the limit is "
-                   f"{soft:,} per process: add --workers")
+                   f"{soft:,} per process: add --workers (--workers {need} holds "
+                   f"{load.users:,} users)")
     return out

@@ -29,6 +29,7 @@ from pollbench.paths import results_dir
 from pollbench.stack import capacity, disk, net, nginx_config
 from pollbench.stack.faults import BACKEND_ACTIONS, Fault
 from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.processes import open_files_line, raise_open_files
 from pollbench.stack.spec import ResolvedStack, StackSpec
 
 __all__ = ["Checked", "check_fault_targets", "preflight"]
@@ -58,6 +59,9 @@ def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence
     choose nginx's access-log mode for the load's length (a run; not a UI session, which has
     none)."""
     port_range = net.local_port_range()
+    open_files = raise_open_files()  # before any limit is judged; the children inherit it
+    if warn:
+        log.info(open_files_line(open_files))
     if load is not None:
         if fit_access_log:
             spec = with_access_log(spec, load)

@@ -113,6 +113,47 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+_OPEN_FILES: dict | None = None  # raise_open_files' answer, once per process
+
+
+def raise_open_files() -> dict:
+    """Raise this process's open-files limit as far as it goes, once: the soft limit to the
+    hard one and, as root, the hard limit to ``fs.nr_open``; every process pollbench starts
+    inherits it.  Returns what it found: ``limit`` (the soft limit now), ``before``, ``hard``
+    and, when the hard limit could not be raised, ``refused`` (why)."""
+    import resource
+
+    global _OPEN_FILES
+    if _OPEN_FILES is not None:
+        return _OPEN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    out: dict = {"before": soft}
+    if os.geteuid() == 0:
+        try:
+            nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            nr_open = hard
+        if nr_open > hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nr_open, nr_open))
+                hard = nr_open
+            except (OSError, ValueError) as e:
+                out["refused"] = (f"raising the hard limit {hard:,} to fs.nr_open {nr_open:,} "
+                                  f"was refused ({e}: no CAP_SYS_RESOURCE here)")
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    out.update(limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard=hard)
+    _OPEN_FILES = out
+    return out
+
+
+def open_files_line(found: dict) -> str:
+    """raise_open_files' answer in one line."""
+    raised = "" if found["limit"] == found["before"] else f" (raised from {found['before']:,})"
+    return (f"open files per process started: {found['limit']:,}{raised}"
+            + (f"; {found['refused']}" if found.get("refused") else ""))
+
+
 def spawn(name: str, cmd: list[str], log_path: Path, *, env: dict | None = None,
           cwd: Path | None = None, stop_signal: int = signal.SIGTERM,
           cpus: tuple[int, ...] | None = None) -> Child:

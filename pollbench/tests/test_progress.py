@@ -80,3 +80,35 @@ def test_messages_lost_to_a_restart_are_named_never_a_bare_zero():
     counted = summary_lines({"loadgen": {**base, "lost": 12, "lost_epoch": 12,
                                          "epoch_changes": 3}})[0]
     assert "lost 12 (12 to 3 epoch change(s)" in counted and "unknown" not in counted
+
+
+def test_a_load_generator_that_exits_early_or_with_an_error_leaves_an_incomplete_run(tmp_path):
+    """A load generator that ran out (descriptors, say) and exited 1 after a part of its
+    duration made a run "complete", exit 0: it is incomplete, and says why, from its log."""
+    import sys
+    from dataclasses import dataclass
+
+    from analysis.catalog import EXIT_RUN_FAILED
+    from pollbench.actions.external_run import ExternalSide
+    from pollbench.actions.runloop import drive
+    from pollbench.records.runrecord import record_start
+    from pollbench.stack.loadgen import LoadSpec
+
+    @dataclass(frozen=True)
+    class DyingLoad(LoadSpec):
+        code: int = 1
+
+        def headless_cmd(self, *args, **kwargs) -> list[str]:  # Locust that gives up
+            return [sys.executable, "-c", "print('OSError: [Errno 24] Too many open files'); "
+                    f"raise SystemExit({self.code})"]
+
+    for code, words in ((1, "exited with code 1"), (0, "stopped")):
+        run_dir = tmp_path / f"run-{code}"
+        run_dir.mkdir()
+        record = record_start("run", {"scenario": "channels"}, {"stack": {}})
+        load = DyingLoad(duration_s=30, code=code)
+        assert drive(ExternalSide("http://127.0.0.1:9"), load, run_dir, record, report=False,
+                     history_source="run") == EXIT_RUN_FAILED
+        reason = record["exit"]["reason"]
+        assert record["status"] == "incomplete" and words in reason, reason
+        assert "of the 30 s asked" in reason and "Too many open files" in reason
