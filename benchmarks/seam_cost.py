@@ -58,11 +58,14 @@ def one_run(tree: Path, seconds: float, out: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", type=Path, required=True, help="the base tree (a worktree)")
+    ap.add_argument("--this", type=Path, default=REPO,
+                    help="the tree measured against it (default this checkout; a worktree of a "
+                         "commit keeps edits made meanwhile out of the runs)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--log", type=Path, default=None, help="append each run's figures here")
     args = ap.parse_args()
-    trees = {"base": args.base.resolve(), "this": REPO}
+    trees = {"base": args.base.resolve(), "this": args.this.resolve()}
     pairs: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="pb-seam-") as tmp:
         for rnd in range(args.rounds):

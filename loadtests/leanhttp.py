@@ -150,7 +150,8 @@ def build_request(method: str, target: str, host: str, body: bytes | None = None
     """The request's bytes, built once per request (or once per user for a fixed one).
     ``headers``: more header lines, as (name, value) (a protocol's cursor, say)."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{name}: {value}" for name, value in headers]
+    if headers:
+        lines += [f"{name}: {value}" for name, value in headers]
     if body is not None:
         lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     if close:

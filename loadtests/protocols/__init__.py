@@ -34,7 +34,6 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 from typing import Protocol as _Readable
 
@@ -66,9 +65,9 @@ class Answer(_Readable):
     def json(self) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One request a protocol asks for; the user class sends it on its own connection."""
+class Request(NamedTuple):
+    """One request a protocol asks for; the user class sends it on its own connection.
+    (A tuple: one is made per poll, and a tuple costs a third of a frozen dataclass.)"""
     method: str
     target: str
     body: bytes | None = None

@@ -17,7 +17,6 @@ from loadtests.protocols import (
     TASKS,
     Answer,
     BadAnswer,
-    Delivered,
     Poll,
     Protocol,
     Published,
@@ -32,11 +31,15 @@ class PollbenchProtocol(Protocol):
     timeout_name = "/channels/[name] (204 timeout)"
     publish_name = "/channels/[name]"
 
+    def __init__(self, poll_timeout_s: float = 20.0) -> None:
+        super().__init__(poll_timeout_s)
+        self._timeout = f"?timeout={poll_timeout_s:g}"
+
     def poll(self, channel: str, cursor: Any) -> Request:
-        target = f"/channels/{channel}?timeout={self.poll_timeout_s:g}"
-        if cursor is not None:  # (seq, epoch)
-            target += f"&cursor={cursor[0]}&epoch={cursor[1]}"
-        return Request("GET", target)
+        if cursor is None:
+            return Request("GET", f"/channels/{channel}{self._timeout}")
+        return Request("GET", f"/channels/{channel}{self._timeout}&cursor={cursor[0]}"
+                              f"&epoch={cursor[1]}")
 
     def read_poll(self, resp: Answer, cursor: Any) -> Poll:
         status = resp.status
@@ -49,9 +52,11 @@ class PollbenchProtocol(Protocol):
             raise BadAnswer(answer_cause(status, resp.body, resp.header("server")))
         try:
             data = resp.json()
-            messages = [Delivered(None, m["seq"], m["ts"]) for m in data["messages"]]
+            # plain tuples in Delivered's order (stamp, server_seq, server_ts): one a message
+            messages = [(None, m["seq"], m["ts"]) for m in data["messages"]]
             epoch = data["epoch"]
-            return Poll(messages, (data["cursor"], epoch), epoch, data.get("dropped"))
+            return Poll(messages, (data["cursor"], epoch), epoch,  # type: ignore[arg-type]
+                        data.get("dropped"))
         except (ValueError, KeyError, TypeError):
             raise BadAnswer("invalid JSON in a 200 poll answer") from None
 
