@@ -39,9 +39,9 @@ TARGETS = {
     "nchan": ["--protocol", "nchan"],
 }
 LOADS = {  # name -> (subscribers, channels, messages/s)
-    "1000x10@20": (1000, 10, 20.0),
-    "3000x10@10": (3000, 10, 10.0),
-    "5000x1@0.2": (5000, 1, 0.2),
+    "1000x10-20": (1000, 10, 20.0),
+    "3000x10-10": (3000, 10, 10.0),
+    "5000x1-0.2": (5000, 1, 0.2),
 }
 WARMUP_S = 10.0  # spawning (5 s) and the first polls left out
 
