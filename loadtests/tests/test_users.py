@@ -14,6 +14,45 @@ import subprocess
 import sys
 import textwrap
 
+# The scripted server plays ``script`` (one answer per request) to one subscriber speaking
+# ``protocol``, which polls once per answer; printed: its counters, Locust's rows, and the
+# requests it sent (their whole heads).
+PLAY = textwrap.dedent('''
+    requests = []
+
+    def handle(sock, _addr):
+        buf = b""
+        for make in script:
+            while b"\\r\\n\\r\\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+            requests.append(head.decode())
+            sock.sendall(make())
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
+                              pb_retry_backoff="0.1:5", pb_protocol=protocol)
+    env = Environment(user_classes=[ChannelSubscriber], parsed_options=opts)
+    env.create_local_runner()
+    env.pollbench = plumbing = MetricsPlumbing(env, None)
+    ChannelSubscriber.host = f"http://127.0.0.1:{server.server_port}"
+    user = ChannelSubscriber(env)
+    user.on_start()
+    for _ in script:
+        user.poll()
+    plumbing.rows.merge()
+    counters = plumbing.recorder.cut()["counters"]
+    rows = {f"{e.method} {e.name}": [e.num_requests, e.num_failures]
+            for e in env.stats.entries.values()}
+    print(json.dumps({"counters": counters, "rows": rows, "requests": requests,
+                      "total": env.stats.total.num_requests, "clock": plumbing.recorder.clock}))
+''')
+
+
 SCRIPT = textwrap.dedent('''
     import argparse, json, time
     import locust  # monkey-patches, as in a real run
@@ -40,39 +79,8 @@ SCRIPT = textwrap.dedent('''
         lambda: b"HTTP/1.1 503 Service Unavailable\\r\\nContent-Length: 60\\r\\n\\r\\n"
                 b'{"error": "too many waiting polls (limit 5)", "status": 503}',
     ]
-    requests = []
-
-    def handle(sock, _addr):
-        buf = b""
-        for make in script:
-            while b"\\r\\n\\r\\n" not in buf:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\\r\\n\\r\\n")
-            requests.append(head.split(b"\\r\\n")[0].decode())
-            sock.sendall(make())
-
-    server = StreamServer(("127.0.0.1", 0), handle)
-    server.start()
-    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
-                              pb_retry_backoff="0.1:5")
-    env = Environment(user_classes=[ChannelSubscriber], parsed_options=opts)
-    env.create_local_runner()
-    env.pollbench = plumbing = MetricsPlumbing(env, None)
-    ChannelSubscriber.host = f"http://127.0.0.1:{server.server_port}"
-    user = ChannelSubscriber(env)
-    user.on_start()
-    for _ in script:
-        user.poll()
-    plumbing.rows.merge()
-    counters = plumbing.recorder.cut()["counters"]
-    rows = {f"{e.method} {e.name}": [e.num_requests, e.num_failures]
-            for e in env.stats.entries.values()}
-    print(json.dumps({"counters": counters, "rows": rows, "requests": requests,
-                      "total": env.stats.total.num_requests, "clock": plumbing.recorder.clock}))
-''')
+    protocol = "pollbench"
+''') + PLAY
 
 
 def test_subscriber_counts_every_kind_of_loss_once_and_feeds_locust_rows():
@@ -99,9 +107,10 @@ def test_subscriber_counts_every_kind_of_loss_once_and_feeds_locust_rows():
     assert rows["GET /channels/[name] (204 timeout)"] == [1, 0]
     assert rows["GET /channels/[name]"] == [6, 1]  # 5 answers with messages + the 503
     # the cursor protocol: no cursor first, then cursor + epoch of the last answer
-    assert out["requests"][0] == "GET /channels/ch0?timeout=1 HTTP/1.1"
-    assert out["requests"][1] == "GET /channels/ch0?timeout=1&cursor=5&epoch=e1 HTTP/1.1"
-    assert out["requests"][6] == "GET /channels/ch0?timeout=1&cursor=1&epoch=e2 HTTP/1.1"
+    lines = [head.split("\r\n")[0] for head in out["requests"]]
+    assert lines[0] == "GET /channels/ch0?timeout=1 HTTP/1.1"
+    assert lines[1] == "GET /channels/ch0?timeout=1&cursor=5&epoch=e1 HTTP/1.1"
+    assert lines[6] == "GET /channels/ch0?timeout=1&cursor=1&epoch=e2 HTTP/1.1"
     assert out["clock"].startswith("kernel")
 
 
@@ -183,38 +192,8 @@ STAMPED_SCRIPT = textwrap.dedent('''
         lambda: one(1, 7, pub="p2"),       # another publisher: its own count
         lambda: b"HTTP/1.1 408 Request Timeout\\r\\nEtag: 7\\r\\nContent-Length: 0\\r\\n\\r\\n",
     ]
-    requests = []
-
-    def handle(sock, _addr):
-        buf = b""
-        for make in script:
-            while b"\\r\\n\\r\\n" not in buf:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\\r\\n\\r\\n")
-            requests.append(head.decode())
-            sock.sendall(make())
-
-    server = StreamServer(("127.0.0.1", 0), handle)
-    server.start()
-    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
-                              pb_retry_backoff="0.1:5", pb_protocol="nchan")
-    env = Environment(user_classes=[ChannelSubscriber], parsed_options=opts)
-    env.create_local_runner()
-    env.pollbench = plumbing = MetricsPlumbing(env, None)
-    ChannelSubscriber.host = f"http://127.0.0.1:{server.server_port}"
-    user = ChannelSubscriber(env)
-    user.on_start()
-    for _ in script:
-        user.poll()
-    plumbing.rows.merge()
-    counters = plumbing.recorder.cut()["counters"]
-    rows = {f"{e.method} {e.name}": [e.num_requests, e.num_failures]
-            for e in env.stats.entries.values()}
-    print(json.dumps({"counters": counters, "rows": rows, "requests": requests}))
-''')
+    protocol = "nchan"
+''') + PLAY
 
 
 def test_stamped_subscriber_judges_loss_duplicates_and_order_from_the_publishers_stamps():
