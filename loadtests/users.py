@@ -525,6 +525,11 @@ class Publisher(PollbenchUser):
                 got = proto.read_publish(resp)
             except BadAnswer as e:
                 self.fail(req.method, proto.publish_name, ms, e)
+                # refused: never published, so not lost to anyone.  Its sequence is given
+                # back while no later one was taken (a publish with no answer keeps it:
+                # the server may have it, and a subscriber that never sees it counts it)
+                if self.sent[channel] == seq:
+                    self.sent[channel] = seq - 1
                 return
             self.ok(req.method, proto.publish_name, ms, len(resp.body))
             self.recorder.count("published")

@@ -221,3 +221,56 @@ def test_stamped_subscriber_judges_loss_duplicates_and_order_from_the_publishers
     assert "If-Modified-Since: Sun, 06 Dec 2026 10:00:00 GMT\r\nIf-None-Match: 0" in requests[2]
     assert "If-Modified-Since: Sun, 06 Dec 2026 10:00:01 GMT\r\nIf-None-Match: 5" in requests[7]
     assert requests[0].startswith("GET /sub/ch0 HTTP/1.1")
+
+
+PUBLISH_SCRIPT = textwrap.dedent('''
+    import argparse, json
+    import locust  # monkey-patches, as in a real run
+    from gevent.server import StreamServer
+    from locust.env import Environment
+    from loadtests.metrics import MetricsPlumbing
+    from loadtests.protocols import read_stamp
+    from loadtests.users import Publisher
+
+    answers = [b"202 Accepted", b"503 Service Unavailable", b"202 Accepted", b"202 Accepted"]
+    stamps = []
+
+    def handle(sock, _addr):
+        buf = b""
+        for status in answers:
+            while b"\\r\\n\\r\\n" not in buf:
+                buf += sock.recv(65536)
+            head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\\r\\n")[0])
+            while len(buf) < length:
+                buf += sock.recv(65536)
+            stamps.append(read_stamp(buf[:length])[1])
+            buf = buf[length:]
+            body = b"queued messages: 1\\n"
+            sock.sendall(b"HTTP/1.1 " + status + b"\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
+                         % (len(body), body))
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
+                              pb_retry_backoff="0.1:5", pb_protocol="nchan",
+                              pb_message_bytes=64)
+    env = Environment(user_classes=[Publisher], parsed_options=opts)
+    env.create_local_runner()
+    env.pollbench = plumbing = MetricsPlumbing(env, None)
+    Publisher.host = f"http://127.0.0.1:{server.server_port}"
+    pub = Publisher(env)
+    pub.on_start()
+    for _ in answers:
+        pub.publish("ch0")
+    print(json.dumps({"stamps": stamps, "counters": plumbing.recorder.cut()["counters"]}))
+''')
+
+
+def test_a_refused_publish_gives_its_stamp_back_so_no_subscriber_counts_it_lost():
+    proc = subprocess.run([sys.executable, "-c", PUBLISH_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["stamps"] == [1, 2, 2, 3]  # the 503's seq 2 is published again
+    assert out["counters"]["published"] == 3
