@@ -23,9 +23,11 @@ The needs are estimates of the steady state (every user holding a poll at once):
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import resource
+import zlib
 from typing import Any
 
 from pollbench.errors import UserError
@@ -72,21 +74,60 @@ def loopback_sources(count: int) -> list[str]:
     return [f"127.0.0.{i}" for i in range(1, min(count, MAX_LOOPBACK_SOURCES) + 1)]
 
 
-def polls_per_backend(settings: dict[str, Any], state: str, load: LoadSpec) -> int:
-    """The most polls one backend holds: even spread, except a key hash with local state
-    (a channel's subscribers on one backend)."""
+def chash_ring(servers: list[str]) -> tuple[list[int], list[int]]:
+    """nginx's ``hash KEY consistent`` ring over ``servers`` ("127.0.0.1:8000", as the
+    upstream block writes them): 160 points a server, each the CRC32 of "host\\0port"
+    followed by the previous point's 4 bytes (little-endian), sorted, repeats dropped
+    (ngx_http_upstream_hash_module.c, ngx_http_upstream_init_chash).  Returns the points'
+    hashes and the index of each point's server."""
+    points: dict[int, int] = {}
+    for index, server in enumerate(servers):
+        host, _, port = server.rpartition(":")
+        base = zlib.crc32(host.encode() + b"\0" + port.encode())
+        previous = 0
+        for _ in range(160):
+            previous = zlib.crc32(previous.to_bytes(4, "little"), base)
+            points.setdefault(previous, index)  # a repeat keeps the first (after the sort)
+    hashes = sorted(points)
+    return hashes, [points[h] for h in hashes]
+
+
+def chash_backend(key: str, ring: tuple[list[int], list[int]]) -> int:
+    """The backend index nginx's consistent hash sends ``key`` to: the first point at or
+    after the key's CRC32, around the ring."""
+    hashes, owners = ring
+    return owners[bisect.bisect_left(hashes, zlib.crc32(key.encode())) % len(hashes)]
+
+
+def polls_per_backend(settings: dict[str, Any], state: str, load: LoadSpec,
+                      backend_port: int | None = None) -> int:
+    """The most polls one backend holds: even spread, except a key hash with local state,
+    which puts a channel's subscribers on one backend: counted from the hash nginx itself
+    uses over the channels' names (``backend_port``: the first backend's port, which the
+    ring is built from; without it, the channels shared out evenly)."""
     polls = held_polls(load)
     backends = int(settings["backends"])
     if backends == 0:  # nginx is the target (nchan): no backend holds a poll
         return 0
-    channels = load.channels if "ChannelSubscriber" in load.user_classes() else polls
     hashed = state == "local" and settings.get("balance") == "key-hash"
-    return math.ceil(polls / min(backends, max(channels, 1))) if hashed \
-        else math.ceil(polls / backends)
+    if not hashed:
+        return math.ceil(polls / backends)
+    if "ChannelSubscriber" not in load.user_classes():
+        return math.ceil(polls / backends)  # task ids: random keys, even
+    channels = max(load.channels, 1)
+    if backend_port is None:
+        return math.ceil(polls / min(backends, channels))
+    ring = chash_ring([f"127.0.0.1:{backend_port + i}" for i in range(backends)])
+    per_channel = math.ceil(polls / channels)  # subscriber i polls channel i % channels
+    held = [0] * backends
+    for i in range(min(channels, polls)):  # (the reference target's names: ch0, ch1, ...)
+        held[chash_backend(f"ch{i}", ring)] += per_channel
+    return max(held)
 
 
 def port_warnings(settings: dict[str, Any], state: str, load: LoadSpec,
-                  port_range: tuple[int, int], target: str = "nginx") -> list[str]:
+                  port_range: tuple[int, int], target: str = "nginx",
+                  backend_port: int | None = None) -> list[str]:
     """Each hop whose busiest (source, destination) pair needs more ports than the range
     gives, naming the option that spreads it."""
     out = []
@@ -103,7 +144,7 @@ def port_warnings(settings: dict[str, Any], state: str, load: LoadSpec,
                    "host's addresses spreads them (auto does on a loopback target)")
     if held_polls(load) and settings["backends"]:
         upstream = int(settings.get("upstream_sources") or 1)
-        per_pair = math.ceil(polls_per_backend(settings, state, load) / upstream)
+        per_pair = math.ceil(polls_per_backend(settings, state, load, backend_port) / upstream)
         if per_pair > usable_ports(port_range):
             out.append(f"nginx holds about {per_pair:,} connections to one backend from each "
                        f"of its {upstream} source address(es); {have}: expect 502s "
@@ -169,7 +210,8 @@ def redis_warnings(backends: int, maxclients: int | None) -> list[str]:
 
 def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadSpec,
                  max_waiters: int, max_connections: int,
-                 redis_maxclients: int | None = None) -> list[str]:
+                 redis_maxclients: int | None = None,
+                 backend_port: int | None = None) -> list[str]:
     out = redis_warnings(int(settings["backends"]), redis_maxclients)
     polls = held_polls(load)
     if polls == 0:
@@ -193,7 +235,7 @@ def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadS
     if per_worker > nofile:
         out.append(f"each nginx worker needs about {per_worker:,} descriptors; its limit is "
                    f"{nofile:,}: expect \"Too many open files\" (set worker_rlimit_nofile)")
-    per_backend = polls_per_backend(settings, state, load)
+    per_backend = polls_per_backend(settings, state, load, backend_port)
     if per_backend > max_waiters:
         out.append(f"about {per_backend:,} polls would wait on one backend; each holds at most "
                    f"{max_waiters:,} (the target's max_waiters): the rest get 503")

@@ -117,7 +117,8 @@ def with_upstream_sources(spec: StackSpec, load: LoadSpec,
     settings = spec.settings()
     if settings.get("upstream_sources") is not None:
         return spec
-    per_backend = capacity.polls_per_backend(settings, spec.state_name(), load)
+    per_backend = capacity.polls_per_backend(settings, spec.state_name(), load,
+                                             spec.backend_port)
     need = capacity.sources_needed(per_backend, port_range)
     if need <= 1:
         return spec
@@ -185,10 +186,11 @@ def load_fits(resolved: ResolvedStack, load: LoadSpec,
     warnings += capacity.warnings_for(resolved.settings, resolved.spec.profile, resolved.state,
                                       load, app.max_waiters, app.max_connections,
                                       resolved.redis_settings.get("maxclients")
-                                      if started_redis else None)
+                                      if started_redis else None, resolved.spec.backend_port)
     warnings += capacity.port_warnings(resolved.settings, resolved.state, load,
                                        port_range or net.local_port_range(),
-                                       target=resolved.url.split("//", 1)[-1])
+                                       target=resolved.url.split("//", 1)[-1],
+                                       backend_port=resolved.spec.backend_port)
     cores = os.cpu_count() or 1
     if load.workers > cores:
         warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pollbench.stack import capacity
 from pollbench.stack.loadgen import LoadSpec
 from pollbench.stack.preflight import load_fits
 from pollbench.stack.spec import StackSpec
@@ -63,3 +64,37 @@ def test_the_stacks_redis_is_checked_against_its_maxclients():
     assert line.startswith("the backends may open about 261 Redis connections (4 x 65")
     assert "maxclients is 100" in line and "raise maxclients" in line
     assert redis_warnings(10000) == []
+
+
+def test_the_busiest_backend_is_counted_from_the_hash_nginx_itself_uses(stack_up):
+    """Local state routes a channel by nginx's consistent hash of its name: the preflight's
+    ring must send every channel where the real nginx does, and so count the busiest
+    backend (an even share undercounted it: nginx then ran out of ports to it)."""
+    import json
+    import urllib.request
+
+    from pollbench.stack.capacity import chash_backend, chash_ring
+
+    up = stack_up()
+
+    def channels_held() -> list[int]:
+        return [json.loads(urllib.request.urlopen(f"{u}/stats", timeout=5).read())["channels"]
+                for u in up.backend_urls]
+
+    backend_port = int(up.backend_urls[0].rsplit(":", 1)[1])
+    ring = chash_ring([f"127.0.0.1:{backend_port + i}" for i in range(4)])
+    for i in range(24):
+        before = channels_held()
+        req = urllib.request.Request(f"{up.url}/channels/ch{i}", data=b"{}", method="POST")
+        assert urllib.request.urlopen(req, timeout=5).status == 201
+        after = channels_held()
+        owner = [b for b in range(4) if after[b] > before[b]]
+        assert owner == [chash_backend(f"ch{i}", ring)], (i, owner)
+    # 2,500 subscribers on 10 channels: the busiest backend holds far more than a quarter
+    load = LoadSpec(users=2501, channels=10, publish_rate=5)
+    busiest = capacity.polls_per_backend({"backends": 4, "balance": "key-hash"}, "local", load,
+                                         backend_port)
+    held = [0] * 4
+    for i in range(10):
+        held[chash_backend(f"ch{i}", ring)] += 250
+    assert busiest == max(held) > 2500 / 4

@@ -220,3 +220,36 @@ def test_2500_subscribers_hold_through_1000_ports_only_with_spread_addresses(tmp
         assert len(record["parameters"]["source_addresses"]) == 3  # (the first hop holds)
         assert "upstream_sources" in _limit(record, "upstream_ports")["cure"]
         assert "loadgen_ports" not in _reached(record), record["limits"]
+
+
+@pytest.mark.slow
+def test_the_busiest_backend_of_a_key_hash_gets_the_ports_it_needs(tmp_path):
+    """Local state, 4 backends, 10 channels: nginx's consistent hash puts half the channels
+    on one backend (1,250 of 2,500 polls), where an even share counted 625.  The preflight
+    counts it from the same hash and spreads nginx's connections to the backends, so the run
+    that ran nginx out of ports to a backend (2 runs of 2) now holds."""
+    why_not = netns.available()
+    if why_not is not None:
+        pytest.fail(f"{why_not}: run the tests as root with iproute2 installed "
+                    "(scripts/bootstrap.sh --test installs it)")
+    load = LoadSpec(users=2501, channels=10, publish_rate=5)
+    busiest = capacity.polls_per_backend(StackSpec(profile="longpoll").settings(), "local",
+                                         load, 8000)
+    assert busiest == 1250  # ch0, ch4, ch5, ch6 and ch8 hash to 127.0.0.1:8002
+    assert with_upstream_sources(StackSpec(profile="longpoll"), load, NARROW).settings()[
+        "upstream_sources"] == 2
+    with netns.Hosts(["lab"]) as hosts:
+        hosts.set_port_range("lab", *NARROW)
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        out = tmp_path / "hash"
+        proc = subprocess.run(hosts.cmd("lab", pollbench_cmd(
+            "run", "--profile", "longpoll", "--users", "2501", "--channels", "10",
+            "--publish-rate", "5", "--duration", "40s", "--no-report", "--out", str(out))),
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        record = json.loads((out / "run.json").read_text())
+        assert record["status"] == "complete"
+        assert record["stack"]["nginx"]["upstream_sources"] == 2
+        lg = record["loadgen"]
+        assert lg["failures"] == 0 and lg["lost"] == 0 and not lg.get("epoch_changes"), lg
+        assert not _reached(record) & {"loadgen_ports", "upstream_ports"}, record["limits"]
