@@ -76,9 +76,11 @@ def spread(values: list[float], fmt: str = ".3g") -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
+    """Median (min-max) over the rounds; a component the target does not have (Nchan's
+    backends, local state's Redis) reads "-", never 0."""
     lines = ["| load | target | delivery p50 ms | delivery p99 ms | stack CPU-s / 1k deliveries "
-             "(nginx + backends + Redis) | load generator CPU-s / 1k | lost | duplicates | "
-             "load generator CPU % (mean) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| nginx | backends | Redis | load generator CPU-s / 1k | lost | duplicates | "
+             "load generator CPU % |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for load in LOADS:
         for target in TARGETS:
             runs = [r for r in rows if r["load"] == load and r["target"] == target
@@ -86,15 +88,16 @@ def table(rows: list[dict]) -> list[str]:
             failed = [r for r in rows if r["load"] == load and r["target"] == target
                       and "error" in r]
             if not runs:
-                lines.append(f"| {load} | {target} | failed: {failed[0]['error'][:80] if failed else '-'} |"
-                             " | | | | | |")
+                why = failed[0]["error"][:80] if failed else "not run"
+                lines.append(f"| {load} | {target} | {why} |" + " |" * 10)
                 continue
-            parts = " + ".join(
-                spread([r["cpu_per_1k"][p] for r in runs]) for p in ("nginx", "backends", "redis"))
+            parts = [f"{statistics.median(vals):.3g}" if any(vals) else "-"
+                     for p in ("nginx", "backends", "redis")
+                     for vals in [[r["cpu_per_1k"][p] for r in runs]]]
             lines.append(
                 f"| {load} | {target} | {spread([r['p50_ms'] for r in runs])} | "
                 f"{spread([r['p99_ms'] for r in runs])} | "
-                f"{spread([r['cpu_per_1k']['stack'] for r in runs])} ({parts}) | "
+                f"{spread([r['cpu_per_1k']['stack'] for r in runs])} | {' | '.join(parts)} | "
                 f"{spread([r['cpu_per_1k']['loadgen'] for r in runs])} | "
                 f"{sum(r['lost'] or 0 for r in runs)} | {sum(r['duplicates'] or 0 for r in runs)} | "
                 f"{spread([r['loadgen_cpu_percent'] for r in runs], '.0f')}"
@@ -110,7 +113,13 @@ def main() -> int:
     ap.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
     ap.add_argument("--targets", default=",".join(TARGETS), help="which targets")
     ap.add_argument("--log", type=Path, default=None, help="append each run's figures here")
+    ap.add_argument("--table-from", type=Path, default=None, metavar="LOG",
+                    help="print the table of a --log file, running nothing")
     args = ap.parse_args()
+    if args.table_from is not None:
+        rows = [json.loads(line) for line in args.table_from.read_text().splitlines() if line]
+        print("\n".join(table(rows)))
+        return 0
     loads, targets = args.loads.split(","), args.targets.split(",")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="pb-targets-") as tmp:
