@@ -175,12 +175,16 @@ def check_number(name: str, value: float, lo: float | None = None, hi: float | N
     if ok and hi is not None:
         ok = value <= hi
     if not ok:
+        def g(bound: float) -> str:  # 1000000, not 1e+06
+            return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
         if lo is not None and hi is not None:
-            what = f" from {lo:g} to {hi:g}" if not above else f" above {lo:g} and at most {hi:g}"
+            what = f" from {g(lo)} to {g(hi)}" if not above else \
+                f" above {g(lo)} and at most {g(hi)}"
         elif lo is not None:
-            what = f" above {lo:g}" if above else f", {lo:g} or more"
+            what = f" above {g(lo)}" if above else f", {g(lo)} or more"
         else:
-            what = f" at most {hi:g}" if hi is not None else ""
+            what = f" at most {g(hi)}" if hi is not None else ""
         shown = value if isinstance(value, int) else f"{value:g}"
         raise ValueError(f"{name} must be a finite number{what} (it is {shown})")
 

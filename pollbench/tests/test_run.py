@@ -231,7 +231,7 @@ def test_killed_run_reads_as_crashed_not_running(tmp_path):
     (["--publish-rate", "nan"], "--publish-rate must be a finite number from 0 to 100000 (it is nan)"),
     (["--spawn-rate", "inf"], "--spawn-rate must be a finite number above 0"),
     (["--spawn-rate", "nan"], "--spawn-rate must be a finite number above 0"),
-    (["--users", "1000000000"], "--users must be a finite number from 1 to 100000"),
+    (["--users", "1000000000"], "--users must be a finite number from 1 to 1000000"),
     (["--max-hold", "nan"], "--max-hold must be a finite number above 0"),
     (["--max-hold", "-1"], "--max-hold must be a finite number above 0"),
     (["--poll-timeout", "nan"], "--poll-timeout must be a finite number"),
