@@ -91,7 +91,7 @@ print(json.dumps({"us_per_poll": spent / polls * 1e6, "counters": counters}))
 '''
 
 # each tree's publisher payload, as the subscriber receives it in ``data``
-PAYLOADS = {"base": {"pad": "x" * 53},
+PAYLOADS: dict[str, dict] = {"base": {"pad": "x" * 53},
             "this": {"pb": ["loadhost-12345-0", 1, 1765000000.123456], "pad": "x" * 2}}
 
 

@@ -117,8 +117,8 @@ def main() -> int:
                     help="print the table of a --log file, running nothing")
     args = ap.parse_args()
     if args.table_from is not None:
-        rows = [json.loads(line) for line in args.table_from.read_text().splitlines() if line]
-        print("\n".join(table(rows)))
+        logged = [json.loads(line) for line in args.table_from.read_text().splitlines() if line]
+        print("\n".join(table(logged)))
         return 0
     loads, targets = args.loads.split(","), args.targets.split(",")
     rows: list[dict] = []
