@@ -488,9 +488,12 @@ def cost(fig: Figures):
         ax.invert_yaxis()
         what = "deliveries" if u == "delivery" else "requests"
         total = metrics.get(f"cpu_per_k{u}_stack", {}).get("value")
+        unmeasured = (fig.summary.get("not_measured") or {}).get(f"cpu_per_k{u}_stack")
         ax.set_xlabel(f"CPU-s per 1,000 {what} (= CPU-ms per one)")
         ax.set_title(f"per 1,000 {what}" + (f"; stack (nginx + backends + Redis) {total:.3g}"
-                                             if total is not None else ""),
+                                             if total is not None else
+                                             "; the stack: not measured" if unmeasured
+                                             else ""),
                      fontsize=9, loc="left")
         ax.set_xlim(0, max(values + [1e-9]) * 1.25)
     f.text(0.01, 0.01, f"over the measured window ({fig.summary['measured_s']:g} s after the "
