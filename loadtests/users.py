@@ -280,7 +280,7 @@ class ChannelSubscriber(PollbenchUser):
             return
         self.backoff.reset()
         self.last_receipt = resp.received
-        if not answer.messages:
+        if not answer.messages and answer.dropped is None:  # (a gap alone is news)
             self.ok(req.method, proto.timeout_name, ms, 0)
             if self.cursor is None and answer.at_seq is not None:  # joined "from now on"
                 self.epoch = answer.epoch
@@ -305,7 +305,7 @@ class ChannelSubscriber(PollbenchUser):
         # a protocol that gives SERVER_SEQ gives it (and SERVER_TIME) for every message
         messages = cast("list[tuple[None, int, float]]", answer.messages)
         if TRACE:  # every seq seen, for tests that count losses independently
-            if self.cursor is None:
+            if self.cursor is None and messages:
                 rec.event("trace_join", user=id(self), channel=self.channel,
                           epoch=answer.epoch, cursor=messages[0][1] - 1, at=round(received, 4))
             rec.event("trace_seen", user=id(self), channel=self.channel, epoch=answer.epoch,
