@@ -246,7 +246,7 @@ class ChannelSubscriber(PollbenchUser):
         self.proto = protocol_for(self.opts)
         self.by_server_seq = SERVER_SEQ in self.proto.gives
         self.channel = self.proto.channel(self.index % self.opts.pb_channels)
-        self.cursor = None  # the protocol's own
+        self.cursor = self.proto.new_cursor(self.channel)  # the protocol's own
         self.epoch: str | None = None
         self.expected: int | None = None  # next server seq this subscriber must see
         self.order = StampOrder()  # the publishers' stamps seen (protocols without a seq)
@@ -272,6 +272,8 @@ class ChannelSubscriber(PollbenchUser):
                 answer = proto.read_poll(resp, self.cursor)
             except BadAnswer as e:
                 self.fail(req.method, proto.poll_name, ms, e)
+                if e.session_lost:  # a new session; the stamps count what it missed
+                    self.cursor = proto.new_cursor(self.channel)
         if answer is None or resp is None:
             if self.failing_since is None:
                 self.failing_since = time.time()
@@ -280,6 +282,13 @@ class ChannelSubscriber(PollbenchUser):
             return
         self.backoff.reset()
         self.last_receipt = resp.received
+        self.read_answer(req, resp, ms, answer)
+        if answer.send:
+            self.send(answer)
+
+    def read_answer(self, req, resp: Response, ms: float, answer: Poll) -> None:
+        """A good answer: its messages judged, the cursor moved on."""
+        proto = self.proto
         if not answer.messages and answer.dropped is None:  # (a gap alone is news)
             self.ok(req.method, proto.timeout_name, ms, 0)
             if self.cursor is None and answer.at_seq is not None:  # joined "from now on"
@@ -297,6 +306,30 @@ class ChannelSubscriber(PollbenchUser):
         else:
             self.take_stamped(answer, resp.received)
         self.cursor = answer.cursor
+
+    def send(self, answer: Poll) -> bool:
+        """The requests a poll's answer asks for before the next poll (a session's
+        connect, a pong), in order, after its messages were taken; False (and backed
+        off) when one failed."""
+        proto = self.proto
+        for req in answer.send:
+            resp, ms = self.exchange(req.method, req.target, proto.send_name, req.body,
+                                     headers=req.headers, content_type=req.content_type)
+            if resp is not None:
+                try:
+                    proto.read_sent(req, resp)
+                    self.ok(req.method, proto.send_name, ms, len(resp.body))
+                    continue
+                except BadAnswer as e:
+                    self.fail(req.method, proto.send_name, ms, e)
+                    if e.session_lost:
+                        self.cursor = proto.new_cursor(self.channel)
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            self.last_receipt = None
+            self.back_off()
+            return False
+        return True
 
     def take(self, answer: Poll, received: float) -> None:
         """Messages judged by the server's sequence, with its gap and epoch signals."""

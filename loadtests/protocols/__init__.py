@@ -23,8 +23,9 @@ latency) and the live figures.  A protocol that cannot give a figure says so in
         def publish(self, channel, body):
             return Request("POST", f"/events/{channel}", body)
 
-Built in: ``pollbench`` (the reference target's API, :mod:`loadtests.protocols.pollbench`)
-and ``nchan`` (nginx's pub/sub module, :mod:`loadtests.protocols.nchan`); any other as
+Built in: ``pollbench`` (the reference target's API, :mod:`loadtests.protocols.pollbench`),
+``nchan`` (nginx's pub/sub module, :mod:`loadtests.protocols.nchan`) and ``socketio``
+(Engine.IO v4 long-polling, :mod:`loadtests.protocols.socketio`); any other as
 ``module:Class`` (:func:`load_protocol`).  Standard library only (plus the light
 ``analysis`` modules): the CLI imports this to check a protocol before anything starts.
 """
@@ -52,7 +53,13 @@ STAMP_KEY = "pb"  # the payload's stamp: {"pb": [publisher id, seq in its channe
 class BadAnswer(Exception):
     """An answer with an unexpected status or body; its text is the cause it is counted
     under (:func:`analysis.limits.answer_cause`: "HTTP 503 from backend: too many waiting
-    polls"), so Locust's failures table groups it the same way."""
+    polls"), so Locust's failures table groups it the same way.  ``session_lost``: the
+    subscriber's session is gone (the server forgot it): it starts over from
+    :meth:`Protocol.new_cursor`, and what it missed meanwhile shows in its stamps."""
+
+    def __init__(self, text: str, session_lost: bool = False) -> None:
+        super().__init__(text)
+        self.session_lost = session_lost
 
 
 class Answer(_Readable):
@@ -91,6 +98,9 @@ class Poll(NamedTuple):
     epoch: str | None = None                  # EPOCHS: the channel state's lifetime
     dropped: tuple[int, int] | None = None    # GAP_SIGNAL: server seqs it no longer had
     at_seq: int | None = None  # SERVER_SEQ: where the channel is (a new subscriber's start)
+    # requests the subscriber sends, in order, before its next poll (a session's connect,
+    # a pong); each answer is read by Protocol.read_sent
+    send: tuple[Request, ...] = ()
 
 
 class Published(NamedTuple):
@@ -114,6 +124,7 @@ class Protocol:
     poll_name: ClassVar[str] = "/sub/[channel]"
     timeout_name: ClassVar[str] = "/sub/[channel] (timeout)"
     publish_name: ClassVar[str] = "/pub/[channel]"
+    send_name: ClassVar[str] = "[session request]"  # the row of a Poll.send request
 
     def __init__(self, poll_timeout_s: float = 20.0) -> None:
         self.poll_timeout_s = poll_timeout_s
@@ -121,6 +132,16 @@ class Protocol:
     def channel(self, index: int) -> str:
         """The name of channel ``index`` (0 ..); the publisher and subscribers agree on it."""
         return f"ch{index}"
+
+    def new_cursor(self, channel: str) -> Any:
+        """A new subscriber's cursor, and a lost session's (None by default: "from now
+        on").  A protocol with sessions starts its per-subscriber state here."""
+        return None
+
+    def read_sent(self, request: Request, resp: Answer) -> None:
+        """The answer to a request of :attr:`Poll.send`: :class:`BadAnswer` unless 2xx."""
+        if not 200 <= resp.status < 300:
+            raise BadAnswer(f"HTTP {resp.status} to {request.method} {request.target}")
 
     def poll(self, channel: str, cursor: Any) -> Request:
         """The long poll of ``channel`` from ``cursor`` (None: a new subscriber)."""
@@ -173,7 +194,8 @@ def read_stamp(payload: Any) -> tuple[str, int, float] | None:
 
 
 BUILT_IN = {"pollbench": "loadtests.protocols.pollbench:PollbenchProtocol",
-            "nchan": "loadtests.protocols.nchan:NchanProtocol"}
+            "nchan": "loadtests.protocols.nchan:NchanProtocol",
+            "socketio": "loadtests.protocols.socketio:SocketIOProtocol"}
 REQUIRED = ("poll", "read_poll", "publish")
 
 

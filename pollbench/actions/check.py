@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,11 @@ def ci_config(injected: dict[str, float] | None = None) -> dict:
             **{k: (injected or {}).get(k, 0.0) for k in INJECTED}}
 
 
-def _summary(run_dir: Path) -> dict:
+def _summary(run_dir: Path, warmup_s: float = CI_WARMUP_S) -> dict:
     from analysis.figures import compute
     from analysis.load import load_run
 
-    return compute(load_run(run_dir), CI_WARMUP_S).summary
+    return compute(load_run(run_dir), warmup_s).summary
 
 
 def run_candidate(out: Path, port: int, backend_port: int, injected: dict[str, float]) -> dict:
@@ -106,11 +107,12 @@ def ci_run_arguments(port: int, backend_port: int, duration_s: float | None = No
             "--port", str(port), "--backend-port", str(backend_port), "--no-report"]
 
 
-def resolve_ref(ref: str) -> str:
-    """The commit ``ref`` names in this checkout (refused in one line when none)."""
+def resolve_ref(ref: str, repo: Path | None = None) -> str:
+    """The commit ``ref`` names in this checkout, or in ``repo`` (refused in one line when
+    none)."""
     import subprocess
 
-    repo = paths.repository()
+    repo = repo or paths.repository()
     rev = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=repo,
                          capture_output=True, text=True)
     if rev.returncode != 0:
@@ -118,60 +120,60 @@ def resolve_ref(ref: str) -> str:
     return rev.stdout.strip()
 
 
-def _git(*args: str) -> str | None:
-    """``git args`` in the checkout: its output, or None when git fails."""
+def _git(*args: str, repo: Path | None = None) -> str | None:
+    """``git args`` in the checkout (or ``repo``): its output, or None when git fails."""
     import subprocess
 
-    proc = subprocess.run(["git", *args], cwd=paths.repository(), capture_output=True,
+    proc = subprocess.run(["git", *args], cwd=repo or paths.repository(), capture_output=True,
                           text=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def default_branch() -> str | None:
+def default_branch(repo: Path | None = None) -> str | None:
     """The default branch's ref: origin's HEAD, else origin/main or master, else a local
     main or master."""
-    head = _git("symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD")
+    head = _git("symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD", repo=repo)
     if head:
         return head
     for ref in ("origin/main", "origin/master", "main", "master"):
-        if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"):
+        if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", repo=repo):
             return ref
     return None
 
 
-def default_base() -> tuple[str, str]:
+def default_base(repo: Path | None = None) -> tuple[str, str]:
     """The revision ``check`` compares with when given none, and why: the merge-base of this
-    checkout with the default branch; on the default branch itself (merge-base = HEAD), the
-    commit before HEAD."""
-    if _git("rev-parse", "--is-inside-work-tree") != "true":
-        raise UserError(f"{paths.repository()} is not a git checkout, so there is no base "
-                        "revision to compare with: pass --baseline-ref REF, or --baseline "
-                        "FILE recorded on this machine")
-    branch = default_branch()
+    checkout (or ``repo``) with the default branch; on the default branch itself
+    (merge-base = HEAD), the commit before HEAD."""
+    if _git("rev-parse", "--is-inside-work-tree", repo=repo) != "true":
+        raise UserError(f"{repo or paths.repository()} is not a git checkout, so there is no "
+                        "base revision to compare with: pass --baseline-ref REF, or "
+                        "--baseline FILE recorded on this machine")
+    branch = default_branch(repo)
     if branch is None:
         raise UserError("no default branch found (no origin/HEAD, origin/main, main or "
                         "master): pass --baseline-ref REF")
-    head = _git("rev-parse", "HEAD")
-    base = _git("merge-base", "HEAD", branch)
+    head = _git("rev-parse", "HEAD", repo=repo)
+    base = _git("merge-base", "HEAD", branch, repo=repo)
     if base is None:
         raise UserError(f"this checkout shares no history with {branch} (a shallow clone? "
                         "fetch with depth 0): pass --baseline-ref REF")
     if base != head:
         return base, f"the merge-base with {branch}"
-    parent = _git("rev-parse", "--verify", "--quiet", "HEAD^")
+    parent = _git("rev-parse", "--verify", "--quiet", "HEAD^", repo=repo)
     if parent is None:
         raise UserError(f"HEAD is the first commit of {branch}: there is nothing before it to "
                         "compare with; pass --baseline-ref REF")
     return parent, f"HEAD^ (HEAD is on {branch})"
 
 
-def export_revision(ref: str) -> Path:
+def export_revision(ref: str, repo: Path | None = None) -> Path:
     """The tree of ``ref`` in a temporary folder (git archive: the checkout is not touched)."""
     import subprocess
     import tempfile
 
-    repo = paths.repository()
-    commit = resolve_ref(ref)
+    repo = repo or paths.repository()
+    commit = resolve_ref(ref, repo)
     dest = Path(tempfile.mkdtemp(prefix="pollbench-baseline-"))
     with subprocess.Popen(["git", "archive", commit], cwd=repo,
                           stdout=subprocess.PIPE) as archive:  # its pipe closed at the end
@@ -351,7 +353,8 @@ def check_same_machine(recorded, here: dict, baseline: Path) -> None:
 
 
 def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
-             output: Path | None, base_name: str, cand_name: str, paired: bool = False) -> int:
+             output: Path | None, base_name: str, cand_name: str, paired: bool = False,
+             scenario: str = CI_LOAD["scenario"]) -> int:
     from analysis.verdict import GATE_FAILED, REGRESSION, compare, exit_code
     from analysis.verdict_format import FORMATS
 
@@ -366,6 +369,78 @@ def _verdict(base_runs: list[dict], candidate: list[dict], limits, fmt: str,
         # where the history saw these metrics step before (best effort: no history, no line)
         from pollbench.actions.history import last_steps
 
-        for metric, line in last_steps(flagged, CI_LOAD["scenario"]).items():
+        for metric, line in last_steps(flagged, scenario).items():
             log.warning(f"history: last step of {metric}: {line}")
     return exit_code(verdicts)
+
+
+def check_project(spec: StackSpec, load: LoadSpec, warmup_s: float, repeat: int | None,
+                  thresholds: Path | None, fmt: str, output: Path | None,
+                  baseline_ref: str | None) -> int:
+    """The gate in the user's repository: their service (the project file's backend command)
+    at ``baseline_ref`` (default: the merge-base with the default branch) and in the working
+    tree, run in alternation with the project's load, each repetition ``load.duration_s``.
+    pollbench itself is the same on both sides: only the service differs."""
+    import shutil
+    import subprocess
+
+    from analysis.verdict import ThresholdsError, read_thresholds
+    from pollbench.actions.run import run
+    from pollbench.records.runinfo import git_info
+
+    backend = spec.backend_command
+    assert backend is not None
+    check_output_file(output, "--output")
+    try:
+        limits = read_thresholds(thresholds)
+    except ThresholdsError as e:
+        raise UserError(str(e)) from None
+    workdir = backend.workdir()
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=workdir,
+                         capture_output=True, text=True)
+    if top.returncode != 0:
+        raise UserError(f"your backends' folder {workdir} is not in a git checkout, so there "
+                        "is no base revision to compare with: commit it to a git repository")
+    repo = Path(top.stdout.strip()).resolve()
+    rel = workdir.relative_to(repo)
+    repeat = check_repeat(repeat, limits.alpha, paired=True)
+    preflight(spec, load, warn=False)  # every refusal before the first run
+    why = "given"
+    if baseline_ref is None:
+        baseline_ref, why = default_base(repo)
+    commit = resolve_ref(baseline_ref, repo)
+    here = git_info(repo)
+    if here and here.get("dirty"):
+        log.info(f"{repo} has uncommitted changes: the candidate is the working tree as it is")
+    log.info(f"baseline: {repo.name} at {baseline_ref} ({commit[:12]}, {why}), rerun here, "
+             f"interleaved with the working tree, {repeat} repetitions a side of "
+             f"{load.duration_s:g} s")
+    tree = export_revision(commit, repo)
+    if not (tree / rel).is_dir():
+        shutil.rmtree(tree, ignore_errors=True)
+        raise UserError(f"revision {baseline_ref} has no {rel} (your backends' folder): "
+                        "choose a revision that has it")
+    base_spec = replace(spec, backend_command=replace(backend, cwd=str(tree / rel)))
+    sides = [("baseline", base_spec), ("candidate", spec)]
+    root = new_run_dir("check-project")
+    base: list[dict] = []
+    cand: list[dict] = []
+    try:
+        for i in range(repeat):
+            for name, side in (sides if i % 2 == 0 else sides[::-1]):
+                out = root / name / f"rep-{i + 1}"
+                out.parent.mkdir(exist_ok=True)
+                log.info(f"== {name} ({baseline_ref if name == 'baseline' else 'working tree'})"
+                         f" {i + 1} of {repeat}")
+                code = run(side, load, out=out, report=False, history_source="check",
+                           warmup_s=warmup_s)
+                if code != EXIT_OK:
+                    raise RunFailed(f"the {name} run {out} ended with code {code}")
+                summary = _summary(out, warmup_s)
+                (base if name == "baseline" else cand).append(summary)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    return _verdict(base, cand, limits, fmt, output,
+                    f"{repo.name} at {baseline_ref} ({repeat} interleaved repetitions)",
+                    f"the working tree ({repeat} interleaved repetitions)", paired=True,
+                    scenario=load.scenario)

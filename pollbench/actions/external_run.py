@@ -55,7 +55,8 @@ def external_record(url: str, load: LoadSpec) -> dict:
 
 def run_external(url: str, load: LoadSpec, out: Path | None = None, report: bool = True,
                  max_error_rate: float | None = None,
-                 min_free_disk: int = disk.DEFAULT_FLOOR) -> int:
+                 min_free_disk: int = disk.DEFAULT_FLOOR,
+                 thresholds: dict[str, float] | None = None) -> int:
     url = check_http_url("--target", url)
     load.validate(MAX_POLL_TIMEOUT_S)
     if load.faults:
@@ -73,4 +74,4 @@ def run_external(url: str, load: LoadSpec, out: Path | None = None, report: bool
              f"pollbench: its own figures are not measured), {load.duration_s:g} s -> "
              f"{run_dir}")
     return drive(ExternalSide(url), load, run_dir, record, report, "run", max_error_rate,
-                 disk.DiskWatch(run_dir, min_free_disk))
+                 disk.DiskWatch(run_dir, min_free_disk), thresholds)

@@ -368,7 +368,7 @@ class Lab(Control):
         except BaseException:
             resolved.release()
             raise
-        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
+        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.stats_urls,
                           redis_url=stack.redis_url)
         sampler.start()
         record = target_record(resolved)

@@ -42,8 +42,12 @@ def target_record(resolved: ResolvedStack) -> dict:
                   "max_hold_s": spec.max_hold_s, "delivery_delay_ms": spec.delivery_delay_ms,
                   "burn_us": spec.burn_us,
                   # each backend's bounds, against which "what ran out first" is judged
-                  "target_limits": {"max_waiters": resolved.app_config.max_waiters,
-                                    "max_connections": resolved.app_config.max_connections},
+                  "target_limits": None if spec.backend_command else {
+                      "max_waiters": resolved.app_config.max_waiters,
+                      "max_connections": resolved.app_config.max_connections},
+                  # the user's own backends (None: the reference target, target_app)
+                  "backend_command": spec.backend_command.record()
+                  if spec.backend_command else None,
                   "nginx_binary": resolved.nginx_name, "bind": spec.bind,
                   "cpus": list(spec.cpus) if spec.cpus else None,
                   "state": resolved.state,
@@ -71,19 +75,21 @@ def base_record(kind: str, resolved: ResolvedStack, load: LoadSpec) -> dict:
 
 def run(spec: StackSpec, load: LoadSpec, out: Path | None = None, report: bool = True,
         history_source: str = "run", warmup_s: float | None = None,
-        max_error_rate: float | None = None, min_free_disk: int = disk.DEFAULT_FLOOR) -> int:
+        max_error_rate: float | None = None, min_free_disk: int = disk.DEFAULT_FLOOR,
+        thresholds: dict[str, float] | None = None) -> int:
     """``history_source``: what the results history records as the run's origin (run,
     check, sweep); the history is $POLLBENCH_HISTORY, else results/history.sqlite.
     ``warmup_s``: the warm-up the caller judges the run by (a check's, a sweep's), recorded
     in run.json so that the report and the history use the same (default: the spawn time).
     ``max_error_rate``: a complete run above it exits 1 (for scripts; None: never).
     ``min_free_disk``: bytes the run folder's disk must keep free (refused before the start
-    when the estimate passes it; stopped, incomplete, when reached)."""
+    when the estimate passes it; stopped, incomplete, when reached).
+    ``thresholds``: (pollbench.stack.project.THRESHOLDS) a complete run crossing one exits 1."""
     checked = preflight(spec, load, out=out, min_free_disk=min_free_disk,
                         claim=True)  # ports held until the run ends
     try:
         return _run(checked, out, report, history_source, warmup_s, max_error_rate,
-                    min_free_disk)
+                    min_free_disk, thresholds)
     finally:
         checked.release()
 
@@ -115,7 +121,7 @@ class LocalSide(Side):
 
     def sampler(self, samples: Path) -> Sampler:
         s = self.stack
-        return Sampler(samples, s.pids, s.url, s.backend_urls, redis_url=s.redis_url, live=True)
+        return Sampler(samples, s.pids, s.url, s.stats_urls, redis_url=s.redis_url, live=True)
 
     def load_started(self) -> None:
         if self.faults:
@@ -140,7 +146,8 @@ class LocalSide(Side):
 
 
 def _run(checked: Checked, out: Path | None, report: bool, history_source: str,
-         warmup_s: float | None, max_error_rate: float | None, min_free_disk: int) -> int:
+         warmup_s: float | None, max_error_rate: float | None, min_free_disk: int,
+         thresholds: dict[str, float] | None = None) -> int:
     resolved, load, faults = checked.resolved, checked.load, checked.faults
     assert load is not None
     label = run_label(load, resolved.spec.profile)
@@ -153,4 +160,4 @@ def _run(checked: Checked, out: Path | None, report: bool, history_source: str,
     log.info(f"pollbench run: {label}, {load.duration_s:g} s -> {run_dir}")
     stack = Stack(resolved, run_dir, detach_nginx=any(f.action == "upgrade" for f in faults))
     return drive(LocalSide(stack, faults), load, run_dir, record, report, history_source,
-                 max_error_rate, disk.DiskWatch(run_dir, min_free_disk))
+                 max_error_rate, disk.DiskWatch(run_dir, min_free_disk), thresholds)

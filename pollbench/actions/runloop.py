@@ -174,12 +174,14 @@ class Side:
 
 def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
           history_source: str, max_error_rate: float | None = None,
-          disk: DiskWatch | None = None) -> int:
+          disk: DiskWatch | None = None, thresholds: dict[str, float] | None = None) -> int:
     """Run the load against ``side``; run.json (``record``, already written with status
     running) is finished whatever happens.  Returns the exit code of a finished run
     (:data:`EXIT_REGRESSION` when more than ``max_error_rate`` of its HTTP requests failed);
     a failure raises (RunFailed, UserError, KeyboardInterrupt) after run.json is written.
-    ``disk``: a run whose disk reaches its floor is stopped, incomplete (EXIT_RUN_FAILED)."""
+    ``disk``: a run whose disk reaches its floor is stopped, incomplete (EXIT_RUN_FAILED).
+    ``thresholds``: (pollbench.stack.project) a complete run that crosses one exits
+    EXIT_REGRESSION, naming each crossed with its measured figure (run.json "thresholds")."""
     sampler: Sampler | None = None
     status, reason, code = STATUS_FAILED, "failed", EXIT_RUN_FAILED
     try:
@@ -269,6 +271,8 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                     f"(--max-error-rate {max_error_rate:g})"))
                 write_json_atomic(run_dir / "run.json", record)
                 log.warning(record["exit"]["reason"])
+            if status == STATUS_COMPLETE and thresholds:
+                code = judge_thresholds(record, run_dir, thresholds, code)
             if status == STATUS_COMPLETE:
                 if report:
                     write_report(run_dir)
@@ -277,6 +281,31 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
             print(run_dir, flush=True)  # the result: the last line, also with -q
         finally:
             signal.signal(signal.SIGINT, previous)
+    return code
+
+
+def judge_thresholds(record: dict, run_dir: Path, thresholds: dict[str, float],
+                     code: int) -> int:
+    """The run's figures against the thresholds (pollbench.stack.project): each crossed one is
+    said in a line with its measured figure, and the run exits EXIT_REGRESSION; one this
+    run could not measure is said so and crosses nothing.  In run.json: "thresholds"."""
+    from analysis.figures import compute
+    from analysis.load import load_run
+    from pollbench.stack.project import crossed
+
+    summary = compute(load_run(run_dir), record.get("warmup_s")).summary
+    lines, unknown = crossed(summary, thresholds)
+    record["thresholds"] = {"limits": thresholds, "crossed": lines, "not_measured": unknown}
+    for line in unknown:
+        log.warning(f"threshold {line}")
+    if lines:
+        code = EXIT_REGRESSION
+        record["exit"].update(code=code, reason="complete, but " + "; ".join(lines))
+        for line in lines:
+            log.warning(f"threshold crossed: {line}")
+    else:
+        log.info(f"thresholds: all {len(thresholds) - len(unknown)} met")
+    write_json_atomic(run_dir / "run.json", record)
     return code
 
 

@@ -359,8 +359,8 @@ def check_cells_remote(sweep: Sweep, client) -> None:
 
 
 def sweep_command(name: str, resume: bool, out: Path | None, check_only: bool, port: int,
-                  backend_port: int, remote=None) -> int:
-    sweep = load_sweep(name)
+                  backend_port: int, remote=None, project=None) -> int:
+    sweep = load_sweep(name, project)
     session = None
     if remote is not None:
         from pollbench import __version__

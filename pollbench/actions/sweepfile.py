@@ -46,6 +46,7 @@ from pollbench.records.inputs import read_toml
 from pollbench.stack import nginx_config
 from pollbench.stack.loadgen import MAX_DURATION_S, LoadSpec, check_number, parse_duration
 from pollbench.stack.preflight import preflight
+from pollbench.stack.project import Project
 from pollbench.stack.spec import StackSpec
 from pollbench.stack.stack import ConfigRefused, Stack
 
@@ -73,6 +74,7 @@ LOAD_PARAMS = {
     "channels": ("channels", int), "publish_rate": ("publish_rate", float),
     "poll_timeout": ("poll_timeout_s", float), "task_duration_ms": ("task_duration_ms", int),
     "message_bytes": ("message_bytes", int), "faults": ("faults", tuple),
+    "protocol": ("protocol", str),
 }
 # Load settings that set the load level: cells at different levels are ranked apart.
 LOAD_LEVEL = ("scenario", "mix", "users", "publish_rate", "channels", "shape", "duration")
@@ -182,15 +184,24 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def _apply(where: str, params: dict[str, Any], base_nginx: dict[str, Any],
-           base_load: dict[str, Any], top: dict[str, Any]) -> tuple[StackSpec, LoadSpec]:
-    """Build the cell's StackSpec and LoadSpec from the base settings and its parameters."""
+           base_load: dict[str, Any], top: dict[str, Any],
+           project: Project | None = None) -> tuple[StackSpec, LoadSpec]:
+    """Build the cell's StackSpec and LoadSpec from the base settings and its parameters
+    (``project``: the user's project file, whose profile, state, protocol and backends are
+    the sweep's defaults)."""
     nginx = dict(base_nginx)
     load_kwargs: dict[str, Any] = {}
-    stack_kwargs = {"profile": top.get("profile", "seed"), "loop": top.get("loop", "asyncio"),
-                    "nginx_binary": top.get("nginx_binary"), "state": top.get("state")}
+    own = project.options if project is not None else {}
+    stack_kwargs = {"profile": top.get("profile", own.get("profile", "seed")),
+                    "loop": top.get("loop", "asyncio"),
+                    "nginx_binary": top.get("nginx_binary"),
+                    "state": top.get("state", own.get("state")),
+                    "backend_command": project.backend if project is not None else None}
     if "max_hold" in top:
         stack_kwargs["max_hold_s"] = _duration(where, "max_hold", top["max_hold"])
     merged_load = dict(base_load)
+    if "protocol" in own and "protocol" not in merged_load:
+        merged_load["protocol"] = own["protocol"]
     for key, value in params.items():
         if key in nginx_config.KNOBS:
             nginx[key] = value
@@ -235,8 +246,9 @@ def _table(where: str, data: dict, key: str) -> dict:
     return value
 
 
-def load_sweep(name_or_path: str) -> Sweep:
-    """Parse and expand a sweep file; every value is checked (no process is started)."""
+def load_sweep(name_or_path: str, project: Project | None = None) -> Sweep:
+    """Parse and expand a sweep file; every value is checked (no process is started).
+    ``project``: the user's project file (its service is every cell's backends)."""
     path = sweep_path(name_or_path)
     where = f"sweep {path}"
     data = read_toml(path, where, TOP_KEYS)
@@ -283,7 +295,7 @@ def load_sweep(name_or_path: str) -> Sweep:
             name = ", ".join(x for x in (given_name, _params_text(combo)) if x) \
                 if given_name else _params_text(params)
             cell_where = f"{where}, cell {index} ({name or 'base'})"
-            stack, load = _apply(cell_where, params, base_nginx, base_load, data)
+            stack, load = _apply(cell_where, params, base_nginx, base_load, data, project)
             key = json.dumps({"stack": stack.__dict__, "load": load.__dict__}, sort_keys=True,
                              default=str)
             if key in seen:

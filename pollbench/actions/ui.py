@@ -110,7 +110,7 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
             raise RunFailed(f"Locust's web UI did not start; last lines of {locust.log_path}:\n"
                             f"{locust.log_tail()}")
         record["pids"] = stack.pids()
-        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
+        sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.stats_urls,
                           live=True, redis_url=stack.redis_url, capacity=capacity_of(record))
         sampler.start()
         print(f"run folder: {run_dir}")

@@ -70,7 +70,8 @@ def _up(resolved: ResolvedStack, out: Path | None, agent: Agent | None, generate
         print(f"run folder:   {run_dir}")
         print(f"nginx:        {stack.url}/  (stub_status: {stack.url}/nginx_status)")
         for i, url in enumerate(stack.backend_urls):
-            print(f"backend {i}:    {url}/  (stats: {url}/stats, Prometheus: {url}/metrics)")
+            print(f"backend {i}:    {url}/" + ("" if spec.backend_command else
+                                               f"  (stats: {url}/stats, Prometheus: {url}/metrics)"))
         if stack.redis_url is not None:
             started = "started here" if resolved.redis_port is not None else "yours"
             print(f"redis:        {display_url(stack.redis_url)}  (shared state, {started}; keys "
@@ -106,7 +107,7 @@ def _serve(resolved: ResolvedStack, run_dir: Path, stack: Stack, agent: Agent,
 
     agent.run_dir = run_dir
     agent.info_source = info
-    sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.backend_urls,
+    sampler = Sampler(run_dir / "samples", stack.pids, stack.url, stack.stats_urls,
                       redis_url=stack.redis_url)
     sampler.start()
     agent.start()

@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from analysis.catalog import EXIT_BROKEN, EXIT_INTERRUPTED, EXIT_RUN_FAILED
 from pollbench import __version__
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         check,
         compare,
         history,
+        init,
         nginx,
         report,
         run,
@@ -64,14 +66,54 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("-v", "--verbose", action="store_true",
                        help="more detail: the commands pollbench starts, what it waits for")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, agent, run, worker, ui, report, compare, check, sweep, nginx, history):
+    for module in (init, up, agent, run, worker, ui, report, compare, check, sweep, nginx,
+                   history):
         module.add_parser(sub)
+    for name in PROJECT_COMMANDS:
+        sub.choices[name].add_argument(
+            "--project", type=Path, default=None, metavar="FILE",
+            help="the project file (default: ./pollbench.toml, else [tool.pollbench] in "
+                 "./pyproject.toml; its options are defaults, the command line wins)")
+    parser.set_defaults(project_file=None, project_backend=None, project_thresholds={},
+                        project_check={})
+    parser.subcommands = sub  # type: ignore[attr-defined]  # for with_project
     return parser
+
+
+# the commands that read the project file of the current directory (pollbench.stack.project)
+PROJECT_COMMANDS = ("run", "ui", "sweep", "check")
+
+
+def with_project(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 argv: list[str] | None) -> argparse.Namespace:
+    """The arguments again, with the project file's values as the command's defaults (the
+    command line wins); unchanged where there is no project file."""
+    if args.command not in PROJECT_COMMANDS:
+        return args
+    from pollbench.stack import project
+
+    path = args.project or project.find(Path.cwd())
+    if path is None:
+        return args
+    proj = project.read(path)
+    # your runs (and their history) in your project's results/, unless told otherwise
+    os.environ.setdefault("POLLBENCH_RESULTS", str(proj.folder / "results"))
+    command = parser.subcommands.choices[args.command]  # type: ignore[attr-defined]
+    dests = {a.dest for a in command._actions}
+    command.set_defaults(**{k: v for k, v in proj.options.items() if k in dests},
+                         project_file=proj.path, project_backend=proj.backend,
+                         project_thresholds=proj.thresholds, project_check=proj.check)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        args = with_project(parser, args, argv)
+    except UserError as e:
+        print(f"pollbench: error: {e}", file=sys.stderr)
+        return EXIT_BROKEN
     from pollbench import log
 
     log.setup(log.QUIET if args.quiet else log.VERBOSE if args.verbose else log.NORMAL)
@@ -79,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        if args.command in ("run", "check", "sweep", "ui"):
+        if args.command in PROJECT_COMMANDS:
             from pollbench.cli.history import use_history
 
             use_history(args)
+            if args.project_file is not None:
+                from pollbench.log import log as say
+
+                say.info(f"project file: {args.project_file}")
         return args.func(args)
     except UserError as e:
         print(f"pollbench: error: {e}", file=sys.stderr)

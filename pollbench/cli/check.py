@@ -1,5 +1,7 @@
 """``pollbench check``: the CI performance gate.  Rerun a base revision of this checkout and
 this checkout in alternation, compare, exit 0 (pass), 1 (regression) or 2 (broken / void).
+In a project (a pollbench.toml or [tool.pollbench] naming your backends), the revisions are
+your repository's and the load is the project's (docs/your-service.md).
 
     pollbench check                        # base: the merge-base with the default branch
     pollbench check --baseline-ref v1.2    # base: that revision
@@ -60,6 +62,34 @@ def add_parser(sub) -> None:
 def handle(a) -> int:
     from pollbench.actions.check import check
 
+    if a.project_backend is not None:  # your service, in your repository
+        return _handle_project(a)
     return check(a.baseline, a.repeat, a.thresholds, a.format, a.output,
                  a.update_baseline, a.force, a.port, a.backend_port, a.delivery_delay_ms,
                  a.baseline_ref, a.burn_us)
+
+
+def _handle_project(a) -> int:
+    """``check`` where a project file names the user's backends: the project's load (as
+    ``pollbench run`` there would run it), each repetition [check] duration long."""
+    from dataclasses import replace
+
+    from pollbench.actions.check import CI_LOAD, CI_WARMUP_S, check_project
+    from pollbench.cli.options import load_from_args, project_run_args, spec_from_args
+    from pollbench.errors import UserError
+    from pollbench.stack.project import read
+
+    given = [o for o, v in (("--baseline", a.baseline), ("--update-baseline", a.update_baseline),
+                            ("--delivery-delay-ms", a.delivery_delay_ms),
+                            ("--burn-us", a.burn_us)) if v]
+    if given:
+        raise UserError(f"{', '.join(given)} belong(s) to the check of pollbench's own target; "
+                        f"in your project ({a.project_file}) the check reruns a revision of "
+                        "your repository: --baseline-ref REF")
+    r = project_run_args(read(a.project_file), ["--port", str(a.port), "--backend-port",
+                                                 str(a.backend_port)])
+    own = a.project_check
+    load = replace(load_from_args(r), duration_s=own.get("duration_s", CI_LOAD["duration_s"]))
+    return check_project(spec_from_args(r), load, own.get("warmup_s", CI_WARMUP_S),
+                         a.repeat if a.repeat is not None else own.get("repeat"),
+                         a.thresholds, a.format, a.output, a.baseline_ref)

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from pollbench.errors import UserError
 from pollbench.stack import nginx_config
+from pollbench.stack.backend_command import parse_env
 from pollbench.stack.loadgen import DEFAULTS as D
 from pollbench.stack.loadgen import SCENARIOS, SHAPES, LoadSpec, check_number, parse_duration
 from pollbench.stack.nginx_config import ACCESS_LOGS
@@ -60,6 +61,21 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                    help="also start Debian's prometheus (and prometheus-nginx-exporter) on "
                         "127.0.0.1, scraping every backend, nginx and the load generator "
                         "once a second; its data in the run folder (docs/metrics.md)")
+    u = p.add_argument_group(
+        "your own backends (or [backend] in the project file; docs/your-service.md)")
+    u.add_argument("--backend-command", default=None, metavar="CMD",
+                   help="start your service as the backends: the command of one backend, with "
+                        "{port} (its port), {index}, {redis_url} (needs --state redis) and "
+                        "{python}; started --backends times behind nginx (default: the "
+                        "reference target)")
+    u.add_argument("--backend-ready", default="/healthz", metavar="PATH",
+                   help="a path your backend answers 2xx once ready (default /healthz)")
+    u.add_argument("--backend-ready-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a backend may take to get ready (default 30)")
+    u.add_argument("--backend-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment of your backends (repeatable)")
+    u.add_argument("--backend-cwd", default=None, metavar="DIR",
+                   help="working directory of your backends (default: the current one)")
     g.add_argument("--backend-max-connections", type=int, default=None, metavar="N",
                    help="open client connections each backend accepts; more are answered 503 "
                         f"(default {AppConfig.max_connections:,}; its held polls are capped "
@@ -67,10 +83,12 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def profile_from_args(args: argparse.Namespace) -> str:
-    """--profile, else the protocol's own (nchan's for --protocol nchan), else seed."""
+    """--profile, else the protocol's own (nchan's for --protocol nchan, socketio's for
+    --protocol socketio), else seed."""
     if args.profile is not None:
         return args.profile
-    return "nchan" if getattr(args, "protocol", None) == "nchan" else "seed"
+    protocol = getattr(args, "protocol", None)
+    return protocol if protocol in ("nchan", "socketio") else "seed"
 
 
 def spec_from_args(args: argparse.Namespace) -> StackSpec:
@@ -83,7 +101,28 @@ def spec_from_args(args: argparse.Namespace) -> StackSpec:
                      burn_us=args.burn_us,
                      state=args.state, redis_url=args.redis_url, redis_port=args.redis_port,
                      backend_max_connections=_max_connections(args),
-                     prometheus=getattr(args, "prometheus", False))
+                     prometheus=getattr(args, "prometheus", False),
+                     backend_command=backend_from_args(args))
+
+
+def backend_from_args(args: argparse.Namespace):
+    """The user's backend command of the options (or the project file), else None."""
+    command = getattr(args, "backend_command", None)
+    if command is None:
+        project_backend = getattr(args, "project_backend", None)
+        if project_backend is None:
+            return None
+        given = {k: v for k, v in (("ready", args.backend_ready != "/healthz"),
+                                   ("ready_timeout_s", args.backend_ready_timeout != 30.0),
+                                   ("cwd", args.backend_cwd is not None)) if v}
+        return replace(project_backend, **{k: {"ready": args.backend_ready,
+                                                "ready_timeout_s": args.backend_ready_timeout,
+                                                "cwd": args.backend_cwd}[k] for k in given},
+                       env=project_backend.env + parse_env(args.backend_env))
+    from pollbench.stack.backend_command import BackendCommand
+
+    return BackendCommand(command, args.backend_ready, args.backend_ready_timeout,
+                          parse_env(args.backend_env), args.backend_cwd)
 
 
 def _max_connections(args: argparse.Namespace) -> int | None:
@@ -235,3 +274,15 @@ def remote_from_args(a, external_ok: bool = False):
                         a.agent_token or os.environ.get("POLLBENCH_AGENT_TOKEN", ""),
                         a.expect_workers, a.master_bind, a.master_port, a.workers_timeout,
                         a.agent_lease)
+
+
+def project_run_args(project, argv: list[str]) -> argparse.Namespace:
+    """``pollbench run``'s stack and load options as the project file sets them (``argv``:
+    a few more, such as the ports), so that another command runs what ``run`` would."""
+    p = argparse.ArgumentParser(prog="pollbench run (project)", add_help=False)
+    add_stack_arguments(p)
+    add_load_arguments(p)
+    dests = {a.dest for a in p._actions}
+    p.set_defaults(**{k: v for k, v in project.options.items() if k in dests},
+                   project_backend=project.backend)
+    return p.parse_args(argv)

@@ -38,6 +38,12 @@ def add_parser(sub) -> None:
     p.add_argument("--max-error-rate", type=float, default=None, metavar="R",
                    help="exit 1 when more than this fraction of the HTTP requests failed "
                         "(0.01 = 1 %%; for scripts; default: off)")
+    p.add_argument("--threshold", dest="thresholds", action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="exit 1 when the run crosses it, naming it and the measured figure "
+                        "(repeatable; also [thresholds] in the project file): delivery-p99-ms, "
+                        "delivery-p50-ms, lost-messages, duplicate-messages, error-rate, "
+                        "cpu-ms-per-delivery")
     add_history_argument(p)
     add_remote_arguments(p)
     p.set_defaults(func=handle)
@@ -51,6 +57,9 @@ def handle(a) -> int:
         from pollbench.stack.loadgen import check_number
 
         check_number("--max-error-rate", a.max_error_rate, 0, 1)
+    from pollbench.stack.project import parse_thresholds
+
+    thresholds = {**a.project_thresholds, **parse_thresholds(a.thresholds)}
     remote = remote_from_args(a, external_ok=True)
     if remote is not None:
         if a.prometheus:
@@ -76,9 +85,9 @@ def handle(a) -> int:
 
         return run_external(a.target, load_from_args(a), out=a.out, report=a.report,
                             max_error_rate=a.max_error_rate,
-                            min_free_disk=parse_size(a.min_free_disk))
+                            min_free_disk=parse_size(a.min_free_disk), thresholds=thresholds)
     from pollbench.actions.run import run
 
     spec, load = place_cpus(spec_from_args(a), load_from_args(a), a.cpus)
     return run(spec, load, out=a.out, report=a.report, max_error_rate=a.max_error_rate,
-               min_free_disk=parse_size(a.min_free_disk))
+               min_free_disk=parse_size(a.min_free_disk), thresholds=thresholds)

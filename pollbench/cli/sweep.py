@@ -46,5 +46,10 @@ def add_parser(sub) -> None:
 def handle(a) -> int:
     from pollbench.actions.sweep import sweep_command
 
+    project = None
+    if a.project_file is not None:
+        from pollbench.stack.project import read
+
+        project = read(a.project_file)
     return sweep_command(a.sweep, a.resume, a.out, a.check, a.port, a.backend_port,
-                         remote_from_args(a))
+                         remote_from_args(a), project)

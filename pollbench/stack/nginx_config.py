@@ -29,14 +29,16 @@ from pollbench.records.inputs import read_toml
 PROXY_NEXT_UPSTREAM_CHOICES = ("error", "timeout", "invalid_header", "http_500", "http_502",
                                "http_503", "http_504", "http_403", "http_404", "http_429",
                                "non_idempotent", "off")
-BALANCE_CHOICES = ("key-hash", "round-robin", "least-conn", "ip-hash", "random")
+BALANCE_CHOICES = ("key-hash", "arg-hash", "round-robin", "least-conn", "ip-hash", "random")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 EVENT_METHODS = ("epoll", "poll", "select")
 
 
 @dataclass(frozen=True)
 class Knob:
     name: str
-    kind: str  # "int", "bool", "choice", "choices" (a list drawn from choices), "int-or-auto"
+    kind: str  # "int", "bool", "choice", "choices" (a list drawn from choices), "int-or-auto",
+    #            "name" (a lower-case identifier: [a-z][a-z0-9_]*, at most 32)
     doc: str
     lo: int | None = None
     hi: int | None = None
@@ -64,6 +66,11 @@ class Knob:
             if not isinstance(value, bool):
                 raise UserError(f"{self.component} knob {self.name}: {value!r} is not allowed; {self.allowed()}")
             return value
+        if self.kind == "name":
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
+                raise UserError(f"{self.component} knob {self.name}: {value!r} is not allowed; "
+                                f"{self.allowed()}")
+            return value
         if self.kind == "choice":
             if value not in self.choices:
                 raise UserError(f"{self.component} knob {self.name}: {value!r} is not allowed; {self.allowed()}")
@@ -85,6 +92,8 @@ class Knob:
             return f"allowed: \"auto\" or a whole number from {self.lo} to {self.hi}"
         if self.kind == "bool":
             return "allowed: true or false"
+        if self.kind == "name":
+            return "allowed: a lower-case name ([a-z][a-z0-9_]*, at most 32 characters)"
         if self.kind == "choice":
             return "allowed: " + ", ".join(self.choices)
         return "allowed: a list drawn from " + ", ".join(self.choices)
@@ -126,8 +135,13 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          choices=PROXY_NEXT_UPSTREAM_CHOICES),
     Knob("max_fails", "int", "failures before a backend is marked down (0 = never)", 0, 1000),
     Knob("fail_timeout", "int", "how long a backend stays down, s", 1, 3600),
-    Knob("balance", "choice", "how requests are spread over backends", choices=BALANCE_CHOICES,
-         nullable=False),
+    Knob("balance", "choice", "how requests are spread over backends: key-hash (the reference "
+         "target's channel / task routing), arg-hash (sticky on a query argument the client "
+         "sends, hash_arg), round-robin, least-conn, ip-hash (the first three octets of the "
+         "client address), random", choices=BALANCE_CHOICES, nullable=False),
+    Knob("hash_arg", "name", "with balance = arg-hash: the query argument hashed (consistent), "
+         "e.g. lb: every request of a client that sends &lb=<its key> reaches one backend "
+         "(other balances ignore it)"),
     Knob("gzip", "bool", "gzip responses (seed: on)", nullable=False),
     Knob("access_log", "choice", "nginx's access log: every request (full), every request of "
          "one connection in N (sampled-N), or none (off); unset: full", choices=ACCESS_LOGS),
@@ -209,6 +223,9 @@ def validate(settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
         if out["backends"] < 1:
             problems.append("backends = 0 needs nchan = true (nginx alone must be the target)")
         problems += [f"{k} needs nchan = true" for k in NCHAN_KNOBS if out[k] is not None]
+    if out["balance"] == "arg-hash" and out["hash_arg"] is None:
+        problems.append("balance = arg-hash needs hash_arg, the query argument to hash "
+                        "(e.g. hash_arg = \"lb\")")
     if not out["upstream_keepalive"]:
         for dep in ("upstream_keepalive_requests", "upstream_keepalive_timeout"):
             if out[dep] is not None:

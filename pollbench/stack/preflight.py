@@ -204,7 +204,13 @@ def check_protocol(resolved: ResolvedStack, load: LoadSpec) -> None:
     from loadtests.protocols import BUILT_IN
 
     served = nginx_config.serves(resolved.settings)
-    if load.protocol in BUILT_IN and load.protocol != served:
+    if resolved.spec.backend_command is not None:
+        pass  # the user's service speaks what the user says
+    elif load.protocol == "socketio":
+        raise UserError("--protocol socketio speaks to a Socket.IO service: start yours as "
+                        "the backends with --backend-command (or [backend] in the project "
+                        "file; examples/socketio/ has one)")
+    elif load.protocol in BUILT_IN and load.protocol != served:
         raise UserError(f"--protocol {load.protocol} does not speak to profile "
                         f"{resolved.spec.profile}, whose stack serves {served}: use "
                         f"--protocol {served}"

@@ -17,6 +17,7 @@ from typing import Any
 
 from pollbench.errors import UserError
 from pollbench.stack import nginx_build, nginx_config, redis_server
+from pollbench.stack.backend_command import BackendCommand
 from pollbench.stack.loadgen import check_number
 from pollbench.stack.net import PortClaim, PortTaken, address_here, find_free_ports, port_free
 from target_app.app import AppConfig
@@ -65,6 +66,8 @@ class StackSpec:
     redis_overrides: dict[str, Any] = field(default_factory=dict)  # [redis] knobs (sweeps)
     # --prometheus: a Prometheus server and nginx's exporter beside the stack (stack.prometheus)
     prometheus: bool = False
+    # the user's own backends (None: the reference target, target_app)
+    backend_command: BackendCommand | None = None
 
     @cached_property
     def _profile(self) -> nginx_config.Profile:
@@ -129,6 +132,9 @@ class StackSpec:
                             f"{ports[0]}-{ports[-1]}")
         if settings["nchan"]:
             nginx_config.find_nchan_module()  # one line saying what to install
+            if self.backend_command is not None:
+                raise UserError(f"profile {self.profile} is Nchan (nginx alone, no backends): "
+                                "a backend command needs a profile with backends")
         if ports and ports[-1] > 65535:
             raise UserError(f"backend ports run past 65535 (from {self.backend_port})")
         if self.max_hold_s >= settings["proxy_read_timeout"]:
@@ -139,6 +145,8 @@ class StackSpec:
         if state not in nginx_config.STATES:
             raise UserError(f"unknown --state {state!r}; choose one of "
                             f"{', '.join(nginx_config.STATES)}")
+        if self.backend_command is not None:
+            self.backend_command.check(state)
         redis_settings = self.redis_settings()
         redis_port: int | None = None
         redis_binary = None
@@ -238,3 +246,15 @@ class ResolvedStack:
     @property
     def backend_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{p}" for p in self.backend_ports]
+
+    @property
+    def stats_urls(self) -> list[str]:
+        """The backends whose /stats the sampler reads: the reference target's (a user's
+        backends have none of theirs: those figures read "not measured")."""
+        return self.backend_urls if self.spec.backend_command is None else []
+
+    @property
+    def ready_path(self) -> str:
+        """The path that answers once a backend (and nginx before it) is ready."""
+        cmd = self.spec.backend_command
+        return "/healthz" if cmd is None else cmd.ready

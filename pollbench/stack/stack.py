@@ -77,6 +77,10 @@ class Stack:
         return self.resolved.backend_urls
 
     @property
+    def stats_urls(self) -> list[str]:
+        return self.resolved.stats_urls
+
+    @property
     def prefix(self) -> Path:
         return self.run_dir / "nginx"
 
@@ -161,7 +165,12 @@ class Stack:
         state_args = ["--state", cfg.state]
         if self.redis_url is not None:  # the URL (maybe with a password) in the environment
             state_args += ["--redis-prefix", self.redis_prefix]
+        user = spec.backend_command
         for i, port in enumerate(self.resolved.backend_ports):
+            if user is not None:  # the user's service: their command, their readiness
+                self.backend_cmds.append(user.argv(port, i, self.redis_url))
+                self.backends.append(self.group.add(self._spawn_backend(i)))
+                continue
             cmd = [sys.executable, "-m", "target_app", "--processes", "1", "--port", str(port),
                    "--index", str(i),
                    "--loop", spec.loop, "--max-hold", str(cfg.max_hold_s),
@@ -172,13 +181,14 @@ class Stack:
                    "--burn-us", str(cfg.burn_us), *state_args]
             self.backend_cmds.append(cmd)
             self.backends.append(self.group.add(self._spawn_backend(i)))
+        ready = self.resolved.ready_path
         for child, url in zip(self.backends, self.backend_urls, strict=True):
-            self._wait_healthy(child, f"{url}/healthz", 15)
+            self._wait_healthy(child, f"{url}{ready}", self.ready_timeout_s)
         cmd = [*self.nginx_cmd(conf), "-g", "daemon off;"]
         log = self.run_dir / "logs" / "nginx.log"
         if not self.detach_nginx:
             self.nginx = self.group.add(spawn("nginx", cmd, log, cpus=spec.cpus))
-            self._wait_healthy(self.nginx, f"{self.url}/healthz", 10)
+            self._wait_healthy(self.nginx, f"{self.url}{ready}", 10)
             self._start_prometheus()
             return
         # The shell's process group holds nginx (killed with it at stop).  The shell exits
@@ -199,9 +209,10 @@ class Stack:
         except (OSError, ValueError, IndexError):
             raise RunFailed(f"nginx did not start; last lines of {log}:\n"
                             f"{self.nginx.log_tail()}") from None
-        if not wait_until(lambda: not self._master_alive() or answers(f"{self.url}/healthz"),
+        ready = self.resolved.ready_path
+        if not wait_until(lambda: not self._master_alive() or answers(f"{self.url}{ready}"),
                           10) or not self._master_alive():
-            raise RunFailed(f"nginx did not answer {self.url}/healthz within 10 s; last lines "
+            raise RunFailed(f"nginx did not answer {self.url}{ready} within 10 s; last lines "
                             f"of {log}:\n{self.nginx.log_tail()}")
         self._start_prometheus()
 
@@ -245,8 +256,19 @@ class Stack:
         except psutil.Error:
             return False
 
+    @property
+    def ready_timeout_s(self) -> float:
+        user = self.resolved.spec.backend_command
+        return 15.0 if user is None else user.ready_timeout_s
+
     def _spawn_backend(self, i: int) -> Child:
         env = None
+        user = self.resolved.spec.backend_command
+        if user is not None:
+            return spawn(f"backend-{i}", self.backend_cmds[i],
+                         self.run_dir / "logs" / f"backend-{i}.log",
+                         env=user.environment(self.redis_url), cwd=user.workdir(),
+                         cpus=self.resolved.spec.cpus)
         if self.redis_url is not None:
             env = {**os.environ, "TARGET_APP_REDIS_URL": self.redis_url}
         return spawn(f"backend-{i}", self.backend_cmds[i],
@@ -308,8 +330,9 @@ class Stack:
 
             def backend_health(new: Child) -> str:
                 ok = wait_until(lambda: not new.alive() or answers(
-                    f"{self.backend_urls[i]}/healthz"), 15) and new.alive()
-                return "" if ok else " (not healthy within 15 s)"
+                    f"{self.backend_urls[i]}{self.resolved.ready_path}"),
+                    self.ready_timeout_s) and new.alive()
+                return "" if ok else f" (not ready within {self.ready_timeout_s:g} s)"
 
             # (a backend is started from this thread, which lives until the run ends)
             return self._process_fault(self.backends[i], fault, halt,

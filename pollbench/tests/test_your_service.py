@@ -1,0 +1,219 @@
+"""Your service in your repository: backends from your command, Socket.IO long-polling, the
+project file with thresholds, `pollbench init`, and `check` against your base revision
+(examples/socketio/ is the service)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtests.protocols import BadAnswer, load_protocol, stamp_body
+from pollbench.records.runinfo import validate_run_json
+from pollbench.tests.conftest import REPO, free_stack_ports, pollbench_cmd
+from pollbench.tests.test_check import git
+
+EXAMPLE = REPO / "examples" / "socketio"
+
+
+class Answer:
+    def __init__(self, status: int, body: bytes):
+        self.status, self.body = status, body
+
+
+def copy_example(dest: Path, **edits: str) -> Path:
+    """examples/socketio/ in a folder of its own, the project file's lines replaced."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(EXAMPLE / "app.py", dest / "app.py")
+    text = (EXAMPLE / "pollbench.toml").read_text()
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (dest / "pollbench.toml").write_text(text)
+    return dest
+
+
+def pollbench(cwd: Path, *args: str, timeout: float = 240, **env: str
+              ) -> subprocess.CompletedProcess:
+    return subprocess.run(pollbench_cmd(*args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **env})
+
+
+# -- the Socket.IO protocol, on its own ----------------------------------------------------
+
+def test_socketio_opens_a_session_joins_and_answers_every_ping_before_the_next_poll():
+    proto = load_protocol("socketio")()
+    cur = proto.new_cursor("ch3")
+    hello = proto.poll("ch3", cur)
+    assert hello.method == "GET" and "EIO=4" in hello.target and "room=ch3" in hello.target
+    assert f"lb={cur.lb}" in hello.target and "sid=" not in hello.target
+    opened = proto.read_poll(Answer(200, b'0{"sid":"S1","pingInterval":25000}'), cur)
+    assert opened.messages == () and [r.body for r in opened.send] == [b"40"]
+    assert all(f"lb={cur.lb}" in r.target and "sid=S1" in r.target for r in opened.send)
+    cur = opened.cursor
+    # three events and a ping in one body: three messages, one pong
+    stamps = [stamp_body("p", i, 1.0, 40).decode() for i in (1, 2, 3)]
+    body = "\x1e".join(['40{"sid":"x"}', *(f'42["msg",{s}]' for s in stamps), "2",
+                        '42["other",{}]']).encode()
+    got = proto.read_poll(Answer(200, body), cur)
+    assert [m.stamp[1] for m in got.messages] == [1, 2, 3]
+    assert [r.body for r in got.send] == [b"3"] and got.cursor.connected
+    # the next poll is on the session, and one GET at a time
+    assert "sid=S1" in proto.poll("ch3", got.cursor).target
+
+
+def test_a_session_the_server_forgot_starts_over_and_counts_its_cause():
+    proto = load_protocol("socketio")()
+    cur = proto.read_poll(Answer(200, b'0{"sid":"S1"}'), proto.new_cursor("ch0")).cursor
+    with pytest.raises(BadAnswer, match="Invalid session") as e:
+        proto.read_poll(Answer(400, b'"Invalid session S1"'), cur)
+    assert e.value.session_lost
+    for body in (b"1", b'41'):
+        with pytest.raises(BadAnswer) as e:
+            proto.read_poll(Answer(200, body), cur)
+        assert e.value.session_lost
+
+
+# -- the project file, init, and refusals before anything starts ---------------------------
+
+def test_init_writes_a_project_file_that_reads_back_and_is_never_overwritten(tmp_path):
+    first = pollbench(tmp_path, "init")
+    assert first.returncode == 0, first.stderr
+    from pollbench.stack.project import read
+
+    project = read(tmp_path / "pollbench.toml")
+    assert project.options["protocol"] == "socketio" and project.backend is not None
+    assert project.thresholds["delivery_p99_ms"] == 250
+    before = (tmp_path / "pollbench.toml").read_text()
+    again = pollbench(tmp_path, "init", "--protocol", "nchan")
+    assert again.returncode == 2 and "never overwrites" in again.stderr
+    assert (tmp_path / "pollbench.toml").read_text() == before
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({'users = 200': 'userz = 200'}, "unknown key 'userz'"),
+    ({'delivery-p99-ms = 250': 'delivery-p98-ms = 250'}, "unknown threshold 'delivery-p98-ms'"),
+    ({'error-rate = 0.01': 'error-rate = 5'}, "error-rate is a fraction"),
+    ({'--redis {redis_url}': '--redis {redis}'}, "unknown placeholder {redis}"),
+    ({'profile = "socketio"': 'profile = "seed"'}, "uses {redis_url}: add --state redis"),
+    ({'{python} app.py': 'no-such-server app.py'}, "'no-such-server' is not found on PATH"),
+    ({'ready = "/healthz"': 'ready = "healthz"'}, "must be an HTTP path"),
+])
+def test_a_bad_project_file_is_refused_in_one_line_before_anything_starts(tmp_path, edit,
+                                                                           expected):
+    folder = copy_example(tmp_path / "app", **edit)
+    proc = pollbench(folder, "run", "--duration", "5s", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pollbench: error")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert not (folder / "results").exists()  # refused before any run folder
+
+
+@pytest.mark.slow
+def test_a_backend_command_that_exits_is_refused_with_the_last_lines_it_printed(tmp_path):
+    folder = copy_example(tmp_path / "app")
+    (folder / "app.py").write_text("import sys\nprint('cannot bind: address in use')\n"
+                                   "sys.exit(3)\n")
+    port, backend_port = free_stack_ports()
+    proc = pollbench(folder, "run", "--duration", "5s", "--port", str(port), "--backend-port",
+                     str(backend_port), timeout=90)
+    assert proc.returncode == 3, proc.stderr
+    assert "backend-0 exited at start with code 3" in proc.stderr
+    assert "cannot bind: address in use" in proc.stderr
+    runs = list((folder / "results").glob("*"))  # the failed run still leaves its logs
+    assert len(runs) == 1 and (runs[0] / "logs" / "backend-0.log").is_file()
+
+
+# -- the example app, measured as a user would ----------------------------------------------
+
+@pytest.mark.slow
+def test_run_with_no_options_measures_the_example_behind_nginx_with_nothing_lost(tmp_path):
+    folder = copy_example(tmp_path / "app", **{'duration = "20s"': 'duration = "8s"'})
+    port, backend_port = free_stack_ports()
+    proc = pollbench(folder, "run", "--port", str(port), "--backend-port", str(backend_port))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    assert run_dir.parent == folder / "results"  # your runs in your project
+    info = json.loads((run_dir / "run.json").read_text())
+    validate_run_json(info)
+    assert info["status"] == "complete" and info["parameters"]["protocol"] == "socketio"
+    assert info["stack"]["backends"] == 4 and info["stack"]["state"] == "redis"
+    assert info["stack"]["backend_command"]["command"].startswith("{python} app.py")
+    assert info["stack"]["nginx"]["balance"] == "arg-hash"
+    assert info["thresholds"]["crossed"] == [] and len(info["thresholds"]["limits"]) == 3
+    lg = info["loadgen"]
+    assert lg["delivered"] > 1000 and lg["lost"] == 0 and lg["duplicates"] == 0
+    assert lg["http_failures"] == 0
+    # every backend was sampled and priced: their CPU is in the cost per delivery
+    assert info["cost"]["figures"]["cpu_per_kdelivery_backends"] > 0
+    assert (run_dir / "report" / "report.html").is_file()
+    from analysis.figures import compute
+    from analysis.load import load_run
+
+    summary = compute(load_run(run_dir)).summary
+    assert "cpu_per_kdelivery_backends" not in summary["not_measured"]
+    assert summary["backend_stalls"] == []  # no /stats to read is not a stall
+    for i in range(4):
+        assert (run_dir / "logs" / f"backend-{i}.log").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_crossed_threshold_exits_1_naming_it_and_the_measured_figure(tmp_path):
+    folder = copy_example(tmp_path / "app", **{'duration = "20s"': 'duration = "6s"',
+                                               'delivery-p99-ms = 250': 'delivery-p99-ms = 1'})
+    (folder / "pollbench.toml").write_text((folder / "pollbench.toml").read_text().replace(
+        "[backend]", "backends = 2\n\n[backend]"))
+    port, backend_port = free_stack_ports(2)
+    proc = pollbench(folder, "run", "--port", str(port), "--backend-port", str(backend_port),
+                     "--no-report", EMIT_DELAY_MS="5")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "threshold crossed: delivery-p99-ms" in proc.stderr
+    assert "crossed its threshold 1" in proc.stderr
+    # the command line wins over the file
+    proc = pollbench(folder, "run", "--port", str(port), "--backend-port", str(backend_port),
+                     "--no-report", "--threshold", "delivery-p99-ms=5000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# -- the check in your repository -------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_check_in_your_repository_catches_a_delay_per_emit_and_passes_an_a_a(tmp_path):
+    """The whole path: a repository of the example app with two commits, the second adding
+    a delay to every emit; `pollbench check --baseline-ref HEAD~1` there names delivery
+    latency and exits 1, and `--baseline-ref HEAD` (A/A) exits 0."""
+    repo = copy_example(tmp_path / "repo", **{'duration = "5s"': 'duration = "3s"'})
+    (repo / "pollbench.toml").write_text((repo / "pollbench.toml").read_text().replace(
+        "[backend]", "backends = 2\n\n[backend]"))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the app")
+    app = (repo / "app.py").read_text()
+    slow = app.replace('os.environ.get("EMIT_DELAY_MS", "0")', 'os.environ.get("EMIT_DELAY_MS", "15")')
+    assert slow != app
+    (repo / "app.py").write_text(slow)
+    git(repo, "commit", "-q", "-am", "every emit waits 15 ms")
+    port, backend_port = free_stack_ports(2)
+    common = ("--repeat", "10", "--format", "json", "--port", str(port), "--backend-port",
+              str(backend_port))
+    proc = pollbench(repo, "check", "--baseline-ref", "HEAD~1", *common, timeout=420)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    verdict = json.loads(proc.stdout[proc.stdout.index("{"):])
+    metrics = {m["metric"]: m for m in verdict["metrics"]}
+    assert metrics["delivery_latency_p50"]["status"] == "regression"
+    assert metrics["lost_messages"]["status"] == "ok"
+    assert "HEAD~1" in proc.stderr and "working tree" in proc.stderr
+    proc = pollbench(repo, "check", "--baseline-ref", "HEAD", *common, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_the_example_app_imports_with_the_pinned_packages():
+    proc = subprocess.run([sys.executable, "-c", "import app; app.make_app(None)"],
+                          cwd=EXAMPLE, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
