@@ -49,14 +49,28 @@ CHARTED_OVER_TIME = {"deliveries", "requests", "tasks", "poll_timeouts"}
 SPECTRUM_PERCENTILES = [100 * (1 - 10 ** (-k / 20)) for k in range(0, 101)]  # 0 .. 99.999
 
 
-def metric_groups(metrics) -> dict[str, list[str]]:
-    """Which HDR metrics make up each latency family."""
+def metric_groups(metrics, accounting: dict | None = None) -> dict[str, list[str]]:
+    """Which HDR metrics make up each latency family.  ``accounting`` (run.json's): the
+    protocol's own poll rows (``poll_rows``: a poll, a poll that ended empty), held polls
+    and not plain requests whatever the protocol calls them."""
     metrics = [str(m) for m in metrics]
     http = [m for m in metrics if m.startswith("HTTP ")]
+    rows = (accounting or {}).get("poll_rows") or []
+    held, empty = (rows + [None, None])[:2]
+
+    def row(m: str) -> str:
+        return m.split(" ", 2)[2] if m.count(" ") >= 2 else ""
+
+    def timeout(m: str) -> bool:
+        return "(204" in m or (empty is not None and row(m) == empty)
+
+    def poll(m: str) -> bool:
+        return m.startswith(POLL_PREFIXES) or timeout(m) or (held is not None
+                                                             and row(m) == held)
     return {
-        "requests": [m for m in http if not m.startswith(POLL_PREFIXES)],
-        "poll_holds": [m for m in http if m.startswith(POLL_PREFIXES) and "(204" not in m],
-        "poll_timeouts": [m for m in http if "(204" in m],
+        "requests": [m for m in http if not poll(m)],
+        "poll_holds": [m for m in http if poll(m) and not timeout(m)],
+        "poll_timeouts": [m for m in http if timeout(m)],
         "deliveries": [m for m in metrics if m == "DELIVERY"],
         "tasks": [m for m in metrics if m == "TASK"],
         "task_overhead": [m for m in metrics if m == "TASK_OVERHEAD"],
@@ -294,7 +308,8 @@ def compute(run: RunData, warmup_s: float | None = None) -> Figures:
     if not run.hdr.empty:
         span = max(float(run.hdr["t1"].max()) - run.start, 1.0)
     bin_s = max(1.0, math.ceil(span / MAX_TIME_BINS))
-    groups = metric_groups(run.hdr["metric"].unique() if not run.hdr.empty else [])
+    groups = metric_groups(run.hdr["metric"].unique() if not run.hdr.empty else [],
+                           info.get("accounting"))
     families = {name: family(run.hdr, metrics, run.start, warmup, bin_s,
                              series=name in CHARTED_OVER_TIME)
                 for name, metrics in groups.items()}

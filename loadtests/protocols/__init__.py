@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 from typing import Protocol as _Readable
@@ -208,7 +210,7 @@ def load_protocol(text: str) -> type[Protocol]:
         raise ValueError(f"protocol {text!r}: give one of {', '.join(BUILT_IN)} or "
                          "module:Class (a subclass of loadtests.protocols.Protocol)")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except Exception as e:  # a user's module may fail in any way: one line, its cause
         raise ValueError(f"protocol {text!r}: module {module_name} does not import "
                          f"({type(e).__name__}: {e})") from None
@@ -229,6 +231,19 @@ def load_protocol(text: str) -> type[Protocol]:
     return cls
 
 
+def _import(module_name: str):
+    """The module, looked for in the current directory too (a user's adapter beside their
+    project file), as ``python -m`` would."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        if e.name != module_name.split(".")[0] or here in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
 def accounting(cls: type[Protocol]) -> dict:
     """run.json's "accounting": how this protocol's deliveries are judged and timed."""
     gives = set(cls.gives)
@@ -239,4 +254,7 @@ def accounting(cls: type[Protocol]) -> dict:
                   if SERVER_SEQ in gives else "the publisher's stamp (sequence per channel)"),
         "latency": ("server publish time (its ts) -> receipt" if SERVER_TIME in gives
                     else "publisher send time (the stamp) -> receipt"),
+        # Locust's rows of a held poll and of one that ended empty: held polls, never
+        # counted as plain requests (analysis.figures.metric_groups)
+        "poll_rows": [cls.poll_name, cls.timeout_name],
     }

@@ -208,7 +208,7 @@ def test_check_in_your_repository_catches_a_delay_per_emit_and_passes_an_a_a(tmp
     metrics = {m["metric"]: m for m in verdict["metrics"]}
     assert metrics["delivery_latency_p50"]["status"] == "regression"
     assert metrics["lost_messages"]["status"] == "ok"
-    assert "HEAD~1" in proc.stderr and "working tree" in proc.stderr
+    assert "at HEAD~1" in proc.stdout and "the working tree" in proc.stdout  # the sides named
     proc = pollbench(repo, "check", "--baseline-ref", "HEAD", *common, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
@@ -217,3 +217,49 @@ def test_the_example_app_imports_with_the_pinned_packages():
     proc = subprocess.run([sys.executable, "-c", "import app; app.make_app(None)"],
                           cwd=EXAMPLE, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_a_users_own_adapter_loaded_by_module_and_class_measures_their_api(tmp_path):
+    """examples/events/: a made-up API and the adapter of docs/your-service.md, loaded as
+    adapter:EventsApi from the project's folder (not importable from anywhere else)."""
+    folder = tmp_path / "events"
+    shutil.copytree(REPO / "examples" / "events", folder)
+    text = (folder / "pollbench.toml").read_text().replace('duration = "20s"',
+                                                           'duration = "6s"')
+    (folder / "pollbench.toml").write_text(text)
+    port, backend_port = free_stack_ports(1)
+    proc = pollbench(folder, "run", "--port", str(port), "--backend-port", str(backend_port),
+                     "--no-report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "run.json").read_text())
+    assert info["accounting"]["protocol"] == "events"
+    assert info["accounting"]["order"].startswith("the publisher's stamp")
+    lg = info["loadgen"]
+    assert lg["delivered"] > 500 and lg["lost"] == 0 and lg["http_failures"] == 0
+
+
+def test_the_worked_adapter_in_the_docs_is_the_one_the_tests_run_and_under_60_lines():
+    adapter = (REPO / "examples" / "events" / "adapter.py").read_text()
+    assert len(adapter.splitlines()) < 60
+    import textwrap
+
+    code = textwrap.indent(adapter[adapter.index("from loadtests"):].rstrip(), "    ")
+    assert code in (REPO / "docs" / "your-service.md").read_text()  # as a code block
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("nosuchmodule:X", "module nosuchmodule does not import"),
+    ("adapter:Nope", "module adapter has no Nope"),
+    ("adapter:Half", "Half does not implement read_poll, publish"),
+])
+def test_a_users_adapter_that_does_not_load_is_refused_in_one_line(tmp_path, spec, expected):
+    folder = tmp_path / "events"
+    shutil.copytree(REPO / "examples" / "events", folder)
+    with open(folder / "adapter.py", "a") as f:
+        f.write("\n\nclass Half(Protocol):\n    def poll(self, channel, cursor):\n"
+                "        return Request('GET', '/')\n")
+    proc = pollbench(folder, "run", "--protocol", spec, "--duration", "5s", timeout=60)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pollbench: error")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
