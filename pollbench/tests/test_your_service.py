@@ -44,6 +44,13 @@ def pollbench(cwd: Path, *args: str, timeout: float = 240, **env: str
                           timeout=timeout, env={**os.environ, **env})
 
 
+def free_ports(backends: int = 4) -> list[str]:
+    """--port and --backend-port free here (never the defaults: a test beside a stack, or
+    beside another test's claim of them, must not collide)."""
+    port, backend_port = free_stack_ports(backends)
+    return ["--port", str(port), "--backend-port", str(backend_port)]
+
+
 # -- the Socket.IO protocol, on its own ----------------------------------------------------
 
 def test_socketio_opens_a_session_joins_and_answers_every_ping_before_the_next_poll():
@@ -107,7 +114,7 @@ def test_init_writes_a_project_file_that_reads_back_and_is_never_overwritten(tmp
 def test_a_bad_project_file_is_refused_in_one_line_before_anything_starts(tmp_path, edit,
                                                                            expected):
     folder = copy_example(tmp_path / "app", **edit)
-    proc = pollbench(folder, "run", "--duration", "5s", timeout=60)
+    proc = pollbench(folder, "run", "--duration", "5s", *free_ports(), timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pollbench: error")]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
@@ -259,7 +266,8 @@ def test_a_users_adapter_that_does_not_load_is_refused_in_one_line(tmp_path, spe
     with open(folder / "adapter.py", "a") as f:
         f.write("\n\nclass Half(Protocol):\n    def poll(self, channel, cursor):\n"
                 "        return Request('GET', '/')\n")
-    proc = pollbench(folder, "run", "--protocol", spec, "--duration", "5s", timeout=60)
+    proc = pollbench(folder, "run", "--protocol", spec, "--duration", "5s", *free_ports(1),
+                     timeout=60)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pollbench: error")]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
