@@ -71,7 +71,17 @@ def find_free_ports(count: int, start: int = 20000, stop: int = 32000,
     raise RuntimeError(f"no {count} consecutive free ports between {start} and {stop}")
 
 
-LOCK_DIR = Path(tempfile.gettempdir()) / "pollbench-ports"
+def _netns() -> str:
+    """This process's network namespace ("net-4026531840"): a port is only taken within it."""
+    try:
+        return "".join(c if c.isalnum() else "-" for c in os.readlink("/proc/self/ns/net")
+                       ).strip("-")
+    except OSError:
+        return "net"
+
+
+# one folder per network namespace: a claim in another namespace is not a collision
+LOCK_DIR = Path(tempfile.gettempdir()) / "pollbench-ports" / _netns()
 
 
 class PortClaim:
