@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from loadtests.protocols import Answer, BadAnswer, Delivered, Poll, Protocol, Request, read_stamp
 
@@ -64,16 +64,15 @@ class SocketIOProtocol(Protocol):
             url += f"&room={channel}"
         return url
 
-    def poll(self, channel: str, cursor: Any) -> Request:
-        cur = cursor if isinstance(cursor, Session) else self.new_cursor(channel)
-        return Request("GET", self._url(cur, channel if cur.sid is None else None))
+    def poll(self, channel: str, cursor: Session) -> Request:
+        return Request("GET", self._url(cursor, channel if cursor.sid is None else None))
 
-    def read_poll(self, resp: Answer, cursor: Any) -> Poll:
-        cur = cursor if isinstance(cursor, Session) else None
+    def read_poll(self, resp: Answer, cursor: Session) -> Poll:
+        cur = cursor
         body = resp.body.decode("utf-8", "replace")
         if resp.status != 200:
             raise BadAnswer(refused(resp.status, body), session_lost=resp.status == 400)
-        if cur is None or cur.sid is None:  # the handshake: open packet, then CONNECT
+        if cur.sid is None:  # the handshake: open packet, then CONNECT
             if not body.startswith("0"):
                 raise BadAnswer(f"no Engine.IO open packet (got {body[:40]!r})",
                                 session_lost=True)
@@ -82,8 +81,7 @@ class SocketIOProtocol(Protocol):
             except (ValueError, KeyError, TypeError):
                 raise BadAnswer("an Engine.IO open packet without a sid",
                                 session_lost=True) from None
-            lb = cur.lb if cur is not None else "0"
-            opened = Session(lb, str(sid))
+            opened = Session(cur.lb, str(sid))
             return Poll((), opened, send=(self._post(opened, "40"),))
         messages = []
         send = []

@@ -14,10 +14,26 @@ import subprocess
 import sys
 import textwrap
 
+# A user of ``cls`` in a real Locust environment, speaking ``protocol`` to the scripted
+# server on ``port`` (its script's imports: argparse, Environment, MetricsPlumbing).
+LOCUST_USER = textwrap.dedent('''
+    def locust_user(cls, port, protocol):
+        opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0,
+                                  pb_channels=1, pb_retry_backoff="0.1:5",
+                                  pb_protocol=protocol, pb_message_bytes=64)
+        env = Environment(user_classes=[cls], parsed_options=opts)
+        env.create_local_runner()
+        env.pollbench = plumbing = MetricsPlumbing(env, None)
+        cls.host = f"http://127.0.0.1:{port}"
+        user = cls(env)
+        user.on_start()
+        return env, plumbing, user
+''')
+
 # The scripted server plays ``script`` (one answer per request) to one subscriber speaking
 # ``protocol``, which polls once per answer; printed: its counters, Locust's rows, and the
 # requests it sent (their whole heads).
-PLAY = textwrap.dedent('''
+PLAY = LOCUST_USER + textwrap.dedent('''
     requests = []
 
     def handle(sock, _addr):
@@ -34,14 +50,7 @@ PLAY = textwrap.dedent('''
 
     server = StreamServer(("127.0.0.1", 0), handle)
     server.start()
-    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
-                              pb_retry_backoff="0.1:5", pb_protocol=protocol)
-    env = Environment(user_classes=[ChannelSubscriber], parsed_options=opts)
-    env.create_local_runner()
-    env.pollbench = plumbing = MetricsPlumbing(env, None)
-    ChannelSubscriber.host = f"http://127.0.0.1:{server.server_port}"
-    user = ChannelSubscriber(env)
-    user.on_start()
+    env, plumbing, user = locust_user(ChannelSubscriber, server.server_port, protocol)
     for _ in script:
         user.poll()
     plumbing.rows.merge()
@@ -232,6 +241,7 @@ PUBLISH_SCRIPT = textwrap.dedent('''
     from loadtests.protocols import read_stamp
     from loadtests.users import Publisher
 
+''') + LOCUST_USER + textwrap.dedent('''
     answers = [b"202 Accepted", b"503 Service Unavailable", b"202 Accepted", b"202 Accepted"]
     stamps = []
 
@@ -252,15 +262,7 @@ PUBLISH_SCRIPT = textwrap.dedent('''
 
     server = StreamServer(("127.0.0.1", 0), handle)
     server.start()
-    opts = argparse.Namespace(pb_connection="keepalive", pb_poll_timeout=1.0, pb_channels=1,
-                              pb_retry_backoff="0.1:5", pb_protocol="nchan",
-                              pb_message_bytes=64)
-    env = Environment(user_classes=[Publisher], parsed_options=opts)
-    env.create_local_runner()
-    env.pollbench = plumbing = MetricsPlumbing(env, None)
-    Publisher.host = f"http://127.0.0.1:{server.server_port}"
-    pub = Publisher(env)
-    pub.on_start()
+    env, plumbing, pub = locust_user(Publisher, server.server_port, "nchan")
     for _ in answers:
         pub.publish("ch0")
     print(json.dumps({"stamps": stamps, "counters": plumbing.recorder.cut()["counters"]}))

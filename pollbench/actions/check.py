@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -207,22 +208,27 @@ def run_interleaved(ref: str, repeat: int, port: int, backend_port: int,
     sides = [("baseline", tree, {}, {"commit": commit, "branch": ref, "dirty": False}),
              ("candidate", repo, injected, None)]
     try:
-        for i in range(repeat):
-            # both sides alike: each a `pollbench run` of its own tree, in its own process,
-            # and the order turned every round (AB BA AB ...), so neither a drift within a
-            # round nor the place in it leans on one side
-            for name, where, inject, git in (sides if i % 2 == 0 else sides[::-1]):
-                out = root / name / f"rep-{i + 1}"
-                out.parent.mkdir(exist_ok=True)
-                log.info(f"== {name} ({ref if name == 'baseline' else 'this checkout'}) "
-                         f"{i + 1} of {repeat}")
-                run_side(where, out, port, backend_port, inject,
-                         f"the baseline revision {ref}" if git else "this checkout")
-                (base if git else cand).append(_summary(out))
-                record_side_run(out, git)
+        # both sides alike: each a `pollbench run` of its own tree, in its own process
+        for i, (name, where, inject, git) in rounds(repeat, sides):
+            out = root / name / f"rep-{i + 1}"
+            out.parent.mkdir(exist_ok=True)
+            log.info(f"== {name} ({ref if name == 'baseline' else 'this checkout'}) "
+                     f"{i + 1} of {repeat}")
+            run_side(where, out, port, backend_port, inject,
+                     f"the baseline revision {ref}" if git else "this checkout")
+            (base if git else cand).append(_summary(out))
+            record_side_run(out, git)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return base, cand
+
+
+def rounds(repeat: int, sides: list) -> Iterator[tuple[int, Any]]:
+    """(round, side) for ``repeat`` rounds of both sides, the order turned every round (AB
+    BA AB ...), so neither a drift within a round nor the place in it leans on one side."""
+    for i in range(repeat):
+        for side in (sides if i % 2 == 0 else sides[::-1]):
+            yield i, side
 
 
 def run_side(tree: Path, out: Path, port: int, backend_port: int, injected: dict[str, float],
@@ -426,18 +432,17 @@ def check_project(spec: StackSpec, load: LoadSpec, warmup_s: float, repeat: int 
     base: list[dict] = []
     cand: list[dict] = []
     try:
-        for i in range(repeat):
-            for name, side in (sides if i % 2 == 0 else sides[::-1]):
-                out = root / name / f"rep-{i + 1}"
-                out.parent.mkdir(exist_ok=True)
-                log.info(f"== {name} ({baseline_ref if name == 'baseline' else 'working tree'})"
-                         f" {i + 1} of {repeat}")
-                code = run(side, load, out=out, report=False, history_source="check",
-                           warmup_s=warmup_s)
-                if code != EXIT_OK:
-                    raise RunFailed(f"the {name} run {out} ended with code {code}")
-                summary = _summary(out, warmup_s)
-                (base if name == "baseline" else cand).append(summary)
+        for i, (name, side) in rounds(repeat, sides):
+            out = root / name / f"rep-{i + 1}"
+            out.parent.mkdir(exist_ok=True)
+            log.info(f"== {name} ({baseline_ref if name == 'baseline' else 'working tree'})"
+                     f" {i + 1} of {repeat}")
+            code = run(side, load, out=out, report=False, history_source="check",
+                       warmup_s=warmup_s)
+            if code != EXIT_OK:
+                raise RunFailed(f"the {name} run {out} ended with code {code}")
+            summary = _summary(out, warmup_s)
+            (base if name == "baseline" else cand).append(summary)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return _verdict(base, cand, limits, fmt, output,

@@ -68,9 +68,9 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                         "{port} (its port), {index}, {redis_url} (needs --state redis) and "
                         "{python}; started --backends times behind nginx (default: the "
                         "reference target)")
-    u.add_argument("--backend-ready", default="/healthz", metavar="PATH",
+    u.add_argument("--backend-ready", default=None, metavar="PATH",
                    help="a path your backend answers 2xx once ready (default /healthz)")
-    u.add_argument("--backend-ready-timeout", type=float, default=30.0, metavar="S",
+    u.add_argument("--backend-ready-timeout", type=float, default=None, metavar="S",
                    help="seconds a backend may take to get ready (default 30)")
     u.add_argument("--backend-env", action="append", default=[], metavar="NAME=VALUE",
                    help="environment of your backends (repeatable)")
@@ -106,23 +106,20 @@ def spec_from_args(args: argparse.Namespace) -> StackSpec:
 
 
 def backend_from_args(args: argparse.Namespace):
-    """The user's backend command of the options (or the project file), else None."""
-    command = getattr(args, "backend_command", None)
-    if command is None:
-        project_backend = getattr(args, "project_backend", None)
-        if project_backend is None:
-            return None
-        given = {k: v for k, v in (("ready", args.backend_ready != "/healthz"),
-                                   ("ready_timeout_s", args.backend_ready_timeout != 30.0),
-                                   ("cwd", args.backend_cwd is not None)) if v}
-        return replace(project_backend, **{k: {"ready": args.backend_ready,
-                                                "ready_timeout_s": args.backend_ready_timeout,
-                                                "cwd": args.backend_cwd}[k] for k in given},
-                       env=project_backend.env + parse_env(args.backend_env))
+    """The user's backend command: the project file's, each option given overriding it
+    (``--backend-env`` adds), or the options' alone; None: the reference target."""
     from pollbench.stack.backend_command import BackendCommand
 
-    return BackendCommand(command, args.backend_ready, args.backend_ready_timeout,
-                          parse_env(args.backend_env), args.backend_cwd)
+    command = getattr(args, "backend_command", None)
+    base = getattr(args, "project_backend", None)
+    if base is None:
+        if command is None:
+            return None
+        base = BackendCommand(command)
+    given = {k: v for k, v in (("command", command), ("ready", args.backend_ready),
+                               ("ready_timeout_s", args.backend_ready_timeout),
+                               ("cwd", args.backend_cwd)) if v is not None}
+    return replace(base, **given, env=base.env + parse_env(args.backend_env))
 
 
 def _max_connections(args: argparse.Namespace) -> int | None:

@@ -12,9 +12,9 @@ from typing import Any
 from pollbench.errors import UserError
 
 
-def read_toml(path: Path, what: str, keys: set[str]) -> dict[str, Any]:
+def read_toml(path: Path, what: str, keys: set[str] | None) -> dict[str, Any]:
     """The file's top-level table; refused naming ``what`` when it is not TOML or has a key
-    outside ``keys``."""
+    outside ``keys`` (None: any key; the caller checks them)."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -23,8 +23,8 @@ def read_toml(path: Path, what: str, keys: set[str]) -> dict[str, Any]:
         raise UserError(f"{what}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except OSError as e:
         raise UserError(f"{what}: cannot be read ({e.strerror})") from None
-    unknown = sorted(set(data) - keys)
-    if unknown:
+    unknown = sorted(set(data) - keys) if keys is not None else []
+    if unknown and keys is not None:
         raise UserError(f"{what}: unknown key(s) {', '.join(unknown)}; known keys: "
                         + ", ".join(sorted(keys)))
     return data

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pollbench.errors import UserError
+from pollbench.records.inputs import read_toml
 from pollbench.stack.backend_command import BackendCommand
 
 FILE_NAMES = ("pollbench.toml", "pyproject.toml")
@@ -122,12 +123,7 @@ def read(path: Path) -> Project:
     """The project file read and checked (refused in one line naming the file)."""
     path = Path(path).resolve()
     where = f"project file {path}"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{where}: not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{where}: cannot be read ({e})") from None
+    data = read_toml(path, where, None)  # its keys are checked below, dashes or not
     if path.name == FILE_NAMES[1]:
         tool = (data.get("tool") or {}).get("pollbench")
         where += " [tool.pollbench]"

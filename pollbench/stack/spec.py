@@ -258,3 +258,9 @@ class ResolvedStack:
         """The path that answers once a backend (and nginx before it) is ready."""
         cmd = self.spec.backend_command
         return "/healthz" if cmd is None else cmd.ready
+
+    @property
+    def ready_timeout_s(self) -> float:
+        """How long a backend may take to answer :attr:`ready_path`."""
+        cmd = self.spec.backend_command
+        return 15.0 if cmd is None else cmd.ready_timeout_s

@@ -183,7 +183,7 @@ class Stack:
             self.backends.append(self.group.add(self._spawn_backend(i)))
         ready = self.resolved.ready_path
         for child, url in zip(self.backends, self.backend_urls, strict=True):
-            self._wait_healthy(child, f"{url}{ready}", self.ready_timeout_s)
+            self._wait_healthy(child, f"{url}{ready}", self.resolved.ready_timeout_s)
         cmd = [*self.nginx_cmd(conf), "-g", "daemon off;"]
         log = self.run_dir / "logs" / "nginx.log"
         if not self.detach_nginx:
@@ -256,11 +256,6 @@ class Stack:
         except psutil.Error:
             return False
 
-    @property
-    def ready_timeout_s(self) -> float:
-        user = self.resolved.spec.backend_command
-        return 15.0 if user is None else user.ready_timeout_s
-
     def _spawn_backend(self, i: int) -> Child:
         env = None
         user = self.resolved.spec.backend_command
@@ -331,8 +326,8 @@ class Stack:
             def backend_health(new: Child) -> str:
                 ok = wait_until(lambda: not new.alive() or answers(
                     f"{self.backend_urls[i]}{self.resolved.ready_path}"),
-                    self.ready_timeout_s) and new.alive()
-                return "" if ok else f" (not ready within {self.ready_timeout_s:g} s)"
+                    self.resolved.ready_timeout_s) and new.alive()
+                return "" if ok else f" (not ready within {self.resolved.ready_timeout_s:g} s)"
 
             # (a backend is started from this thread, which lives until the run ends)
             return self._process_fault(self.backends[i], fault, halt,
