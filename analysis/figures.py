@@ -188,6 +188,10 @@ def not_measured(info: dict) -> dict[str, str]:
     elif stack.get("backends") == 0:
         for name in BACKEND_FIGURES:
             out[name] = "no backends: nginx itself is the target"
+    elif stack.get("backend_command"):
+        # only the reference target answers /stats (its held polls, read once a second)
+        out["backend_stalls"] = ("your backends (a command of yours) serve no /stats of "
+                                 "pollbench's reference target to watch for stalls")
     gives = (info.get("accounting") or {}).get("gives")
     if gives is not None and "epochs" not in gives:
         protocol = params.get("protocol", "this")

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="the project file (default: ./pollbench.toml, else [tool.pollbench] in "
                  "./pyproject.toml; its options are defaults, the command line wins)")
     parser.set_defaults(project_file=None, project_backend=None, project_thresholds={},
-                        project_check={})
+                        project_check={}, project_options={})
     parser.subcommands = sub  # type: ignore[attr-defined]  # for with_project
     return parser
 
@@ -102,7 +102,8 @@ def with_project(parser: argparse.ArgumentParser, args: argparse.Namespace,
     dests = {a.dest for a in command._actions}
     command.set_defaults(**{k: v for k, v in proj.options.items() if k in dests},
                          project_file=proj.path, project_backend=proj.backend,
-                         project_thresholds=proj.thresholds, project_check=proj.check)
+                         project_thresholds=proj.thresholds, project_check=proj.check,
+                         project_options=proj.options)
     return parser.parse_args(argv)
 
 

@@ -71,12 +71,18 @@ def handle(a) -> int:
                           max_error_rate=a.max_error_rate,
                           min_free_disk=parse_size(a.min_free_disk), stack=spec_from_args(a))
     if a.target is not None:  # a service already running: nothing of it is started
-        stack_options = [o for o, given in (("--profile", a.profile is not None),
+        # (the project file's stack, for the runs that start one, is left aside here)
+        own = a.project_options
+
+        def given(dest: str) -> bool:
+            value = getattr(a, dest)
+            return value is not None and not (dest in own and own[dest] == value)
+        stack_options = [o for o, asked in (("--profile", given("profile")),
                                             ("--prometheus", a.prometheus),
-                                            ("--backends", a.backends is not None),
-                                            ("--state", a.state is not None),
+                                            ("--backends", given("backends")),
+                                            ("--state", given("state")),
                                             ("--fault", bool(a.faults)),
-                                            ("--cpus", a.cpus is not None)) if given]
+                                            ("--cpus", a.cpus is not None)) if asked]
         if stack_options:
             raise UserError(f"{', '.join(stack_options)} shape(s) a stack pollbench starts; "
                             f"--target {a.target} alone is a service it did not start (add "

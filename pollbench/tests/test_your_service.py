@@ -164,7 +164,8 @@ def test_run_with_no_options_measures_the_example_behind_nginx_with_nothing_lost
 
     summary = compute(load_run(run_dir)).summary
     assert "cpu_per_kdelivery_backends" not in summary["not_measured"]
-    assert summary["backend_stalls"] == []  # no /stats to read is not a stall
+    assert summary["backend_stalls"] == []  # no /stats to read is not a stall ...
+    assert "no /stats" in summary["not_measured"]["backend_stalls"]  # ... it is unknown
     for i in range(4):
         assert (run_dir / "logs" / f"backend-{i}.log").stat().st_size > 0
 
@@ -271,3 +272,39 @@ def test_a_users_adapter_that_does_not_load_is_refused_in_one_line(tmp_path, spe
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pollbench: error")]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_a_project_runs_against_its_service_already_running_with_target(tmp_path):
+    """`--target URL` in a project's folder: the project's protocol and load apply, its
+    stack settings (backends = 1) are left aside instead of refused, and the stack's own
+    figures read "not measured"."""
+    folder = tmp_path / "events"
+    shutil.copytree(REPO / "examples" / "events", folder)
+    port = free_stack_ports(0)[0]
+    server = subprocess.Popen([sys.executable, "server.py", "--port", str(port)], cwd=folder,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        from pollbench.stack.net import answers
+        from pollbench.stack.processes import wait_until
+
+        assert wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 15)
+        proc = pollbench(folder, "run", "--target", f"http://127.0.0.1:{port}", "--users",
+                         "50", "--duration", "4s", "--no-report")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        refused = pollbench(folder, "run", "--target", f"http://127.0.0.1:{port}",
+                            "--backends", "2", "--duration", "4s", timeout=60)
+        assert refused.returncode == 2 and "--backends shape(s) a stack" in refused.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["stack"]["external"] and info["accounting"]["protocol"] == "events"
+    assert info["loadgen"]["lost"] == 0 and info["loadgen"]["delivered"] > 0
+    from analysis.figures import compute
+    from analysis.load import load_run
+
+    summary = compute(load_run(run_dir)).summary
+    assert "cpu_per_kdelivery_stack" not in summary["metrics"]
+    assert "not started by pollbench" in summary["not_measured"]["cpu_per_kdelivery_stack"]
