@@ -91,7 +91,7 @@ def transport_cause(exc: BaseException) -> str:
 
 def cause_source(cause: str) -> str:
     """Who a cause names: nginx, backend, server, connection or load generator."""
-    m = re.match(r"HTTP \d+ from (\w+)", cause)
+    m = re.match(r"HTTP \d+ from (\w[\w.]*\w|\w)", cause)
     if m:
         return m.group(1)
     if cause.endswith(LOADGEN_SIDE):

@@ -22,7 +22,7 @@ from loadtests.options import (
     parse_mix,
     parse_source_addresses,
 )
-from loadtests.protocols import load_protocol
+from loadtests.protocols import TASKS, load_protocol
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
@@ -101,7 +101,14 @@ def on_init(environment, **_kw) -> None:
         parse_connection_mode(opts.pb_connection)  # fail at start, not in every user
         parse_backoff(opts.pb_retry_backoff)
         parse_source_addresses(os.environ.get(SOURCE_ENV) or opts.pb_source_addresses)
-        load_protocol(opts.pb_protocol)  # fail at start, not in every user
+        protocol = load_protocol(opts.pb_protocol)  # fail at start, not in every user
+        if TASKS not in protocol.gives:  # the web UI's class picker offers what it can run
+            for table in (environment.available_user_classes,
+                          getattr(environment, "available_user_tasks", None)):
+                if table:
+                    table.pop(TaskPoller.__name__, None)
+            environment.user_classes = [c for c in environment.user_classes
+                                        if c is not TaskPoller]
         classes = {c.__name__: c for c in (ChannelSubscriber, TaskPoller)}
         for name, weight in parse_mix(opts.pb_mix).items():
             classes[name].weight = weight

@@ -61,7 +61,10 @@ def target_record(resolved: ResolvedStack) -> dict:
                                                    resolved.redis_binary)),
         "host": host_info(),
         "machine": machine_fingerprint(software),
-        "git": git_info(CHECKOUT),
+        # the commit measured: your repository's when the backends are your command's
+        # (history and compare key on it), else pollbench's own checkout
+        "git": git_info(spec.backend_command.workdir() if spec.backend_command else CHECKOUT),
+        **({"pollbench_git": git_info(CHECKOUT)} if spec.backend_command else {}),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,8 +116,11 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
         sampler.start()
         print(f"run folder: {run_dir}")
         print(f"target:     {stack.url}/")
+        backends = ("each backend serves its own /metrics" if spec.backend_command is None else
+                    f"each backend serves its own {spec.backend_command.metrics}"
+                    if spec.backend_command.metrics else "your backends serve none")
         print(f"metrics:    {record['loadgen_metrics_url']}  (the load generator's, for "
-              "Prometheus; each backend serves its own /metrics)")
+              f"Prometheus; {backends})")
         if stack.prometheus_url:
             record["prometheus"] = {"url": stack.prometheus_url, "data": "prometheus/data",
                                     "config": "prometheus/prometheus.yml"}
@@ -125,15 +129,17 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
               "test stopped in the UI gets its own run folder and report)")
         print("Ctrl-C stops everything.", flush=True)
         started = time.monotonic()
-        try:
-            while max_seconds is None or time.monotonic() - started < max_seconds:
-                time.sleep(0.5)
-                stack.check_alive()
-                reports.poll()
-        except KeyboardInterrupt:
-            # Ctrl-C is how a UI session ends; a second one (or a signal forwarded twice)
-            # must not cut the ending short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ctrl-C is how a UI session ends.  It is noted, never raised: a KeyboardInterrupt
+        # landing in a weakref or __del__ callback while a test's report is written is
+        # printed and dropped by Python, and the session would never end.  A second one (or
+        # a signal forwarded twice) must not cut the ending short either.
+        quit_asked = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: quit_asked.set())
+        while not quit_asked.wait(0.5) and (max_seconds is None or
+                                            time.monotonic() - started < max_seconds):
+            stack.check_alive()
+            reports.poll()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         status = STATUS_COMPLETE
         exit_record = {"code": EXIT_OK, "reason": "stopped by the user"}
         print("stopping; results are in", run_dir, flush=True)

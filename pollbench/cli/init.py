@@ -29,12 +29,14 @@ duration = "30s"
 # {{index}}: 0, 1, ..., {{redis_url}}: the stack's Redis (needs state redis: the socketio
 # profile has it), {{python}}: the Python running pollbench.
 command = "{command}"
-# a path that answers 2xx once a backend is ready, and how long it may take
+# a path that answers 200 once a backend is ready, and how long it may take
 ready = "/healthz"
 ready-timeout = 30
 # where the command runs, relative to this file
 cwd = "."
 # env = {{ LOG_LEVEL = "warning" }}
+# a path your backends serve Prometheus metrics on (`--prometheus` scrapes it)
+# metrics = "/metrics"
 
 [thresholds]
 # `pollbench run` exits 1 naming the first one crossed (a figure the run could not

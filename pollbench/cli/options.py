@@ -69,9 +69,12 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
                         "{python}; started --backends times behind nginx (default: the "
                         "reference target)")
     u.add_argument("--backend-ready", default=None, metavar="PATH",
-                   help="a path your backend answers 2xx once ready (default /healthz)")
+                   help="a path your backend answers 200 once ready (default /healthz)")
     u.add_argument("--backend-ready-timeout", type=float, default=None, metavar="S",
                    help="seconds a backend may take to get ready (default 30)")
+    u.add_argument("--backend-metrics", default=None, metavar="PATH",
+                   help="a path your backend serves Prometheus metrics on (--prometheus "
+                        "scrapes it; default: none)")
     u.add_argument("--backend-env", action="append", default=[], metavar="NAME=VALUE",
                    help="environment of your backends (repeatable)")
     u.add_argument("--backend-cwd", default=None, metavar="DIR",
@@ -118,7 +121,9 @@ def backend_from_args(args: argparse.Namespace):
         base = BackendCommand(command)
     given = {k: v for k, v in (("command", command), ("ready", args.backend_ready),
                                ("ready_timeout_s", args.backend_ready_timeout),
-                               ("cwd", args.backend_cwd)) if v is not None}
+                               ("cwd", args.backend_cwd),
+                               ("metrics", getattr(args, "backend_metrics", None)))
+             if v is not None}
     return replace(base, **given, env=base.env + parse_env(args.backend_env))
 
 

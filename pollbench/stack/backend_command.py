@@ -27,15 +27,17 @@ from pollbench.errors import UserError
 PLACEHOLDERS = ("port", "index", "redis_url", "python")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._~/%-]*")  # what a Prometheus config takes unquoted
 
 
 @dataclass(frozen=True)
 class BackendCommand:
     command: str
-    ready: str = "/healthz"          # an HTTP path that answers 2xx once a backend is ready
+    ready: str = "/healthz"          # an HTTP path that answers 200 once a backend is ready
     ready_timeout_s: float = 30.0    # how long a backend may take to get ready
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None           # None: the current directory
+    metrics: str | None = None       # an HTTP path serving Prometheus metrics (None: none)
 
     def words(self) -> list[str]:
         try:
@@ -65,6 +67,9 @@ class BackendCommand:
         if not self.ready.startswith("/") or any(c.isspace() for c in self.ready):
             raise UserError(f"backend ready path {self.ready!r} must be an HTTP path such as "
                             "/healthz")
+        if self.metrics is not None and not _PLAIN_PATH.fullmatch(self.metrics):
+            raise UserError(f"backend metrics path {self.metrics!r} must be an HTTP path such "
+                            "as /metrics")
         if not 0 < self.ready_timeout_s <= 600:
             raise UserError(f"backend ready timeout {self.ready_timeout_s:g} s must be above 0 "
                             "and at most 600")
@@ -99,6 +104,7 @@ class BackendCommand:
         """What run.json says of it."""
         return {"command": self.command, "ready": self.ready,
                 "ready_timeout_s": self.ready_timeout_s, "cwd": str(self.workdir()),
+                "metrics": self.metrics,
                 "env": sorted(name for name, _ in self.env)}
 
 

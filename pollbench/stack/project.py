@@ -51,7 +51,7 @@ OPTIONS = {
     "backend_port": "backend_port",
 }
 TABLES = ("backend", "thresholds", "check")
-BACKEND_KEYS = {"command", "ready", "ready_timeout", "cwd", "env"}
+BACKEND_KEYS = {"command", "ready", "ready_timeout", "cwd", "env", "metrics"}
 CHECK_KEYS = {"duration", "warmup", "repeat"}
 
 
@@ -169,6 +169,9 @@ def _backend(where: str, table: dict[str, Any], folder: Path) -> BackendCommand 
     timeout = table.get("ready_timeout", 30)
     cwd = table.get("cwd", ".")
     env = table.get("env", {})
+    metrics = table.get("metrics")
+    if metrics is not None and not isinstance(metrics, str):
+        raise UserError(f"{where}: [backend] metrics must be an HTTP path such as \"/metrics\"")
     if not isinstance(ready, str):
         raise UserError(f"{where}: [backend] ready must be an HTTP path such as \"/healthz\"")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -179,7 +182,7 @@ def _backend(where: str, table: dict[str, Any], folder: Path) -> BackendCommand 
                                             not isinstance(v, bool) for v in env.values()):
         raise UserError(f"{where}: [backend] env must be a table of NAME = \"value\"")
     return BackendCommand(command, ready, float(timeout), tuple(
-        (str(k), str(v)) for k, v in env.items()), str((folder / cwd).resolve()))
+        (str(k), str(v)) for k, v in env.items()), str((folder / cwd).resolve()), metrics)
 
 
 def _thresholds(where: str, table: dict[str, Any]) -> dict[str, float]:

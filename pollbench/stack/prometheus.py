@@ -13,6 +13,7 @@ included, and watched like nginx: an unexpected exit fails the run).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,21 +55,30 @@ def _port(port: int) -> int:
 
 def scrape_jobs(backend_ports: list[int], exporter_port: int,
                 loadgen_port: int | None = None) -> dict[str, list[str]]:
-    """job -> targets: ``backend`` (each process), ``nginx`` (the exporter), ``loadgen``."""
-    jobs = {"backend": [f"127.0.0.1:{_port(p)}" for p in backend_ports],
-            "nginx": [f"127.0.0.1:{_port(exporter_port)}"]}
+    """job -> targets: ``backend`` (each process; none when the backends serve no metrics),
+    ``nginx`` (the exporter), ``loadgen``."""
+    jobs = {"backend": [f"127.0.0.1:{_port(p)}" for p in backend_ports]} if backend_ports else {}
+    jobs["nginx"] = [f"127.0.0.1:{_port(exporter_port)}"]
     if loadgen_port is not None:
         jobs["loadgen"] = [f"127.0.0.1:{_port(loadgen_port)}"]
     return jobs
 
 
-def render_config(jobs: dict[str, list[str]], interval_s: int = SCRAPE_INTERVAL_S) -> str:
+def render_config(jobs: dict[str, list[str]], interval_s: int = SCRAPE_INTERVAL_S,
+                  paths: dict[str, str] | None = None) -> str:
+    """``paths``: a job's metrics path where it is not /metrics (checked: an HTTP path)."""
+    paths = paths or {}
     lines = ["# rendered by pollbench (--prometheus): every component, once a second",
              "global:", f"  scrape_interval: {int(interval_s)}s",
              f"  scrape_timeout: {int(interval_s)}s", f"  evaluation_interval: {int(interval_s)}s",
              "scrape_configs:"]
     for job, targets in jobs.items():
-        lines += [f"  - job_name: {job}", "    static_configs:",
+        lines.append(f"  - job_name: {job}")
+        if job in paths:
+            if not re.fullmatch(r"/[A-Za-z0-9._~/%-]*", paths[job]):
+                raise ValueError(f"metrics path {paths[job]!r} is not a plain HTTP path")
+            lines.append(f"    metrics_path: '{paths[job]}'")
+        lines += ["    static_configs:",
                   "      - targets: [" + ", ".join(f"'{t}'" for t in targets) + "]"]
     return "\n".join(lines) + "\n"
 

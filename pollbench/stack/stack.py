@@ -234,9 +234,12 @@ class Stack:
         folder = self.run_dir / "prometheus"
         (folder / "data").mkdir(parents=True, exist_ok=True)
         config = folder / "prometheus.yml"
-        jobs = prometheus.scrape_jobs(list(self.resolved.backend_ports), exporter_port,
-                                      loadgen_port)
-        write_atomic(config, prometheus.render_config(jobs).encode())
+        user = self.resolved.spec.backend_command
+        scraped = user is None or user.metrics is not None  # the user's: only when they serve
+        jobs = prometheus.scrape_jobs(list(self.resolved.backend_ports) if scraped else [],
+                                      exporter_port, loadgen_port)
+        paths = {"backend": user.metrics} if user is not None and user.metrics else None
+        write_atomic(config, prometheus.render_config(jobs, paths=paths).encode())
         exporter = self.group.add(spawn(
             "nginx-exporter", prometheus.exporter_cmd(exporter_bin, f"{self.url}/nginx_status",
                                                       exporter_port),

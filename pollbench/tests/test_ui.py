@@ -42,6 +42,18 @@ def tab_figures(page) -> dict[str, tuple[str, str]]:
     return figures
 
 
+def moving_tab(page) -> dict[str, tuple[str, str]]:
+    """Opens the "Long polling" tab of a started test; its figures once deliveries are
+    counted and have moved on (the tab follows the test: Locust's UI polls every 2 s)."""
+    page.click("text=Long polling")
+    page.wait_for_selector("td:has-text('delivery latency p99 (ms)')", timeout=20000)
+    assert wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
+                      ("-", "0"), 20)
+    first = number(tab_figures(page)["deliveries"][1])
+    assert wait_until(lambda: number(tab_figures(page)["deliveries"][1]) > first, 20)
+    return tab_figures(page)
+
+
 def number(text: str) -> float:
     return float(text.replace(",", ""))
 
@@ -96,14 +108,7 @@ def test_web_ui_long_polling_tab_per_test_runs_and_reports(tmp_path):
             page.click('button[type="submit"]')
             page.wait_for_selector("td:has-text('DELIVERY')", timeout=45000)
             page.wait_for_selector("td:has-text('TASK')", timeout=45000)
-            page.click("text=Long polling")
-            page.wait_for_selector("td:has-text('delivery latency p99 (ms)')", timeout=20000)
-            assert wait_until(lambda: tab_figures(page).get("deliveries", ("", "-"))[1] not in
-                              ("-", "0"), 20)
-            first = number(tab_figures(page)["deliveries"][1])
-            # the tab follows the test (Locust's UI polls every 2 s)
-            assert wait_until(lambda: number(tab_figures(page)["deliveries"][1]) > first, 20)
-            figures = tab_figures(page)
+            figures = moving_tab(page)
             assert number(figures["deliveries/s"][0]) > 0
             assert number(figures["HTTP requests/s (real requests only)"][0]) > 0
             assert figures["duplicate messages"][1] == "0"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def test_init_writes_a_project_file_that_reads_back_and_is_never_overwritten(tmp
     ({'profile = "socketio"': 'profile = "seed"'}, "uses {redis_url}: add --state redis"),
     ({'{python} app.py': 'no-such-server app.py'}, "'no-such-server' is not found on PATH"),
     ({'ready = "/healthz"': 'ready = "healthz"'}, "must be an HTTP path"),
+    ({'ready = "/healthz"': 'ready = "/healthz"\nmetrics = "/m\'etrics"'},
+     "metrics path \"/m'etrics\" must be an HTTP path"),
 ])
 def test_a_bad_project_file_is_refused_in_one_line_before_anything_starts(tmp_path, edit,
                                                                            expected):
@@ -121,19 +124,39 @@ def test_a_bad_project_file_is_refused_in_one_line_before_anything_starts(tmp_pa
     assert not (folder / "results").exists()  # refused before any run folder
 
 
+NEVER_READY = """\
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+print('listening, but /healthz is not served yet', flush=True)
+HTTPServer(('127.0.0.1', int(sys.argv[sys.argv.index('--port') + 1])),
+           BaseHTTPRequestHandler).serve_forever()
+"""
+
+
 @pytest.mark.slow
-def test_a_backend_command_that_exits_is_refused_with_the_last_lines_it_printed(tmp_path):
+@pytest.mark.parametrize("app, says", [
+    ("import sys\nprint('cannot bind: address in use')\nsys.exit(3)\n",
+     ["backend-0 exited at start with code 3", "cannot bind: address in use"]),
+    (NEVER_READY, ["backend-0 did not answer http://127.0.0.1:", "/healthz within 2 s",
+                   '"GET /healthz HTTP/1.1" 501']),  # what it printed last
+])
+def test_a_backend_command_that_exits_or_never_gets_ready_is_refused_with_its_last_lines(
+        tmp_path, app, says):
     folder = copy_example(tmp_path / "app")
-    (folder / "app.py").write_text("import sys\nprint('cannot bind: address in use')\n"
-                                   "sys.exit(3)\n")
+    (folder / "app.py").write_text(app)
     port, backend_port = free_stack_ports()
     proc = pollbench(folder, "run", "--duration", "5s", "--port", str(port), "--backend-port",
-                     str(backend_port), timeout=90)
+                     str(backend_port), "--backend-ready-timeout", "2", timeout=90)
     assert proc.returncode == 3, proc.stderr
-    assert "backend-0 exited at start with code 3" in proc.stderr
-    assert "cannot bind: address in use" in proc.stderr
+    for text in says:
+        assert text in proc.stderr
     runs = list((folder / "results").glob("*"))  # the failed run still leaves its logs
     assert len(runs) == 1 and (runs[0] / "logs" / "backend-0.log").is_file()
+    info = json.loads((runs[0] / "run.json").read_text())
+    assert info["status"] == "failed"
+    import psutil  # every backend started from the folder was stopped
+
+    assert not [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(folder)]
 
 
 # -- the example app, measured as a user would ----------------------------------------------
@@ -141,6 +164,10 @@ def test_a_backend_command_that_exits_is_refused_with_the_last_lines_it_printed(
 @pytest.mark.slow
 def test_run_with_no_options_measures_the_example_behind_nginx_with_nothing_lost(tmp_path):
     folder = copy_example(tmp_path / "app", **{'duration = "20s"': 'duration = "8s"'})
+    (folder / ".gitignore").write_text("results/\n")
+    git(folder, "init", "-q", "-b", "main")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", "the app")
     port, backend_port = free_stack_ports()
     proc = pollbench(folder, "run", "--port", str(port), "--backend-port", str(backend_port))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -152,6 +179,9 @@ def test_run_with_no_options_measures_the_example_behind_nginx_with_nothing_lost
     assert info["stack"]["backends"] == 4 and info["stack"]["state"] == "redis"
     assert info["stack"]["backend_command"]["command"].startswith("{python} app.py")
     assert info["stack"]["nginx"]["balance"] == "arg-hash"
+    # the commit measured is yours (history and compare key on it), pollbench's beside it
+    assert info["git"]["commit"] == git(folder, "rev-parse", "HEAD").strip()
+    assert info["git"]["dirty"] is False and info["pollbench_git"] != info["git"]
     assert info["thresholds"]["crossed"] == [] and len(info["thresholds"]["limits"]) == 3
     lg = info["loadgen"]
     assert lg["delivered"] > 1000 and lg["lost"] == 0 and lg["duplicates"] == 0
@@ -168,6 +198,112 @@ def test_run_with_no_options_measures_the_example_behind_nginx_with_nothing_lost
     assert "no /stats" in summary["not_measured"]["backend_stalls"]  # ... it is unknown
     for i in range(4):
         assert (run_dir / "logs" / f"backend-{i}.log").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_faults_and_prometheus_work_on_your_backends(tmp_path):
+    """A kill and a stall of the user's backends, as of the reference target's; --prometheus
+    scrapes nginx and the load generator (the example serves no metrics: no backend job),
+    and the load generator's endpoint prices every backend's CPU."""
+    from pollbench.stack.processes import wait_until
+    from pollbench.tests.children import Output
+    from pollbench.tests.test_prometheus import query
+
+    folder = copy_example(tmp_path / "app", **{'duration = "20s"': 'duration = "14s"'})
+    proc = subprocess.Popen(
+        pollbench_cmd("run", *free_ports(), "--prometheus", "--no-report",
+                      "--fault", "4s:kill=2s:backend-1", "--fault", "9s:stop=2s:backend-2",
+                      "--threshold", "lost-messages=1000000", "--threshold", "error-rate=1",
+                      "--threshold", "delivery-p99-ms=100000"),
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = Output(proc)
+    try:
+        assert output.wait_for("Prometheus: http://", 90), output.text()
+        url = re.search(r"Prometheus: (http://127\.0\.0\.1:\d+)", output.text()).group(1)
+
+        def up_jobs() -> list[str]:
+            try:
+                return sorted(r["metric"]["job"] for r in query(url, "up")
+                              if r["value"][1] == "1")
+            except OSError:
+                return []
+
+        assert wait_until(lambda: up_jobs() == ["loadgen", "nginx"], 20), query(url, "up")
+
+        def components() -> set[str]:
+            return {r["metric"]["component"] for r in
+                    query(url, "pollbench_loadgen_component_cpu_seconds_total")}
+
+        assert wait_until(lambda: {"backend-1", "backend-3", "nginx"} <= components(), 20), \
+            components()
+    finally:
+        proc.wait(120)
+    assert proc.returncode == 0, output.text()[-3000:]
+    run_dir = Path(output.text().strip().splitlines()[-1])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert "job_name: backend" not in (run_dir / "prometheus" / "prometheus.yml").read_text()
+    kill, stop = info["faults"]
+    assert kill["ok"] and "restarted as pid" in kill["detail"]
+    assert stop["ok"] and "stopped for 2 s" in stop["detail"]
+    # the killed backend forgot its sessions: their next polls are answered Invalid session
+    causes = {f["cause"]: f for f in info["failures"]}
+    assert causes["HTTP 400 from Engine.IO: Invalid session"]["source"] == "Engine.IO"
+    assert info["loadgen"]["delivered"] > 1000
+    log = (run_dir / "logs" / "backend-1.log").read_text()  # both starts kept in one log
+    assert log.count("# pollbench started:") == 2 and "GET /metrics" not in log
+
+
+@pytest.mark.slow
+def test_the_web_ui_long_polling_tab_measures_your_service(tmp_path):
+    """`pollbench ui` in the example's folder: the start form offers what the protocol can
+    run (no task pollers), the "Long polling" tab's figures move, what Socket.IO cannot give
+    reads "not measured", and the stopped test gets its report."""
+    import signal
+
+    from pollbench.stack.net import find_free_ports
+    from pollbench.stack.processes import wait_until
+    from pollbench.tests.children import Output, stop_process
+    from pollbench.tests.test_ui import CHROMIUM, CHROMIUM_ARGS, moving_tab, number
+
+    folder = copy_example(tmp_path / "app")
+    web_port = find_free_ports(1, 33000, 36000)
+    proc = subprocess.Popen(pollbench_cmd("ui", *free_ports(), "--web-port", str(web_port)),
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    output = Output(proc)
+    try:
+        assert output.wait_for("Ctrl-C", 90), output.text()
+        assert "your backends serve none" in output.text()
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{web_port}/", timeout=30000)
+            assert page.input_value('input[name="userCount"]') == "200"  # the project's
+            html = page.content()
+            assert "ChannelSubscriber" in html and "TaskPoller" not in html
+            page.fill('input[name="userCount"]', "40")
+            page.fill('input[name="spawnRate"]', "40")
+            page.click('button[type="submit"]')
+            page.wait_for_selector("td:has-text('DELIVERY')", timeout=45000)
+            figures = moving_tab(page)
+            assert figures["lost: never delivered (gap in seq)"][1] == "0"
+            assert figures["epoch changes"][1].startswith("not measured")
+            assert not [k for k in figures if k.startswith("errors:")], figures
+            assert number(figures["cost per 1,000 deliveries, backends (CPU-s)"][1]) > 0
+            page.click("text=Stop")
+            test_dir = next((folder / "results").glob("*-ui-*")) / "tests" / "001"
+            assert wait_until(lambda: (test_dir / "report" / "report.html").exists(), 60)
+            browser.close()
+    finally:
+        stop_process(proc, signal.SIGINT, 120)
+        tail = output.wait_closed(10)
+    assert proc.returncode == 0, tail
+    record = json.loads((test_dir / "run.json").read_text())
+    assert record["parameters"]["protocol"] == "socketio"
+    assert record["parameters"]["user_classes"] == ["ChannelSubscriber", "Publisher"]
+    assert record["loadgen"]["lost"] == 0 and record["loadgen"]["delivered"] > 0
 
 
 @pytest.mark.slow
@@ -308,3 +444,13 @@ def test_a_project_runs_against_its_service_already_running_with_target(tmp_path
     summary = compute(load_run(run_dir)).summary
     assert "cpu_per_kdelivery_stack" not in summary["metrics"]
     assert "not started by pollbench" in summary["not_measured"]["cpu_per_kdelivery_stack"]
+
+
+def test_your_backends_metrics_path_is_the_one_prometheus_scrapes():
+    from pollbench.stack.prometheus import render_config, scrape_jobs
+
+    text = render_config(scrape_jobs([8000, 8001], 9113, 9200), paths={"backend": "/prom"})
+    backend_job = text[text.index("job_name: backend"):text.index("job_name: nginx")]
+    assert "metrics_path: '/prom'" in backend_job and "'127.0.0.1:8001'" in backend_job
+    assert text.count("metrics_path") == 1  # nginx's and the load generator's: /metrics
+    assert "job_name: backend" not in render_config(scrape_jobs([], 9113, 9200))
