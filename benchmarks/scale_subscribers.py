@@ -43,13 +43,18 @@ def limits_hit(record: dict) -> list[str]:
 
 def run_count(users: int, args, out_root: Path) -> dict:
     out = out_root / f"scale-{users}"
-    spawn_rate = max(users / args.spawn_seconds, 1)
+    spawn_rate = max(users / spawn_seconds(users, args), 1)
     cmd = [sys.executable, "-m", "pollbench", "run", "--scenario", "channels", "--profile",
            args.profile, "--users", str(users), "--spawn-rate", f"{spawn_rate:g}",
-           "--duration", f"{args.seconds + args.spawn_seconds:g}s", "--channels",
+           "--duration", f"{args.seconds + spawn_seconds(users, args):g}s", "--channels",
            str(args.channels), "--publish-rate", f"{args.publish_rate:g}", "--poll-timeout",
-           "30", "--workers", str(args.workers), "--port", str(args.port), "--backend-port",
+           f"{args.poll_timeout:g}", "--max-hold", f"{max(args.poll_timeout + 10, 60):g}",
+           "--workers", str(args.workers), "--port", str(args.port), "--backend-port",
            str(args.backend_port), "--out", str(out), "--no-report"]
+    if args.backends:
+        cmd += ["--backends", str(args.backends)]
+    if args.protocol:
+        cmd += ["--protocol", args.protocol]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode not in (0,):
         why = [f"pollbench run exited {proc.returncode}: {proc.stderr.strip()[-300:]}"]
@@ -57,7 +62,8 @@ def run_count(users: int, args, out_root: Path) -> dict:
             why += limits_hit(json.loads((out / "run.json").read_text()))
         return {"users": users, "held": False, "why": why}
     subprocess.run([sys.executable, "-m", "pollbench", "report", str(out), "--warmup",
-                    f"{args.spawn_seconds:g}"], capture_output=True, cwd=REPO, check=True)
+                    f"{spawn_seconds(users, args):g}"], capture_output=True, cwd=REPO,
+                   check=True)
     record = json.loads((out / "run.json").read_text())
     summary = json.loads((out / "report" / "summary.json").read_text())
     with open(out / "samples" / "processes.csv") as f:
@@ -89,11 +95,25 @@ def run_count(users: int, args, out_root: Path) -> dict:
     }
 
 
+def spawn_seconds(users: int, args) -> float:
+    """How long spawning ``users`` takes: --spawn-rate's pace when given, else --spawn-seconds."""
+    return users / args.spawn_rate if args.spawn_rate else args.spawn_seconds
+
+
 def add_run_arguments(ap: argparse.ArgumentParser, seconds: float = 60,
-                      publish_rate: float = 2.0) -> None:
+                      publish_rate: float = 2.0, poll_timeout: float = 30,
+                      spawn_rate: float | None = None, backends: int | None = None) -> None:
     """The options of :func:`run_count` (also benchmarks/ceilings.py's)."""
     ap.add_argument("--seconds", type=float, default=seconds, help="hold time after spawning")
     ap.add_argument("--spawn-seconds", type=float, default=15)
+    ap.add_argument("--spawn-rate", type=float, default=spawn_rate,
+                    help="users started per second (wins over --spawn-seconds)")
+    ap.add_argument("--poll-timeout", type=float, default=poll_timeout,
+                    help="s each poll is held (the backends' --max-hold follows it)")
+    ap.add_argument("--backends", type=int, default=backends,
+                    help="backend processes (default: the profile's; 0 with nchan)")
+    ap.add_argument("--protocol", default=None,
+                    help="the target's protocol (nchan: with --profile nchan-scale --backends 0)")
     ap.add_argument("--channels", type=int, default=10)
     ap.add_argument("--publish-rate", type=float, default=publish_rate,
                     help="messages/s, all channels")

@@ -168,6 +168,39 @@ def nginx_need(polls: int, proxied: bool = True) -> int:
     return (2 if proxied else 1) * polls + 16
 
 
+# Descriptors a Locust process keeps for itself beyond one per user (its logs, the metrics
+# writer's files, the web UI, the master's sockets); a worker planned at its limit less these.
+LOCUST_SPARE_FDS = 64
+# Of an nginx worker's descriptors, the share a run plans to hold at once (the rest for a
+# broadcast's transients: the re-polls' new connections before the old ones are closed).
+NGINX_FD_SHARE = 0.9
+
+
+def locust_fd_limit() -> int:
+    """The open-files limit a Locust process runs with (Locust raises a soft limit under
+    10,000 to 10,000, within the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(soft, min(10_000, hard))
+
+
+def locust_processes_for(users: int) -> int:
+    """How many Locust processes hold ``users`` sockets, each within its descriptor limit."""
+    per_process = max(locust_fd_limit() - LOCUST_SPARE_FDS, 1)
+    return max(math.ceil(users / per_process), 1)
+
+
+def nginx_fd_limit(settings: dict[str, Any]) -> int:
+    return int(settings.get("worker_rlimit_nofile") or
+               resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def nginx_workers_for(need: int, settings: dict[str, Any]) -> int:
+    """nginx workers whose descriptors and worker_connections hold ``need`` connections."""
+    per_worker = min(int(nginx_fd_limit(settings) * NGINX_FD_SHARE),
+                     int(settings["worker_connections"]))
+    return max(math.ceil(need / max(per_worker, 1)), 1)
+
+
 def fitting_profile(polls: int, state: str, current: str, serves: str = "pollbench"
                     ) -> str | None:
     """A shipped profile whose nginx holds ``polls`` (the smallest such), same state, same
@@ -229,8 +262,7 @@ def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadS
             "(\"worker_connections are not enough\")"
             + (f"; --profile {other} holds it" if other else
                "; raise worker_processes or worker_connections"))
-    nofile = settings.get("worker_rlimit_nofile") or resource.getrlimit(
-        resource.RLIMIT_NOFILE)[0]
+    nofile = nginx_fd_limit(settings)
     per_worker = math.ceil(need / workers)
     if per_worker > nofile:
         out.append(f"each nginx worker needs about {per_worker:,} descriptors; its limit is "
@@ -243,11 +275,10 @@ def warnings_for(settings: dict[str, Any], profile: str, state: str, load: LoadS
         out.append(f"about {per_backend:,} connections on one backend; each accepts at most "
                    f"{max_connections:,}: the rest get 503")
     locust_processes = max(load.workers, 1)
-    per_locust = math.ceil(load.users / locust_processes) + 64
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    soft = max(soft, min(10_000, hard))  # Locust raises a soft limit under 10,000 to it
+    per_locust = math.ceil(load.users / locust_processes) + LOCUST_SPARE_FDS
+    soft = locust_fd_limit()
     if per_locust > soft:
-        need = math.ceil(load.users / max(soft - 64, 1))
+        need = locust_processes_for(load.users)
         out.append(f"each Locust process would hold about {per_locust:,} sockets; the limit is "
                    f"{soft:,} per process: add --workers (--workers {need} holds "
                    f"{load.users:,} users)")

@@ -107,6 +107,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("worker_processes", "int-or-auto", "nginx worker processes", 1, 64, nullable=False),
     Knob("worker_connections", "int", "connections per worker; a proxied poll costs 2", 16, 65535,
          nullable=False),
+    Knob("fit_workers", "bool", "the run raises worker_processes as far as the load's held "
+         "polls need, each worker within its descriptors and worker_connections, and says so "
+         "(unset: the profile's count, warned about when short)"),
     Knob("worker_rlimit_nofile", "int", "fd limit per worker (cannot pass the hard limit)", 64,
          1048576),
     Knob("worker_shutdown_timeout", "int", "after a reload, old workers close held connections "

@@ -66,6 +66,8 @@ def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence
         if fit_access_log:
             spec = with_access_log(spec, load)
         spec = with_upstream_sources(spec, load, port_range)
+        spec = with_nginx_workers(spec, load)
+        load = with_locust_processes(load)
     resolved = spec.resolve(check_ports=check_ports, claim=claim)  # the stack's own knobs first
     try:
         warnings: list[str] = []
@@ -127,6 +129,42 @@ def with_upstream_sources(spec: StackSpec, load: LoadSpec,
              f"has (ip_local_port_range {port_range[0]}-{port_range[1]}): nginx's connections "
              f"to the backends spread over 127.0.0.1-127.0.0.{need} (upstream_sources = {need})")
     return replace(spec, nginx_overrides={**spec.nginx_overrides, "upstream_sources": need})
+
+
+def with_locust_processes(load: LoadSpec) -> LoadSpec:
+    """The load with as many Locust processes as its users' sockets need, each within its
+    descriptor limit, when the user asked for none (``--workers`` unset or 0); said in one
+    line.  Asked-for workers are kept (the capacity check warns when they are too few)."""
+    if load.workers:
+        return load
+    need = capacity.locust_processes_for(load.users)
+    if need <= 1:
+        return load
+    log.info(f"{load.users:,} users need more sockets than one Locust process may open "
+             f"({capacity.locust_fd_limit():,} descriptors): the run uses {need} Locust "
+             f"processes (--workers {need}), about {-(-load.users // need):,} users each")
+    return replace(load, workers=min(need, 64))
+
+
+def with_nginx_workers(spec: StackSpec, load: LoadSpec) -> StackSpec:
+    """With the knob ``fit_workers`` (profile ``scale``), as many nginx workers as the held
+    polls' connections need, each within its descriptors and worker_connections; said in
+    one line."""
+    settings = spec.settings()
+    if not settings.get("fit_workers"):
+        return spec
+    polls = capacity.held_polls(load)
+    need = capacity.nginx_need(polls, not settings["nchan"])
+    workers, _ = capacity.nginx_capacity(settings)
+    fit = min(capacity.nginx_workers_for(need, settings), 64)
+    if fit <= workers:
+        return spec
+    per_worker = min(int(capacity.nginx_fd_limit(settings) * capacity.NGINX_FD_SHARE),
+                     int(settings["worker_connections"]))
+    log.info(f"{polls:,} held polls need about {need:,} nginx connections; a worker holds "
+             f"{per_worker:,} (its descriptors and worker_connections): the run uses {fit} "
+             f"nginx workers (worker_processes = {fit}; the profile's fit_workers)")
+    return replace(spec, nginx_overrides={**spec.nginx_overrides, "worker_processes": fit})
 
 
 def with_sources(load: LoadSpec, target_url: str, port_range: tuple[int, int]) -> LoadSpec:

@@ -51,6 +51,43 @@ def test_a_locust_process_past_its_descriptor_limit_is_told_to_add_workers():
                    for w in warnings("scale", users=30001, channels=100, workers=2))
 
 
+def sized(profile: str, caplog, **load) -> tuple[int, int, str]:
+    """What the preflight chooses for ``load``: (Locust processes, nginx workers, what it
+    said), without starting anything."""
+    import logging
+
+    from pollbench.stack.preflight import preflight
+
+    with caplog.at_level(logging.INFO, logger="pollbench"):
+        checked = preflight(StackSpec(profile=profile), LoadSpec(**load), check_ports=False,
+                            warn=False)
+    try:
+        return (checked.load.workers, checked.resolved.settings["worker_processes"],
+                caplog.text)
+    finally:
+        checked.resolved.release()
+
+
+def test_the_run_sizes_its_locust_processes_and_nginx_workers_for_100000_held_polls(
+        caplog, monkeypatch):
+    """100,000 subscribers: one Locust process holds at most its descriptor limit of
+    sockets, one nginx worker its own of connections (2 a proxied poll); the run chooses as
+    many of each as the count needs and says so, and the profile `scale` lets it raise the
+    nginx workers (its fit_workers)."""
+    monkeypatch.setattr(capacity, "locust_fd_limit", lambda: 10_000)
+    load = dict(users=100_001, channels=100, poll_timeout_s=120)
+    locust, nginx, said = sized("scale", caplog, **load)
+    assert locust == 11  # 100,001 / (10,000 - 64 kept for the process itself)
+    assert "the run uses 11 Locust processes (--workers 11)" in said
+    assert nginx == 12  # 200,016 connections / 18,000 (90 % of worker_rlimit_nofile 20,000)
+    assert "the run uses 12 nginx workers (worker_processes = 12" in said
+    # workers asked for are kept (the capacity check warns); a profile without fit_workers
+    # keeps its own count of nginx workers
+    locust, nginx, _ = sized("longpoll", caplog, **{**load, "workers": 3})
+    assert (locust, nginx) == (3, 2)
+    assert sized("scale", caplog, users=1_000, channels=10)[:2] == (0, 4)  # fits as it is
+
+
 def test_the_stacks_redis_is_checked_against_its_maxclients():
     def redis_warnings(maxclients: int) -> list[str]:
         resolved = StackSpec(profile="shared", redis_overrides={"maxclients": maxclients}
