@@ -2,8 +2,8 @@
 counts up to 100,000 on this host, so that a user can compute how many a host of a given
 size holds.
 
-    python benchmarks/ceilings.py [--users 25001 50001 100001] [--seconds 60]
-        [--spawn-rate 400] [--poll-timeout 120] [--channels 100] [--publish-rate 0.2]
+    python benchmarks/ceilings.py [--users 25001 50001 100001] [--seconds 190]
+        [--spawn-rate 250] [--poll-timeout 180] [--channels 100] [--publish-rate 0.2]
         [--backends 8] [--profile scale] [--json FILE] [--keep DIR]
 
 For each count, ``pollbench run --scenario channels`` holds that many subscribers (through
@@ -12,7 +12,8 @@ lost) under a slow broadcast (by default one message every 5 s on one of 100 cha
 1,000: each message reaches a channel's every subscriber).  The run sizes itself: as many
 Locust processes and nginx workers (profile ``scale``: ``fit_workers``) as the count's
 descriptors need, source addresses as its ports need.  Over the hold (from 10 s after the
-last subscriber is spawned) it takes the median of each component's RSS and open
+last subscriber is spawned, as long as one poll timeout: every subscriber re-polls once in
+it, whatever the count; a shorter window after a short spawn would see none) it takes the median of each component's RSS and open
 descriptors, summed over its processes (nginx's master and workers, the backends, Redis
 when used, the load generator's processes), and the CPU-seconds each used.  Prints, per
 count, RSS per 1,000 held polls and CPU-seconds per 1,000 held polls per minute of hold
@@ -103,7 +104,7 @@ def main() -> int:
     ap.add_argument("--users", type=int, nargs="+", default=[25_001, 50_001, 100_001],
                     help="subscriber counts (with the publisher), at least two (default "
                          "25001 50001 100001)")
-    add_run_arguments(ap, seconds=60, publish_rate=0.2, poll_timeout=120, spawn_rate=400,
+    add_run_arguments(ap, seconds=190, publish_rate=0.2, poll_timeout=180, spawn_rate=250,
                       backends=8)
     ap.set_defaults(channels=100)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")

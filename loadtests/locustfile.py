@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 
+import locust.runners
 from locust import events
 
 from loadtests import memtrace
@@ -72,6 +73,10 @@ def add_options(parser) -> None:
                         "its clock offset to it")
     g.add_argument("--pb-agent-token", default="", include_in_web_ui=False,
                    help="the agent's token")
+    g.add_argument("--pb-heartbeat-liveness", type=int, default=locust.runners.HEARTBEAT_LIVENESS,
+                   include_in_web_ui=False,
+                   help="the master marks a worker missing after this many s without its "
+                        "heartbeat (Locust's 3; pollbench's local --processes: 30)")
     g.add_argument("--pb-max-poll-timeout", type=float, default=float("inf"),
                    include_in_web_ui=False,
                    help="the longest --pb-poll-timeout the stack holds (its --max-hold; "
@@ -98,6 +103,7 @@ def on_init(environment, **_kw) -> None:
     memtrace.install_stats()
     opts = environment.parsed_options
     if opts is not None:
+        locust.runners.HEARTBEAT_LIVENESS = opts.pb_heartbeat_liveness
         parse_connection_mode(opts.pb_connection)  # fail at start, not in every user
         parse_backoff(opts.pb_retry_backoff)
         parse_source_addresses(os.environ.get(SOURCE_ENV) or opts.pb_source_addresses)

@@ -29,7 +29,7 @@ from pollbench.errors import RunFailed, UserError
 from pollbench.paths import LOCUSTFILE
 from pollbench.records.rundir import new_run_dir, write_json_atomic
 from pollbench.records.runinfo import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
-from pollbench.stack.loadgen import LoadSpec
+from pollbench.stack.loadgen import LOCAL_HEARTBEAT_LIVENESS_S, LoadSpec
 from pollbench.stack.net import answers, find_free_ports, port_free
 from pollbench.stack.preflight import preflight
 from pollbench.stack.processes import spawn, wait_until
@@ -100,8 +100,9 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
                # the start form opens with pollbench run's defaults
                "-u", str(load.users), "-r", f"{load.effective_spawn_rate():g}",
                *load.locust_options()]
-        if load.workers:
-            cmd += ["--processes", str(load.workers)]
+        if load.workers:  # this host's processes: see LoadSpec.locust_cmd
+            cmd += ["--processes", str(load.workers), "--pb-heartbeat-liveness",
+                    str(LOCAL_HEARTBEAT_LIVENESS_S)]
         metrics_port = stack.loadgen_metrics_port or find_free_ports(1, exclude={web_port})
         cmd += ["--pb-metrics-port", str(metrics_port)]
         record["loadgen_metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
