@@ -355,8 +355,15 @@ class LimitWatch:
 
     def nginx_active(self, t: float, active: int) -> None:
         allowed = self.capacity.get("nginx_connections")
+        if not allowed:
+            return
+        if self.capacity.get("nginx_holds_polls"):  # Nchan: no upstream, one connection a poll
+            if active >= CONNECTION_SHARE * allowed:
+                self.reach("nginx_connections", t, f"{active:,} client connections of "
+                           f"{allowed:,} (Nchan: no upstreams)")
+            return
         # active counts client connections only; each held poll has its upstream too
-        if allowed and 2 * active >= CONNECTION_SHARE * allowed:
+        if 2 * active >= CONNECTION_SHARE * allowed:
             self.reach("nginx_connections", t, f"{active:,} client connections (about "
                        f"{2 * active:,} with their upstreams) of {allowed:,}")
 
@@ -453,6 +460,8 @@ def capacity_of(record: dict) -> dict:
         workers = (record.get("host") or {}).get("cpu_count")
     if isinstance(workers, int) and isinstance(conns, int):
         out["nginx_connections"] = workers * conns
+    if nginx.get("nchan"):
+        out["nginx_holds_polls"] = True
     out.update({k: v for k, v in (stack.get("target_limits") or {}).items()
                 if isinstance(v, int)})
     redis = (stack.get("redis") or {}).get("settings") or {}

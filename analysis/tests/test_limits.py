@@ -90,6 +90,26 @@ def test_nginx_connections_ran_out_first_and_the_busy_load_generator_is_not_told
     assert fitted[1] == "something else"
 
 
+def test_nchan_holds_a_poll_in_one_connection_not_two():
+    """Nchan's polls have no upstream: 55,876 held polls of 6 workers x 19,000 is half the
+    connections, not all (a 100,000-subscriber run was told nginx's connections ran out)."""
+    from analysis.limits import capacity_of
+
+    record = {"stack": {"nginx": {"worker_processes": 6, "worker_connections": 19000,
+                                  "nchan": True}}}
+    watch = LimitWatch(capacity_of(record), start=0.0)
+    watch.nginx_active(225.0, 55_876)
+    assert watch.first() is None
+    watch.nginx_active(300.0, 112_000)  # past 98 % of 114,000
+    assert watch.first()["limit"] == "nginx_connections"
+    assert "(Nchan: no upstreams)" in watch.first()["evidence"]
+    proxied = LimitWatch(capacity_of({"stack": {"nginx": {"worker_processes": 6,
+                                                          "worker_connections": 19000}}}),
+                         start=0.0)
+    proxied.nginx_active(225.0, 55_876)
+    assert proxied.first()["limit"] == "nginx_connections"
+
+
 def test_a_load_generator_that_ran_out_itself_keeps_the_advice_to_add_workers():
     watch = LimitWatch({}, start=0.0)
     saturated_run(watch, "loadgen", 5.0)
