@@ -62,6 +62,7 @@ def sized(profile: str, caplog, **load) -> tuple[int, int, str]:
         checked = preflight(StackSpec(profile=profile), LoadSpec(**load), check_ports=False,
                             warn=False)
     try:
+        assert checked.load is not None
         return (checked.load.workers, checked.resolved.settings["worker_processes"],
                 caplog.text)
     finally:
