@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 
+import locust.argument_parser
 import locust.runners
 from locust import events
 
@@ -27,6 +28,32 @@ from loadtests.protocols import TASKS, load_protocol
 from loadtests.users import ChannelSubscriber, Publisher, TaskPoller
 
 __all__ = ["ChannelSubscriber", "Publisher", "TaskPoller"]
+
+
+def build_default_args_once() -> None:
+    """Locust 2.47's worker tests each option a spawn message carries against
+    ``argument_parser.default_args_dict()``, called inside the comprehension's condition
+    (runners.py, ``handle_message``): a whole argument parser is built and parsed ~75 times
+    per spawn message, ~0.3 s of CPU, and the master sends one a second to every worker
+    while users spawn.  py-spy on a worker spawning 50 users/s at 26,000 held polls: 73 % of
+    its CPU there; with 6 workers that alone ran this 2-core machine out while 100,000
+    subscribers started.  Its answer cannot change within a process (Locust's own options,
+    before any custom ones): build it once, hand out copies."""
+    original = locust.argument_parser.default_args_dict
+    if getattr(original, "built_once", False):
+        return
+    built: dict = {}
+
+    def default_args_dict() -> dict:
+        if not built:
+            built.update(original())
+        return dict(built)
+
+    default_args_dict.built_once = True  # type: ignore[attr-defined]
+    locust.argument_parser.default_args_dict = default_args_dict
+
+
+build_default_args_once()
 
 
 @events.init_command_line_parser.add_listener

@@ -96,6 +96,11 @@ class DuplicateMessage(Exception):
 
 class PollbenchUser(User):
     abstract = True
+    # Each subscriber's own state in slots, not in its instance dict: with Locust's
+    # attributes there are more than a shared-key dict holds, and each one grew a dict of
+    # its own (benchmarks/held_poll_memory.py --component loadgen).
+    __slots__ = ("opts", "index", "recorder", "rows", "close_every", "_requests",
+                 "poll_timeout", "host_header", "address", "conn", "backoff")
     wait_time = constant(0)
     # The client must wait longer than the server may hold a poll.
     network_timeout = 300.0
@@ -236,6 +241,8 @@ class ChannelSubscriber(PollbenchUser):
     sequence where the protocol gives one (its gap and epoch signals too), else by the
     publisher's stamp (:class:`StampOrder`)."""
 
+    __slots__ = ("proto", "by_server_seq", "channel", "cursor", "epoch", "expected", "order",
+                 "last_receipt", "failing_since")
     weight = 10
     # Polls per Locust task: Locust's task loop (pick a task, check the user's state, sleep(0)
     # through the hub) costs about as much as a poll; bounded so Locust still stops users.

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import tornado.httputil
 import tornado.web
 
 from target_app.connections import ConnectionStats, PollHTTPServer
@@ -245,6 +246,9 @@ class StaticHandler(tornado.web.StaticFileHandler):
         _write_json_error(self, status_code, **kwargs)
 
 
+SERVER_HEADER = f"TornadoServer/{tornado.version}"
+
+
 class BaseHandler(tornado.web.RequestHandler):
     service: Service
     ROUTE = "other"  # the route label of /metrics' http_requests_total
@@ -253,6 +257,26 @@ class BaseHandler(tornado.web.RequestHandler):
         self.service = service
         self._waiter = None
         self.client_gone = False
+
+    def clear(self) -> None:
+        # Tornado's clear() formats Server and Date into every request's header map as it
+        # starts, and a held poll keeps them for minutes; flush() adds them as the answer
+        # leaves (Date then says when it was made).  Content-Type stays: a 204 clears it.
+        self._headers = tornado.httputil.HTTPHeaders(
+            {"Content-Type": "text/html; charset=UTF-8"})
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = tornado.httputil.responses[200]
+
+    def flush(self, include_footers: bool = False):
+        if not self._headers_written:
+            headers = self._headers
+            if "Server" not in headers:
+                headers["Server"] = SERVER_HEADER
+            if "Date" not in headers:
+                headers["Date"] = tornado.httputil.format_timestamp(time.time())
+        return super().flush(include_footers)
 
     def compute_etag(self) -> None:
         # A SHA-1 of every body would cost a broadcast 10,000 hashes of the same bytes.
@@ -308,33 +332,30 @@ class BaseHandler(tornado.web.RequestHandler):
     async def wait_more(self, waiters, deadline: float) -> str:
         """After a read that had nothing to answer: "read" once woken (read again),
         "timeout" when the hold is over (its deadline passed, or the server is shutting
-        down: the caller answers "nothing yet"), "gone" when the client left meanwhile."""
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0 or self.service.shutting_down:
-            return "timeout"
-        await self.wait(waiters, remaining)
-        return "gone" if self.client_gone else "read"
+        down: the caller answers "nothing yet"), "gone" when the client left meanwhile.
 
-    async def wait(self, waiters, timeout: float) -> bool:
-        """Hold until woken (True) or timed out / disconnected (False)."""
+        One coroutine (not two nested): a held poll keeps every frame it waits in."""
         service = self.service
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0 or service.shutting_down:
+            return "timeout"
         if service.waiting >= service.config.max_waiters:
             raise JsonError(503, f"too many waiting polls (limit {service.config.max_waiters})")
-        if service.shutting_down:
-            return False
         self._waiter = fut = waiters.add()
         # A bare timer is cheaper than asyncio.wait_for (no extra task per held poll).
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+        timer = loop.call_later(remaining, _expire, fut)
         service.waiting += 1
         try:
-            return await fut
+            await fut
         except asyncio.CancelledError:
-            return False
+            pass
         finally:
             service.waiting -= 1
             timer.cancel()
             waiters.discard(fut)
             self._waiter = None
+        return "gone" if self.client_gone else "read"
 
 
 class TasksHandler(BaseHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import socket
 import time
@@ -138,6 +139,21 @@ class TestChannels(TargetCase):
         code, _, resp = await self.call("GET", "/channels/c3?timeout=0.1")
         assert code == 204
         assert resp.headers["X-Cursor"] == "1" and resp.headers["X-Epoch"]
+
+    @gen_test(timeout=10)
+    async def test_a_held_polls_answer_is_dated_when_it_leaves_and_names_the_server(self):
+        # (the backend adds Server and Date as the answer leaves, not as the poll arrives:
+        # a held poll does not keep them; nginx passes Server on, as the seed config says)
+        started = time.time()
+        code, _, resp = await self.call("GET", "/channels/c9?timeout=1.5")
+        assert code == 204 and "Content-Type" not in resp.headers
+        assert resp.headers["Server"].startswith("TornadoServer/")
+        dated = email.utils.parsedate_to_datetime(resp.headers["Date"]).timestamp()
+        assert dated >= int(started) + 1  # whole seconds: made at least 1.5 s after it came
+        code, _, resp = await self.call("GET", "/healthz")
+        assert resp.headers["Server"].startswith("TornadoServer/") and resp.headers["Date"]
+        code, _, resp = await self.call("GET", "/no/such/page")
+        assert code == 404 and resp.headers["Server"] and resp.headers["Date"]
 
     @gen_test(timeout=10)
     async def test_overflow_names_the_dropped_range_never_silent(self):
