@@ -163,13 +163,17 @@ def build_request(method: str, target: str, host: str, body: bytes | None = None
 class LeanConnection:
     """One keep-alive connection; one request at a time; reconnects lazily after a close."""
 
-    # idle longer than this, a connection is checked before it is used again (1 s: far below
-    # any keep-alive timeout, and a busy poller never pays the check)
-    stale_after_s = 1.0
+    # one per held poll: slots, not an instance dict (benchmarks/held_poll_memory.py)
+    __slots__ = ("host", "port", "source", "timeout", "connect_timeout", "kernel_timestamps",
+                 "clock", "sock", "buf", "connects", "idle_since", "busy_since", "expired",
+                 "family", "stale_after_s", "__weakref__")
 
     def __init__(self, host: str, port: int, timeout: float = 300.0,
                  connect_timeout: float = 10.0, kernel_timestamps: bool = True,
                  source: str | None = None) -> None:
+        # idle longer than this, a connection is checked before it is used again (1 s: far
+        # below any keep-alive timeout, and a busy poller never pays the check)
+        self.stale_after_s = 1.0
         self.host, self.port, self.source = host, port, source
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.kernel_timestamps = kernel_timestamps

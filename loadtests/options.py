@@ -80,6 +80,8 @@ class Backoff:
     1 s doubling to 5 s, +-50 %; CometD's: 1 s more each time, up to 60 s): the n-th failure in
     a row waits a draw from [d/2, d], d = min(MAX, MIN * 2^(n-1)); a success starts over."""
 
+    __slots__ = ("low", "high", "rng", "failures")  # one per user
+
     def __init__(self, low: float, high: float, rng) -> None:
         self.low, self.high, self.rng = low, high, rng
         self.failures = 0

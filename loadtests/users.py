@@ -96,9 +96,10 @@ class DuplicateMessage(Exception):
 
 class PollbenchUser(User):
     abstract = True
-    # Each subscriber's own state in slots, not in its instance dict: with Locust's
-    # attributes there are more than a shared-key dict holds, and each one grew a dict of
-    # its own (benchmarks/held_poll_memory.py --component loadgen).
+    # Each user's own state in slots: Locust builds users in batches before any on_start has
+    # run, so their instance dicts were sized for Locust's few attributes and each grew a
+    # dict of its own for these (~0.5 KiB a user: benchmarks/held_poll_memory.py
+    # --component loadgen).
     __slots__ = ("opts", "index", "recorder", "rows", "close_every", "_requests",
                  "poll_timeout", "host_header", "address", "conn", "backoff")
     wait_time = constant(0)
@@ -446,6 +447,7 @@ class StampOrder:
     a gap counted lost before: out of order, not lost) or DUPLICATE (seen already)."""
 
     MAX_GAPS = 64
+    __slots__ = ("next", "gaps")  # one per subscriber
 
     def __init__(self) -> None:
         self.next: dict[str, int] = {}

@@ -81,11 +81,14 @@ class Progress:
     kept apart: Locust's own total also counts its synthetic rows (DELIVERY, TASK ...), which
     are not requests."""
 
-    def __init__(self, path: Path, total_s: float, every_s: float = 5.0):
+    def __init__(self, path: Path, total_s: float, every_s: float = 5.0,
+                 asked_users: int | None = None):
         self.path, self.total_s, self.every_s = path, total_s, every_s
+        self.asked_users = asked_users
         self._next = time.monotonic() + every_s
         self.last: dict = {}
         self.stalled = False
+        self.over: str | None = None  # said once: more users ran than were asked for
 
     def poll(self) -> None:
         if time.monotonic() < self._next:
@@ -105,6 +108,12 @@ class Progress:
             return
         self.stalled = False
         log.info(self.line(p, self.last))
+        if self.asked_users is not None and p["users"] > self.asked_users and not self.over:
+            self.over = (f"{p['users']:,} users ran at {p['elapsed_s']:.0f} s, more than the "
+                         f"{self.asked_users:,} asked for: Locust's master handed the users of "
+                         "a worker it thought lost to the others (see logs/locust.log); the "
+                         "load measured is more than asked")
+            log.warning(self.over)
         self.last = p
 
     def line(self, p: dict, before: dict) -> str:
@@ -212,7 +221,8 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
         sampler = side.sampler(run_dir / "samples")
         sampler.start()
         side.load_started()
-        progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s)
+        progress = Progress(run_dir / METRICS_DIR / PROGRESS_FILE, load.duration_s,
+                            asked_users=load.users)
         deadline = time.monotonic() + side.extra_wait_s + load.duration_s + LOCUST_GRACE_S
         low = None
         while locust.alive():
@@ -221,6 +231,8 @@ def drive(side: Side, load: LoadSpec, run_dir: Path, record: dict, report: bool,
                                 f"time; see {locust.log_path}")
             side.check()
             progress.poll()
+            if progress.over and progress.over not in record["warnings"]:
+                record["warnings"].append(progress.over)
             if disk is not None and (low := disk.low()) is not None:
                 break  # stopped below, as after Ctrl-C: every process, every record
             time.sleep(POLL_EVERY_S)

@@ -117,9 +117,8 @@ def _ui(resolved: ResolvedStack, web_port: int, web_host: str, out: Path | None,
         sampler.start()
         print(f"run folder: {run_dir}")
         print(f"target:     {stack.url}/")
-        backends = ("each backend serves its own /metrics" if spec.backend_command is None else
-                    f"each backend serves its own {spec.backend_command.metrics}"
-                    if spec.backend_command.metrics else "your backends serve none")
+        path = "/metrics" if spec.backend_command is None else spec.backend_command.metrics
+        backends = f"each backend serves its own {path}" if path else "your backends serve none"
         print(f"metrics:    {record['loadgen_metrics_url']}  (the load generator's, for "
               f"Prometheus; {backends})")
         if stack.prometheus_url:

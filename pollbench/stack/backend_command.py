@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pollbench.errors import UserError
+from pollbench.stack.prometheus import is_plain_path
 
 PLACEHOLDERS = ("port", "index", "redis_url", "python")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._~/%-]*")  # what a Prometheus config takes unquoted
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class BackendCommand:
         if not self.ready.startswith("/") or any(c.isspace() for c in self.ready):
             raise UserError(f"backend ready path {self.ready!r} must be an HTTP path such as "
                             "/healthz")
-        if self.metrics is not None and not _PLAIN_PATH.fullmatch(self.metrics):
+        if self.metrics is not None and not is_plain_path(self.metrics):
             raise UserError(f"backend metrics path {self.metrics!r} must be an HTTP path such "
                             "as /metrics")
         if not 0 < self.ready_timeout_s <= 600:

@@ -194,11 +194,15 @@ def nginx_fd_limit(settings: dict[str, Any]) -> int:
                resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
+def nginx_connections_per_worker(settings: dict[str, Any]) -> int:
+    """The connections one nginx worker holds: its share of its descriptors and its
+    worker_connections, whichever is fewer."""
+    return min(int(nginx_fd_limit(settings) * NGINX_FD_SHARE), int(settings["worker_connections"]))
+
+
 def nginx_workers_for(need: int, settings: dict[str, Any]) -> int:
     """nginx workers whose descriptors and worker_connections hold ``need`` connections."""
-    per_worker = min(int(nginx_fd_limit(settings) * NGINX_FD_SHARE),
-                     int(settings["worker_connections"]))
-    return max(math.ceil(need / max(per_worker, 1)), 1)
+    return max(math.ceil(need / max(nginx_connections_per_worker(settings), 1)), 1)
 
 
 def fitting_profile(polls: int, state: str, current: str, serves: str = "pollbench"

@@ -67,6 +67,7 @@ def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence
             spec = with_access_log(spec, load)
         spec = with_upstream_sources(spec, load, port_range)
         spec = with_nginx_workers(spec, load)
+        asked_workers = load.workers
         load = with_locust_processes(load)
     resolved = spec.resolve(check_ports=check_ports, claim=claim)  # the stack's own knobs first
     try:
@@ -76,7 +77,8 @@ def preflight(spec: StackSpec, load: LoadSpec | None = None, *, faults: Sequence
             load.validate(spec.max_hold_s)  # (the poll timeout is bounded by the stack's hold)
             load = with_sources(load, resolved.url, port_range)
             check_sources(load.sources())
-            warnings = load_fits(resolved, load, port_range)
+            warnings = load_fits(resolved, load, port_range,
+                                 workers_chosen=load.workers != asked_workers)
             every_fault += load.fault_schedule()
         check_fault_targets(resolved, every_fault)
         if load is not None and min_free_disk is not None:
@@ -159,8 +161,7 @@ def with_nginx_workers(spec: StackSpec, load: LoadSpec) -> StackSpec:
     fit = min(capacity.nginx_workers_for(need, settings), 64)
     if fit <= workers:
         return spec
-    per_worker = min(int(capacity.nginx_fd_limit(settings) * capacity.NGINX_FD_SHARE),
-                     int(settings["worker_connections"]))
+    per_worker = capacity.nginx_connections_per_worker(settings)
     log.info(f"{polls:,} held polls need about {need:,} nginx connections; a worker holds "
              f"{per_worker:,} (its descriptors and worker_connections): the run uses {fit} "
              f"nginx workers (worker_processes = {fit}; the profile's fit_workers)")
@@ -200,9 +201,11 @@ def check_sources(addresses: list[str]) -> None:
 
 
 def load_fits(resolved: ResolvedStack, load: LoadSpec,
-              port_range: tuple[int, int] | None = None) -> list[str]:
+              port_range: tuple[int, int] | None = None,
+              workers_chosen: bool = False) -> list[str]:
     """Refuse a load the target cannot hold as asked (one line); return warnings for what is
-    probably a mistake."""
+    probably a mistake.  ``workers_chosen``: the run chose ``load.workers`` itself (the users'
+    sockets need them), so more of them than cores is no mistake of the user's."""
     warnings = []
     app = resolved.app_config
     check_protocol(resolved, load)
@@ -230,7 +233,7 @@ def load_fits(resolved: ResolvedStack, load: LoadSpec,
                                        target=resolved.url.split("//", 1)[-1],
                                        backend_port=resolved.spec.backend_port)
     cores = os.cpu_count() or 1
-    if load.workers > cores:
+    if load.workers > cores and not workers_chosen:
         warnings.append(f"--workers {load.workers} on a machine with {cores} cores: the "
                         "Locust processes queue behind each other (and the stack) for CPU")
     return warnings

@@ -64,6 +64,14 @@ def scrape_jobs(backend_ports: list[int], exporter_port: int,
     return jobs
 
 
+# a metrics path as a Prometheus config takes it unquoted (and the only kind pollbench writes)
+PLAIN_PATH = re.compile(r"/[A-Za-z0-9._~/%-]*")
+
+
+def is_plain_path(path: str) -> bool:
+    return PLAIN_PATH.fullmatch(path) is not None
+
+
 def render_config(jobs: dict[str, list[str]], interval_s: int = SCRAPE_INTERVAL_S,
                   paths: dict[str, str] | None = None) -> str:
     """``paths``: a job's metrics path where it is not /metrics (checked: an HTTP path)."""
@@ -75,7 +83,7 @@ def render_config(jobs: dict[str, list[str]], interval_s: int = SCRAPE_INTERVAL_
     for job, targets in jobs.items():
         lines.append(f"  - job_name: {job}")
         if job in paths:
-            if not re.fullmatch(r"/[A-Za-z0-9._~/%-]*", paths[job]):
+            if not is_plain_path(paths[job]):
                 raise ValueError(f"metrics path {paths[job]!r} is not a plain HTTP path")
             lines.append(f"    metrics_path: '{paths[job]}'")
         lines += ["    static_configs:",

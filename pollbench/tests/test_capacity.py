@@ -3,6 +3,8 @@ starts, with the limit, the need and a profile that holds it; a load that fits s
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pollbench.stack import capacity
@@ -12,7 +14,7 @@ from pollbench.stack.spec import StackSpec
 
 
 def warnings(profile: str, **load) -> list[str]:
-    resolved = StackSpec(profile=profile).resolve(claim=False)
+    resolved = StackSpec(profile=profile).resolve(check_ports=False, claim=False)
     try:
         return load_fits(resolved, LoadSpec(**load))
     finally:
@@ -51,9 +53,9 @@ def test_a_locust_process_past_its_descriptor_limit_is_told_to_add_workers():
                    for w in warnings("scale", users=30001, channels=100, workers=2))
 
 
-def sized(profile: str, caplog, **load) -> tuple[int, int, str]:
+def sized(profile: str, caplog, **load) -> tuple[int, int, str, list[str]]:
     """What the preflight chooses for ``load``: (Locust processes, nginx workers, what it
-    said), without starting anything."""
+    said, what it warned of), without starting anything."""
     import logging
 
     from pollbench.stack.preflight import preflight
@@ -64,7 +66,7 @@ def sized(profile: str, caplog, **load) -> tuple[int, int, str]:
     try:
         assert checked.load is not None
         return (checked.load.workers, checked.resolved.settings["worker_processes"],
-                caplog.text)
+                caplog.text, checked.warnings)
     finally:
         checked.resolved.release()
 
@@ -77,22 +79,26 @@ def test_the_run_sizes_its_locust_processes_and_nginx_workers_for_100000_held_po
     nginx workers (its fit_workers)."""
     monkeypatch.setattr(capacity, "locust_fd_limit", lambda: 10_000)
     load = dict(users=100_001, channels=100, poll_timeout_s=120)
-    locust, nginx, said = sized("scale", caplog, **load)
+    locust, nginx, said, warned = sized("scale", caplog, **load)
     assert locust == 11  # 100,001 / (10,000 - 64 kept for the process itself)
     assert "the run uses 11 Locust processes (--workers 11)" in said
+    # its own choice is not warned of as if the user had asked for too many processes
+    assert not [w for w in warned if "on a machine with" in w], warned
     assert nginx == 12  # 200,016 connections / 18,000 (90 % of worker_rlimit_nofile 20,000)
     assert "the run uses 12 nginx workers (worker_processes = 12" in said
     # workers asked for are kept (the capacity check warns); a profile without fit_workers
     # keeps its own count of nginx workers
-    locust, nginx, _ = sized("longpoll", caplog, **{**load, "workers": 3})
+    locust, nginx, _, warned = sized("longpoll", caplog, **{**load, "workers": 3})
     assert (locust, nginx) == (3, 2)
+    if (os.cpu_count() or 1) < 3:
+        assert [w for w in warned if "--workers 3 on a machine with" in w], warned
     assert sized("scale", caplog, users=1_000, channels=10)[:2] == (0, 4)  # fits as it is
 
 
 def test_the_stacks_redis_is_checked_against_its_maxclients():
     def redis_warnings(maxclients: int) -> list[str]:
         resolved = StackSpec(profile="shared", redis_overrides={"maxclients": maxclients}
-                             ).resolve(claim=False)
+                             ).resolve(check_ports=False, claim=False)
         try:
             return load_fits(resolved, LoadSpec(users=50, channels=10))
         finally:

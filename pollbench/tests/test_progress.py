@@ -3,6 +3,7 @@ broadcast, and a run that measured nothing called void."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,21 @@ def test_a_broadcast_every_5_s_shows_in_every_line_and_adds_up_to_the_counts():
     assert sum(r * 5 for r in rates) == snaps[-1]["delivered"]
     requests = [float(line.split("HTTP req/s")[1].split()[0]) for line in lines]
     assert requests == pytest.approx([200.2] * 6)
+
+
+def test_more_users_than_asked_for_is_said_once(tmp_path):
+    # Locust's master, missing a busy worker's heartbeats, hands its users to the others;
+    # when the worker answers again they run twice (125,914 ran of 100,001 asked, here)
+    path = tmp_path / "progress.json"
+    progress = Progress(path, total_s=30, every_s=0.0, asked_users=1001)
+    said = []
+    for t, users in enumerate([500, 1001, 1001, 1250, 1300]):
+        path.write_text(json.dumps({**snapshots(5)[t], "users": users, "time": t}))
+        progress.poll()
+        said.append(progress.over)
+    assert said[:3] == [None, None, None]
+    assert said[3] == said[4] and said[3] is not None
+    assert said[3].startswith("1,250 users ran at 4 s, more than the 1,001 asked for")
 
 
 def test_a_run_that_measured_nothing_is_void_and_says_why():
