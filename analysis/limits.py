@@ -486,10 +486,32 @@ def read_jsonl(path: Path) -> Iterable[dict]:
         return
 
 
+EVENTS_FILE = "metrics/events.jsonl"
+LOAD_END_GRACE_S = 1.0  # a sample's second may end just after the load's
+
+
+def load_ends_at(run_dir: Path, record: dict) -> float | None:
+    """When the run's load ended as asked: Locust's start of the test (its ``load_started``
+    event) plus the run's duration; None when the folder does not say (older runs, a web UI
+    session).  What runs out after it is the teardown's: Locust stops every user at once,
+    and closing 50,000 connections filled this 2-core machine for a few seconds, named as
+    what the load ran out of first though the load had ended."""
+    duration = (record.get("parameters") or {}).get("duration_s")
+    if not isinstance(duration, (int, float)):
+        return None
+    for row in read_jsonl(Path(run_dir) / EVENTS_FILE):
+        if row.get("kind") == "load_started" and isinstance(row.get("t"), (int, float)):
+            return float(row["t"]) + float(duration) + LOAD_END_GRACE_S
+    return None
+
+
 def diagnose(run_dir: Path, record: dict, span: tuple[float, float] | None = None) -> dict:
     """run.json's ``limits``: every limit reached and the first, from the run folder.
-    ``span``: only evidence between these times (a web UI test's slice of its session)."""
+    ``span``: only evidence between these times (a web UI test's slice of its session).
+    Without one, a run's evidence ends with its load (:func:`load_ends_at`)."""
     run_dir = Path(run_dir)
+    if span is None and (end := load_ends_at(run_dir, record)) is not None:
+        span = (float(record.get("started_at") or 0.0), end)
     start = span[0] if span else float(record.get("started_at") or 0.0)
     faults = [(float(f["started_at"]), float(f.get("ended_at") or f["started_at"]),
                str(f.get("fault", f.get("action", "fault"))))

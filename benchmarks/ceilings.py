@@ -15,7 +15,8 @@ descriptors need, source addresses as its ports need.  Over the hold (from 10 s 
 last subscriber is spawned, as long as one poll timeout: every subscriber re-polls once in
 it, whatever the count; a shorter window after a short spawn would see none) it takes the median of each component's RSS and open
 descriptors, summed over its processes (nginx's master and workers, the backends, Redis
-when used, the load generator's processes), and the CPU-seconds each used.  Prints, per
+when used, the load generator's processes, and the harness's own process), and the
+CPU-seconds each used.  Prints, per
 count, RSS per 1,000 held polls and CPU-seconds per 1,000 held polls per minute of hold
 (re-polls and the broadcast included), then the marginal cost between the lowest and
 highest count.  A count that does not hold stops the series and says what ran out first.
@@ -40,7 +41,9 @@ from scale_subscribers import add_run_arguments, run_count, spawn_seconds  # noq
 
 from pollbench.stack.net import local_port_range  # noqa: E402
 
-KINDS = ("nginx", "backend", "redis", "loadgen")
+# "pollbench": the harness itself (its sampler and run loop, one process), which a run on
+# this host also carries: shown so that its share is seen, not hidden in "the machine"
+KINDS = ("nginx", "backend", "redis", "loadgen", "pollbench")
 
 
 def kind_of(component: str) -> str | None:
@@ -73,6 +76,10 @@ def steady(run: Path, after_s: float) -> dict[str, dict[str, float]]:
         pids[kind].add(r["pid"])
         if r["cpu_time_s"]:
             cpu_span[(kind, r["pid"])].append((float(r["time"]), float(r["cpu_time_s"])))
+        elif r["cpu_percent"]:  # (the harness's row has no schedstat: its 1-s percentages)
+            span = cpu_span[(kind, r["pid"])]
+            before = span[-1][1] if span else 0.0
+            span.append((float(r["time"]), before + float(r["cpu_percent"]) / 100))
     out = {}
     for kind in KINDS:
         samples = [v for (k, _), v in per_time.items() if k == kind]

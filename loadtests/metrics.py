@@ -212,6 +212,8 @@ class MetricsPlumbing:
         }
 
     def on_test_start(self, environment, **_kw) -> None:
+        if self.sink is not None:  # when the run's duration starts counting (analysis.limits)
+            self.sink.event("master" if self.is_master else "local", {"kind": "load_started"})
         if self.is_master and self._greenlet is None:
             self._greenlet = gevent.spawn(self._progress_loop)
         if not self.is_master:  # in the background: spawning goes on meanwhile

@@ -255,3 +255,33 @@ def test_what_an_injected_fault_causes_is_listed_but_never_ran_out_first():
     assert during["during_fault"] == "20s:kill=3s:backend-1"
     watch.nginx_errors(40.0, {"upstream_timed_out": 1})
     assert watch.first()["limit"] == "upstream_timeouts"
+
+
+def test_what_fills_the_machine_once_the_load_has_ended_did_not_run_out_first(tmp_path):
+    """Locust stops every user at once at the end of the duration: closing 50,000
+    connections filled the 2-core machine for a few seconds (a 50,001-subscriber run said
+    "the machine's CPU at 394.6 s", its load having ended at ~392 s).  That is the
+    teardown's; the same spike inside the load is what the load ran out of."""
+    start, duration = 1000.0, 60.0
+
+    def folder(spike_at: float, with_event: bool = True):
+        (tmp_path / "samples").mkdir(exist_ok=True)
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        rows = ["time,component,pid,cpu_percent,rss_bytes,num_fds,cpu_time_s,wait_time_s"]
+        for k in range(80):
+            t = start + k
+            busy = 100 if spike_at <= t < spike_at + 6 else 40
+            rows.append(f"{t},system,0,{busy},{2**30},0,,")
+        (tmp_path / "samples" / "processes.csv").write_text("\n".join(rows) + "\n")
+        events = [{"t": start + 2, "kind": "load_started", "source": "master"}]
+        (tmp_path / "metrics" / "events.jsonl").write_text(
+            "".join(json.dumps(e) + "\n" for e in events) if with_event else "")
+        return {"started_at": start - 5, "parameters": {"duration_s": duration}}
+
+    record = folder(spike_at=start + 2 + duration + 2)  # users stopping
+    assert diagnose(tmp_path, record)["first"] is None
+    record = folder(spike_at=start + 2 + duration - 8)  # the load's last seconds
+    assert diagnose(tmp_path, record)["first"]["component"] == "the machine"
+    # a folder that does not say when its load began is judged whole, as before
+    record = folder(spike_at=start + 2 + duration + 2, with_event=False)
+    assert diagnose(tmp_path, record)["first"]["component"] == "the machine"

@@ -116,20 +116,23 @@ def check_fault_targets(resolved: ResolvedStack, faults: list[Fault]) -> None:
 def with_upstream_sources(spec: StackSpec, load: LoadSpec,
                           port_range: tuple[int, int]) -> StackSpec:
     """The spec with nginx's upstream source addresses fixed: the user's or the profile's,
-    else as many as the busiest backend's held polls need (one, the kernel's choice, for
+    else as many as keep the busiest backend's held polls within
+    :data:`capacity.CONNECT_SHARE` of each address's ports (one, the kernel's choice, for
     all but the largest loads)."""
     settings = spec.settings()
     if settings.get("upstream_sources") is not None:
         return spec
     per_backend = capacity.polls_per_backend(settings, spec.state_name(), load,
                                              spec.backend_port)
-    need = capacity.sources_needed(per_backend, port_range)
+    need = capacity.sources_to_use(per_backend, port_range)
     if need <= 1:
         return spec
     need = min(need, capacity.MAX_LOOPBACK_SOURCES)
-    log.info(f"about {per_backend:,} held polls per backend need more ports than one address "
-             f"has (ip_local_port_range {port_range[0]}-{port_range[1]}): nginx's connections "
-             f"to the backends spread over 127.0.0.1-127.0.0.{need} (upstream_sources = {need})")
+    log.info(f"about {per_backend:,} held polls per backend would fill more than "
+             f"{capacity.CONNECT_SHARE:.0%} of one address's ports (ip_local_port_range "
+             f"{port_range[0]}-{port_range[1]}; beyond that every connect() searches them): "
+             f"nginx's connections to the backends spread over 127.0.0.1-127.0.0.{need} "
+             f"(upstream_sources = {need})")
     return replace(spec, nginx_overrides={**spec.nginx_overrides, "upstream_sources": need})
 
 
@@ -170,7 +173,8 @@ def with_nginx_workers(spec: StackSpec, load: LoadSpec) -> StackSpec:
 
 def with_sources(load: LoadSpec, target_url: str, port_range: tuple[int, int]) -> LoadSpec:
     """The load with its source addresses resolved: "auto" on a loopback target becomes as
-    many loopback aliases as its connections need ("": one, the kernel's choice); anywhere
+    many loopback aliases as keep its connections within :data:`capacity.CONNECT_SHARE` of
+    each one's ports ("": one, the kernel's choice); anywhere
     else the kernel chooses (the capacity check warns when one address will not do)."""
     if load.source_addresses != "auto":
         return load
@@ -179,13 +183,14 @@ def with_sources(load: LoadSpec, target_url: str, port_range: tuple[int, int]) -
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    need = capacity.sources_needed(capacity.loadgen_connections(load), port_range)
+    need = capacity.sources_to_use(capacity.loadgen_connections(load), port_range)
     if not loopback or need <= 1:
         return replace(load, source_addresses="")
     chosen = capacity.loopback_sources(need)
-    log.info(f"{load.users:,} users need more local ports than one address has "
-             f"(ip_local_port_range {port_range[0]}-{port_range[1]}): the load generator's "
-             f"connections spread over {chosen[0]}-{chosen[-1]} (--source-addresses)")
+    log.info(f"{load.users:,} users would fill more than {capacity.CONNECT_SHARE:.0%} of one "
+             f"address's local ports (ip_local_port_range {port_range[0]}-{port_range[1]}; "
+             f"beyond that every connect() searches them): the load generator's connections "
+             f"spread over {chosen[0]}-{chosen[-1]} (--source-addresses)")
     return replace(load, source_addresses=",".join(chosen))
 
 

@@ -92,16 +92,17 @@ def test_a_connection_leaves_from_the_source_address_it_was_given():
         conn.close()
 
 
-def test_the_preflight_spreads_each_hop_only_when_one_address_runs_out():
+def test_the_preflight_spreads_each_hop_only_when_one_address_fills_up():
+    # each address's ports kept below 40 % in use: past half, every connect() searches them
     load = LoadSpec(users=2501, channels=10)
     spread = with_sources(load, "http://127.0.0.1:8080", NARROW)
-    assert spread.sources() == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]  # 2,517 / 900 usable
+    assert spread.sources() == [f"127.0.0.{i}" for i in range(1, 8)]  # 2,517 / 400
     assert with_sources(load, "http://127.0.0.1:8080", (32768, 60999)).sources() == []
     # a target on another host: the kernel's choice, and the capacity check says what to do
     assert with_sources(load, "http://10.1.2.3:8080", NARROW).sources() == []
-    # 2,500 polls on 2 backends (key hash over 10 channels): 1,250 each, 2 upstream sources
+    # 2,500 polls on 2 backends (key hash over 10 channels): 1,250 each, 4 upstream sources
     spec = StackSpec(profile="longpoll", backends=2)
-    assert with_upstream_sources(spec, load, NARROW).settings()["upstream_sources"] == 2
+    assert with_upstream_sources(spec, load, NARROW).settings()["upstream_sources"] == 4
     assert with_upstream_sources(spec, load, (32768, 60999)).settings().get(
         "upstream_sources") is None
     settings = StackSpec(profile="longpoll", backends=2).settings()
@@ -192,8 +193,8 @@ def test_2500_subscribers_hold_through_1000_ports_only_with_spread_addresses(tmp
         proc, record = _run_in(hosts, tmp_path / "spread")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert record["status"] == "complete"
-        assert len(record["parameters"]["source_addresses"]) == 3
-        assert record["stack"]["nginx"]["upstream_sources"] == 2
+        assert len(record["parameters"]["source_addresses"]) == 7
+        assert record["stack"]["nginx"]["upstream_sources"] == 4
         lg = record["loadgen"]
         assert lg["failures"] == 0 and lg["lost"] == 0 and lg["duplicates"] == 0, lg
         assert lg["delivered"] > 2500 * 2, lg  # (2 messages/s over 10 channels: 0.2/s each)
@@ -217,7 +218,7 @@ def test_2500_subscribers_hold_through_1000_ports_only_with_spread_addresses(tmp
                                duration="12s")
         assert record, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "set the nginx knob upstream_sources" in proc.stdout + proc.stderr
-        assert len(record["parameters"]["source_addresses"]) == 3  # (the first hop holds)
+        assert len(record["parameters"]["source_addresses"]) == 7  # (the first hop holds)
         assert "upstream_sources" in _limit(record, "upstream_ports")["cure"]
         assert "loadgen_ports" not in _reached(record), record["limits"]
 
@@ -237,7 +238,7 @@ def test_the_busiest_backend_of_a_key_hash_gets_the_ports_it_needs(tmp_path):
                                          load, 8000)
     assert busiest == 1250  # ch0, ch4, ch5, ch6 and ch8 hash to 127.0.0.1:8002
     assert with_upstream_sources(StackSpec(profile="longpoll"), load, NARROW).settings()[
-        "upstream_sources"] == 2
+        "upstream_sources"] == 4  # 1,250 / 400
     with netns.Hosts(["lab"]) as hosts:
         hosts.set_port_range("lab", *NARROW)
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -249,7 +250,7 @@ def test_the_busiest_backend_of_a_key_hash_gets_the_ports_it_needs(tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         record = json.loads((out / "run.json").read_text())
         assert record["status"] == "complete"
-        assert record["stack"]["nginx"]["upstream_sources"] == 2
+        assert record["stack"]["nginx"]["upstream_sources"] == 4
         lg = record["loadgen"]
         assert lg["failures"] == 0 and lg["lost"] == 0 and not lg.get("epoch_changes"), lg
         assert not _reached(record) & {"loadgen_ports", "upstream_ports"}, record["limits"]
